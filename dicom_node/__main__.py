@@ -1,0 +1,5 @@
+"""``python -m dicom_node`` runs the command line."""
+
+from dicom_node.cli import main
+
+main()

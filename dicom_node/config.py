@@ -1,0 +1,348 @@
+"""Settings of a dicom-node, read from a TOML file with environment overrides.
+
+Every section forbids unknown keys, so a typo in ``/etc/dicom-node/dicom-node.toml``
+fails at start-up with the key's dotted path instead of being silently ignored.
+Environment variables named ``DICOM_NODE_<SECTION>__<KEY>`` override the file; they
+are meant for secrets and the database URL, which should not sit in a world-readable
+config file (``DICOM_NODE_DATABASE__URL``, ``DICOM_NODE_TLS__PRIVATE_KEY_PASSWORD``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dicom_node.errors import ConfigError
+
+ENV_PREFIX = "DICOM_NODE_"
+
+
+def _check_ae_title(value: str) -> str:
+    """PS3.5 AE VR: 1-16 characters of the default repertoire, no backslash, not all spaces."""
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("an AE title must not be empty or all spaces")
+    if len(value) > 16:
+        raise ValueError("an AE title has at most 16 characters (PS3.5 AE VR)")
+    if "\\" in value or any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
+        raise ValueError("an AE title uses printable ASCII without backslash (PS3.5 AE VR)")
+    return stripped
+
+
+def _check_uid_root(value: str) -> str:
+    """A UID root: dot-separated numeric components, no leading zeros, short enough to extend."""
+    if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*", value):
+        raise ValueError("a UID root is dot-separated digits without leading zeros (PS3.5 9.1)")
+    if len(value) > 40:
+        raise ValueError("a UID root longer than 40 characters leaves too little room for suffixes")
+    return value + ("" if value.endswith(".") else ".")
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return value
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
+class _Section(BaseModel):
+    """A config section: unknown keys are errors, values are read-only after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AllowedCaller(_Section):
+    """A peer allowed to open associations: its AE title and, optionally, its address."""
+
+    ae_title: AETitle
+    host: str | None = Field(
+        default=None, description="IP address or CIDR network; absent means any host"
+    )
+
+    @model_validator(mode="after")
+    def _host_is_address(self) -> AllowedCaller:
+        if self.host is not None:
+            try:
+                ipaddress.ip_network(self.host, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"host {self.host!r} is not an IP address or network") from exc
+        return self
+
+    def admits(self, ae_title: str, address: str) -> bool:
+        """True when a caller with this AE title, connecting from ``address``, matches."""
+        if ae_title.strip() != self.ae_title:
+            return False
+        if self.host is None:
+            return True
+        try:
+            return ipaddress.ip_address(address) in ipaddress.ip_network(self.host, strict=False)
+        except ValueError:
+            return False
+
+
+class NodeSettings(_Section):
+    """The DICOM application entity we present to the network."""
+
+    ae_title: AETitle = "DICOMNODE"
+    bind_address: str = "127.0.0.1"
+    port: Port = 11112
+    allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+    allow_any_caller: bool = Field(
+        default=False, description="accept every calling AE title; for testing only"
+    )
+    require_called_ae_title: bool = Field(
+        default=True, description="refuse associations addressed to another AE title"
+    )
+    max_associations: int = Field(default=10, ge=1, le=1000)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    max_pdu_size: int = Field(
+        default=65536, ge=0, description="largest P-DATA PDU we accept; 0 means unlimited"
+    )
+
+    @model_validator(mode="after")
+    def _someone_may_call(self) -> NodeSettings:
+        if not self.allowed_callers and not self.allow_any_caller:
+            raise ValueError(
+                "no caller could ever connect: list node.allowed_callers "
+                "or set node.allow_any_caller = true"
+            )
+        return self
+
+    def admits(self, ae_title: str, address: str) -> bool:
+        """True when the calling AE title and address may open an association."""
+        if self.allow_any_caller:
+            return True
+        return any(caller.admits(ae_title, address) for caller in self.allowed_callers)
+
+
+class StorageSettings(_Section):
+    """Where received instances live, and how duplicates and low disk are handled."""
+
+    root: Path = Path(".dicom-node/storage")
+    duplicate_policy: Literal["keep_first", "overwrite"] = "keep_first"
+    min_free_mb: int = Field(
+        default=1024, ge=0, description="refuse C-STORE with 0xA700 below this free space"
+    )
+
+
+class DatabaseSettings(_Section):
+    """The database that is the hand-off between all stages and processes."""
+
+    url: str = "sqlite:///.dicom-node/dicom-node.db"
+    sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
+    echo: bool = False
+
+    @model_validator(mode="after")
+    def _known_backend(self) -> DatabaseSettings:
+        if not self.url.startswith(("sqlite", "postgresql")):
+            raise ValueError("url must be a sqlite:/// or postgresql+psycopg:// URL")
+        return self
+
+
+class CompletionSettings(_Section):
+    """When a study counts as complete: a quiet period, and a cap for endless streams."""
+
+    quiet_period_s: float = Field(default=30.0, gt=0)
+    max_open_s: float = Field(
+        default=3600.0, gt=0, description="complete a study this long after it opened, even if busy"
+    )
+    scan_interval_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _cap_after_quiet(self) -> CompletionSettings:
+        if self.max_open_s < self.quiet_period_s:
+            raise ValueError("max_open_s must not be shorter than quiet_period_s")
+        return self
+
+
+class TLSSettings(_Section):
+    """DICOM TLS (PS3.15 Annex B) for the listener; destinations opt in one by one."""
+
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    private_key_password: SecretStr | None = None
+    ca_bundle: Path | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _files_present(self) -> TLSSettings:
+        if not self.enabled:
+            return self
+        problems = []
+        for name in ("certificate", "private_key"):
+            path = getattr(self, name)
+            if path is None:
+                problems.append(f"{name} is required when TLS is enabled")
+            elif not path.is_file():
+                problems.append(f"{name} {str(path)!r} is not a readable file")
+        if self.require_client_certificate and self.ca_bundle is None:
+            problems.append("ca_bundle is required to check client certificates")
+        if self.ca_bundle is not None and not self.ca_bundle.is_file():
+            problems.append(f"ca_bundle {str(self.ca_bundle)!r} is not a readable file")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+OutputObject = Literal["seg", "sr", "key_images"]
+
+
+class Destination(_Section):
+    """A peer we send results to with C-STORE."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    ae_title: AETitle
+    host: str
+    port: Port
+    tls: bool = False
+    objects: list[OutputObject] = Field(default_factory=lambda: ["seg", "sr", "key_images"])
+
+
+class SelectionSettings(_Section):
+    """Which series of a study go to the models, each rule recorded as a reason."""
+
+    modalities: list[str] = Field(default_factory=lambda: ["CT"])
+    required_image_type: list[str] = Field(
+        default_factory=lambda: ["ORIGINAL"],
+        description="values that must all appear in ImageType",
+    )
+    rejected_image_type: list[str] = Field(
+        default_factory=lambda: ["LOCALIZER", "SCOUT"],
+        description="values that exclude a series when present in ImageType",
+    )
+    min_slice_thickness_mm: float = Field(default=0.4, ge=0)
+    max_slice_thickness_mm: float = Field(default=6.0, gt=0)
+    min_slices: int = Field(default=1, ge=1)
+    head_regex: Regex = r"(?i)\b(head|brain|skull|cranial|cranium|neuro|kopf|cerebr\w*|ich)\b"
+    soft_tissue_kernel_regex: Regex = r"(?i)(soft|standard|brain|\bH[0-4]\d|\bJ[0-4]\d|\bFC[0-4]\d|UB|^B$|\bB[0-4]\d|\bQr[0-4]\d)"
+    bone_kernel_regex: Regex = r"(?i)(bone|sharp|lung|edge|\bH[6-9]\d|\bJ[6-9]\d|\bB[6-9]\d|\bQr[6-9]\d|\bYC|\bFC[3-9][0-9])"
+
+    @model_validator(mode="after")
+    def _range(self) -> SelectionSettings:
+        if self.min_slice_thickness_mm > self.max_slice_thickness_mm:
+            raise ValueError("min_slice_thickness_mm must not exceed max_slice_thickness_mm")
+        return self
+
+
+class IdentitySettings(_Section):
+    """How we name ourselves in the objects we create."""
+
+    uid_root: Annotated[str, AfterValidator(_check_uid_root)] = Field(
+        default="1.2.826.0.1.3680043.10.1476",
+        description="UID root for every UID the node creates; replace with your organisation's",
+    )
+    manufacturer: str = "dicom-node project"
+    manufacturer_model_name: str = "dicom-node"
+    institution_name: str | None = None
+
+
+class LoggingSettings(_Section):
+    """Log level and format; logs carry UIDs, never patient names or IDs."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    """All settings of one dicom-node installation."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    node: NodeSettings = Field(default_factory=lambda: NodeSettings(allow_any_caller=True))
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    completion: CompletionSettings = Field(default_factory=CompletionSettings)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"destination names must be unique: {', '.join(duplicated)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (passed as init values): secrets and the
+        # DB URL are set by the service manager's environment file.
+        return (env_settings, init_settings)
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One line per problem, each starting with the dotted key it concerns."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{_format_location(error['loc'])}: {message}")
+    return problems
+
+
+def load_settings(path: Path | str) -> Settings:
+    """Read, validate and return the settings in ``path`` (plus environment overrides).
+
+    Raises :class:`ConfigError` listing every problem at once.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc)) from exc

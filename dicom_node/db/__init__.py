@@ -1,0 +1,1 @@
+"""The database: the hand-off between the listener, the scheduler and the workers."""

@@ -1,0 +1,58 @@
+"""Run the Alembic migrations shipped with the package against the configured DB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine
+
+from dicom_node.errors import DicomNodeError
+
+
+def script_location() -> Path:
+    """The ``alembic/`` folder of the checkout this package runs from.
+
+    dicom-node is installed editable from its checkout (README), so the migrations are
+    found beside the package rather than duplicated into it.
+    """
+    location = Path(__file__).resolve().parents[2] / "alembic"
+    if not (location / "env.py").is_file():
+        raise DicomNodeError(
+            f"migrations not found at {location}: install dicom-node editable from its "
+            "checkout (pip install -e .), as the README describes"
+        )
+    return location
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic config pointing at our migrations and at ``url``."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    # Alembic's ini interpolation treats '%' specially (URL-encoded passwords).
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database behind ``engine`` to ``revision``, on that engine's connection."""
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest revision shipped with this version of dicom-node."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(script_location())).get_current_head()

@@ -1,0 +1,50 @@
+"""Engine and session factory for SQLite (embedded default) and PostgreSQL (scale-out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.config import DatabaseSettings
+
+
+def _sqlite_pragmas(busy_timeout_ms: int):  # type: ignore[no-untyped-def]
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets the status command and the scheduler read while the listener writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is fsynced before it returns, so an acknowledged instance
+        # survives power loss, not only a process crash.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return on_connect
+
+
+def create_db_engine(settings: DatabaseSettings) -> Engine:
+    """An engine for ``settings.url``; SQLite gets WAL, synchronous=FULL and a busy timeout."""
+    url = make_url(settings.url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            echo=settings.echo,
+            connect_args={"timeout": settings.sqlite_busy_timeout_s, "check_same_thread": False},
+        )
+        event.listen(
+            engine, "connect", _sqlite_pragmas(int(settings.sqlite_busy_timeout_s * 1000))
+        )
+        return engine
+    return create_engine(url, echo=settings.echo, pool_pre_ping=True)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit (we hand them to log lines)."""
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,1 @@
+"""DICOM building blocks shared by the listener and the sender: contexts, storage, TLS."""

@@ -1,0 +1,82 @@
+"""The one table of SOP classes and transfer syntaxes the node speaks.
+
+The listener builds its supported presentation contexts from :data:`STORAGE_CLASSES`
+and :data:`ACCEPTED_TRANSFER_SYNTAXES`, the sender picks its proposals from the same
+rows, and the conformance statement is rendered from them, so the three never disagree.
+Only transfer syntaxes that pydicom (with the pylibjpeg/pyjpegls plugins this project
+installs) can decode are accepted: accepting a syntax we cannot read would turn a
+C-STORE success into a later, silent analysis failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    Comprehensive3DSRStorage,
+    EnhancedSRStorage,
+
+)
+from pynetdicom.sop_class import Verification
+
+
+class Role(StrEnum):
+    """Why a SOP class is in the table."""
+
+    INPUT = "input"  # images we analyse
+    OUTPUT = "output"  # objects we create and send (and accept back, e.g. for feedback)
+
+
+@dataclass(frozen=True)
+class StorageClass:
+    """A storage SOP class we accept as SCP, with what we use it for."""
+
+    uid: UID
+    role: Role
+    purpose: str
+
+
+STORAGE_CLASSES: tuple[StorageClass, ...] = (
+    StorageClass(CTImageStorage, Role.INPUT, "head CT slices to analyse"),
+    StorageClass(EnhancedCTImageStorage, Role.INPUT, "multi-frame head CT to analyse"),
+    StorageClass(SecondaryCaptureImageStorage, Role.OUTPUT, "key images with burned-in results"),
+    StorageClass(SegmentationStorage, Role.OUTPUT, "hemorrhage segmentations (BINARY SEG)"),
+    StorageClass(Comprehensive3DSRStorage, Role.OUTPUT, "TID 1500 measurement reports"),
+    StorageClass(EnhancedSRStorage, Role.OUTPUT, "reports and feedback from reading stations"),
+)
+
+#: In our order of preference when we are the one choosing (as SCU).
+ACCEPTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    RLELossless,
+)
+
+VERIFICATION_CLASS: UID = UID(Verification)
+
+
+def storage_class_uids() -> tuple[UID, ...]:
+    """The SOP Class UIDs of :data:`STORAGE_CLASSES`, in table order."""
+    return tuple(row.uid for row in STORAGE_CLASSES)
+
+
+def is_accepted_storage_class(uid: str) -> bool:
+    """True when ``uid`` is one of the storage SOP classes in the table."""
+    return uid in storage_class_uids()

@@ -1,0 +1,145 @@
+"""Durable, UID-addressed file storage for received instances.
+
+Layout: ``<root>/<study uid>/<series uid>/<sop instance uid>.dcm``. Paths are built
+only from UIDs, never from patient data. A UID that is not a plain dotted-number string
+(``../../x``, spaces, over-long values) is replaced by a hash, so no value a sender
+controls can name a path outside the root. Files become visible only by an atomic
+rename after ``fsync``; a crash leaves either the old file, the new file or nothing,
+and stray temporary files are swept from ``.incoming`` at start-up.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+
+from dicom_node.errors import DiskFullError, StorageError
+
+logger = logging.getLogger(__name__)
+
+_PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+INCOMING_DIR = ".incoming"
+
+
+def path_component(uid: str) -> str:
+    """A file-name-safe stand-in for ``uid``: the UID itself when it is plain, else a hash.
+
+    Hashed names start with ``x`` so they can never equal a plain UID.
+    """
+    if len(uid) <= 64 and _PLAIN_UID.fullmatch(uid):
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def instance_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
+    """Where an instance lives, relative to the storage root."""
+    return PurePosixPath(
+        path_component(study_uid), path_component(series_uid), path_component(sop_uid) + ".dcm"
+    )
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceStore:
+    """Files under one storage root, written atomically and durably."""
+
+    def __init__(self, root: Path, min_free_bytes: int) -> None:
+        self.root = root.resolve()
+        self.min_free_bytes = min_free_bytes
+        self.incoming = self.root / INCOMING_DIR
+
+    def prepare(self) -> None:
+        """Create the root, and remove temporary files a crash may have left behind."""
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        for leftover in self.incoming.iterdir():
+            logger.warning("removing interrupted transfer", extra={"path": leftover.name})
+            leftover.unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        """Free space on the storage file system, for the disk guard and metrics."""
+        return shutil.disk_usage(self.root).free
+
+    def check_free_space(self, incoming_bytes: int = 0) -> None:
+        """Raise :class:`DiskFullError` if storing ``incoming_bytes`` would cross the guard."""
+        free = self.free_bytes()
+        if free - incoming_bytes < self.min_free_bytes:
+            raise DiskFullError(
+                f"{free // 2**20} MiB free, guard is {self.min_free_bytes // 2**20} MiB"
+            )
+
+    def absolute(self, relative: PurePosixPath | str) -> Path:
+        """The absolute path of a stored file; refuses anything outside the root."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise StorageError(f"path {str(relative)!r} is outside the storage root")
+        return path
+
+    def exists(self, relative: PurePosixPath | str) -> bool:
+        return self.absolute(relative).is_file()
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create ``directory`` and fsync each parent whose entries changed."""
+        missing = []
+        current = directory
+        while not current.exists():
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_path(path.parent)
+
+    def _stage(self, source: Path) -> Path:
+        """Move (or copy) ``source`` into ``.incoming`` on our file system and fsync it."""
+        staged = self.incoming / f"{uuid.uuid4().hex}.part"
+        try:
+            os.rename(source, staged)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # The receive buffer is on another file system (e.g. /tmp): copy it over.
+            shutil.copyfile(source, staged)
+        _fsync_path(staged)
+        return staged
+
+    def publish(self, source: Path, relative: PurePosixPath) -> int:
+        """Make ``source`` durable at ``relative``: stage, fsync, rename, fsync the directory.
+
+        Returns the size in bytes. ``source`` is gone afterwards, whatever happens.
+        """
+        final = self.absolute(relative)
+        staged: Path | None = None
+        try:
+            staged = self._stage(source)
+            size = staged.stat().st_size
+            self._make_dirs(final.parent)
+            os.replace(staged, final)
+            staged = None
+            _fsync_path(final.parent)
+            return size
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"disk full while storing: {exc.strerror}") from exc
+            raise StorageError(f"cannot store {relative}: {exc.strerror}") from exc
+        finally:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+            source.unlink(missing_ok=True)
+
+    def remove(self, relative: PurePosixPath | str) -> None:
+        """Delete a stored file (after a failed DB commit, or by retention)."""
+        self.absolute(relative).unlink(missing_ok=True)

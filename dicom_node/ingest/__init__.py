@@ -1,0 +1,1 @@
+"""Receive: the C-STORE listener, durable recording and study completion. Never imports torch."""

@@ -1,0 +1,231 @@
+"""The C-ECHO / C-STORE listener: event handlers that turn outcomes into DICOM statuses.
+
+The handlers only check, store and record; they never analyse (that would hold the
+sender's association hostage to a model). A success status (0x0000) is returned only
+after the file is fsynced, atomically renamed into place and its database row is
+committed. Every refusal carries a specific status and an Error Comment:
+
+======  ======================================================================
+0xA700  Refused: out of resources (disk guard, storage or database unavailable)
+0xA900  Error: data set does not match SOP class (missing or malformed UIDs,
+        SOP Class/Instance UID differing from the C-STORE command)
+0xC000  Error: cannot understand (unparseable or truncated data set)
+======  ======================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.transport import ThreadedAssociationServer
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicom_node.config import NodeSettings
+from dicom_node.db.models import utcnow
+from dicom_node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, VERIFICATION_CLASS, storage_class_uids
+from dicom_node.dicom.storage import InstanceStore, instance_path
+from dicom_node.errors import (
+    DatabaseUnavailableError,
+    DicomNodeError,
+    InvalidInstanceError,
+    MissingIdentifierError,
+    SOPClassMismatchError,
+)
+from dicom_node.ingest.catalog import Catalog, RecordOutcome, RecordResult
+from dicom_node.ingest.committer import GroupCommitter
+from dicom_node.ingest.instance import ReceivedInstance, read_received
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+#: A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+def failure(status: int, comment: str) -> Dataset:
+    """A C-STORE response status with an Error Comment (LO: at most 64 characters)."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def status_for(error: DicomNodeError) -> int:
+    """The C-STORE status a refusal maps to (see the module docstring)."""
+    if isinstance(error, (MissingIdentifierError, SOPClassMismatchError)):
+        return DATASET_DOES_NOT_MATCH_SOP_CLASS
+    if isinstance(error, InvalidInstanceError):
+        return CANNOT_UNDERSTAND
+    return OUT_OF_RESOURCES
+
+
+def _peer(assoc: Association) -> dict[str, Any]:
+    return {
+        "calling_ae_title": assoc.requestor.ae_title,
+        "peer_address": assoc.requestor.address,
+    }
+
+
+class StorageSCP:
+    """Our application entity as Storage SCP and Verification SCP."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        store: InstanceStore,
+        catalog: Catalog,
+        committer: GroupCommitter[ReceivedInstance, RecordResult],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.committer = committer
+        self.ssl_context = ssl_context
+        self._counts: dict[int, Counter[str]] = {}
+        self._counts_lock = threading.Lock()
+
+    def application_entity(self) -> AE:
+        """An AE offering exactly the contexts in :mod:`dicom_node.dicom.contexts`."""
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_associations = self.settings.max_associations
+        ae.acse_timeout = self.settings.acse_timeout_s
+        ae.dimse_timeout = self.settings.dimse_timeout_s
+        ae.network_timeout = self.settings.network_timeout_s
+        ae.maximum_pdu_size = self.settings.max_pdu_size
+        ae.require_called_aet = self.settings.require_called_ae_title
+        for uid in storage_class_uids():
+            ae.add_supported_context(uid, list(ACCEPTED_TRANSFER_SYNTAXES))
+        ae.add_supported_context(VERIFICATION_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        return ae
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_RELEASED, self.on_closed),
+            (evt.EVT_ABORTED, self.on_closed),
+        ]
+
+    def start(self) -> ThreadedAssociationServer:
+        """Start listening in background threads; returns the server to shut down later."""
+        # Stream each incoming data set to a file instead of holding it in memory,
+        # so a large multi-frame instance costs disk, not RAM.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        ae = self.application_entity()
+        server = ae.start_server(
+            (self.settings.bind_address, self.settings.port),
+            block=False,
+            evt_handlers=self.handlers(),
+            ssl_context=self.ssl_context,
+        )
+        logger.info(
+            "listening",
+            extra={"called_ae_title": self.settings.ae_title, "peer_address": f"{self.settings.bind_address}:{self.settings.port}"},
+        )
+        return server
+
+    def on_requested(self, event: evt.Event) -> None:
+        """Reject callers that are not on the allowed list, before negotiation."""
+        assoc = event.assoc
+        # The requestor's AE title is filled in only during negotiation: read the request.
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        if not self.settings.admits(calling, assoc.requestor.address):
+            logger.warning(
+                "association rejected: caller not allowed",
+                extra={"calling_ae_title": calling, "peer_address": assoc.requestor.address},
+            )
+            assoc.acse.send_reject(*REJECT_CALLING_AE)
+            # As pynetdicom does for its own rejections: stop the DUL once the
+            # A-ASSOCIATE-RJ is out, before the server closes the socket.
+            assoc.kill()
+
+    def on_accepted(self, event: evt.Event) -> None:
+        with self._counts_lock:
+            self._counts[id(event.assoc)] = Counter()
+        logger.info("association accepted", extra=_peer(event.assoc))
+
+    def on_closed(self, event: evt.Event) -> None:
+        with self._counts_lock:
+            counts = self._counts.pop(id(event.assoc), Counter())
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        logger.info(
+            f"association {how}: {dict(counts) or 'no instances'}",
+            extra={**_peer(event.assoc), "count": counts.total()},
+        )
+
+    def on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def _count(self, assoc: Association, outcome: str) -> None:
+        with self._counts_lock:
+            self._counts.setdefault(id(assoc), Counter())[outcome] += 1
+
+    def on_store(self, event: evt.Event) -> int | Dataset:
+        """Check, store durably, record, and only then answer success."""
+        request = event.request
+        assoc = event.assoc
+        source = Path(event.dataset_path)
+        context = {**_peer(assoc), "sop_instance_uid": str(request.AffectedSOPInstanceUID)}
+        try:
+            item = read_received(
+                source,
+                command_sop_class_uid=str(request.AffectedSOPClassUID),
+                command_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                calling_ae_title=assoc.requestor.ae_title,
+                received_at=utcnow(),
+            )
+            context.update(
+                study_instance_uid=item.study_instance_uid,
+                series_instance_uid=item.series_instance_uid,
+            )
+            if self.catalog.policy == "keep_first" and self.catalog.is_stored(item.sop_instance_uid):
+                self._count(assoc, RecordOutcome.DUPLICATE)
+                logger.info("duplicate instance ignored (keep_first)", extra=context)
+                return SUCCESS
+            result = self._store(source, item)
+        except DicomNodeError as exc:
+            status = status_for(exc)
+            self._count(assoc, f"failed 0x{status:04X}")
+            logger.warning(
+                f"instance refused: {exc}", extra={**context, "status": f"0x{status:04X}"}
+            )
+            return failure(status, str(exc))
+        self._count(assoc, result.outcome)
+        if result.reopened:
+            logger.info(
+                "study reopened by an instance received after completion",
+                extra={**context, "generation": result.generation},
+            )
+        return SUCCESS
+
+    def _store(self, source: Path, item: ReceivedInstance) -> RecordResult:
+        relative = instance_path(item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid)
+        self.store.check_free_space(source.stat().st_size)
+        size = self.store.publish(source, relative)
+        try:
+            return self.committer.submit(
+                replace(item, path=str(relative), size_bytes=size),
+                timeout_s=self.settings.dimse_timeout_s,
+            )
+        except (DatabaseUnavailableError, TimeoutError) as exc:
+            if self.catalog.policy == "keep_first":
+                # Nobody references the file we just wrote: leave nothing half-recorded.
+                self.store.remove(relative)
+            raise DatabaseUnavailableError(f"database unavailable: {exc}") from exc
+

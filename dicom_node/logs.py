@@ -1,0 +1,82 @@
+"""Structured logging: one JSON object per line, with the UIDs passed in ``extra``.
+
+Callers log with ``logger.info("stored", extra={"study_instance_uid": ...})``. Only the
+keys in :data:`CONTEXT_KEYS` are copied into the record, so a stray ``extra`` can never
+leak patient names or IDs into the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Literal
+
+CONTEXT_KEYS = (
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "calling_ae_title",
+    "called_ae_title",
+    "peer_address",
+    "status",
+    "reason",
+    "stage",
+    "job_id",
+    "destination",
+    "count",
+    "duration_s",
+    "path",
+    "generation",
+)
+
+
+def _context(record: logging.LogRecord) -> dict[str, object]:
+    return {key: getattr(record, key) for key in CONTEXT_KEYS if hasattr(record, key)}
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line for journald or a log shipper."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(_context(record))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines with the same context keys, for a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        context = " ".join(f"{k}={v}" for k, v in _context(record).items())
+        return f"{base} {context}" if context else base
+
+
+def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
+    """Send all logs to stderr in the chosen format; pynetdicom is kept at WARNING.
+
+    pynetdicom logs every PDU and, at debug level, dataset contents, which could carry
+    patient data, so its logger never goes below WARNING.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

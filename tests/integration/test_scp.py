@@ -1,0 +1,242 @@
+"""The listener against a real pynetdicom SCU on loopback: statuses, storage, DB rows."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import MRImageStorage, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+from sqlalchemy import func, select
+
+from dicom_node.db.models import Instance, Series, Study
+from dicom_node.ingest.scp import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+)
+from tests.conftest import RunningNode, start_node
+from tests.support.node import NODE_AE, NodeConfig, dataset_bytes, status_code, store_files
+from tests.support.synthetic_ct import SeriesSpec, write_series
+
+
+def _counts(node: RunningNode) -> tuple[int, int, int]:
+    with node.sessions() as session:
+        return (
+            session.scalar(select(func.count(Study.id))),
+            session.scalar(select(func.count(Series.id))),
+            session.scalar(select(func.count(Instance.id))),
+        )
+
+
+def _nothing_stored(node: RunningNode) -> None:
+    assert node.stored_files() == [], "a refused instance left a file behind"
+    assert _counts(node) == (0, 0, 0), "a refused instance left a database row behind"
+
+
+@pytest.fixture
+def one_slice(tmp_path: Path) -> Path:
+    return write_series(SeriesSpec(n_slices=1, rows=64, columns=64), tmp_path / "in")[0]
+
+
+def _rewrite(source: Path, target: Path, **changes: object) -> Path:
+    """A copy of ``source`` with attributes changed (None deletes), meta kept as is."""
+    ds = dcmread(source)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(target, enforce_file_format=False)
+    return target
+
+
+def test_stores_instance_byte_identical_and_records_it(node: RunningNode, one_slice: Path) -> None:
+    [status] = store_files(node.port, [one_slice])
+    assert status_code(status) == SUCCESS
+    [stored] = [p for p in node.stored_files()]
+    assert dataset_bytes(stored) == dataset_bytes(one_slice)
+    ds = dcmread(one_slice)
+    relative = stored.relative_to(node.store.root).as_posix()
+    assert relative == f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+    with node.sessions() as session:
+        row = session.scalars(select(Instance)).one()
+    assert row.path == relative
+    assert row.size_bytes == stored.stat().st_size
+    assert row.calling_ae_title == "TESTSCU"
+
+
+@pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_missing_uid_is_refused_with_a900(
+    node: RunningNode, one_slice: Path, tmp_path: Path, missing: str
+) -> None:
+    bad = _rewrite(one_slice, tmp_path / "bad.dcm", **{missing: None})
+    [status] = store_files(node.port, [bad])
+    assert status_code(status) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert missing in status.ErrorComment
+    _nothing_stored(node)
+
+
+def test_sop_class_not_matching_the_context_is_refused_with_a900(
+    node: RunningNode, one_slice: Path, tmp_path: Path
+) -> None:
+    # The file meta (and so the C-STORE command and context) say CT; the data set says MR.
+    bad = _rewrite(one_slice, tmp_path / "mr.dcm", SOPClassUID=MRImageStorage)
+    [status] = store_files(node.port, [bad])
+    assert status_code(status) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert "SOP Class" in status.ErrorComment
+    _nothing_stored(node)
+
+
+def test_sop_instance_uid_differing_from_the_command_is_refused(
+    node: RunningNode, one_slice: Path, tmp_path: Path
+) -> None:
+    bad = _rewrite(one_slice, tmp_path / "other.dcm", SOPInstanceUID=generate_uid())
+    [status] = store_files(node.port, [bad])
+    assert status_code(status) == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    _nothing_stored(node)
+
+
+def test_truncated_stream_is_refused_with_c000(node: RunningNode, one_slice: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(one_slice.read_bytes()[:-1000])
+    [status] = store_files(node.port, [truncated])
+    assert status_code(status) == CANNOT_UNDERSTAND
+    assert "truncated" in status.ErrorComment
+    _nothing_stored(node)
+
+
+def test_unparseable_stream_is_refused_with_c000(node: RunningNode, one_slice: Path, tmp_path: Path) -> None:
+    raw = one_slice.read_bytes()
+    meta_end = len(raw) - len(dataset_bytes(one_slice))
+    garbage = tmp_path / "garbage.dcm"
+    # A valid file meta followed by a data element header declaring a length past the end.
+    garbage.write_bytes(raw[:meta_end] + b"\x08\x00\x18\x00UI\xff\x7f" + b"1.2.3")
+    [status] = store_files(node.port, [garbage])
+    assert status_code(status) == CANNOT_UNDERSTAND
+    _nothing_stored(node)
+
+
+def test_disk_guard_refuses_with_a700_and_leaves_no_file(tmp_path: Path, one_slice: Path) -> None:
+    # A guard larger than any disk: the real free-space check trips.
+    config = NodeConfig(workdir=tmp_path / "full", min_free_mb=2**40)
+    running, stop = start_node(config)
+    try:
+        [status] = store_files(running.port, [one_slice])
+        assert status_code(status) == OUT_OF_RESOURCES
+        assert "guard" in status.ErrorComment
+        _nothing_stored(running)
+        # ...and the process still serves other associations.
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", running.port, ae_title=NODE_AE)
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == SUCCESS
+        assoc.release()
+    finally:
+        stop()  # type: ignore[operator]
+
+
+def test_node_keeps_serving_after_each_bad_input(node: RunningNode, one_slice: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "t.dcm"
+    truncated.write_bytes(one_slice.read_bytes()[:-10])
+    no_study = _rewrite(one_slice, tmp_path / "n.dcm", StudyInstanceUID=None)
+    statuses = store_files(node.port, [truncated, no_study, one_slice])
+    assert [status_code(s) for s in statuses] == [
+        CANNOT_UNDERSTAND,
+        DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        SUCCESS,
+    ]
+    assert _counts(node) == (1, 1, 1)
+    assert len(node.stored_files()) == 1
+
+
+def test_caller_not_allowed_is_rejected(node: RunningNode, caplog: pytest.LogCaptureFixture) -> None:
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assert assoc.is_rejected
+    assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (0x01, 0x03)
+    assert any(
+        r.getMessage() == "association rejected: caller not allowed" and r.calling_ae_title == "INTRUDER"
+        for r in caplog.records
+    )
+
+
+def test_caller_from_wrong_host_is_rejected(tmp_path: Path) -> None:
+    config = NodeConfig(workdir=tmp_path / "n", allowed_callers=[("TESTSCU", "10.0.0.0/8")])
+    running, stop = start_node(config)
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", running.port, ae_title=NODE_AE)
+        assert assoc.is_rejected
+    finally:
+        stop()  # type: ignore[operator]
+
+
+def test_wrong_called_ae_title_is_rejected(node: RunningNode) -> None:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="SOMEONEELSE")
+    assert assoc.is_rejected
+
+
+def test_uid_that_tries_to_escape_the_root_stays_inside(node: RunningNode, one_slice: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        hostile = _rewrite(one_slice, tmp_path / "h.dcm", StudyInstanceUID="../../x", SeriesInstanceUID="..")
+    [status] = store_files(node.port, [hostile])
+    assert status_code(status) == SUCCESS
+    [stored] = node.stored_files()
+    assert stored.is_relative_to(node.store.root)
+    assert ".." not in stored.relative_to(node.store.root).parts
+    assert not (tmp_path / "x").exists()
+
+
+def test_duplicate_keep_first_keeps_one_copy(node: RunningNode, one_slice: Path, tmp_path: Path) -> None:
+    changed = _rewrite(one_slice, tmp_path / "changed.dcm", SeriesDescription="RESENT")
+    statuses = store_files(node.port, [one_slice, changed])
+    assert [status_code(s) for s in statuses] == [SUCCESS, SUCCESS]
+    [stored] = node.stored_files()
+    assert dataset_bytes(stored) == dataset_bytes(one_slice)
+    assert _counts(node)[2] == 1
+
+
+def test_duplicate_overwrite_replaces_the_copy(tmp_path: Path, one_slice: Path) -> None:
+    config = NodeConfig(workdir=tmp_path / "ow", duplicate_policy="overwrite")
+    running, stop = start_node(config)
+    try:
+        changed = _rewrite(one_slice, tmp_path / "changed.dcm", SeriesDescription="RESENT")
+        statuses = store_files(running.port, [one_slice, changed])
+        assert [status_code(s) for s in statuses] == [SUCCESS, SUCCESS]
+        [stored] = running.stored_files()
+        assert dataset_bytes(stored) == dataset_bytes(changed)
+        assert _counts(running)[2] == 1
+    finally:
+        stop()  # type: ignore[operator]
+
+
+def test_four_concurrent_associations(node: RunningNode, tmp_path: Path) -> None:
+    studies = [
+        write_series(SeriesSpec(n_slices=12, rows=128, columns=128, seed=i), tmp_path / f"s{i}")
+        for i in range(4)
+    ]
+    results: dict[int, list[int | None]] = {}
+
+    def send(index: int) -> None:
+        results[index] = [status_code(s) for s in store_files(node.port, studies[index])]
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(results[i] == [SUCCESS] * 12 for i in range(4)), results
+    assert _counts(node) == (4, 4, 48)
+    stored = {p.name for p in node.stored_files()}
+    sent = {f"{dcmread(p, stop_before_pixels=True).SOPInstanceUID}.dcm" for paths in studies for p in paths}
+    assert stored == sent

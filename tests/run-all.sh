@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian machine, then run it.
+#   - Debian packages (only those missing): DCMTK, dicom3tools, Orthanc
+#   - a virtual environment at .venv with dicom-node installed editable plus test extras
+# Extra arguments are passed to pytest (e.g. tests/unit -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v /usr/bin/storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+command -v /usr/bin/dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+command -v /usr/sbin/Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
+if ((${#need_apt[@]})); then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+# Orthanc's Debian package starts a system service on port 4242/8042; the tests start
+# their own instances on free loopback ports and do not need it.
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+
+# pytest exits 5 when it collects no test; with `set -e` that fails this script too.
+exec .venv/bin/python -m pytest "$@"

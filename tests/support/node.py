@@ -1,0 +1,242 @@
+"""Helpers to run a real dicom-node (in-process or as a CLI process) and talk to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CT_3SLICE = SHARED_DATA / "dicom-interop" / "dcmqi" / "data" / "segmentations" / "ct-3slice"
+NODE_AE = "DICOMNODE"
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def shared_data(path: Path) -> Path:
+    """``path`` under ../shared/data, or a failure that says what is missing (never a skip)."""
+    if not path.exists():
+        raise AssertionError(f"test data missing: {path} (see ../shared/data/README.md)")
+    return path
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class NodeConfig:
+    """A settings file for a node under a test's temporary directory."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    quiet_period_s: float = 2.0
+    scan_interval_s: float = 0.5
+    max_open_s: float = 3600.0
+    min_free_mb: int = 1
+    duplicate_policy: str = "keep_first"
+    allowed_callers: list[tuple[str, str | None]] = field(
+        default_factory=lambda: [("STORESCU", None), ("ECHOSCU", None), ("TESTSCU", "127.0.0.1")]
+    )
+    database_url: str | None = None
+    extra: str = ""
+
+    @property
+    def storage_root(self) -> Path:
+        return self.workdir / "storage"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.workdir / 'node.db'}"
+
+    def write(self) -> Path:
+        callers = "\n".join(
+            "[[node.allowed_callers]]\n"
+            f"ae_title = {toml_value(ae)}\n" + (f"host = {toml_value(host)}\n" if host else "")
+            for ae, host in self.allowed_callers
+        )
+        text = f"""
+[node]
+ae_title = "{NODE_AE}"
+bind_address = "127.0.0.1"
+port = {self.port}
+max_associations = 8
+acse_timeout_s = 10
+dimse_timeout_s = 30
+network_timeout_s = 30
+
+{callers}
+
+[storage]
+root = {toml_value(str(self.storage_root))}
+duplicate_policy = {toml_value(self.duplicate_policy)}
+min_free_mb = {self.min_free_mb}
+
+[database]
+url = {toml_value(self.db_url)}
+
+[completion]
+quiet_period_s = {self.quiet_period_s}
+scan_interval_s = {self.scan_interval_s}
+max_open_s = {self.max_open_s}
+
+[logging]
+level = "INFO"
+format = "json"
+{self.extra}
+"""
+        path = self.workdir / "dicom-node.toml"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``dicom-node ARGS`` as a user would, and return the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "dicom_node", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or os.environ.copy(),
+        cwd=REPO,
+    )
+
+
+def echo_ok(port: int, calling_ae: str = "ECHOSCU") -> bool:
+    """True when a C-ECHO to the node on ``port`` succeeds."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.network_timeout = 2
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return getattr(status, "Status", None) == 0
+
+
+class NodeProcess:
+    """``dicom-node run`` (or ``scp``) in a child process, as systemd would start it."""
+
+    def __init__(self, config: NodeConfig, command: str = "run") -> None:
+        self.config = config
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = config.workdir / "node.log"
+
+    def start(self, timeout_s: float = 30.0) -> NodeProcess:
+        config_path = self.config.write()
+        if self.process is None:
+            migrated = cli("db", "upgrade", "--config", str(config_path))
+            assert migrated.returncode == 0, migrated.stderr
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node", self.command, "--config", str(config_path)],
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"node exited with {self.process.returncode}: {self.log()}")
+            if echo_ok(self.config.port):
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"node did not answer C-ECHO within {timeout_s} s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self) -> NodeProcess:
+        """Start again on the same config, storage and database."""
+        return self.start()
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded data set of a Part 10 file: everything after the File Meta Information."""
+    ds = dcmread(path, stop_before_pixels=True)
+    meta_length = int(ds.file_meta.FileMetaInformationGroupLength)
+    # 128-byte preamble + "DICM" + group length element (12 bytes) + the rest of group 2
+    return path.read_bytes()[132 + 12 + meta_length :]
+
+
+def store_files(
+    port: int,
+    paths: list[Path],
+    *,
+    calling_ae: str = "TESTSCU",
+    contexts: list[tuple[str, list[str]]] | None = None,
+) -> list[Dataset | None]:
+    """Send Part 10 files over one association with pynetdicom; return each status dataset.
+
+    Files are sent as they are encoded (no decoding), so broken files reach the node
+    exactly as broken as they are on disk.
+    """
+    # Send the encoded bytes as they are (no decode/re-encode by pynetdicom).
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    if contexts is None:
+        seen = []
+        for path in paths:
+            meta = dcmread(path, stop_before_pixels=True, specific_tags=[]).file_meta
+            pair = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+            if pair not in seen:
+                seen.append(pair)
+        contexts = [(sop, [ts]) for sop, ts in seen]
+    for sop_class, syntaxes in contexts:
+        ae.add_requested_context(sop_class, syntaxes)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assert assoc.is_established, "association was not established"
+    try:
+        return [assoc.send_c_store(path) for path in paths]
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def status_code(status: Dataset | None) -> int | None:
+    return None if status is None else int(status.Status)
