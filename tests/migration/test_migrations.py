@@ -1,0 +1,61 @@
+"""Upgrade an empty database to head, then check the models and the schema agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+
+from dicom_node.config import DatabaseSettings
+from dicom_node.db import migrate
+from dicom_node.db.models import Base
+from dicom_node.db.session import create_db_engine
+from tests.support.node import NodeConfig, cli
+
+
+def _assert_schema_matches_models(engine: Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        diff = compare_metadata(context, Base.metadata)
+    assert diff == [], f"models and migrations disagree: {diff}"
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    tables = set(inspect(engine).get_table_names())
+    assert {"study", "series", "instance", "alembic_version"} <= tables
+
+
+def test_sqlite_upgrade_from_empty(tmp_path: Path) -> None:
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'm.db'}"))
+    assert migrate.current_revision(engine) is None
+    migrate.upgrade(engine)
+    _assert_schema_matches_models(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    engine.dispose()
+
+
+def test_postgresql_upgrade_from_empty(postgres_url: str) -> None:
+    engine = create_db_engine(DatabaseSettings(url=postgres_url))
+    assert migrate.current_revision(engine) is None
+    migrate.upgrade(engine)
+    _assert_schema_matches_models(engine)
+    migrate.upgrade(engine)  # running it again is a no-op
+    engine.dispose()
+
+
+def test_db_upgrade_command_is_idempotent(tmp_path: Path) -> None:
+    config = NodeConfig(workdir=tmp_path).write()
+    first = cli("db", "upgrade", "--config", str(config))
+    second = cli("db", "upgrade", "--config", str(config))
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert f"database at revision {migrate.head_revision()}" in second.stdout
+
+
+def test_run_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    config = NodeConfig(workdir=tmp_path).write()
+    result = cli("run", "--config", str(config), timeout=60)
+    assert result.returncode == 3
+    assert "run `dicom-node db upgrade` first" in result.stderr

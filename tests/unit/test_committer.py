@@ -1,0 +1,64 @@
+"""Group commit: batches across threads, results go back to the right caller."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from dicom_node.errors import DatabaseUnavailableError
+from dicom_node.ingest.committer import GroupCommitter
+
+
+def test_results_reach_their_own_callers_and_batches_form() -> None:
+    batches: list[list[int]] = []
+    gate = threading.Event()
+
+    def write(items: list[int]) -> list[int | Exception]:
+        gate.wait(5)  # hold the first batch so the others queue up behind it
+        batches.append(items)
+        return [i * 10 if i % 7 else ValueError(f"bad {i}") for i in items]
+
+    committer: GroupCommitter[int, int] = GroupCommitter(write)
+    committer.start()
+    results: dict[int, object] = {}
+
+    def submit(i: int) -> None:
+        try:
+            results[i] = committer.submit(i, timeout_s=10)
+        except ValueError as exc:
+            results[i] = str(exc)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(1, 21)]
+    for thread in threads:
+        thread.start()
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    committer.stop()
+    assert results == {i: (i * 10 if i % 7 else f"bad {i}") for i in range(1, 21)}
+    assert sorted(i for batch in batches for i in batch) == list(range(1, 21))
+    assert len(batches) < 20, "items submitted together should share a commit"
+
+
+def test_a_crashing_writer_fails_the_batch_but_keeps_running() -> None:
+    calls = {"n": 0}
+
+    def write(items: list[int]) -> list[int | Exception]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("disk I/O error")
+        return list(items)
+
+    committer: GroupCommitter[int, int] = GroupCommitter(write)
+    committer.start()
+    with pytest.raises(RuntimeError):
+        committer.submit(1, timeout_s=5)
+    assert committer.submit(2, timeout_s=5) == 2
+    committer.stop()
+
+
+def test_submit_before_start_is_refused() -> None:
+    committer: GroupCommitter[int, int] = GroupCommitter(lambda items: list(items))
+    with pytest.raises(DatabaseUnavailableError):
+        committer.submit(1, timeout_s=1)

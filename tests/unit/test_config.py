@@ -1,0 +1,128 @@
+"""Settings: the example runs as is, and every bad key or value is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_node.config import load_settings
+from dicom_node.errors import ConfigError
+from tests.support.node import REPO, cli
+
+EXAMPLE = REPO / "config" / "dicom-node.toml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_is_valid_and_covers_every_section() -> None:
+    settings = load_settings(EXAMPLE)
+    assert settings.node.ae_title == "DICOMNODE"
+    assert settings.node.allowed_callers, "the example should show how to allow a caller"
+    assert settings.storage.duplicate_policy == "keep_first"
+    assert settings.database.url.startswith("sqlite:///")
+    assert settings.completion.quiet_period_s == 30
+    assert settings.storage.min_free_mb > 0
+    assert settings.tls.enabled is False
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[node]\nae_title = "X"\nallow_any_caller = true\nprot = 104\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.problems == ["node.prot: unknown key"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+[node]
+ae_title = "THIS_TITLE_IS_FAR_TOO_LONG"
+port = 70000
+allow_any_caller = true
+
+[storage]
+duplicate_policy = "sometimes"
+
+[completion]
+quiet_period_s = -1
+
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "10.0.0.1"
+port = "not a port"
+""",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    keys = sorted(problem.split(":")[0] for problem in info.value.problems)
+    assert keys == [
+        "completion.quiet_period_s",
+        "destinations[0].port",
+        "node.ae_title",
+        "node.port",
+        "storage.duplicate_policy",
+    ]
+
+
+def test_listener_without_allowed_callers_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, '[node]\nae_title = "NODE"\n'))
+    assert "allowed_callers" in info.value.problems[0]
+
+
+def test_tls_needs_its_files(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        '[node]\nallow_any_caller = true\n[tls]\nenabled = true\nrequire_client_certificate = true\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    [problem] = info.value.problems
+    assert problem.startswith("tls:")
+    assert "certificate is required" in problem and "ca_bundle is required" in problem
+
+
+def test_allowed_caller_host_may_be_a_network(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        '[[node.allowed_callers]]\nae_title = "PACS"\nhost = "192.0.2.0/24"\n',
+    )
+    node = load_settings(path).node
+    assert node.admits("PACS", "192.0.2.17")
+    assert not node.admits("PACS", "198.51.100.1")
+    assert not node.admits("OTHER", "192.0.2.17")
+
+
+def test_environment_overrides_database_url_and_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, '[node]\nallow_any_caller = true\n[database]\nurl = "sqlite:///a.db"\n')
+    monkeypatch.setenv("DICOM_NODE_DATABASE__URL", "postgresql+psycopg://u:secret@db/dicom_node")
+    monkeypatch.setenv("DICOM_NODE_TLS__PRIVATE_KEY_PASSWORD", "hunter2")
+    settings = load_settings(path)
+    assert settings.database.url == "postgresql+psycopg://u:secret@db/dicom_node"
+    assert settings.tls.private_key_password is not None
+    assert settings.tls.private_key_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(settings)
+
+
+def test_invalid_toml_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, "[node\n"))
+    assert "not valid TOML" in info.value.problems[0]
+
+
+def test_config_check_command_prints_every_problem(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[node]\nallow_any_caller = true\nport = 0\n[storage]\nmin_free_mb = -5\n')
+    result = cli("config", "check", str(path))
+    assert result.returncode == 1
+    assert "node.port:" in result.stdout
+    assert "storage.min_free_mb:" in result.stdout
+    assert "2 problem(s)" in result.stdout
+    ok = cli("config", "check", str(EXAMPLE))
+    assert ok.returncode == 0, ok.stdout + ok.stderr

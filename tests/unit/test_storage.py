@@ -1,0 +1,65 @@
+"""UID-safe paths, atomic durable publishing and the disk guard."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from dicom_node.dicom.storage import InstanceStore, instance_path, path_component
+from dicom_node.errors import DiskFullError, StorageError
+
+
+def test_plain_uids_are_used_as_they_are() -> None:
+    assert path_component("1.2.840.10008.5.1.4.1.1.2") == "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize(
+    "uid", ["../../x", "..", ".", "1.2/3", "1.2 3", "a" * 10, "1." * 40, "/etc/passwd", "1.2\x00", ""]
+)
+def test_unsafe_uids_become_hashes(uid: str) -> None:
+    component = path_component(uid)
+    assert component.startswith("x") and len(component) == 41
+    assert "/" not in component and component not in (".", "..")
+
+
+def test_hashes_are_stable_and_distinct() -> None:
+    assert path_component("../a") == path_component("../a")
+    assert path_component("../a") != path_component("../b")
+
+
+def test_instance_path_never_leaves_the_root(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "root", 0)
+    store.prepare()
+    relative = instance_path("../../x", "..", "../../../etc/passwd")
+    assert store.absolute(relative).is_relative_to(store.root)
+    with pytest.raises(StorageError):
+        store.absolute(PurePosixPath("../outside.dcm"))
+
+
+def test_publish_moves_the_file_into_place(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "root", 0)
+    store.prepare()
+    source = tmp_path / "incoming.dcm"
+    source.write_bytes(b"DICM-bytes")
+    size = store.publish(source, instance_path("1.2", "1.2.3", "1.2.3.4"))
+    final = store.root / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    assert size == 10 and final.read_bytes() == b"DICM-bytes"
+    assert not source.exists()
+    assert list(store.incoming.iterdir()) == []
+
+
+def test_prepare_sweeps_interrupted_transfers(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "root", 0)
+    store.prepare()
+    (store.incoming / "dead.part").write_bytes(b"half")
+    store.prepare()
+    assert list(store.incoming.iterdir()) == []
+
+
+def test_disk_guard(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "root", min_free_bytes=2**62)
+    store.prepare()
+    with pytest.raises(DiskFullError, match="guard"):
+        store.check_free_space(1)
+    InstanceStore(tmp_path / "root", min_free_bytes=0).check_free_space(1)
