@@ -85,7 +85,7 @@ def _serve(settings: Settings, with_scheduler: bool) -> None:
     sessions = session_factory(engine)
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     store.prepare()
-    catalog = Catalog(sessions, settings.storage.duplicate_policy)
+    catalog = Catalog(engine, settings.storage.duplicate_policy)
     committer = GroupCommitter(catalog.record_batch)
     committer.start()
     scp = StorageSCP(settings.node, store, catalog, committer, server_context(settings.tls))

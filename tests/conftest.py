@@ -15,6 +15,7 @@ from dicom_node.config import load_settings
 from dicom_node.db import migrate
 from dicom_node.db.session import create_db_engine, session_factory
 from dicom_node.dicom.storage import InstanceStore
+from dicom_node.dicom.tls import server_context
 from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
@@ -44,10 +45,10 @@ def start_node(config: NodeConfig) -> tuple[RunningNode, object]:
     sessions = session_factory(engine)
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     store.prepare()
-    catalog = Catalog(sessions, settings.storage.duplicate_policy)
+    catalog = Catalog(engine, settings.storage.duplicate_policy)
     committer = GroupCommitter(catalog.record_batch)
     committer.start()
-    server = StorageSCP(settings.node, store, catalog, committer).start()
+    server = StorageSCP(settings.node, store, catalog, committer, server_context(settings.tls)).start()
 
     def stop() -> None:
         server.shutdown()

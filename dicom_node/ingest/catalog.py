@@ -2,9 +2,9 @@
 
 Every write happens in one transaction per batch. Rows for studies and series are
 created with INSERT ... ON CONFLICT DO NOTHING so several listener processes sharing
-one PostgreSQL database never race each other into duplicate key errors, and the study
-row is locked (``FOR UPDATE``) while its state changes, so a completion scan and a late
-instance cannot both win.
+one PostgreSQL database never race each other into duplicate key errors. State changes
+are conditional UPDATEs (``WHERE state != 'complete'``), which lock the study row, so a
+completion scan and a late instance cannot both win.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Engine, Insert, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from dicom_node.db.models import Instance, Series, SeriesState, Study, StudyState
 from dicom_node.errors import DatabaseUnavailableError
 from dicom_node.ingest.instance import ReceivedInstance
 
 logger = logging.getLogger(__name__)
+
 
 DuplicatePolicy = Literal["keep_first", "overwrite"]
 
@@ -45,112 +46,145 @@ class RecordResult:
     reopened: bool
 
 
-def _insert_ignore(session: Session, model: type[Any], values: dict[str, Any], key: str) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=[key]))
+def _insert_ignore(connection: Connection, table: type[Any], values: dict[str, Any], key: str) -> Insert:
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    return insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
 
 
-def _touch_study(session: Session, item: ReceivedInstance) -> tuple[Study, bool]:
+def _touch_study(connection: Connection, item: ReceivedInstance) -> tuple[int, int, bool]:
+    """Mark the study as receiving now; create or reopen it. Returns (id, generation, reopened).
+
+    The common case (an open study) is one UPDATE. The loop settles races with other
+    processes creating or reopening the same study; each pass makes progress.
+    """
     now = item.received_at
-    _insert_ignore(
-        session,
-        Study,
-        {
-            "study_instance_uid": item.study_instance_uid,
-            "state": StudyState.RECEIVING,
-            "generation": 1,
-            "opened_at": now,
-            "last_received_at": now,
-            "created_at": now,
-        },
-        "study_instance_uid",
-    )
-    study = session.scalars(
-        select(Study).where(Study.study_instance_uid == item.study_instance_uid).with_for_update()
-    ).one()
-    reopened = study.state == StudyState.COMPLETE
-    if reopened:
-        study.state = StudyState.REOPENED
-        study.generation += 1
-        study.opened_at = now
-        study.completed_at = None
-        study.completion_reason = None
-    study.last_received_at = max(study.last_received_at, now)
-    return study, reopened
+    uid = Study.study_instance_uid == item.study_instance_uid
+    for _ in range(3):
+        row = connection.execute(
+            update(Study)
+            .where(uid, Study.state != StudyState.COMPLETE)
+            .values(last_received_at=now)
+            .returning(Study.id, Study.generation)
+        ).first()
+        if row is not None:
+            return row.id, row.generation, False
+        row = connection.execute(
+            _insert_ignore(
+                connection,
+                Study,
+                {
+                    "study_instance_uid": item.study_instance_uid,
+                    "state": StudyState.RECEIVING,
+                    "generation": 1,
+                    "opened_at": now,
+                    "last_received_at": now,
+                    "created_at": now,
+                },
+                "study_instance_uid",
+            ).returning(Study.id, Study.generation)
+        ).first()
+        if row is not None:
+            return row.id, row.generation, False
+        row = connection.execute(
+            update(Study)
+            .where(uid, Study.state == StudyState.COMPLETE)
+            .values(
+                state=StudyState.REOPENED,
+                generation=Study.generation + 1,
+                opened_at=now,
+                last_received_at=now,
+                completed_at=None,
+                completion_reason=None,
+            )
+            .returning(Study.id, Study.generation)
+        ).first()
+        if row is not None:
+            return row.id, row.generation, True
+    raise DatabaseUnavailableError("study row kept changing under concurrent updates")
 
 
-def _touch_series(session: Session, study: Study, item: ReceivedInstance) -> Series:
+def _touch_series(connection: Connection, study_id: int, item: ReceivedInstance) -> int:
+    """Mark the series as receiving now, creating it if new. Returns its id."""
     now = item.received_at
-    _insert_ignore(
-        session,
-        Series,
-        {
-            "study_id": study.id,
-            "series_instance_uid": item.series_instance_uid,
-            "modality": item.modality,
-            "series_number": item.series_number,
-            "state": SeriesState.RECEIVING,
-            "first_received_at": now,
-            "last_received_at": now,
-        },
-        "series_instance_uid",
-    )
-    series = session.scalars(
-        select(Series).where(Series.series_instance_uid == item.series_instance_uid)
-    ).one()
-    series.state = SeriesState.RECEIVING
-    series.completed_at = None
-    series.last_received_at = max(series.last_received_at, now)
-    return series
+    for _ in range(3):
+        series_id = connection.execute(
+            update(Series)
+            .where(Series.series_instance_uid == item.series_instance_uid)
+            .values(last_received_at=now, state=SeriesState.RECEIVING, completed_at=None)
+            .returning(Series.id)
+        ).scalar()
+        if series_id is not None:
+            return int(series_id)
+        series_id = connection.execute(
+            _insert_ignore(
+                connection,
+                Series,
+                {
+                    "study_id": study_id,
+                    "series_instance_uid": item.series_instance_uid,
+                    "modality": item.modality,
+                    "series_number": item.series_number,
+                    "state": SeriesState.RECEIVING,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                },
+                "series_instance_uid",
+            ).returning(Series.id)
+        ).scalar()
+        if series_id is not None:
+            return int(series_id)
+    raise DatabaseUnavailableError("series row kept changing under concurrent updates")
 
 
-def _record_one(session: Session, item: ReceivedInstance, policy: DuplicatePolicy) -> RecordResult:
-    existing = session.scalars(
-        select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid)
-    ).one_or_none()
+def _record_one(connection: Connection, item: ReceivedInstance, policy: DuplicatePolicy) -> RecordResult:
+    existing = connection.execute(
+        select(Instance.id, Instance.study_generation).where(
+            Instance.sop_instance_uid == item.sop_instance_uid
+        )
+    ).first()
     if existing is not None and policy == "keep_first":
         return RecordResult(RecordOutcome.DUPLICATE, existing.study_generation, reopened=False)
-    study, reopened = _touch_study(session, item)
-    series = _touch_series(session, study, item)
+    study_id, generation, reopened = _touch_study(connection, item)
+    series_id = _touch_series(connection, study_id, item)
     fields = {
-        "series_id": series.id,
+        "series_id": series_id,
         "sop_class_uid": item.sop_class_uid,
         "transfer_syntax_uid": item.transfer_syntax_uid,
         "instance_number": item.instance_number,
         "path": item.path,
         "size_bytes": item.size_bytes,
         "calling_ae_title": item.calling_ae_title,
-        "study_generation": study.generation,
+        "study_generation": generation,
         "received_at": item.received_at,
     }
     if existing is not None:
-        for name, value in fields.items():
-            setattr(existing, name, value)
-        outcome = RecordOutcome.REPLACED
-    else:
-        session.add(Instance(sop_instance_uid=item.sop_instance_uid, **fields))
-        outcome = RecordOutcome.STORED
-    session.flush()
-    return RecordResult(outcome, study.generation, reopened)
+        connection.execute(update(Instance).where(Instance.id == existing.id).values(**fields))
+        return RecordResult(RecordOutcome.REPLACED, generation, reopened)
+    connection.execute(insert(Instance).values(sop_instance_uid=item.sop_instance_uid, **fields))
+    return RecordResult(RecordOutcome.STORED, generation, reopened)
 
 
 class Catalog:
-    """The database side of receiving: record instances, answer what is stored."""
+    """The database side of receiving: record instances, answer what is stored.
 
-    def __init__(self, sessions: sessionmaker[Session], policy: DuplicatePolicy) -> None:
-        self.sessions = sessions
+    Written with SQLAlchemy Core, not the ORM: this is the per-instance hot path, and
+    four plain statements per instance keep the database off the critical path of the
+    sender's association.
+    """
+
+    def __init__(self, engine: Engine, policy: DuplicatePolicy) -> None:
+        self.engine = engine
         self.policy = policy
 
     def is_stored(self, sop_instance_uid: str) -> bool:
         """True when an instance with this SOP Instance UID is already recorded."""
         try:
-            with self.sessions() as session:
-                found = session.scalar(
+            with self.engine.connect() as connection:
+                found = connection.execute(
                     select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
-                )
+                ).first()
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailableError(str(exc.__class__.__name__)) from exc
+            raise DatabaseUnavailableError(exc.__class__.__name__) from exc
         return found is not None
 
     def record_batch(self, items: list[ReceivedInstance]) -> list[RecordResult | Exception]:
@@ -161,8 +195,8 @@ class Catalog:
         cannot fail its neighbours.
         """
         try:
-            with self.sessions.begin() as session:
-                return [_record_one(session, item, self.policy) for item in items]
+            with self.engine.begin() as connection:
+                return [_record_one(connection, item, self.policy) for item in items]
         except SQLAlchemyError as exc:
             if len(items) == 1:
                 return [DatabaseUnavailableError(exc.__class__.__name__)]

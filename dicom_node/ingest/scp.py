@@ -194,11 +194,11 @@ class StorageSCP:
                 study_instance_uid=item.study_instance_uid,
                 series_instance_uid=item.series_instance_uid,
             )
-            if self.catalog.policy == "keep_first" and self.catalog.is_stored(item.sop_instance_uid):
+            result = self._store(source, item)
+            if result is None:
                 self._count(assoc, RecordOutcome.DUPLICATE)
                 logger.info("duplicate instance ignored (keep_first)", extra=context)
                 return SUCCESS
-            result = self._store(source, item)
         except DicomNodeError as exc:
             status = status_for(exc)
             self._count(assoc, f"failed 0x{status:04X}")
@@ -214,12 +214,21 @@ class StorageSCP:
             )
         return SUCCESS
 
-    def _store(self, source: Path, item: ReceivedInstance) -> RecordResult:
+    def _store(self, source: Path, item: ReceivedInstance) -> RecordResult | None:
+        """Publish the file, then commit its row; None for a duplicate kept out by policy."""
         relative = instance_path(item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid)
         self.store.check_free_space(source.stat().st_size)
-        size = self.store.publish(source, relative)
+        if self.catalog.policy == "keep_first":
+            size = self.store.publish_new(source, relative)
+            if size is None:
+                if self.catalog.is_stored(item.sop_instance_uid):
+                    return None
+                # A file nobody recorded: left by a crash before its commit. Ours replaces it.
+                size = self.store.publish(source, relative)
+        else:
+            size = self.store.publish(source, relative)
         try:
-            return self.committer.submit(
+            result = self.committer.submit(
                 replace(item, path=str(relative), size_bytes=size),
                 timeout_s=self.settings.dimse_timeout_s,
             )
@@ -228,4 +237,4 @@ class StorageSCP:
                 # Nobody references the file we just wrote: leave nothing half-recorded.
                 self.store.remove(relative)
             raise DatabaseUnavailableError(f"database unavailable: {exc}") from exc
-
+        return None if result.outcome == RecordOutcome.DUPLICATE else result

@@ -63,6 +63,7 @@ class NodeConfig:
         default_factory=lambda: [("STORESCU", None), ("ECHOSCU", None), ("TESTSCU", "127.0.0.1")]
     )
     database_url: str | None = None
+    max_pdu_size: int = 65536
     extra: str = ""
 
     @property
@@ -88,6 +89,7 @@ max_associations = 8
 acse_timeout_s = 10
 dimse_timeout_s = 30
 network_timeout_s = 30
+max_pdu_size = {self.max_pdu_size}
 
 {callers}
 
