@@ -259,6 +259,25 @@ class IdentitySettings(_Section):
     institution_name: str | None = None
 
 
+SeriesDescription = Annotated[str, Field(min_length=1, max_length=64)]
+SeriesNumber = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class OutputSettings(_Section):
+    """Series numbers and descriptions of the objects we create, and the negative-study choice."""
+
+    seg_series_number: SeriesNumber = 9001
+    seg_series_description: SeriesDescription = "AI ICH SEGMENTATION - RESEARCH USE ONLY"
+    sr_series_number: SeriesNumber = 9002
+    sr_series_description: SeriesDescription = "AI ICH REPORT - RESEARCH USE ONLY"
+    key_images_series_number: SeriesNumber = 9003
+    key_images_series_description: SeriesDescription = "AI ICH KEY IMAGES - RESEARCH USE ONLY"
+    send_empty_seg: bool = Field(
+        default=False,
+        description="send a SEG with an empty segment for a negative study (the SR always states the result)",
+    )
+
+
 class LoggingSettings(_Section):
     """Log level and format; logs carry UIDs, never patient names or IDs."""
 
@@ -285,6 +304,7 @@ class Settings(BaseSettings):
     destinations: list[Destination] = Field(default_factory=list)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    outputs: OutputSettings = Field(default_factory=OutputSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")
