@@ -259,6 +259,50 @@ class IdentitySettings(_Section):
     institution_name: str | None = None
 
 
+class RetrySettings(_Section):
+    """Exponential backoff with a cap, then a dead letter that keeps the reason."""
+
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    initial_delay_s: float = Field(default=30.0, ge=0)
+    backoff_factor: float = Field(default=2.0, ge=1.0)
+    max_delay_s: float = Field(default=900.0, ge=0)
+
+
+class JobSettings(_Section):
+    """Analysis jobs: how workers claim them and how failures are retried."""
+
+    lease_s: float = Field(default=600.0, gt=0, description="a job not heartbeated for this long is reclaimed")
+    heartbeat_s: float = Field(default=30.0, gt=0)
+    dispatch_interval_s: float = Field(default=2.0, gt=0)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> JobSettings:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("heartbeat_s must be shorter than lease_s")
+        return self
+
+
+class DeliverySettings(_Section):
+    """The outbox: how often it is served and how failed sends are retried."""
+
+    interval_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    retry: RetrySettings = Field(
+        default_factory=lambda: RetrySettings(max_attempts=20, initial_delay_s=30, max_delay_s=3600)
+    )
+
+
+class AnalysisSettings(_Section):
+    """Which model analyses complete studies, and on which device."""
+
+    model: Literal["threshold"] = Field(
+        default="threshold", description="the model kind; trained kinds come with their weights"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    min_lesion_ml: float = Field(default=0.1, ge=0)
+
+
 SeriesDescription = Annotated[str, Field(min_length=1, max_length=64)]
 SeriesNumber = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
@@ -305,6 +349,9 @@ class Settings(BaseSettings):
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, DateTime, Enum, ForeignKey, Integer, MetaData, String
+from sqlalchemy import BigInteger, DateTime, Enum, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID_LENGTH = 64
@@ -122,3 +122,86 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class JobState(StrEnum):
+    """Where an analysis job is; the database is the queue."""
+
+    QUEUED = "queued"  # waiting for a worker (or for its next attempt, see next_attempt_at)
+    RUNNING = "running"  # claimed by a worker under a lease
+    SUCCEEDED = "succeeded"  # results built and queued for delivery
+    DEAD = "dead"  # gave up after the last attempt; last_error says why
+    CANCELLED = "cancelled"  # cancelled by an operator
+    SUPERSEDED = "superseded"  # the study was reopened; a newer job replaces this one
+
+
+class Job(Base):
+    """One analysis of one study generation by one model version.
+
+    The unique constraint makes enqueueing idempotent: a completion scan that runs twice,
+    or in two processes, cannot create two jobs for the same thing.
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (UniqueConstraint("study_id", "study_generation", "model_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    study_generation: Mapped[int] = mapped_column(Integer)
+    model_key: Mapped[str] = mapped_column(String(128))
+    state: Mapped[JobState] = mapped_column(_state_enum(JobState, "job_state"), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str | None] = mapped_column(Text)  # JSON: call, probability, lesions
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    study: Mapped[Study] = relationship()
+
+
+class OutputObject(Base):
+    """A DICOM object a job produced (SEG, SR, key image), stored under the storage root."""
+
+    __tablename__ = "output_object"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # seg | sr | key_images
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    path: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DeliveryState(StrEnum):
+    """Where one object is on its way to one destination (the outbox)."""
+
+    PENDING = "pending"  # to be sent at next_attempt_at
+    SENT = "sent"  # the destination answered success (or a warning, recorded)
+    DEAD = "dead"  # gave up after the last attempt; last_error says why
+    CANCELLED = "cancelled"  # replaced by a resend or cancelled with its job
+
+
+class Delivery(Base):
+    """One object to one destination; unique, so delivery is idempotent."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("output_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    output_id: Mapped[int] = mapped_column(ForeignKey("output_object.id", ondelete="CASCADE"), index=True)
+    destination: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[DeliveryState] = mapped_column(_state_enum(DeliveryState, "delivery_state"), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_status: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    output: Mapped[OutputObject] = relationship()

@@ -140,6 +140,12 @@ def test_synthetic_300_slice_head_ct_is_stored_and_completes(running: NodeProces
     wait_for(lambda: study_state(running, spec.study_instance_uid) == "complete", 30, "study completion")
     status = cli("status", "--config", str(running.config.workdir / "dicom-node.toml"))
     assert re.search(rf"{re.escape(spec.study_instance_uid)}\s+complete\s+1\s+1\s+300\b", status.stdout), status.stdout
+    # Logs and paths carry UIDs, never the patient's name or ID.
+    log = running.log()
+    assert spec.study_instance_uid in log
+    for secret in (spec.patient_name, spec.patient_id, "Phantom"):
+        assert secret not in log and secret not in status.stdout
+        assert not any(secret in str(p) for p in running.config.storage_root.rglob("*"))
 
 
 def test_jpeg_lossless_series_is_stored_compressed_and_decodes(running: NodeProcess, tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Jobs: the database-backed queue between a complete study and its analysis."""

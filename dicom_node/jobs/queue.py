@@ -1,0 +1,203 @@
+"""The job queue in the database: enqueue idempotently, claim under a lease, finish, fail.
+
+Every transition is a conditional UPDATE guarded by the state (and by the lease owner
+for a running job), so two workers, or a worker and the lease reaper, cannot both win.
+On PostgreSQL a claim selects with ``FOR UPDATE SKIP LOCKED``, so N workers on N hosts
+take different jobs without waiting on each other; on SQLite (one writer) the same
+statement runs without the locking clause.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import Job, JobState, Study
+from dicom_node.retry import RetryPolicy
+
+OPEN_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job a worker holds, with what it needs to run it."""
+
+    id: int
+    study_id: int
+    study_instance_uid: str
+    study_generation: int
+    model_key: str
+    attempts: int
+    lease_owner: str
+
+
+def enqueue(
+    session: Session,
+    *,
+    study_id: int,
+    generation: int,
+    model_key: str,
+    max_attempts: int,
+    now: datetime,
+) -> bool:
+    """Queue one job for (study, generation, model); True if it is new.
+
+    Older generations' open jobs for the same study and model are superseded: a
+    reopened study is analysed again as a whole, once.
+    """
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    created = session.execute(
+        insert(Job)
+        .values(
+            study_id=study_id,
+            study_generation=generation,
+            model_key=model_key,
+            state=JobState.QUEUED,
+            attempts=0,
+            max_attempts=max_attempts,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["study_id", "study_generation", "model_key"])
+        .returning(Job.id)
+    ).scalar()
+    session.execute(
+        update(Job)
+        .where(
+            Job.study_id == study_id,
+            Job.model_key == model_key,
+            Job.study_generation < generation,
+            Job.state.in_(OPEN_STATES),
+        )
+        .values(state=JobState.SUPERSEDED, finished_at=now, lease_owner=None, lease_expires_at=None)
+    )
+    return created is not None
+
+
+def claim(session: Session, *, owner: str, lease: timedelta, now: datetime) -> ClaimedJob | None:
+    """Take the oldest due job, if any, under a lease held by ``owner``."""
+    candidate = session.execute(
+        select(Job.id)
+        .where(Job.state == JobState.QUEUED, Job.next_attempt_at <= now)
+        .order_by(Job.next_attempt_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).scalar()
+    if candidate is None:
+        return None
+    row = session.execute(
+        update(Job)
+        .where(Job.id == candidate, Job.state == JobState.QUEUED)
+        .values(
+            state=JobState.RUNNING,
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            attempts=Job.attempts + 1,
+            started_at=now,
+        )
+        .returning(Job.id, Job.study_id, Job.study_generation, Job.model_key, Job.attempts)
+    ).first()
+    if row is None:
+        return None
+    study_uid = session.execute(select(Study.study_instance_uid).where(Study.id == row.study_id)).scalar_one()
+    return ClaimedJob(
+        id=row.id,
+        study_id=row.study_id,
+        study_instance_uid=study_uid,
+        study_generation=row.study_generation,
+        model_key=row.model_key,
+        attempts=row.attempts,
+        lease_owner=owner,
+    )
+
+
+def _held(job: ClaimedJob):  # type: ignore[no-untyped-def]
+    return (Job.id == job.id) & (Job.state == JobState.RUNNING) & (Job.lease_owner == job.lease_owner)
+
+
+def heartbeat(session: Session, job: ClaimedJob, *, lease: timedelta, now: datetime) -> bool:
+    """Extend the lease; False when the job is no longer ours (reclaimed, superseded, cancelled)."""
+    result = session.execute(update(Job).where(_held(job)).values(lease_expires_at=now + lease))
+    return result.rowcount == 1
+
+
+def succeed(session: Session, job: ClaimedJob, *, summary: str, now: datetime) -> bool:
+    """Mark the job done; False (and nothing changes) if the lease was lost meanwhile."""
+    result = session.execute(
+        update(Job)
+        .where(_held(job))
+        .values(
+            state=JobState.SUCCEEDED,
+            summary=summary,
+            last_error=None,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def fail(session: Session, job: ClaimedJob, *, error: str, policy: RetryPolicy, now: datetime) -> JobState | None:
+    """Record a failed attempt: queue a retry after the backoff, or dead-letter it.
+
+    Returns the new state, or None if the job was no longer ours.
+    """
+    if policy.gives_up_after(job.attempts):
+        values = {"state": JobState.DEAD, "finished_at": now}
+    else:
+        values = {"state": JobState.QUEUED, "next_attempt_at": now + policy.delay_after(job.attempts)}
+    result = session.execute(
+        update(Job)
+        .where(_held(job))
+        .values(last_error=error[:4000], lease_owner=None, lease_expires_at=None, **values)
+    )
+    return values["state"] if result.rowcount == 1 else None  # type: ignore[return-value]
+
+
+def reap_expired_leases(session: Session, *, policy: RetryPolicy, now: datetime) -> list[int]:
+    """Return jobs whose worker vanished (lease expired) to the queue, or dead-letter them."""
+    expired = session.execute(
+        select(Job.id, Job.attempts, Job.lease_owner)
+        .where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
+        .with_for_update(skip_locked=True)
+    ).all()
+    reaped = []
+    for row in expired:
+        reason = f"lease of worker {row.lease_owner} expired (worker lost)"
+        if policy.gives_up_after(row.attempts):
+            values = {"state": JobState.DEAD, "finished_at": now}
+        else:
+            values = {"state": JobState.QUEUED, "next_attempt_at": now}
+        done = session.execute(
+            update(Job)
+            .where(Job.id == row.id, Job.state == JobState.RUNNING, Job.lease_owner == row.lease_owner)
+            .values(last_error=reason, lease_owner=None, lease_expires_at=None, **values)
+        )
+        if done.rowcount == 1:
+            reaped.append(row.id)
+    return reaped
+
+
+def retry_now(session: Session, job_id: int, *, now: datetime) -> bool:
+    """Operator retry: a finished job (dead, cancelled, succeeded) runs again, attempts reset."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_((JobState.DEAD, JobState.CANCELLED, JobState.SUCCEEDED)))
+        .values(state=JobState.QUEUED, attempts=0, next_attempt_at=now, finished_at=None)
+    )
+    return result.rowcount == 1
+
+
+def cancel(session: Session, job_id: int, *, now: datetime) -> bool:
+    """Operator cancel of a queued or running job (a running worker stops at its next heartbeat)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(OPEN_STATES))
+        .values(state=JobState.CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None)
+    )
+    return result.rowcount == 1

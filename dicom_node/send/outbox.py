@@ -1,0 +1,139 @@
+"""The outbox: one row per (object, destination), served with retries and a dead letter.
+
+Each destination is served on its own thread, so a destination that is down (or slow
+to time out) never delays another. A row is marked sent only after the peer returned
+a success or warning status for that very object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.db.models import Delivery, DeliveryState, OutputObject
+from dicom_node.retry import RetryPolicy
+from dicom_node.send.scu import Peer, SendItem, SendResult, send
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A delivery ready to be attempted."""
+
+    id: int
+    destination: str
+    path: str
+    attempts: int
+    sop_instance_uid: str
+
+
+def add_deliveries(session: Session, *, output_id: int, destinations: list[str], now: datetime) -> None:
+    """Queue ``output_id`` for each destination; an existing row is left as it is (idempotent)."""
+    if not destinations:
+        return
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(Delivery)
+        .values(
+            [
+                {
+                    "output_id": output_id,
+                    "destination": name,
+                    "state": DeliveryState.PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for name in destinations
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["output_id", "destination"])
+    )
+
+
+def due_deliveries(session: Session, *, now: datetime, limit: int = 500) -> dict[str, list[DueDelivery]]:
+    """Pending deliveries whose next attempt is due, grouped by destination."""
+    rows = session.execute(
+        select(Delivery.id, Delivery.destination, Delivery.attempts, OutputObject.path, OutputObject.sop_instance_uid)
+        .join(OutputObject, OutputObject.id == Delivery.output_id)
+        .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+        .order_by(Delivery.id)
+        .limit(limit)
+    ).all()
+    grouped: dict[str, list[DueDelivery]] = {}
+    for row in rows:
+        grouped.setdefault(row.destination, []).append(
+            DueDelivery(row.id, row.destination, row.path, row.attempts, row.sop_instance_uid)
+        )
+    return grouped
+
+
+def record_result(
+    session: Session, delivery: DueDelivery, result: SendResult, *, policy: RetryPolicy, now: datetime
+) -> DeliveryState:
+    """Store the outcome of one attempt and return the delivery's new state."""
+    attempts = delivery.attempts + 1
+    status = f"0x{result.status:04X}" if result.status is not None else None
+    if result.stored:
+        values = {"state": DeliveryState.SENT, "sent_at": now, "last_error": result.detail if result.warning else None}
+    elif policy.gives_up_after(attempts):
+        values = {"state": DeliveryState.DEAD, "last_error": result.detail}
+    else:
+        values = {"next_attempt_at": now + policy.delay_after(attempts), "last_error": result.detail}
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery.id, Delivery.state == DeliveryState.PENDING)
+        .values(attempts=attempts, last_status=status or result.detail[:64], **values)
+    )
+    return values.get("state", DeliveryState.PENDING)  # type: ignore[return-value]
+
+
+def serve_outbox(
+    sessions: sessionmaker[Session],
+    *,
+    peers: dict[str, Peer],
+    storage_root: Path,
+    policy: RetryPolicy,
+    clock: Callable[[], datetime],
+) -> dict[str, dict[str, int]]:
+    """Attempt every due delivery, each destination on its own thread; return counts per destination."""
+    with sessions() as session:
+        due = due_deliveries(session, now=clock())
+    unknown = sorted(set(due) - set(peers))
+    for name in unknown:
+        logger.warning("deliveries wait for a destination that is not configured", extra={"destination": name})
+    work = {name: items for name, items in due.items() if name in peers}
+    if not work:
+        return {}
+
+    def serve(name: str) -> dict[str, int]:
+        items = work[name]
+        try:
+            results = send(peers[name], [SendItem(d.id, storage_root / d.path) for d in items])
+        except Exception as exc:  # a broken peer must not kill the tick: record it as a failure
+            logger.exception("sending failed", extra={"destination": name})
+            results = [SendResult(d.id, False, None, f"send error: {exc.__class__.__name__}") for d in items]
+        counts: dict[str, int] = {}
+        with sessions.begin() as session:
+            for delivery, result in zip(items, results, strict=True):
+                state = record_result(session, delivery, result, policy=policy, now=clock())
+                counts[state.value] = counts.get(state.value, 0) + 1
+                if not result.stored:
+                    logger.warning(
+                        f"delivery failed: {result.detail}",
+                        extra={"destination": name, "sop_instance_uid": delivery.sop_instance_uid},
+                    )
+        logger.info(f"outbox served: {counts}", extra={"destination": name, "count": len(items)})
+        return counts
+
+    with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="outbox") as pool:
+        return dict(zip(work, pool.map(serve, work), strict=True))

@@ -1,0 +1,124 @@
+"""A C-STORE SCU that negotiates only what it sends and checks every returned status.
+
+A refused presentation context, a failure status, a missing response or a lost
+association makes that item a failure, never "sent". Warning statuses (0xB000, 0xB006,
+0xB007) mean the peer stored the object; they are reported so the outbox can record them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+
+logger = logging.getLogger(__name__)
+
+WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A destination as the SCU needs it."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str
+    timeout_s: float
+    tls_context: ssl.SSLContext | None = None
+
+
+@dataclass(frozen=True)
+class SendItem:
+    """One file to send; ``key`` lets the caller match results (e.g. a delivery id)."""
+
+    key: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the peer answered for one item."""
+
+    key: int
+    stored: bool
+    status: int | None
+    detail: str
+
+    @property
+    def warning(self) -> bool:
+        return self.status in WARNING_STATUSES
+
+
+def _nodelay(event: evt.Event) -> None:
+    # Without TCP_NODELAY the small C-STORE command PDUs wait on Nagle's algorithm.
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _syntax_pairs(items: list[SendItem]) -> dict[int, tuple[str, str]]:
+    pairs = {}
+    for item in items:
+        meta = dcmread(item.path, stop_before_pixels=True, specific_tags=[]).file_meta
+        pairs[item.key] = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+    return pairs
+
+
+def _accepted(assoc: Association, sop_class: str, syntax: str) -> bool:
+    return any(
+        cx.abstract_syntax == sop_class and syntax in cx.transfer_syntax for cx in assoc.accepted_contexts
+    )
+
+
+def _one(assoc: Association, item: SendItem) -> SendResult:
+    status = assoc.send_c_store(item.path)
+    code: Any = getattr(status, "Status", None)
+    if code is None:
+        return SendResult(item.key, False, None, "no response (association lost or timed out)")
+    code = int(code)
+    comment = str(getattr(status, "ErrorComment", "") or "")
+    if code == 0x0000:
+        return SendResult(item.key, True, code, "success")
+    if code in WARNING_STATUSES:
+        return SendResult(item.key, True, code, f"warning 0x{code:04X} {comment}".strip())
+    return SendResult(item.key, False, code, f"failure 0x{code:04X} {comment}".strip())
+
+
+def send(peer: Peer, items: list[SendItem]) -> list[SendResult]:
+    """Send ``items`` over one association; one result per item, in order."""
+    if not items:
+        return []
+    pairs = _syntax_pairs(items)
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
+    for sop_class, syntax in sorted(set(pairs.values())):
+        ae.add_requested_context(sop_class, [syntax])
+    tls_args = (peer.tls_context, peer.host) if peer.tls_context is not None else None
+    assoc = ae.associate(
+        peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+    )
+    if not assoc.is_established:
+        why = "association rejected" if assoc.is_rejected else "association aborted or peer unreachable"
+        return [SendResult(item.key, False, None, why) for item in items]
+    results = []
+    try:
+        for item in items:
+            if not assoc.is_established:
+                results.append(SendResult(item.key, False, None, "association lost before sending"))
+            elif not _accepted(assoc, *pairs[item.key]):
+                results.append(SendResult(item.key, False, None, "presentation context refused by the peer"))
+            else:
+                results.append(_one(assoc, item))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results
