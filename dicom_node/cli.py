@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -21,24 +22,33 @@ from sqlalchemy import Engine
 from dicom_node import __version__
 from dicom_node.config import Settings, load_settings
 from dicom_node.db import migrate
+from dicom_node.db.models import JobState, utcnow
 from dicom_node.db.session import create_db_engine, session_factory
 from dicom_node.dicom.contexts import VERIFICATION_CLASS
 from dicom_node.dicom.storage import InstanceStore
-from dicom_node.dicom.tls import server_context
+from dicom_node.dicom.tls import client_context, server_context
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.ingest.catalog import Catalog, study_summaries
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
+from dicom_node.jobs import queue
 from dicom_node.logs import configure_logging
-from dicom_node.scheduler import build_scheduler
+from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
+from dicom_node.pipeline import Model, Pipeline, model_key
+from dicom_node.retry import RetryPolicy
+from dicom_node.scheduler import Worker, build_scheduler
+from dicom_node.send.outbox import deliveries_of_job, requeue_job_outputs, serve_outbox
+from dicom_node.send.scu import Peer
 
 logger = logging.getLogger("dicom_node")
 
 app = typer.Typer(help="dicom-node: a DICOM AI node for head CT. Research use only.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Analysis jobs: list, show, retry, cancel.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.add_typer(jobs_app, name="jobs")
 
 DEFAULT_CONFIG = Path("config/dicom-node.toml")
 ConfigOption = Annotated[
@@ -80,40 +90,90 @@ def _wait_for_signal() -> None:
         pass
 
 
-def _serve(settings: Settings, with_scheduler: bool) -> None:
-    engine = _engine_at_head(settings)
+def _model(settings: Settings) -> Model:
+    """The configured model. Trained kinds import torch, so only here, never in the listener."""
+    if settings.analysis.model == "threshold":
+        return ThresholdModel(ThresholdParameters(min_lesion_ml=settings.analysis.min_lesion_ml))
+    raise DicomNodeError(f"unknown model kind {settings.analysis.model!r}")
+
+
+def _peers(settings: Settings) -> dict[str, Peer]:
+    return {
+        d.name: Peer(
+            name=d.name,
+            ae_title=d.ae_title,
+            host=d.host,
+            port=d.port,
+            calling_ae_title=settings.node.ae_title,
+            timeout_s=settings.delivery.timeout_s,
+            tls_context=client_context(settings.tls) if d.tls else None,
+        )
+        for d in settings.destinations
+    }
+
+
+def _scheduler(settings: Settings, engine: Engine, store: InstanceStore):  # type: ignore[no-untyped-def]
+    """Completion, leases, dispatch (with the worker) and outbox ticks for this process."""
     sessions = session_factory(engine)
+    model = _model(settings)
+    worker = Worker(
+        sessions=sessions,
+        run_job=Pipeline(settings, sessions, store, model).run,
+        destinations={d.name: list(d.objects) for d in settings.destinations},
+        lease=timedelta(seconds=settings.jobs.lease_s),
+        heartbeat_every=timedelta(seconds=settings.jobs.heartbeat_s),
+        policy=RetryPolicy.from_settings(settings.jobs.retry),
+    )
+    peers = _peers(settings)
+    policy = RetryPolicy.from_settings(settings.delivery.retry)
+
+    def outbox() -> object:
+        return serve_outbox(sessions, peers=peers, storage_root=store.root, policy=policy, clock=utcnow)
+
+    return build_scheduler(settings, sessions, model_key=model_key(model), worker=worker, outbox=outbox)
+
+
+def _serve(settings: Settings, *, listener: bool, scheduler: bool) -> None:
+    engine = _engine_at_head(settings)
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     store.prepare()
-    catalog = Catalog(engine, settings.storage.duplicate_policy)
-    committer = GroupCommitter(catalog.record_batch)
-    committer.start()
-    scp = StorageSCP(settings.node, store, catalog, committer, server_context(settings.tls))
-    server = scp.start()
-    scheduler = build_scheduler(settings, sessions) if with_scheduler else None
-    if scheduler is not None:
-        scheduler.start()
+    stops = []
+    if listener:
+        catalog = Catalog(engine, settings.storage.duplicate_policy)
+        committer = GroupCommitter(catalog.record_batch)
+        committer.start()
+        stops.append(committer.stop)
+        server = StorageSCP(settings.node, store, catalog, committer, server_context(settings.tls)).start()
+        stops.append(server.shutdown)
+    if scheduler:
+        ticks = _scheduler(settings, engine, store)
+        ticks.start()
+        stops.append(lambda: ticks.shutdown(wait=True))
     try:
         _wait_for_signal()
     finally:
         logger.info("shutting down")
-        server.shutdown()
-        if scheduler is not None:
-            scheduler.shutdown(wait=True)
-        committer.stop()
+        for stop in reversed(stops):
+            stop()
         engine.dispose()
 
 
 @app.command()
 def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run the embedded node in one process: listener plus scheduler ticks."""
-    _serve(_settings(config), with_scheduler=True)
+    """Run the embedded node in one process: listener, scheduler ticks and worker."""
+    _serve(_settings(config), listener=True, scheduler=True)
 
 
 @app.command()
 def scp(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run the DICOM listener only (scale-out: schedulers and workers run elsewhere)."""
-    _serve(_settings(config), with_scheduler=False)
+    """Run the DICOM listener only; a GPU crash in a worker never drops an association."""
+    _serve(_settings(config), listener=True, scheduler=False)
+
+
+@app.command()
+def worker(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Run the scheduler ticks and the analysis worker, without a listener."""
+    _serve(_settings(config), listener=False, scheduler=True)
 
 
 _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
@@ -166,6 +226,107 @@ def status(
         )
     if not rows:
         typer.echo("(no studies received yet)")
+
+
+def _sessions(config: Path):  # type: ignore[no-untyped-def]
+    settings = _settings(config)
+    return settings, session_factory(_engine_at_head(settings))
+
+
+@jobs_app.command("list")
+def jobs_list(
+    config: ConfigOption = DEFAULT_CONFIG,
+    state: Annotated[JobState | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(help="How many jobs to list.")] = 50,
+) -> None:
+    """The newest jobs first: state, attempts and the last error."""
+    _, sessions = _sessions(config)
+    with sessions() as session:
+        jobs = queue.list_jobs(session, limit=limit, state=state)
+    typer.echo(f"{'ID':>6}  {'STATE':<10}  {'TRY':>5}  {'STUDY INSTANCE UID':<64}  GEN  MODEL / LAST ERROR")
+    for job in jobs:
+        detail = job.last_error.splitlines()[0][:80] if job.last_error else job.model_key
+        typer.echo(
+            f"{job.id:>6}  {job.state.value:<10}  {job.attempts:>2}/{job.max_attempts:<2}  "
+            f"{job.study_instance_uid:<64}  {job.study_generation:>3}  {detail}"
+        )
+    if not jobs:
+        typer.echo("(no jobs)")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """One job in full: why it failed, what it found, where each result went."""
+    _, sessions = _sessions(config)
+    with sessions() as session:
+        job = queue.get_job(session, job_id)
+        deliveries = deliveries_of_job(session, job_id) if job else []
+    if job is None:
+        typer.echo(f"no job {job_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"job {job.id}: {job.state.value}, attempt {job.attempts} of {job.max_attempts}")
+    typer.echo(f"  study      {job.study_instance_uid} (generation {job.study_generation})")
+    typer.echo(f"  model      {job.model_key}")
+    typer.echo(f"  created    {job.created_at:%Y-%m-%d %H:%M:%S} UTC; finished {job.finished_at or '-'}")
+    if job.state == JobState.QUEUED and job.attempts:
+        typer.echo(f"  next try   {job.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC")
+    if job.lease_owner:
+        typer.echo(f"  worker     {job.lease_owner}")
+    if job.last_error:
+        typer.echo(f"  error      {job.last_error}")
+    if job.summary:
+        typer.echo(f"  result     {job.summary}")
+    for d in deliveries:
+        why = f" ({d.last_error})" if d.last_error else ""
+        typer.echo(
+            f"  delivery   {d.kind:<10} {d.sop_instance_uid} -> {d.destination}: {d.state.value}, "
+            f"{d.attempts} attempt(s), last status {d.last_status or '-'}{why}"
+        )
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Run a dead, cancelled or finished job again (attempts start over)."""
+    _, sessions = _sessions(config)
+    with sessions.begin() as session:
+        ok = queue.retry_now(session, job_id, now=utcnow())
+    if not ok:
+        typer.echo(f"job {job_id} is not dead, cancelled or succeeded", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"job {job_id} queued")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Cancel a queued or running job (a running one stops at its next heartbeat)."""
+    _, sessions = _sessions(config)
+    with sessions.begin() as session:
+        ok = queue.cancel(session, job_id, now=utcnow())
+    if not ok:
+        typer.echo(f"job {job_id} is not queued or running", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"job {job_id} cancelled")
+
+
+@app.command()
+def resend(
+    study_instance_uid: Annotated[str, typer.Argument(help="The study whose latest results to send again.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    to: Annotated[str | None, typer.Option("--to", help="Only this destination (by name).")] = None,
+) -> None:
+    """Send a study's latest results again; same UIDs, so destinations replace, never duplicate."""
+    settings, sessions = _sessions(config)
+    destinations = {d.name: list(d.objects) for d in settings.destinations if to in (None, d.name)}
+    if not destinations:
+        typer.echo(f"no configured destination named {to!r}", err=True)
+        raise typer.Exit(2)
+    with sessions.begin() as session:
+        job_id = queue.latest_succeeded_job(session, study_instance_uid)
+        if job_id is None:
+            typer.echo(f"no successful job for study {study_instance_uid}", err=True)
+            raise typer.Exit(1)
+        count = requeue_job_outputs(session, job_id=job_id, destinations=destinations, now=utcnow())
+    typer.echo(f"{count} deliveries of job {job_id} queued for {', '.join(destinations)}")
 
 
 @db_app.command("upgrade")

@@ -43,3 +43,11 @@ class UnreadableDatasetError(InvalidInstanceError):
 
 class DatabaseUnavailableError(DicomNodeError):
     """The database refused or dropped the connection."""
+
+
+class AnalysisError(DicomNodeError):
+    """A study cannot be analysed as it is (no eligible series, an unusable volume).
+
+    Retrying cannot help, so the job goes straight to the dead letter with this reason.
+    """
+

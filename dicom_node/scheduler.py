@@ -1,36 +1,65 @@
-"""APScheduler ticks: periodic scans over the database, which remains the queue.
+"""APScheduler ticks over the database, which remains the queue, and the worker they drive.
 
-A tick only looks at database state and moves it forward; it holds no work of its own,
-so a tick that is skipped (a busy process, a restart) is simply done by the next one.
+A tick only reads database state and moves it forward; it holds no work of its own, so a
+tick that is skipped (a busy process, a restart) is simply done by the next one:
+
+- completion: complete quiet studies and, in the same transaction, enqueue their jobs;
+- leases: return jobs of vanished workers to the queue (or dead-letter them);
+- dispatch: claim due jobs and run them, one at a time, with a heartbeat;
+- outbox: send due deliveries, each destination on its own thread.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import UTC, datetime
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Settings
-from dicom_node.db.models import utcnow
+from dicom_node.db.models import JobState, utcnow
+from dicom_node.errors import AnalysisError
 from dicom_node.ingest.completion import CompletedStudy, CompletionRule, complete_due_studies
+from dicom_node.jobs import queue
+from dicom_node.jobs.queue import ClaimedJob
+from dicom_node.pipeline import JobOutput, record_outputs
+from dicom_node.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
 
-def completion_tick(sessions: sessionmaker[Session], rule: CompletionRule) -> list[CompletedStudy]:
-    """Complete every study whose quiet period (or cap) has passed."""
+def completion_tick(
+    sessions: sessionmaker[Session], rule: CompletionRule, *, model_key: str, max_attempts: int
+) -> list[CompletedStudy]:
+    """Complete every due study and enqueue its job, atomically."""
     try:
         with sessions.begin() as session:
-            completed = complete_due_studies(session, rule, utcnow())
+            now = utcnow()
+            completed = complete_due_studies(session, rule, now)
+            for study in completed:
+                queue.enqueue(
+                    session,
+                    study_id=study.study_id,
+                    generation=study.generation,
+                    model_key=model_key,
+                    max_attempts=max_attempts,
+                    now=now,
+                )
     except SQLAlchemyError as exc:
         logger.warning(f"completion scan skipped: {exc.__class__.__name__}", extra={"stage": "completion"})
         return []
     for study in completed:
         logger.info(
-            f"study complete ({study.reason})",
+            f"study complete ({study.reason}); job queued",
             extra={
                 "study_instance_uid": study.study_instance_uid,
                 "generation": study.generation,
@@ -41,17 +70,133 @@ def completion_tick(sessions: sessionmaker[Session], rule: CompletionRule) -> li
     return completed
 
 
-def build_scheduler(settings: Settings, sessions: sessionmaker[Session]) -> BackgroundScheduler:
-    """A scheduler with the completion scan; later stages add their ticks here."""
+def lease_tick(sessions: sessionmaker[Session], policy: RetryPolicy) -> list[int]:
+    """Reclaim jobs whose worker stopped heartbeating (crashed, killed, partitioned)."""
+    try:
+        with sessions.begin() as session:
+            reaped = queue.reap_expired_leases(session, policy=policy, now=utcnow())
+    except SQLAlchemyError as exc:
+        logger.warning(f"lease scan skipped: {exc.__class__.__name__}", extra={"stage": "lease"})
+        return []
+    for job_id in reaped:
+        logger.warning("job reclaimed after its lease expired", extra={"job_id": job_id, "stage": "lease"})
+    return reaped
+
+
+RunJob = Callable[[ClaimedJob], JobOutput]
+
+
+@dataclass
+class Worker:
+    """Claims jobs from the database and runs them with ``run_job``, heartbeating meanwhile."""
+
+    sessions: sessionmaker[Session]
+    run_job: RunJob
+    destinations: dict[str, list[str]]  # destination name -> object kinds it wants
+    lease: timedelta
+    heartbeat_every: timedelta
+    policy: RetryPolicy
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def run_available(self, stop: threading.Event | None = None) -> int:
+        """Run due jobs until none is left (or ``stop`` is set); return how many ran."""
+        ran = 0
+        while stop is None or not stop.is_set():
+            try:
+                with self.sessions.begin() as session:
+                    job = queue.claim(session, owner=self.owner, lease=self.lease, now=utcnow())
+            except SQLAlchemyError as exc:
+                logger.warning(f"job claim skipped: {exc.__class__.__name__}", extra={"stage": "dispatch"})
+                return ran
+            if job is None:
+                return ran
+            self.run_one(job)
+            ran += 1
+        return ran
+
+    def _heartbeat(self, job: ClaimedJob, done: threading.Event, lost: threading.Event) -> None:
+        while not done.wait(self.heartbeat_every.total_seconds()):
+            try:
+                with self.sessions.begin() as session:
+                    if not queue.heartbeat(session, job, lease=self.lease, now=utcnow()):
+                        lost.set()
+                        return
+            except SQLAlchemyError:
+                logger.warning("heartbeat failed; will retry", extra={"job_id": job.id})
+
+    def run_one(self, job: ClaimedJob) -> JobState | None:
+        """Run one claimed job to success or failure; returns the job's new state."""
+        context = {"job_id": job.id, "study_instance_uid": job.study_instance_uid, "generation": job.study_generation}
+        logger.info(f"job started (attempt {job.attempts})", extra={**context, "stage": "dispatch"})
+        done, lost = threading.Event(), threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, done, lost), name=f"heartbeat-{job.id}", daemon=True)
+        beat.start()
+        try:
+            output = self.run_job(job)
+        except AnalysisError as exc:
+            return self._fail(job, f"{exc}", permanent=True, context=context)
+        except Exception as exc:  # any failure of one study must not stop the worker
+            logger.exception("job failed", extra={**context, "stage": "dispatch"})
+            return self._fail(job, f"{exc.__class__.__name__}: {exc}", permanent=False, context=context)
+        finally:
+            done.set()
+            beat.join()
+        if lost.is_set():
+            logger.warning("job lease lost while running; results discarded", extra=context)
+            return None
+        with self.sessions.begin() as session:
+            now = utcnow()
+            if not queue.succeed(session, job, summary=json.dumps(output.summary), now=now):
+                session.rollback()
+                logger.warning("job no longer ours at the end; results discarded", extra=context)
+                return None
+            record_outputs(session, job, output, destinations=self.destinations, now=now)
+        logger.info(f"job succeeded: {output.summary}", extra={**context, "stage": "record"})
+        return JobState.SUCCEEDED
+
+    def _fail(self, job: ClaimedJob, error: str, *, permanent: bool, context: dict[str, object]) -> JobState | None:
+        policy = RetryPolicy(1, self.policy.initial_delay, self.policy.backoff_factor, self.policy.max_delay) if permanent else self.policy
+        with self.sessions.begin() as session:
+            state = queue.fail(session, job, error=error, policy=policy, now=utcnow())
+        logger.warning(f"job failed ({state}): {error}", extra={**context, "stage": "dispatch", "reason": error[:200]})
+        return state
+
+
+def build_scheduler(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    *,
+    model_key: str,
+    worker: Worker | None = None,
+    outbox: Callable[[], object] | None = None,
+) -> BackgroundScheduler:
+    """The ticks of this process: completion and leases always; dispatch and outbox when given."""
     scheduler = BackgroundScheduler(timezone=UTC)
+    start = datetime.now(UTC)
+    common = {"max_instances": 1, "coalesce": True, "next_run_time": start}
     scheduler.add_job(
         completion_tick,
         "interval",
         seconds=settings.completion.scan_interval_s,
         args=[sessions, CompletionRule.from_settings(settings.completion)],
+        kwargs={"model_key": model_key, "max_attempts": settings.jobs.retry.max_attempts},
         id="completion",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.now(UTC),
+        **common,
     )
+    scheduler.add_job(
+        lease_tick,
+        "interval",
+        seconds=max(1.0, settings.jobs.heartbeat_s),
+        args=[sessions, RetryPolicy.from_settings(settings.jobs.retry)],
+        id="leases",
+        **common,
+    )
+    if worker is not None:
+        scheduler.add_job(worker.run_available, "interval", seconds=settings.jobs.dispatch_interval_s, id="dispatch", **common)
+    if outbox is not None:
+        scheduler.add_job(outbox, "interval", seconds=settings.delivery.interval_s, id="outbox", **common)
     return scheduler

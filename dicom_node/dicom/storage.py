@@ -19,12 +19,15 @@ import shutil
 import uuid
 from pathlib import Path, PurePosixPath
 
+from pydicom.dataset import Dataset
+
 from dicom_node.errors import DiskFullError, StorageError
 
 logger = logging.getLogger(__name__)
 
 _PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 INCOMING_DIR = ".incoming"
+RESULTS_DIR = PurePosixPath("results")
 
 
 def path_component(uid: str) -> str:
@@ -38,10 +41,15 @@ def path_component(uid: str) -> str:
 
 
 def instance_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
-    """Where an instance lives, relative to the storage root."""
+    """Where a received instance lives, relative to the storage root."""
     return PurePosixPath(
         path_component(study_uid), path_component(series_uid), path_component(sop_uid) + ".dcm"
     )
+
+
+def result_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
+    """Where an object we created lives: under ``results/``, apart from what we received."""
+    return RESULTS_DIR / instance_path(study_uid, series_uid, sop_uid)
 
 
 def _fsync_path(path: Path) -> None:
@@ -158,6 +166,12 @@ class InstanceStore:
         """Like :meth:`publish`, but keep an existing file: returns None (and keeps
         ``source``) when ``relative`` is already taken."""
         return self._publish(source, relative, overwrite=False)
+
+    def write_dataset(self, dataset: Dataset, relative: PurePosixPath) -> int:
+        """Write an object we created (SEG, SR, key image) durably at ``relative``; returns its size."""
+        staged = self.incoming / f"{uuid.uuid4().hex}.part"
+        dataset.save_as(staged, enforce_file_format=True)
+        return self.publish(staged, relative)
 
     def remove(self, relative: PurePosixPath | str) -> None:
         """Delete a stored file (after a failed DB commit, or by retention)."""

@@ -57,6 +57,7 @@ class CompletionRule:
 class CompletedStudy:
     """A study the scan just completed."""
 
+    study_id: int
     study_instance_uid: str
     generation: int
     reason: CompletionReason
@@ -91,7 +92,7 @@ def complete_due_studies(session: Session, rule: CompletionRule, now: datetime) 
         .values(state=SeriesState.COMPLETE, completed_at=now)
     )
     return [
-        CompletedStudy(row.study_instance_uid, row.generation, CompletionReason(row.completion_reason))
+        CompletedStudy(row.id, row.study_instance_uid, row.generation, CompletionReason(row.completion_reason))
         for row in completed
     ]
 

@@ -201,3 +201,67 @@ def cancel(session: Session, job_id: int, *, now: datetime) -> bool:
         .values(state=JobState.CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None)
     )
     return result.rowcount == 1
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as ``dicom-node jobs`` shows it."""
+
+    id: int
+    study_instance_uid: str
+    study_generation: int
+    model_key: str
+    state: JobState
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    lease_owner: str | None
+    last_error: str | None
+    summary: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def _view(job: Job, study_uid: str) -> JobView:
+    return JobView(
+        id=job.id,
+        study_instance_uid=study_uid,
+        study_generation=job.study_generation,
+        model_key=job.model_key,
+        state=job.state,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        next_attempt_at=job.next_attempt_at,
+        lease_owner=job.lease_owner,
+        last_error=job.last_error,
+        summary=job.summary,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+    )
+
+
+def list_jobs(session: Session, *, limit: int = 50, state: JobState | None = None) -> list[JobView]:
+    """The newest jobs first, optionally of one state."""
+    query = select(Job, Study.study_instance_uid).join(Study, Study.id == Job.study_id)
+    if state is not None:
+        query = query.where(Job.state == state)
+    rows = session.execute(query.order_by(Job.id.desc()).limit(limit)).all()
+    return [_view(job, uid) for job, uid in rows]
+
+
+def get_job(session: Session, job_id: int) -> JobView | None:
+    row = session.execute(
+        select(Job, Study.study_instance_uid).join(Study, Study.id == Job.study_id).where(Job.id == job_id)
+    ).first()
+    return _view(*row) if row else None
+
+
+def latest_succeeded_job(session: Session, study_instance_uid: str) -> int | None:
+    """The newest successful job of a study, whose results a resend sends again."""
+    return session.execute(
+        select(Job.id)
+        .join(Study, Study.id == Job.study_id)
+        .where(Study.study_instance_uid == study_instance_uid, Job.state == JobState.SUCCEEDED)
+        .order_by(Job.study_generation.desc(), Job.id.desc())
+        .limit(1)
+    ).scalar()

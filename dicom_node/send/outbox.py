@@ -137,3 +137,52 @@ def serve_outbox(
 
     with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="outbox") as pool:
         return dict(zip(work, pool.map(serve, work), strict=True))
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    """One delivery as ``jobs show`` lists it."""
+
+    id: int
+    kind: str
+    sop_instance_uid: str
+    destination: str
+    state: DeliveryState
+    attempts: int
+    last_status: str | None
+    last_error: str | None
+
+
+def deliveries_of_job(session: Session, job_id: int) -> list[DeliveryView]:
+    rows = session.execute(
+        select(Delivery, OutputObject.kind, OutputObject.sop_instance_uid)
+        .join(OutputObject, OutputObject.id == Delivery.output_id)
+        .where(OutputObject.job_id == job_id)
+        .order_by(Delivery.destination, OutputObject.id)
+    ).all()
+    return [
+        DeliveryView(d.id, kind, uid, d.destination, d.state, d.attempts, d.last_status, d.last_error)
+        for d, kind, uid in rows
+    ]
+
+
+def requeue_job_outputs(
+    session: Session, *, job_id: int, destinations: dict[str, list[str]], now: datetime
+) -> int:
+    """Send a job's objects again to ``destinations`` (name -> wanted kinds); returns the row count.
+
+    The objects keep their UIDs, so the destination replaces what it has: a resend never
+    creates a second copy.
+    """
+    outputs = session.execute(select(OutputObject.id, OutputObject.kind).where(OutputObject.job_id == job_id)).all()
+    count = 0
+    for output_id, kind in outputs:
+        wanted = [name for name, kinds in destinations.items() if kind in kinds]
+        add_deliveries(session, output_id=output_id, destinations=wanted, now=now)
+        if wanted:
+            count += session.execute(
+                update(Delivery)
+                .where(Delivery.output_id == output_id, Delivery.destination.in_(wanted))
+                .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, last_error=None)
+            ).rowcount
+    return count

@@ -1,0 +1,211 @@
+"""One job, end to end: the only module that composes the stages.
+
+load (DB rows -> headers -> series selection -> HU volume) -> infer (model) -> build
+(SEG, SR, key images) -> write (durable files) -> record (output rows and outbox rows,
+in the same transaction that marks the job done).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.config import Settings
+from dicom_node.db.models import Instance, OutputObject, Series, Study
+from dicom_node.dicom.storage import InstanceStore, result_path
+from dicom_node.errors import AnalysisError
+from dicom_node.imaging.selection import SeriesCandidate, select_series
+from dicom_node.imaging.volume import CTVolume, assemble_volume
+from dicom_node.jobs.queue import ClaimedJob
+from dicom_node.models.result import ModelResult
+from dicom_node.send.outbox import add_deliveries
+
+logger = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    """What the pipeline needs of a model kind."""
+
+    name: str
+    version: str
+
+    def predict(self, volume: CTVolume) -> ModelResult: ...
+
+
+def model_key(model: Model) -> str:
+    """The job key part naming the model version: a new version gets new jobs."""
+    return f"{model.name}@{model.version}"
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    """An object the job created and wrote under the storage root."""
+
+    kind: str  # seg | sr | key_images
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: str
+
+
+@dataclass
+class JobOutput:
+    """What a job produced, and a summary for ``jobs show``."""
+
+    objects: list[WrittenObject]
+    summary: dict[str, Any]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    """The received instances of a study, per series, as stored."""
+
+    study_instance_uid: str
+    paths_by_series: dict[str, list[Path]]
+
+
+def load_study_input(session: Session, store: InstanceStore, job: ClaimedJob) -> StudyInput:
+    """The stored files of every series of the job's study (all generations up to the job's)."""
+    rows = session.execute(
+        select(Series.series_instance_uid, Instance.path)
+        .join(Instance, Instance.series_id == Series.id)
+        .join(Study, Study.id == Series.study_id)
+        .where(Study.id == job.study_id, Instance.study_generation <= job.study_generation)
+        .order_by(Series.id, Instance.id)
+    ).all()
+    paths: dict[str, list[Path]] = defaultdict(list)
+    for series_uid, path in rows:
+        paths[series_uid].append(store.absolute(path))
+    if not paths:
+        raise AnalysisError("the study has no stored instances")
+    return StudyInput(job.study_instance_uid, dict(paths))
+
+
+def record_outputs(
+    session: Session,
+    job: ClaimedJob,
+    output: JobOutput,
+    *,
+    destinations: dict[str, list[str]],
+    now: datetime,
+) -> None:
+    """Insert the job's objects and one outbox row per (object, destination that wants its kind).
+
+    A re-run of the same job creates objects with the same UIDs: their rows are reused,
+    so a resend replaces rather than duplicates.
+    """
+    for obj in output.objects:
+        existing = session.scalars(
+            select(OutputObject).where(OutputObject.sop_instance_uid == obj.sop_instance_uid)
+        ).one_or_none()
+        if existing is None:
+            existing = OutputObject(
+                job_id=job.id,
+                kind=obj.kind,
+                sop_class_uid=obj.sop_class_uid,
+                sop_instance_uid=obj.sop_instance_uid,
+                path=obj.path,
+                created_at=now,
+            )
+            session.add(existing)
+            session.flush()
+        else:
+            existing.job_id, existing.path = job.id, obj.path
+        wanted = [name for name, kinds in destinations.items() if obj.kind in kinds]
+        add_deliveries(session, output_id=existing.id, destinations=wanted, now=now)
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str, context: dict[str, Any]) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - start, 3)
+        logger.info(f"stage {name} done", extra={**context, "stage": name, "duration_s": timings[name]})
+
+
+class Pipeline:
+    """Runs one claimed job with a model, building and writing the result objects."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: InstanceStore, model: Model) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.model = model
+
+    def select_and_load(self, study: StudyInput) -> tuple[CTVolume, list[Dataset]]:
+        """Choose the series to analyse and assemble its HU volume; headers in volume order."""
+        headers = {
+            uid: [dcmread(path, stop_before_pixels=True) for path in paths]
+            for uid, paths in study.paths_by_series.items()
+        }
+        candidates = [SeriesCandidate.from_datasets(uid, datasets) for uid, datasets in headers.items()]
+        selection = select_series(candidates, self.settings.selection)
+        for decision in selection.decisions:
+            logger.info(
+                f"series {'chosen' if decision.selected else 'skipped'}: {'; '.join(decision.reasons)}",
+                extra={"series_instance_uid": decision.series_instance_uid, "stage": "select"},
+            )
+        if selection.chosen is None:
+            reasons = "; ".join(f"{d.series_instance_uid}: {', '.join(d.reasons)}" for d in selection.decisions)
+            raise AnalysisError(f"no series qualifies for analysis ({reasons})")
+        chosen = selection.chosen
+        try:
+            volume = assemble_volume(study.paths_by_series[chosen], series_instance_uid=chosen)
+        except ValueError as exc:
+            raise AnalysisError(f"series {chosen} cannot be assembled into a volume: {exc}") from exc
+        by_uid = {str(ds.SOPInstanceUID): ds for ds in headers[chosen]}
+        ordered = [by_uid[uid] for uid in volume.source_sop_instance_uids if uid is not None]
+        return volume, ordered
+
+    def run(self, job: ClaimedJob) -> JobOutput:
+        """load -> infer -> build -> write; raises AnalysisError for studies we cannot analyse."""
+        timings: dict[str, float] = {}
+        context = {"job_id": job.id, "study_instance_uid": job.study_instance_uid}
+        with _stage(timings, "load", context):
+            with self.sessions() as session:
+                study = load_study_input(session, self.store, job)
+            volume, headers = self.select_and_load(study)
+        with _stage(timings, "infer", context):
+            result = self.model.predict(volume)
+        with _stage(timings, "build", context):
+            datasets = self.build(job, volume, headers, result)
+        with _stage(timings, "write", context):
+            objects = [self._write(kind, ds) for kind, ds in datasets]
+        summary = {
+            "hemorrhage": result.positive,
+            "probability": round(float(result.study_probability), 4),
+            "lesions": len(result.findings),
+            "total_volume_ml": round(sum(f.volume_ml for f in result.findings), 2),
+            "series_instance_uid": volume.series_instance_uid,
+            "slices": int(volume.hu.shape[0]),
+            "model": model_key(self.model),
+            "timings_s": timings,
+        }
+        return JobOutput(objects=objects, summary=summary, timings_s=timings)
+
+    def _write(self, kind: str, dataset: Dataset) -> WrittenObject:
+        relative = result_path(
+            str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID)
+        )
+        self.store.write_dataset(dataset, relative)
+        return WrittenObject(kind, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), str(relative))
+
+    def build(
+        self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult
+    ) -> list[tuple[str, Dataset]]:
+        """The SEG, SR and key images for this result (filled in with dicom_node.outputs)."""
+        raise NotImplementedError
