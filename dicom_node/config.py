@@ -256,6 +256,10 @@ class IdentitySettings(_Section):
     )
     manufacturer: str = "dicom-node project"
     manufacturer_model_name: str = "dicom-node"
+    device_serial_number: str = Field(
+        default="dicom-node-1", min_length=1, max_length=64,
+        description="names this installation in the objects it creates (Type 1 in the SEG)",
+    )
     institution_name: str | None = None
 
 

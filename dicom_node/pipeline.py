@@ -17,11 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node import __version__
 from dicom_node.config import Settings
 from dicom_node.db.models import Instance, OutputObject, Series, Study
 from dicom_node.dicom.storage import InstanceStore, result_path
@@ -29,7 +31,21 @@ from dicom_node.errors import AnalysisError
 from dicom_node.imaging.selection import SeriesCandidate, select_series
 from dicom_node.imaging.volume import CTVolume, assemble_volume
 from dicom_node.jobs.queue import ClaimedJob
-from dicom_node.models.result import ModelResult
+from dicom_node.models.result import ModelKind, ModelResult
+from dicom_node.outputs import (
+    AlgorithmInfo,
+    Equipment,
+    JobUids,
+    LesionMeasurement,
+    SegmentSpec,
+    StudyAssessment,
+    build_key_images,
+    build_report,
+    build_segmentation,
+    device_observer_uid,
+)
+from dicom_node.outputs import codes
+from dicom_node.outputs.seg import with_patient_study_type2
 from dicom_node.send.outbox import add_deliveries
 
 logger = logging.getLogger(__name__)
@@ -162,7 +178,7 @@ class Pipeline:
         if selection.chosen is None:
             reasons = "; ".join(f"{d.series_instance_uid}: {', '.join(d.reasons)}" for d in selection.decisions)
             raise AnalysisError(f"no series qualifies for analysis ({reasons})")
-        chosen = selection.chosen
+        chosen = selection.chosen.series_instance_uid
         try:
             volume = assemble_volume(study.paths_by_series[chosen], series_instance_uid=chosen)
         except ValueError as exc:
@@ -207,5 +223,96 @@ class Pipeline:
     def build(
         self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult
     ) -> list[tuple[str, Dataset]]:
-        """The SEG, SR and key images for this result (filled in with dicom_node.outputs)."""
-        raise NotImplementedError
+        """The SEG, SR and key images for ``result``, every UID derived from the job.
+
+        Slices the volume interpolated (a missing source slice) have no source image,
+        so they are dropped here: the SEG stays frame-aligned with real images only.
+        """
+        settings, out = self.settings, self.settings.outputs
+        uids = JobUids(settings.identity.uid_root, f"{job.study_instance_uid}|{job.study_generation}|{job.model_key}")
+        keep = [k for k, uid in enumerate(volume.source_sop_instance_uids) if uid is not None]
+        label_map, hu = result.label_map[keep], volume.hu[keep]
+        sources = [with_patient_study_type2(ds) for ds in headers]
+        algorithm = AlgorithmInfo(
+            result.model_name,
+            result.model_version,
+            codes.MORPHOLOGICAL_OPERATIONS if result.model_kind is ModelKind.THRESHOLD else codes.ARTIFICIAL_INTELLIGENCE,
+        )
+        equipment = Equipment(
+            manufacturer=settings.identity.manufacturer,
+            manufacturer_model_name=settings.identity.manufacturer_model_name,
+            software_versions=f"dicom-node {__version__}; {model_key(self.model)}",
+            device_serial_number=settings.identity.device_serial_number,
+            institution_name=settings.identity.institution_name,
+        )
+        assessment = StudyAssessment(result.positive, float(result.study_probability))
+        lesions = [
+            LesionMeasurement(
+                segment_number=f.label,
+                volume_ml=f.volume_ml,
+                longest_axial_diameter_mm=f.longest_axial_diameter_mm,
+                mean_hu=f.mean_hu,
+                confidence=f.confidence,
+                key_slice_index=_key_slice(label_map, f.label, keep, f.diameter_slice_index),
+            )
+            for f in result.findings
+        ]
+        objects: list[tuple[str, Dataset]] = []
+        segmentation = None
+        if lesions or out.send_empty_seg:
+            segments = [SegmentSpec(f.label, f"ICH lesion {f.label}", uids.tracking(f.label)) for f in result.findings]
+            if not segments:  # a negative study, by request: one empty segment, no broken SEG
+                segments = [SegmentSpec(1, "ICH", uids.tracking(1))]
+            segmentation = build_segmentation(
+                source_images=sources,
+                label_map=label_map,
+                segments=segments,
+                algorithm=algorithm,
+                equipment=equipment,
+                series_instance_uid=uids.series("seg"),
+                series_number=out.seg_series_number,
+                series_description=out.seg_series_description,
+                sop_instance_uid=uids.instance("seg"),
+                dimension_organization_uid=uids.dimension_organization("seg"),
+            )
+            objects.append(("seg", segmentation))
+        report = build_report(
+            source_images=sources,
+            assessment=assessment,
+            lesions=lesions if segmentation is not None else [],
+            segmentation=segmentation,
+            algorithm=algorithm,
+            equipment=equipment,
+            device_observer_uid=device_observer_uid(settings.identity.uid_root),
+            study_tracking_uid=uids.study_tracking(),
+            series_instance_uid=uids.series("sr"),
+            series_number=out.sr_series_number,
+            series_description=out.sr_series_description,
+            sop_instance_uid=uids.instance("sr"),
+        )
+        objects.append(("sr", report))
+        key_images = build_key_images(
+            source_images=sources,
+            hu_volume=hu,
+            label_map=label_map,
+            lesions=lesions,
+            assessment=assessment,
+            equipment=equipment,
+            algorithm_text=f"{result.model_name} {result.model_version}",
+            series_instance_uid=uids.series("key_images"),
+            series_number=out.key_images_series_number,
+            series_description=out.key_images_series_description,
+            sop_instance_uids=[uids.instance("key_images", n) for n in range(1, len(lesions) + 2)],
+        )
+        objects.extend(("key_images", image) for image in key_images)
+        return objects
+
+
+def _key_slice(label_map: np.ndarray, label: int, keep: list[int], diameter_slice: int) -> int:
+    """The kept slice to show for a lesion: its largest-diameter slice, or the nearest kept
+    slice that contains it when that one was interpolated."""
+    if diameter_slice in keep:
+        return keep.index(diameter_slice)
+    containing = [k for k in range(label_map.shape[0]) if np.any(label_map[k] == label)]
+    candidates = containing or list(range(len(keep)))
+    return min(candidates, key=lambda k: abs(keep[k] - diameter_slice))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,11 +19,9 @@ from dicom_node.db.session import create_db_engine, session_factory
 from dicom_node.retry import RetryPolicy
 from dicom_node.send.outbox import add_deliveries, serve_outbox
 from dicom_node.send.scu import Peer, SendItem, send
-from tests.support.node import DCMTK_ENV, free_port
+from tests.support.node import free_port
+from tests.support.peers import StoreSCP
 from tests.support.synthetic_ct import SeriesSpec, write_series
-
-STORESCP = "/usr/bin/storescp"
-
 
 @pytest.fixture
 def files(tmp_path: Path) -> list[Path]:
@@ -34,41 +30,6 @@ def files(tmp_path: Path) -> list[Path]:
 
 def _peer(port: int, ae_title: str = "DEST", name: str = "dest") -> Peer:
     return Peer(name=name, ae_title=ae_title, host="127.0.0.1", port=port, calling_ae_title="DICOMNODE", timeout_s=5)
-
-
-class StoreSCP:
-    """DCMTK storescp on a free loopback port, writing into a folder."""
-
-    def __init__(self, folder: Path, port: int | None = None) -> None:
-        self.folder = folder
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> StoreSCP:
-        assert Path(STORESCP).exists(), "DCMTK storescp missing: install Debian's dcmtk"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [STORESCP, "-aet", "DEST", "-od", str(self.folder), "+B", str(self.port)],
-            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            ae = AE("PROBE")
-            ae.add_requested_context("1.2.840.10008.1.1")
-            assoc = ae.associate("127.0.0.1", self.port, ae_title="DEST")
-            if assoc.is_established:
-                assoc.release()
-                return self
-            time.sleep(0.1)
-        raise AssertionError("storescp did not start")
-
-    def received(self) -> list[str]:
-        return sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.folder.iterdir())
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 @pytest.fixture

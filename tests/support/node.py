@@ -64,6 +64,14 @@ class NodeConfig:
     )
     database_url: str | None = None
     max_pdu_size: int = 65536
+    #: (name, AE title, port, object kinds) of each destination on 127.0.0.1
+    destinations: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
+    lease_s: float = 20.0
+    heartbeat_s: float = 2.0
+    delivery_retry_delay_s: float = 1.0
+    delivery_max_attempts: int = 20
+    job_max_attempts: int = 3
+    send_empty_seg: bool = False
     extra: str = ""
 
     @property
@@ -79,6 +87,11 @@ class NodeConfig:
             "[[node.allowed_callers]]\n"
             f"ae_title = {toml_value(ae)}\n" + (f"host = {toml_value(host)}\n" if host else "")
             for ae, host in self.allowed_callers
+        )
+        destinations = "\n".join(
+            f"[[destinations]]\nname = {toml_value(name)}\nae_title = {toml_value(ae)}\n"
+            f"host = \"127.0.0.1\"\nport = {port}\nobjects = {toml_value(kinds)}\n"
+            for name, ae, port, kinds in self.destinations
         )
         text = f"""
 [node]
@@ -106,9 +119,33 @@ quiet_period_s = {self.quiet_period_s}
 scan_interval_s = {self.scan_interval_s}
 max_open_s = {self.max_open_s}
 
+[jobs]
+lease_s = {self.lease_s}
+heartbeat_s = {self.heartbeat_s}
+dispatch_interval_s = 0.5
+
+[jobs.retry]
+max_attempts = {self.job_max_attempts}
+initial_delay_s = 1
+max_delay_s = 5
+
+[delivery]
+interval_s = 0.5
+timeout_s = 10
+
+[delivery.retry]
+max_attempts = {self.delivery_max_attempts}
+initial_delay_s = {self.delivery_retry_delay_s}
+backoff_factor = 1.5
+max_delay_s = 5
+
+[outputs]
+send_empty_seg = {toml_value(self.send_empty_seg)}
+
 [logging]
 level = "INFO"
 format = "json"
+{destinations}
 {self.extra}
 """
         path = self.workdir / "dicom-node.toml"

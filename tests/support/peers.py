@@ -1,0 +1,56 @@
+"""Real DICOM peers for tests: DCMTK's storescp as a destination."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+
+from tests.support.node import DCMTK_ENV, free_port
+
+STORESCP = "/usr/bin/storescp"
+
+
+class StoreSCP:
+    """DCMTK storescp on a free loopback port, writing into a folder."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StoreSCP:
+        assert Path(STORESCP).exists(), "DCMTK storescp missing: install Debian's dcmtk"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            # --unique-filenames: a second copy of an object shows up as a second file.
+            [STORESCP, "-aet", "DEST", "-od", str(self.folder), "+B", "+uf", str(self.port)],
+            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ae = AE("PROBE")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            assoc = ae.associate("127.0.0.1", self.port, ae_title="DEST")
+            if assoc.is_established:
+                assoc.release()
+                return self
+            time.sleep(0.1)
+        raise AssertionError("storescp did not start")
+
+    def received(self) -> list[str]:
+        """SOP Instance UIDs of every file received (a UID received twice is listed twice)."""
+        return sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.files())
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
