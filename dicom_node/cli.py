@@ -20,6 +20,7 @@ from pynetdicom import AE
 from sqlalchemy import Engine
 
 from dicom_node import __version__
+from dicom_node.conformance import write_conformance_statement
 from dicom_node.config import Settings, load_settings
 from dicom_node.db import migrate
 from dicom_node.db.models import JobState, utcnow
@@ -82,10 +83,14 @@ def _engine_at_head(settings: Settings) -> Engine:
     return engine
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
+def _wait_for_signal(stop: threading.Event) -> None:
+    """Block until SIGTERM or SIGINT sets ``stop`` (which also tells the worker to finish)."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(
+        signal.SIGHUP,
+        lambda *_: logger.warning("SIGHUP: configuration reload is not implemented yet; restart to apply changes"),
+    )
     while not stop.wait(1.0):
         pass
 
@@ -112,7 +117,7 @@ def _peers(settings: Settings) -> dict[str, Peer]:
     }
 
 
-def _scheduler(settings: Settings, engine: Engine, store: InstanceStore):  # type: ignore[no-untyped-def]
+def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: threading.Event):  # type: ignore[no-untyped-def]
     """Completion, leases, dispatch (with the worker) and outbox ticks for this process."""
     sessions = session_factory(engine)
     model = _model(settings)
@@ -130,13 +135,14 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore):  # typ
     def outbox() -> object:
         return serve_outbox(sessions, peers=peers, storage_root=store.root, policy=policy, clock=utcnow)
 
-    return build_scheduler(settings, sessions, model_key=model_key(model), worker=worker, outbox=outbox)
+    return build_scheduler(settings, sessions, model_key=model_key(model), worker=worker, outbox=outbox, stop=stop)
 
 
 def _serve(settings: Settings, *, listener: bool, scheduler: bool) -> None:
     engine = _engine_at_head(settings)
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     store.prepare()
+    stop = threading.Event()
     stops = []
     if listener:
         catalog = Catalog(engine, settings.storage.duplicate_policy)
@@ -146,11 +152,11 @@ def _serve(settings: Settings, *, listener: bool, scheduler: bool) -> None:
         server = StorageSCP(settings.node, store, catalog, committer, server_context(settings.tls)).start()
         stops.append(server.shutdown)
     if scheduler:
-        ticks = _scheduler(settings, engine, store)
+        ticks = _scheduler(settings, engine, store, stop)
         ticks.start()
         stops.append(lambda: ticks.shutdown(wait=True))
     try:
-        _wait_for_signal()
+        _wait_for_signal(stop)
     finally:
         logger.info("shutting down")
         for stop in reversed(stops):
@@ -352,6 +358,22 @@ def config_check(path: Annotated[Path, typer.Argument(help="Settings file to che
         typer.echo(f"{len(exc.problems)} problem(s) in {path}")
         raise typer.Exit(1) from exc
     typer.echo(f"{path}: OK")
+
+
+@app.command()
+def conformance(
+    config: ConfigOption = DEFAULT_CONFIG,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the statement to this file instead of standard output."),
+    ] = None,
+) -> None:
+    """Render the DICOM Conformance Statement (PS3.2, Markdown) of this configuration."""
+    text = write_conformance_statement(_settings(config), output)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        typer.echo(f"conformance statement written to {output}", err=True)
 
 
 @app.command()

@@ -173,6 +173,7 @@ def build_scheduler(
     model_key: str,
     worker: Worker | None = None,
     outbox: Callable[[], object] | None = None,
+    stop: threading.Event | None = None,
 ) -> BackgroundScheduler:
     """The ticks of this process: completion and leases always; dispatch and outbox when given."""
     scheduler = BackgroundScheduler(timezone=UTC)
@@ -196,7 +197,9 @@ def build_scheduler(
         **common,
     )
     if worker is not None:
-        scheduler.add_job(worker.run_available, "interval", seconds=settings.jobs.dispatch_interval_s, id="dispatch", **common)
+        scheduler.add_job(
+            worker.run_available, "interval", seconds=settings.jobs.dispatch_interval_s, args=[stop], id="dispatch", **common
+        )
     if outbox is not None:
         scheduler.add_job(outbox, "interval", seconds=settings.delivery.interval_s, id="outbox", **common)
     return scheduler

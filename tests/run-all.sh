@@ -10,6 +10,8 @@ need_apt=()
 command -v /usr/bin/storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v /usr/bin/dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 command -v /usr/sbin/Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,8 +1,9 @@
 """The one table of SOP classes and transfer syntaxes the node speaks.
 
 The listener builds its supported presentation contexts from :data:`STORAGE_CLASSES`
-and :data:`ACCEPTED_TRANSFER_SYNTAXES`, the sender picks its proposals from the same
-rows, and the conformance statement is rendered from them, so the three never disagree.
+and :data:`ACCEPTED_TRANSFER_SYNTAXES`, and the conformance statement is rendered from
+the same rows, so the two never disagree. (The sender proposes, for each object, its own
+SOP class and transfer syntax: we create only classes from this table.)
 Only transfer syntaxes that pydicom (with the pylibjpeg/pyjpegls plugins this project
 installs) can decode are accepted: accepting a syntax we cannot read would turn a
 C-STORE success into a later, silent analysis failure.
@@ -37,7 +38,8 @@ class Role(StrEnum):
     """Why a SOP class is in the table."""
 
     INPUT = "input"  # images we analyse
-    OUTPUT = "output"  # objects we create and send (and accept back, e.g. for feedback)
+    OUTPUT = "output"  # objects we create and send (and accept back)
+    FEEDBACK = "feedback"  # accepted from reading stations; never created or sent
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ STORAGE_CLASSES: tuple[StorageClass, ...] = (
     StorageClass(SecondaryCaptureImageStorage, Role.OUTPUT, "key images with burned-in results"),
     StorageClass(SegmentationStorage, Role.OUTPUT, "hemorrhage segmentations (BINARY SEG)"),
     StorageClass(Comprehensive3DSRStorage, Role.OUTPUT, "TID 1500 measurement reports"),
-    StorageClass(EnhancedSRStorage, Role.OUTPUT, "reports and feedback from reading stations"),
+    StorageClass(EnhancedSRStorage, Role.FEEDBACK, "reports and feedback from reading stations"),
 )
 
 #: In our order of preference when we are the one choosing (as SCU).
@@ -70,6 +72,9 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
 )
 
 VERIFICATION_CLASS: UID = UID(Verification)
+
+#: What the listener offers for Verification (C-ECHO carries no data set).
+VERIFICATION_TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def storage_class_uids() -> tuple[UID, ...]:

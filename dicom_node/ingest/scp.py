@@ -27,11 +27,15 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node.config import NodeSettings
 from dicom_node.db.models import utcnow
-from dicom_node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, VERIFICATION_CLASS, storage_class_uids
+from dicom_node.dicom.contexts import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    VERIFICATION_CLASS,
+    VERIFICATION_TRANSFER_SYNTAXES,
+    storage_class_uids,
+)
 from dicom_node.dicom.storage import InstanceStore, instance_path
 from dicom_node.errors import (
     DatabaseUnavailableError,
@@ -109,7 +113,7 @@ class StorageSCP:
         ae.require_called_aet = self.settings.require_called_ae_title
         for uid in storage_class_uids():
             ae.add_supported_context(uid, list(ACCEPTED_TRANSFER_SYNTAXES))
-        ae.add_supported_context(VERIFICATION_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_supported_context(VERIFICATION_CLASS, list(VERIFICATION_TRANSFER_SYNTAXES))
         return ae
 
     def handlers(self) -> list[tuple[Any, Any]]:
