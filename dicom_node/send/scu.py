@@ -107,7 +107,13 @@ def send(peer: Peer, items: list[SendItem]) -> list[SendResult]:
         peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
     )
     if not assoc.is_established:
-        why = "association rejected" if assoc.is_rejected else "association aborted or peer unreachable"
+        if assoc.is_rejected:
+            why = "association rejected"
+        elif assoc.rejected_contexts and not assoc.accepted_contexts:
+            # pynetdicom aborts an association in which the peer accepted nothing.
+            why = "presentation context refused by the peer"
+        else:
+            why = "association aborted or peer unreachable"
         return [SendResult(item.key, False, None, why) for item in items]
     results = []
     try:

@@ -186,7 +186,7 @@ class NodeProcess:
         self.config = config
         self.command = command
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = config.workdir / "node.log"
+        self.log_path = config.workdir / ("node.log" if command == "run" else f"{command}.log")
 
     def start(self, timeout_s: float = 30.0) -> NodeProcess:
         config_path = self.config.write()
@@ -204,7 +204,11 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"node exited with {self.process.returncode}: {self.log()}")
-            if echo_ok(self.config.port):
+            if self.command == "worker":  # no listener to echo: alive after a moment is ready
+                time.sleep(1.0)
+                if self.process.poll() is None:
+                    return self
+            elif echo_ok(self.config.port):
                 return self
             time.sleep(0.2)
         raise AssertionError(f"node did not answer C-ECHO within {timeout_s} s: {self.log()}")
