@@ -24,6 +24,7 @@ from dicom_node.conformance import write_conformance_statement
 from dicom_node.config import Settings, load_settings
 from dicom_node.db import migrate
 from dicom_node.db.models import JobState, utcnow
+from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, session_factory
 from dicom_node.dicom.contexts import VERIFICATION_CLASS
 from dicom_node.dicom.storage import InstanceStore
@@ -34,6 +35,7 @@ from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
 from dicom_node.jobs import queue
 from dicom_node.logs import configure_logging
+from dicom_node.metrics import Metrics, StateCollector, serve_http
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retry import RetryPolicy
@@ -117,11 +119,12 @@ def _peers(settings: Settings) -> dict[str, Peer]:
     }
 
 
-def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: threading.Event):  # type: ignore[no-untyped-def]
+def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: threading.Event, metrics: Metrics):  # type: ignore[no-untyped-def]
     """Completion, leases, dispatch (with the worker) and outbox ticks for this process."""
     sessions = session_factory(engine)
     model = _model(settings)
     worker = Worker(
+        metrics=metrics,
         sessions=sessions,
         run_job=Pipeline(settings, sessions, store, model).run,
         destinations={d.name: list(d.objects) for d in settings.destinations},
@@ -133,9 +136,33 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
     policy = RetryPolicy.from_settings(settings.delivery.retry)
 
     def outbox() -> object:
-        return serve_outbox(sessions, peers=peers, storage_root=store.root, policy=policy, clock=utcnow)
+        counts = serve_outbox(sessions, peers=peers, storage_root=store.root, policy=policy, clock=utcnow)
+        for destination, states in counts.items():
+            for state, n in states.items():
+                metrics.deliveries.labels(destination, state).inc(n)
+        return counts
 
     return build_scheduler(settings, sessions, model_key=model_key(model), worker=worker, outbox=outbox, stop=stop)
+
+
+def _observability(settings: Settings, engine: Engine, store: InstanceStore, metrics: Metrics, port: int):  # type: ignore[no-untyped-def]
+    """Start /metrics and /health for this process; returns the function that stops them."""
+    metrics.add_collector(
+        StateCollector(
+            studies_by_state=lambda: state.studies_by_state(engine),
+            jobs_by_state=lambda: state.jobs_by_state(engine),
+            deliveries_by_state=lambda: state.deliveries_by_state(engine),
+            disk_free_bytes=store.free_bytes,
+        )
+    )
+
+    def health() -> list[str]:
+        problem = state.database_problem(engine)
+        return ([problem] if problem else []) + store.problems()
+
+    server, _ = serve_http(metrics, health, address=settings.observability.bind_address, port=port)
+    logger.info("metrics and health", extra={"peer_address": f"{settings.observability.bind_address}:{port}"})
+    return server.shutdown
 
 
 def _serve(settings: Settings, *, listener: bool, scheduler: bool) -> None:
@@ -143,16 +170,20 @@ def _serve(settings: Settings, *, listener: bool, scheduler: bool) -> None:
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     store.prepare()
     stop = threading.Event()
+    metrics = Metrics()
     stops = []
+    if settings.observability.enabled:
+        port = settings.observability.port if listener else settings.observability.worker_port
+        stops.append(_observability(settings, engine, store, metrics, port))
     if listener:
         catalog = Catalog(engine, settings.storage.duplicate_policy)
         committer = GroupCommitter(catalog.record_batch)
         committer.start()
         stops.append(committer.stop)
-        server = StorageSCP(settings.node, store, catalog, committer, server_context(settings.tls)).start()
+        server = StorageSCP(settings.node, store, catalog, committer, server_context(settings.tls), metrics).start()
         stops.append(server.shutdown)
     if scheduler:
-        ticks = _scheduler(settings, engine, store, stop)
+        ticks = _scheduler(settings, engine, store, stop, metrics)
         ticks.start()
         stops.append(lambda: ticks.shutdown(wait=True))
     try:
@@ -217,11 +248,22 @@ def status(
     config: ConfigOption = DEFAULT_CONFIG,
     limit: Annotated[int, typer.Option(help="How many studies to list.")] = 50,
 ) -> None:
-    """List the most recently active studies with their state and counts."""
+    """At a glance: queue depth, destinations, the last errors, and recent studies."""
     settings = _settings(config)
     engine = _engine_at_head(settings)
+    jobs = state.jobs_by_state(engine)
+    typer.echo("JOBS         " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"))
+    outbox = state.deliveries_by_state(engine)
+    names = sorted({d.name for d in settings.destinations} | {name for name, _ in outbox})
+    for name in names:
+        counts = ", ".join(f"{n} {s}" for (dest, s), n in sorted(outbox.items()) if dest == name) or "nothing yet"
+        configured = "" if name in {d.name for d in settings.destinations} else " (not configured)"
+        typer.echo(f"DESTINATION  {name}{configured}: {counts}")
+    for what, why in state.recent_errors(engine):
+        typer.echo(f"ERROR        {what}: {why.splitlines()[0][:160]}")
     with session_factory(engine)() as session:
         rows = study_summaries(session, limit)
+    typer.echo("")
     header = f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  GEN  SERIES  INSTANCES  LAST RECEIVED (UTC)  COMPLETED"
     typer.echo(header)
     for row in rows:

@@ -326,6 +326,15 @@ class OutputSettings(_Section):
     )
 
 
+class ObservabilitySettings(_Section):
+    """The Prometheus /metrics and /health endpoint of each process (loopback by default)."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: Port = Field(default=9110, description="for `run` and `scp`")
+    worker_port: Port = Field(default=9111, description="for `worker`, which may run beside `scp`")
+
+
 class LoggingSettings(_Section):
     """Log level and format; logs carry UIDs, never patient names or IDs."""
 
@@ -357,6 +366,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> Settings:

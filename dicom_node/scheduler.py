@@ -31,6 +31,7 @@ from dicom_node.errors import AnalysisError
 from dicom_node.ingest.completion import CompletedStudy, CompletionRule, complete_due_studies
 from dicom_node.jobs import queue
 from dicom_node.jobs.queue import ClaimedJob
+from dicom_node.metrics import Metrics
 from dicom_node.pipeline import JobOutput, record_outputs
 from dicom_node.retry import RetryPolicy
 
@@ -97,6 +98,7 @@ class Worker:
     heartbeat_every: timedelta
     policy: RetryPolicy
     owner: str = ""
+    metrics: Metrics | None = None
 
     def __post_init__(self) -> None:
         if not self.owner:
@@ -138,9 +140,11 @@ class Worker:
         try:
             output = self.run_job(job)
         except AnalysisError as exc:
+            self._count_failure(exc)
             return self._fail(job, f"{exc}", permanent=True, context=context)
         except Exception as exc:  # any failure of one study must not stop the worker
             logger.exception("job failed", extra={**context, "stage": "dispatch"})
+            self._count_failure(exc)
             return self._fail(job, f"{exc.__class__.__name__}: {exc}", permanent=False, context=context)
         finally:
             done.set()
@@ -156,7 +160,14 @@ class Worker:
                 return None
             record_outputs(session, job, output, destinations=self.destinations, now=now)
         logger.info(f"job succeeded: {output.summary}", extra={**context, "stage": "record"})
+        if self.metrics is not None:
+            for stage, seconds in output.timings_s.items():
+                self.metrics.stage_seconds.labels(stage).observe(seconds)
         return JobState.SUCCEEDED
+
+    def _count_failure(self, exc: Exception) -> None:
+        if self.metrics is not None:
+            self.metrics.failures.labels("job", type(exc).__name__).inc()
 
     def _fail(self, job: ClaimedJob, error: str, *, permanent: bool, context: dict[str, object]) -> JobState | None:
         policy = RetryPolicy(1, self.policy.initial_delay, self.policy.backoff_factor, self.policy.max_delay) if permanent else self.policy

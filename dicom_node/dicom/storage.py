@@ -87,6 +87,21 @@ class InstanceStore:
                 f"{free // 2**20} MiB free, guard is {self.min_free_bytes // 2**20} MiB"
             )
 
+    def problems(self) -> list[str]:
+        """Why the store cannot take instances now (for the health endpoint); empty if it can."""
+        probe = self.incoming / f"health-{uuid.uuid4().hex}.probe"
+        try:
+            probe.write_bytes(b"ok")
+            _fsync_path(probe)
+            probe.unlink()
+        except OSError as exc:
+            return [f"storage not writable ({exc.strerror})"]
+        try:
+            self.check_free_space()
+        except DiskFullError as exc:
+            return [f"disk guard: {exc}"]
+        return []
+
     def absolute(self, relative: PurePosixPath | str) -> Path:
         """The absolute path of a stored file; refuses anything outside the root."""
         path = (self.root / relative).resolve()

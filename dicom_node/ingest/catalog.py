@@ -44,6 +44,7 @@ class RecordResult:
     outcome: RecordOutcome
     generation: int
     reopened: bool
+    size_bytes: int = 0
 
 
 def _insert_ignore(connection: Connection, table: type[Any], values: dict[str, Any], key: str) -> Insert:
@@ -159,9 +160,9 @@ def _record_one(connection: Connection, item: ReceivedInstance, policy: Duplicat
     }
     if existing is not None:
         connection.execute(update(Instance).where(Instance.id == existing.id).values(**fields))
-        return RecordResult(RecordOutcome.REPLACED, generation, reopened)
+        return RecordResult(RecordOutcome.REPLACED, generation, reopened, item.size_bytes)
     connection.execute(insert(Instance).values(sop_instance_uid=item.sop_instance_uid, **fields))
-    return RecordResult(RecordOutcome.STORED, generation, reopened)
+    return RecordResult(RecordOutcome.STORED, generation, reopened, item.size_bytes)
 
 
 class Catalog:

@@ -47,6 +47,7 @@ from dicom_node.errors import (
 from dicom_node.ingest.catalog import Catalog, RecordOutcome, RecordResult
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.instance import ReceivedInstance, read_received
+from dicom_node.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,10 @@ class StorageSCP:
         catalog: Catalog,
         committer: GroupCommitter[ReceivedInstance, RecordResult],
         ssl_context: ssl.SSLContext | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.store = store
         self.catalog = catalog
         self.committer = committer
@@ -155,6 +158,8 @@ class StorageSCP:
                 extra={"calling_ae_title": calling, "peer_address": assoc.requestor.address},
             )
             assoc.acse.send_reject(*REJECT_CALLING_AE)
+            if self.metrics is not None:
+                self.metrics.associations.labels("rejected").inc()
             # As pynetdicom does for its own rejections: stop the DUL once the
             # A-ASSOCIATE-RJ is out, before the server closes the socket.
             assoc.kill()
@@ -162,6 +167,8 @@ class StorageSCP:
     def on_accepted(self, event: evt.Event) -> None:
         with self._counts_lock:
             self._counts[id(event.assoc)] = Counter()
+        if self.metrics is not None:
+            self.metrics.associations.labels("accepted").inc()
         logger.info("association accepted", extra=_peer(event.assoc))
 
     def on_closed(self, event: evt.Event) -> None:
@@ -176,9 +183,13 @@ class StorageSCP:
     def on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
-    def _count(self, assoc: Association, outcome: str) -> None:
+    def _count(self, assoc: Association, outcome: str, size_bytes: int = 0) -> None:
         with self._counts_lock:
             self._counts.setdefault(id(assoc), Counter())[outcome] += 1
+        if self.metrics is not None:
+            self.metrics.instances.labels(outcome).inc()
+            if size_bytes:
+                self.metrics.received_bytes.inc(size_bytes)
 
     def on_store(self, event: evt.Event) -> int | Dataset:
         """Check, store durably, record, and only then answer success."""
@@ -206,11 +217,13 @@ class StorageSCP:
         except DicomNodeError as exc:
             status = status_for(exc)
             self._count(assoc, f"failed 0x{status:04X}")
+            if self.metrics is not None:
+                self.metrics.failures.labels("receive", type(exc).__name__).inc()
             logger.warning(
                 f"instance refused: {exc}", extra={**context, "status": f"0x{status:04X}"}
             )
             return failure(status, str(exc))
-        self._count(assoc, result.outcome)
+        self._count(assoc, result.outcome, result.size_bytes)
         if result.reopened:
             logger.info(
                 "study reopened by an instance received after completion",

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -44,8 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -54,11 +51,11 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from tests.support.node import NODE_AE, NodeConfig, NodeProcess, free_port
+from tests.support.orthanc import ORTHANC, Orthanc, OrthancError
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
 STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
-ORTHANC = Path("/usr/sbin/Orthanc")
 SYNC = Path("/usr/bin/sync")
 SENDER_AE = "STORESCU"
 STORESCP_AE = "STORESCP"
@@ -244,59 +241,27 @@ class OrthancReceiver:
 
     workdir: Path
     name: str = "orthanc"
-    http_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
-
-    def configuration(self, dicom_port: int) -> dict[str, object]:
-        return {
-            "Name": "dicom-node-bench",
-            "StorageDirectory": str(self.workdir / "storage"),
-            "IndexDirectory": str(self.workdir / "index"),
-            "StorageCompression": False,
-            "SyncStorageArea": True,
-            "Plugins": [],
-            "HttpServerEnabled": True,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomServerEnabled": True,
-            "DicomAet": ORTHANC_AE,
-            "DicomPort": dicom_port,
-            "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
-            "DicomModalities": {},
-        }
+    orthanc: Orthanc | None = field(default=None, init=False)
 
     def start(self) -> Endpoint:
-        endpoint = Endpoint(ORTHANC_AE, free_port())
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "orthanc.json"
-        config.write_text(json.dumps(self.configuration(endpoint.port), indent=2), encoding="utf-8")
-        log = self.workdir / "orthanc.log"
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [str(ORTHANC), str(config)], stdout=out, stderr=out, env=peer_env(), cwd=self.workdir
-            )
-        wait_until(lambda: self._http_get("/system") is not None, self.process, "Orthanc HTTP", log)
-        wait_until(lambda: echo_ok(endpoint), self.process, "Orthanc C-ECHO", log)
-        return endpoint
-
-    def _http_get(self, path: str) -> dict[str, object] | None:
+        # tests/support/orthanc.py: SyncStorageArea true, no compression, SQLite index, no plugins.
+        self.orthanc = Orthanc(self.workdir, ae_title=ORTHANC_AE, name="dicom-node-bench")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as response:
-                return dict(json.load(response))
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return None
+            self.orthanc.start(timeout_s=START_TIMEOUT_S)
+        except (OrthancError, AssertionError) as exc:
+            raise BenchmarkError(f"Orthanc did not start: {exc}") from exc
+        return Endpoint(ORTHANC_AE, self.orthanc.dicom_port)
 
     def stored_count(self) -> int:
-        statistics_ = self._http_get("/statistics")
-        if statistics_ is None:
-            raise BenchmarkError("Orthanc did not answer GET /statistics")
-        return int(str(statistics_["CountInstances"]))
+        assert self.orthanc is not None
+        try:
+            return int(self.orthanc.statistics()["CountInstances"])
+        except OrthancError as exc:
+            raise BenchmarkError(f"Orthanc did not answer GET /statistics: {exc}") from exc
 
     def stop(self) -> None:
-        terminate(self.process)
+        if self.orthanc is not None:
+            self.orthanc.stop()
 
 
 RECEIVERS = ("dicom-node", "storescp", "storescp-fsync", "orthanc")

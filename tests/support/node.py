@@ -72,6 +72,8 @@ class NodeConfig:
     delivery_max_attempts: int = 20
     job_max_attempts: int = 3
     send_empty_seg: bool = False
+    metrics_port: int = field(default_factory=free_port)
+    worker_metrics_port: int = field(default_factory=free_port)
     extra: str = ""
 
     @property
@@ -141,6 +143,10 @@ max_delay_s = 5
 
 [outputs]
 send_empty_seg = {toml_value(self.send_empty_seg)}
+
+[observability]
+port = {self.metrics_port}
+worker_port = {self.worker_metrics_port}
 
 [logging]
 level = "INFO"
