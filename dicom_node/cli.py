@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from dicom_node import __version__
 from dicom_node.conformance import write_conformance_statement
+from dicom_node.audit import AuditLog
 from dicom_node.config import Settings, load_settings
 from dicom_node.db import migrate
 from dicom_node.db.models import JobState, utcnow
@@ -123,8 +124,10 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
     """Completion, leases, dispatch (with the worker) and outbox ticks for this process."""
     sessions = session_factory(engine)
     model = _model(settings)
+    audit = AuditLog(engine, settings.audit.file)
     worker = Worker(
         metrics=metrics,
+        audit=audit,
         sessions=sessions,
         run_job=Pipeline(settings, sessions, store, model).run,
         destinations={d.name: list(d.objects) for d in settings.destinations},
@@ -136,7 +139,7 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
     policy = RetryPolicy.from_settings(settings.delivery.retry)
 
     def outbox() -> object:
-        counts = serve_outbox(sessions, peers=peers, storage_root=store.root, policy=policy, clock=utcnow)
+        counts = serve_outbox(sessions, peers=peers, storage_root=store.root, policy=policy, clock=utcnow, audit=audit)
         for destination, states in counts.items():
             for state, n in states.items():
                 metrics.deliveries.labels(destination, state).inc(n)
@@ -180,7 +183,10 @@ def _serve(settings: Settings, *, listener: bool, scheduler: bool) -> None:
         committer = GroupCommitter(catalog.record_batch)
         committer.start()
         stops.append(committer.stop)
-        server = StorageSCP(settings.node, store, catalog, committer, server_context(settings.tls), metrics).start()
+        audit = AuditLog(engine, settings.audit.file)
+        server = StorageSCP(
+            settings.node, store, catalog, committer, server_context(settings.tls), metrics, audit
+        ).start()
         stops.append(server.shutdown)
     if scheduler:
         ticks = _scheduler(settings, engine, store, stop, metrics)

@@ -335,6 +335,12 @@ class ObservabilitySettings(_Section):
     worker_port: Port = Field(default=9111, description="for `worker`, which may run beside `scp`")
 
 
+class AuditSettings(_Section):
+    """The audit trail: always the ``audit_event`` table, plus this JSON-lines file if set."""
+
+    file: Path | None = Path(".dicom-node/audit.log")
+
+
 class LoggingSettings(_Section):
     """Log level and format; logs carry UIDs, never patient names or IDs."""
 
@@ -367,6 +373,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> Settings:

@@ -25,6 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.db.models import JobState, utcnow
 from dicom_node.errors import AnalysisError
@@ -99,6 +100,7 @@ class Worker:
     policy: RetryPolicy
     owner: str = ""
     metrics: Metrics | None = None
+    audit: AuditLog | None = None
 
     def __post_init__(self) -> None:
         if not self.owner:
@@ -160,6 +162,13 @@ class Worker:
                 return None
             record_outputs(session, job, output, destinations=self.destinations, now=now)
         logger.info(f"job succeeded: {output.summary}", extra={**context, "stage": "record"})
+        if self.audit is not None:
+            self.audit.record(
+                "produced",
+                study_instance_uid=job.study_instance_uid,
+                count=len(output.objects),
+                detail=json.dumps([{"kind": o.kind, "sop_instance_uid": o.sop_instance_uid} for o in output.objects]),
+            )
         if self.metrics is not None:
             for stage, seconds in output.timings_s.items():
                 self.metrics.stage_seconds.labels(stage).observe(seconds)

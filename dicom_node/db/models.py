@@ -205,3 +205,22 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     output: Mapped[OutputObject] = relationship()
+
+
+class AuditEvent(Base):
+    """Who sent what, what we produced, where it went: UIDs, AE titles and counts only.
+
+    No foreign keys: the audit trail outlives the studies that retention deletes.
+    """
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    event: Mapped[str] = mapped_column(String(32))  # received | rejected | produced | delivered | deleted
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), index=True)
+    destination: Mapped[str | None] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str | None] = mapped_column(Text)

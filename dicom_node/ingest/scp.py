@@ -28,6 +28,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.audit import AuditLog
 from dicom_node.config import NodeSettings
 from dicom_node.db.models import utcnow
 from dicom_node.dicom.contexts import (
@@ -95,14 +96,17 @@ class StorageSCP:
         committer: GroupCommitter[ReceivedInstance, RecordResult],
         ssl_context: ssl.SSLContext | None = None,
         metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.audit = audit
         self.store = store
         self.catalog = catalog
         self.committer = committer
         self.ssl_context = ssl_context
         self._counts: dict[int, Counter[str]] = {}
+        self._studies: dict[int, Counter[str]] = {}  # instances stored per study, per association
         self._counts_lock = threading.Lock()
 
     def application_entity(self) -> AE:
@@ -160,6 +164,11 @@ class StorageSCP:
             assoc.acse.send_reject(*REJECT_CALLING_AE)
             if self.metrics is not None:
                 self.metrics.associations.labels("rejected").inc()
+            if self.audit is not None:
+                self.audit.record(
+                    "rejected", calling_ae_title=calling, peer_address=assoc.requestor.address,
+                    detail="calling AE title or host not allowed",
+                )
             # As pynetdicom does for its own rejections: stop the DUL once the
             # A-ASSOCIATE-RJ is out, before the server closes the socket.
             assoc.kill()
@@ -174,7 +183,13 @@ class StorageSCP:
     def on_closed(self, event: evt.Event) -> None:
         with self._counts_lock:
             counts = self._counts.pop(id(event.assoc), Counter())
+            studies = self._studies.pop(id(event.assoc), Counter())
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        if self.audit is not None:
+            for study_uid, count in studies.items():
+                self.audit.record(
+                    "received", study_instance_uid=study_uid, count=count, detail=f"association {how}", **_peer(event.assoc)
+                )
         logger.info(
             f"association {how}: {dict(counts) or 'no instances'}",
             extra={**_peer(event.assoc), "count": counts.total()},
@@ -183,9 +198,11 @@ class StorageSCP:
     def on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
-    def _count(self, assoc: Association, outcome: str, size_bytes: int = 0) -> None:
+    def _count(self, assoc: Association, outcome: str, size_bytes: int = 0, study_uid: str | None = None) -> None:
         with self._counts_lock:
             self._counts.setdefault(id(assoc), Counter())[outcome] += 1
+            if study_uid is not None:
+                self._studies.setdefault(id(assoc), Counter())[study_uid] += 1
         if self.metrics is not None:
             self.metrics.instances.labels(outcome).inc()
             if size_bytes:
@@ -223,7 +240,7 @@ class StorageSCP:
                 f"instance refused: {exc}", extra={**context, "status": f"0x{status:04X}"}
             )
             return failure(status, str(exc))
-        self._count(assoc, result.outcome, result.size_bytes)
+        self._count(assoc, result.outcome, result.size_bytes, item.study_instance_uid)
         if result.reopened:
             logger.info(
                 "study reopened by an instance received after completion",

@@ -7,6 +7,7 @@ a success or warning status for that very object.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,8 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db.models import Delivery, DeliveryState, OutputObject
+from dicom_node.audit import AuditLog
+from dicom_node.db.models import Delivery, DeliveryState, Job, OutputObject, Study
 from dicom_node.retry import RetryPolicy
 from dicom_node.send.scu import Peer, SendItem, SendResult, send
 
@@ -34,6 +36,7 @@ class DueDelivery:
     path: str
     attempts: int
     sop_instance_uid: str
+    study_instance_uid: str
 
 
 def add_deliveries(session: Session, *, output_id: int, destinations: list[str], now: datetime) -> None:
@@ -63,8 +66,17 @@ def add_deliveries(session: Session, *, output_id: int, destinations: list[str],
 def due_deliveries(session: Session, *, now: datetime, limit: int = 500) -> dict[str, list[DueDelivery]]:
     """Pending deliveries whose next attempt is due, grouped by destination."""
     rows = session.execute(
-        select(Delivery.id, Delivery.destination, Delivery.attempts, OutputObject.path, OutputObject.sop_instance_uid)
+        select(
+            Delivery.id,
+            Delivery.destination,
+            Delivery.attempts,
+            OutputObject.path,
+            OutputObject.sop_instance_uid,
+            Study.study_instance_uid,
+        )
         .join(OutputObject, OutputObject.id == Delivery.output_id)
+        .join(Job, Job.id == OutputObject.job_id)
+        .join(Study, Study.id == Job.study_id)
         .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
         .order_by(Delivery.id)
         .limit(limit)
@@ -72,7 +84,7 @@ def due_deliveries(session: Session, *, now: datetime, limit: int = 500) -> dict
     grouped: dict[str, list[DueDelivery]] = {}
     for row in rows:
         grouped.setdefault(row.destination, []).append(
-            DueDelivery(row.id, row.destination, row.path, row.attempts, row.sop_instance_uid)
+            DueDelivery(row.id, row.destination, row.path, row.attempts, row.sop_instance_uid, row.study_instance_uid)
         )
     return grouped
 
@@ -104,6 +116,7 @@ def serve_outbox(
     storage_root: Path,
     policy: RetryPolicy,
     clock: Callable[[], datetime],
+    audit: AuditLog | None = None,
 ) -> dict[str, dict[str, int]]:
     """Attempt every due delivery, each destination on its own thread; return counts per destination."""
     with sessions() as session:
@@ -133,6 +146,16 @@ def serve_outbox(
                         extra={"destination": name, "sop_instance_uid": delivery.sop_instance_uid},
                     )
         logger.info(f"outbox served: {counts}", extra={"destination": name, "count": len(items)})
+        if audit is not None:
+            sent: dict[str, list[str]] = {}
+            for delivery, result in zip(items, results, strict=True):
+                if result.stored:
+                    sent.setdefault(delivery.study_instance_uid, []).append(delivery.sop_instance_uid)
+            for study_uid, sop_uids in sent.items():
+                audit.record(
+                    "delivered", study_instance_uid=study_uid, destination=name, count=len(sop_uids),
+                    detail=json.dumps(sop_uids),
+                )
         return counts
 
     with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="outbox") as pool:

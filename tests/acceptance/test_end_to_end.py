@@ -6,6 +6,7 @@ Every object that reaches the destination is checked with highdicom and dciodvfy
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+from sqlalchemy import create_engine
+from sqlalchemy import text as text_sql
 
 from dicom_node.outputs.validate import run_dciodvfy
 from tests.support.node import DCMTK_ENV, NODE_AE, NodeConfig, NodeProcess, cli
@@ -136,5 +141,29 @@ def test_positive_and_negative_studies_come_back_as_seg_sr_and_key_images(tmp_pa
         jobs = cli("jobs", "list", "--config", str(node.config.workdir / "dicom-node.toml"))
         assert jobs.stdout.count("succeeded") == 2, jobs.stdout
         assert POSITIVE.patient_name not in node.log() and POSITIVE.patient_id not in node.log()
+        assert_audit_trail(node)
     finally:
         node.stop()
+
+
+def assert_audit_trail(node: NodeProcess) -> None:
+    """Who sent what, what we produced and where it went; UIDs and AE titles, no patient data."""
+    rejected = AE("INTRUDER")
+    rejected.add_requested_context(Verification)
+    assert rejected.associate("127.0.0.1", node.config.port, ae_title=NODE_AE).is_rejected
+    wait_for(lambda: '"rejected"' in (node.config.workdir / "audit.log").read_text(), 10, "the rejection audit")
+    text = (node.config.workdir / "audit.log").read_text()
+    events = [json.loads(line) for line in text.splitlines()]
+    by_kind = {(e["event"], e.get("study_instance_uid")): e for e in events}
+    received = by_kind[("received", POSITIVE.study_instance_uid)]
+    assert (received["calling_ae_title"], received["peer_address"], received["count"]) == ("STORESCU", "127.0.0.1", 40)
+    assert by_kind[("produced", POSITIVE.study_instance_uid)]["count"] == 4
+    delivered = by_kind[("delivered", POSITIVE.study_instance_uid)]
+    assert (delivered["destination"], delivered["count"]) == ("pacs", 4)
+    assert by_kind[("rejected", None)]["calling_ae_title"] == "INTRUDER"
+    assert POSITIVE.patient_name not in text and POSITIVE.patient_id not in text
+    engine = create_engine(node.config.db_url)
+    with engine.connect() as connection:
+        assert connection.execute(text_sql("SELECT count(*) FROM audit_event")).scalar() == len(events)
+    engine.dispose()
+

@@ -144,6 +144,9 @@ max_delay_s = 5
 [outputs]
 send_empty_seg = {toml_value(self.send_empty_seg)}
 
+[audit]
+file = {toml_value(str(self.workdir / "audit.log"))}
+
 [observability]
 port = {self.metrics_port}
 worker_port = {self.worker_metrics_port}
