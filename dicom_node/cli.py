@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -86,16 +87,65 @@ def _engine_at_head(settings: Settings) -> Engine:
     return engine
 
 
-def _wait_for_signal(stop: threading.Event) -> None:
-    """Block until SIGTERM or SIGINT sets ``stop`` (which also tells the worker to finish)."""
+#: Settings a running process cannot change; a reload that changes them logs a warning.
+RESTART_ONLY = ("node.ae_title", "node.bind_address", "node.port", "node.max_associations", "node.max_pdu_size",
+                "storage", "database", "tls", "analysis", "observability", "audit")
+
+
+@dataclass
+class Reloadable:
+    """What SIGHUP can change without dropping an association: callers, destinations, routing."""
+
+    path: Path
+    settings: Settings
+    scp: StorageSCP | None = None
+    worker: Worker | None = None
+    peers: dict[str, Peer] | None = None
+
+    def reload(self) -> bool:
+        """Re-read the config file; an invalid one is refused and the running config stays."""
+        try:
+            new = load_settings(self.path)
+        except ConfigError as exc:
+            logger.error(f"configuration reload refused, keeping the running configuration: {'; '.join(exc.problems)}")
+            return False
+        old_dump, new_dump = self.settings.model_dump(), new.model_dump()
+        fixed = [key for key in RESTART_ONLY if _dotted(old_dump, key) != _dotted(new_dump, key)]
+        if fixed:
+            logger.warning(f"configuration reload: these settings apply only after a restart: {', '.join(fixed)}")
+        if self.scp is not None:
+            self.scp.allow_callers(new.node)
+        if self.worker is not None:
+            self.worker.destinations = {d.name: list(d.objects) for d in new.destinations}
+        if self.peers is not None:
+            fresh = _peers(new)
+            self.peers.clear()
+            self.peers.update(fresh)
+        self.settings = new
+        logger.info(
+            f"configuration reloaded: {len(new.node.allowed_callers)} allowed caller(s), "
+            f"{len(new.destinations)} destination(s)"
+        )
+        return True
+
+
+def _dotted(tree: dict[str, object], key: str) -> object:
+    value: object = tree
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _wait_for_signal(stop: threading.Event, reloadable: Reloadable) -> None:
+    """Block until SIGTERM or SIGINT sets ``stop``; reload the config on SIGHUP meanwhile."""
+    hangup = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    signal.signal(
-        signal.SIGHUP,
-        lambda *_: logger.warning("SIGHUP: configuration reload is not implemented yet; restart to apply changes"),
-    )
-    while not stop.wait(1.0):
-        pass
+    signal.signal(signal.SIGHUP, lambda *_: hangup.set())
+    while not stop.wait(0.5):
+        if hangup.is_set():
+            hangup.clear()
+            reloadable.reload()
 
 
 def _model(settings: Settings) -> Model:
@@ -145,7 +195,8 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
                 metrics.deliveries.labels(destination, state).inc(n)
         return counts
 
-    return build_scheduler(settings, sessions, model_key=model_key(model), worker=worker, outbox=outbox, stop=stop)
+    ticks = build_scheduler(settings, sessions, model_key=model_key(model), worker=worker, outbox=outbox, stop=stop)
+    return ticks, worker, peers
 
 
 def _observability(settings: Settings, engine: Engine, store: InstanceStore, metrics: Metrics, port: int):  # type: ignore[no-untyped-def]
@@ -168,7 +219,9 @@ def _observability(settings: Settings, engine: Engine, store: InstanceStore, met
     return server.shutdown
 
 
-def _serve(settings: Settings, *, listener: bool, scheduler: bool) -> None:
+def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
+    settings = _settings(config)
+    reloadable = Reloadable(config, settings)
     engine = _engine_at_head(settings)
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     store.prepare()
@@ -184,39 +237,40 @@ def _serve(settings: Settings, *, listener: bool, scheduler: bool) -> None:
         committer.start()
         stops.append(committer.stop)
         audit = AuditLog(engine, settings.audit.file)
-        server = StorageSCP(
+        reloadable.scp = StorageSCP(
             settings.node, store, catalog, committer, server_context(settings.tls), metrics, audit
-        ).start()
+        )
+        server = reloadable.scp.start()
         stops.append(server.shutdown)
     if scheduler:
-        ticks = _scheduler(settings, engine, store, stop, metrics)
+        ticks, reloadable.worker, reloadable.peers = _scheduler(settings, engine, store, stop, metrics)
         ticks.start()
         stops.append(lambda: ticks.shutdown(wait=True))
     try:
-        _wait_for_signal(stop)
+        _wait_for_signal(stop, reloadable)
     finally:
         logger.info("shutting down")
-        for stop in reversed(stops):
-            stop()
+        for halt in reversed(stops):
+            halt()
         engine.dispose()
 
 
 @app.command()
 def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Run the embedded node in one process: listener, scheduler ticks and worker."""
-    _serve(_settings(config), listener=True, scheduler=True)
+    _serve(config, listener=True, scheduler=True)
 
 
 @app.command()
 def scp(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Run the DICOM listener only; a GPU crash in a worker never drops an association."""
-    _serve(_settings(config), listener=True, scheduler=False)
+    _serve(config, listener=True, scheduler=False)
 
 
 @app.command()
 def worker(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Run the scheduler ticks and the analysis worker, without a listener."""
-    _serve(_settings(config), listener=False, scheduler=True)
+    _serve(config, listener=False, scheduler=True)
 
 
 _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")

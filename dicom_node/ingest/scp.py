@@ -109,6 +109,11 @@ class StorageSCP:
         self._studies: dict[int, Counter[str]] = {}  # instances stored per study, per association
         self._counts_lock = threading.Lock()
 
+    def allow_callers(self, settings: NodeSettings) -> None:
+        """Take new allowed callers (config reload). Associations already open are untouched;
+        the next A-ASSOCIATE-RQ is judged by the new list."""
+        self.settings = settings
+
     def application_entity(self) -> AE:
         """An AE offering exactly the contexts in :mod:`dicom_node.dicom.contexts`."""
         ae = AE(ae_title=self.settings.ae_title)
