@@ -40,6 +40,7 @@ from dicom_node.logs import configure_logging
 from dicom_node.metrics import Metrics, StateCollector, serve_http
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
+from dicom_node.retention import run_retention
 from dicom_node.retry import RetryPolicy
 from dicom_node.scheduler import Worker, build_scheduler
 from dicom_node.send.outbox import deliveries_of_job, requeue_job_outputs, serve_outbox
@@ -195,7 +196,26 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
                 metrics.deliveries.labels(destination, state).inc(n)
         return counts
 
-    ticks = build_scheduler(settings, sessions, model_key=model_key(model), worker=worker, outbox=outbox, stop=stop)
+    def retention() -> object:
+        return run_retention(
+            sessions,
+            store,
+            now=utcnow(),
+            received_days=settings.retention.received_days,
+            results_days=settings.retention.results_days,
+            dry_run=False,
+            audit=audit,
+        )
+
+    ticks = build_scheduler(
+        settings,
+        sessions,
+        model_key=model_key(model),
+        worker=worker,
+        outbox=outbox,
+        retention=retention if settings.retention.enabled else None,
+        stop=stop,
+    )
     return ticks, worker, peers
 
 
@@ -435,6 +455,35 @@ def resend(
             raise typer.Exit(1)
         count = requeue_job_outputs(session, job_id=job_id, destinations=destinations, now=utcnow())
     typer.echo(f"{count} deliveries of job {job_id} queued for {', '.join(destinations)}")
+
+
+@app.command("retention")
+def retention_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete studies whose results were delivered more than the configured days ago."""
+    settings = _settings(config)
+    engine = _engine_at_head(settings)
+    sessions = session_factory(engine)
+    store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
+    items = run_retention(
+        sessions,
+        store,
+        now=utcnow(),
+        received_days=settings.retention.received_days,
+        results_days=settings.retention.results_days,
+        dry_run=dry_run,
+        audit=None if dry_run else AuditLog(engine, settings.audit.file),
+    )
+    verb = "would delete" if dry_run else "deleted"
+    for item in items:
+        typer.echo(
+            f"{verb} {item.study_instance_uid}: {item.instances} instance(s), {item.results} result(s)"
+            f"{', and the study' if item.delete_study else ''} (delivered {item.delivered_at:%Y-%m-%d %H:%M} UTC)"
+        )
+    if not items:
+        typer.echo("nothing is due for deletion")
 
 
 @db_app.command("upgrade")

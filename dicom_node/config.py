@@ -335,6 +335,15 @@ class ObservabilitySettings(_Section):
     worker_port: Port = Field(default=9111, description="for `worker`, which may run beside `scp`")
 
 
+class RetentionSettings(_Section):
+    """Delete received instances and produced objects some days after delivery, never before."""
+
+    enabled: bool = False
+    received_days: float = Field(default=7.0, ge=0)
+    results_days: float = Field(default=7.0, ge=0)
+    interval_s: float = Field(default=3600.0, gt=0)
+
+
 class AuditSettings(_Section):
     """The audit trail: always the ``audit_event`` table, plus this JSON-lines file if set."""
 
@@ -374,6 +383,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> Settings:

@@ -6,7 +6,8 @@ tick that is skipped (a busy process, a restart) is simply done by the next one:
 - completion: complete quiet studies and, in the same transaction, enqueue their jobs;
 - leases: return jobs of vanished workers to the queue (or dead-letter them);
 - dispatch: claim due jobs and run them, one at a time, with a heartbeat;
-- outbox: send due deliveries, each destination on its own thread.
+- outbox: send due deliveries, each destination on its own thread;
+- retention (when enabled): delete studies some days after their results were delivered.
 """
 
 from __future__ import annotations
@@ -193,6 +194,7 @@ def build_scheduler(
     model_key: str,
     worker: Worker | None = None,
     outbox: Callable[[], object] | None = None,
+    retention: Callable[[], object] | None = None,
     stop: threading.Event | None = None,
 ) -> BackgroundScheduler:
     """The ticks of this process: completion and leases always; dispatch and outbox when given."""
@@ -222,4 +224,6 @@ def build_scheduler(
         )
     if outbox is not None:
         scheduler.add_job(outbox, "interval", seconds=settings.delivery.interval_s, id="outbox", **common)
+    if retention is not None:
+        scheduler.add_job(retention, "interval", seconds=settings.retention.interval_s, id="retention", **common)
     return scheduler
