@@ -190,7 +190,16 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
     policy = RetryPolicy.from_settings(settings.delivery.retry)
 
     def outbox() -> object:
-        counts = serve_outbox(sessions, peers=peers, storage_root=store.root, policy=policy, clock=utcnow, audit=audit)
+        counts = serve_outbox(
+            sessions,
+            peers=peers,
+            storage_root=store.root,
+            policy=policy,
+            clock=utcnow,
+            owner=worker.owner,
+            lease=timedelta(seconds=settings.delivery.timeout_s * 4),
+            audit=audit,
+        )
         for destination, states in counts.items():
             for state, n in states.items():
                 metrics.deliveries.labels(destination, state).inc(n)
@@ -234,8 +243,13 @@ def _observability(settings: Settings, engine: Engine, store: InstanceStore, met
         problem = state.database_problem(engine)
         return ([problem] if problem else []) + store.problems()
 
-    server, _ = serve_http(metrics, health, address=settings.observability.bind_address, port=port)
-    logger.info("metrics and health", extra={"peer_address": f"{settings.observability.bind_address}:{port}"})
+    address = f"{settings.observability.bind_address}:{port}"
+    try:
+        server, _ = serve_http(metrics, health, address=settings.observability.bind_address, port=port)
+    except OSError as exc:  # e.g. a second worker on this host: run on, without metrics
+        logger.error(f"metrics and health not served: {exc.strerror}", extra={"peer_address": address})
+        return lambda: None
+    logger.info("metrics and health", extra={"peer_address": address})
     return server.shutdown
 
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -63,8 +63,29 @@ def add_deliveries(session: Session, *, output_id: int, destinations: list[str],
     )
 
 
-def due_deliveries(session: Session, *, now: datetime, limit: int = 500) -> dict[str, list[DueDelivery]]:
-    """Pending deliveries whose next attempt is due, grouped by destination."""
+def claim_due(
+    session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int = 500
+) -> dict[str, list[DueDelivery]]:
+    """Claim pending deliveries that are due (and not claimed by a live worker), by destination.
+
+    The claim makes several workers share one outbox without sending an object twice: on
+    PostgreSQL the rows are locked with SKIP LOCKED while they are claimed; a claim that
+    outlives its worker (``lease``) lets another worker retry the row.
+    """
+    ids = session.execute(
+        select(Delivery.id)
+        .where(
+            Delivery.state == DeliveryState.PENDING,
+            Delivery.next_attempt_at <= now,
+            (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
+        )
+        .order_by(Delivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).scalars().all()
+    if not ids:
+        return {}
+    session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(claimed_by=owner, claimed_until=now + lease))
     rows = session.execute(
         select(
             Delivery.id,
@@ -77,9 +98,8 @@ def due_deliveries(session: Session, *, now: datetime, limit: int = 500) -> dict
         .join(OutputObject, OutputObject.id == Delivery.output_id)
         .join(Job, Job.id == OutputObject.job_id)
         .join(Study, Study.id == Job.study_id)
-        .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+        .where(Delivery.id.in_(ids))
         .order_by(Delivery.id)
-        .limit(limit)
     ).all()
     grouped: dict[str, list[DueDelivery]] = {}
     for row in rows:
@@ -90,7 +110,7 @@ def due_deliveries(session: Session, *, now: datetime, limit: int = 500) -> dict
 
 
 def record_result(
-    session: Session, delivery: DueDelivery, result: SendResult, *, policy: RetryPolicy, now: datetime
+    session: Session, delivery: DueDelivery, result: SendResult, *, owner: str, policy: RetryPolicy, now: datetime
 ) -> DeliveryState:
     """Store the outcome of one attempt and return the delivery's new state."""
     attempts = delivery.attempts + 1
@@ -103,8 +123,10 @@ def record_result(
         values = {"next_attempt_at": now + policy.delay_after(attempts), "last_error": result.detail}
     session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery.id, Delivery.state == DeliveryState.PENDING)
-        .values(attempts=attempts, last_status=status or result.detail[:64], **values)
+        .where(Delivery.id == delivery.id, Delivery.state == DeliveryState.PENDING, Delivery.claimed_by == owner)
+        .values(
+            attempts=attempts, last_status=status or result.detail[:64], claimed_by=None, claimed_until=None, **values
+        )
     )
     return values.get("state", DeliveryState.PENDING)  # type: ignore[return-value]
 
@@ -116,14 +138,28 @@ def serve_outbox(
     storage_root: Path,
     policy: RetryPolicy,
     clock: Callable[[], datetime],
+    owner: str,
+    lease: timedelta,
     audit: AuditLog | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Attempt every due delivery, each destination on its own thread; return counts per destination."""
+    """Claim and attempt every due delivery, each destination on its own thread.
+
+    Returns the resulting states counted per destination. Deliveries for a destination
+    that is no longer configured are left alone (and logged).
+    """
     with sessions() as session:
-        due = due_deliveries(session, now=clock())
-    unknown = sorted(set(due) - set(peers))
-    for name in unknown:
+        waiting = session.execute(
+            select(Delivery.destination)
+            .where(Delivery.state == DeliveryState.PENDING, Delivery.destination.not_in(list(peers)))
+            .distinct()
+        ).scalars().all()
+    for name in waiting:
         logger.warning("deliveries wait for a destination that is not configured", extra={"destination": name})
+    with sessions.begin() as session:
+        due = claim_due(session, owner=owner, now=clock(), lease=lease)
+        unknown = [d.id for name, items in due.items() if name not in peers for d in items]
+        if unknown:  # configured away between the two queries: release them
+            session.execute(update(Delivery).where(Delivery.id.in_(unknown)).values(claimed_by=None, claimed_until=None))
     work = {name: items for name, items in due.items() if name in peers}
     if not work:
         return {}
@@ -138,7 +174,7 @@ def serve_outbox(
         counts: dict[str, int] = {}
         with sessions.begin() as session:
             for delivery, result in zip(items, results, strict=True):
-                state = record_result(session, delivery, result, policy=policy, now=clock())
+                state = record_result(session, delivery, result, owner=owner, policy=policy, now=clock())
                 counts[state.value] = counts.get(state.value, 0) + 1
                 if not result.stored:
                     logger.warning(

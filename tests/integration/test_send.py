@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import threading
+
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE, evt
@@ -138,15 +140,15 @@ def test_outbox_serves_destinations_independently_and_retries_until_up(
     clock = {"now": utcnow()}
     peers = {"up": _peer(up.port, name="up"), "down": _peer(down_port, name="down")}
     try:
-        counts = serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"])
+        counts = serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"], owner="w", lease=timedelta(minutes=1))
         assert counts == {"up": {"sent": 3}, "down": {"pending": 3}}
         assert _states(outbox_db) == {"up": ["sent"] * 3, "down": ["pending"] * 3}
         # Nothing is due before the backoff; the sent ones are never sent again.
-        assert serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"]) == {}
+        assert serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"], owner="w", lease=timedelta(minutes=1)) == {}
         late = StoreSCP(tmp_path / "late", port=down_port).start()
         try:
             clock["now"] += timedelta(seconds=11)
-            counts = serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"])
+            counts = serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"], owner="w", lease=timedelta(minutes=1))
             assert counts == {"down": {"sent": 3}}
             assert len(late.received()) == 3
         finally:
@@ -163,7 +165,7 @@ def test_outbox_dead_letters_after_the_last_attempt(outbox_db, files: list[Path]
     clock = {"now": utcnow()}
     try:
         for _ in range(3):
-            serve_outbox(outbox_db, peers={"refuses": _peer(port, name="refuses")}, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"])
+            serve_outbox(outbox_db, peers={"refuses": _peer(port, name="refuses")}, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"], owner="w", lease=timedelta(minutes=1))
             clock["now"] += timedelta(minutes=10)
     finally:
         server.shutdown()
@@ -171,3 +173,35 @@ def test_outbox_dead_letters_after_the_last_attempt(outbox_db, files: list[Path]
         delivery = session.scalars(select(Delivery)).one()
     assert (delivery.state, delivery.attempts, delivery.last_status) == (DeliveryState.DEAD, 3, "0xA900")
     assert "failure 0xA900" in delivery.last_error
+
+
+@pytest.mark.postgres
+def test_two_workers_share_the_outbox_without_sending_twice(postgres_url: str, files: list[Path], tmp_path: Path) -> None:
+    engine = create_db_engine(DatabaseSettings(url=postgres_url))
+    migrate.upgrade(engine)
+    sessions = session_factory(engine)
+    more = write_series(SeriesSpec(n_slices=12, rows=64, columns=64, seed=5), tmp_path / "out" / "more")
+    _queue(sessions, files + more, tmp_path, ["pacs"])
+    pacs = StoreSCP(tmp_path / "pacs").start()
+    peers = {"pacs": _peer(pacs.port, name="pacs")}
+    try:
+        threads = [
+            threading.Thread(
+                target=serve_outbox,
+                args=(sessions,),
+                kwargs={"peers": peers, "storage_root": tmp_path, "policy": POLICY, "clock": utcnow,
+                        "owner": f"worker-{i}", "lease": timedelta(minutes=1)},
+            )
+            for i in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        serve_outbox(sessions, peers=peers, storage_root=tmp_path, policy=POLICY, clock=utcnow, owner="late", lease=timedelta(minutes=1))
+        assert len(pacs.files()) == 15, "every object exactly once"
+        assert len(set(pacs.received())) == 15
+        assert _states(sessions) == {"pacs": ["sent"] * 15}
+    finally:
+        pacs.stop()
+        engine.dispose()
