@@ -201,8 +201,8 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
             audit=audit,
         )
         for destination, states in counts.items():
-            for state, n in states.items():
-                metrics.deliveries.labels(destination, state).inc(n)
+            for delivery_state, n in states.items():
+                metrics.deliveries.labels(destination, delivery_state).inc(n)
         return counts
 
     def retention() -> object:

@@ -27,8 +27,6 @@ from pathlib import Path
 from pydicom.uid import (
     UID,
     Comprehensive3DSRStorage,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
