@@ -68,3 +68,36 @@ def test_mutual_tls_refuses_missing_and_foreign_client_certificates(tmp_path: Pa
         assert _echo(running.port, _client_context(pki, pki.client)), "the node still serves after refusals"
     finally:
         stop()  # type: ignore[operator]
+
+
+def test_sender_speaks_mutual_tls_to_a_destination(tmp_path: Path, pki: Pki) -> None:
+    from pynetdicom import evt
+    from pynetdicom.sop_class import CTImageStorage
+
+    from dicom_node.config import TLSSettings
+    from dicom_node.dicom.tls import client_context
+    from dicom_node.send.scu import Peer, SendItem, send
+    from tests.support.node import free_port
+    from tests.support.synthetic_ct import SeriesSpec, write_series
+
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(str(pki.server[0]), str(pki.server[1]))
+    server_context.load_verify_locations(cafile=str(pki.ca))
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    ae = AE("DEST")
+    ae.add_supported_context(CTImageStorage)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, ssl_context=server_context, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0)]
+    )
+    [path] = write_series(SeriesSpec(n_slices=1, rows=32, columns=32), tmp_path / "s")
+    try:
+        ours = client_context(TLSSettings(certificate=pki.client[0], private_key=pki.client[1], ca_bundle=pki.ca))
+        peer = Peer("dest", "DEST", "localhost", port, "DICOMNODE", 5, ours)
+        [result] = send(peer, [SendItem(1, path)])
+        assert (result.stored, result.status) == (True, 0)
+        anonymous = client_context(TLSSettings(ca_bundle=pki.ca))  # no client certificate
+        [refused] = send(Peer("dest", "DEST", "localhost", port, "DICOMNODE", 5, anonymous), [SendItem(1, path)])
+        assert not refused.stored
+    finally:
+        server.shutdown()
