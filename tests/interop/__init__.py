@@ -1,0 +1,1 @@
+"""Interoperability proofs: OHIF parsers, DICOMweb via Orthanc, PixelMed validation."""

@@ -1,0 +1,267 @@
+"""OHIF's parsers load our SEG into the label map we built it from, and read our SR's numbers.
+
+OHIF, the most used open web viewer, parses SEG and SR with dcmjs and
+@cornerstonejs/adapters. ``viewer/package.json`` pins the versions OHIF
+3.13.13 ships; ``viewer/check_seg_sr.mjs`` loads the objects the way OHIF's
+SEG and SR extensions do and prints what it read as JSON (its header says which
+functions it calls). Here we compare that with what we wrote:
+
+* the SEG becomes one labelmap image per CT slice, voxel for voxel equal to our
+  label map, with the voxel count of each segment, its tracking UID and a
+  centroid on the planted lesion;
+* every SEG frame names its CT slice and carries that slice's position, one
+  frame per slice and segment;
+* the SR's lesion groups come back with our volume, long axis, mean HU and
+  certainty, their units, and the segment they reference; the study group with
+  the probability and Present/Absent.
+
+The npm packages are installed once into a cache outside the checkout (keyed
+on package.json): ``$DICOM_NODE_NPM_CACHE`` or ``~/.cache/dicom-node/viewer-npm``.
+Without Node, npm or the registry the test fails; it never skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dicom_node.outputs.uids import SEG
+from tests.support.interop_objects import WrittenResults, negative_case, write_results
+
+VIEWER_DIR = Path(__file__).parent / "viewer"
+SCRIPT = "check_seg_sr.mjs"
+#: package.json and, when one is added, the lockfile: they decide what npm installs.
+MANIFESTS = ("package.json", "package-lock.json")
+NPM_TIMEOUT_S = 600
+NODE_TIMEOUT_S = 120
+#: Positions are written as DS with 4 decimals by the synthetic CT.
+POSITION_TOLERANCE_MM = 1e-4
+#: SR numbers are DS (16 characters): ours come back to about 1e-15 relative.
+NUMBER_RELATIVE_TOLERANCE = 1e-12
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: install Node.js 20+ with npm (Debian: apt-get install nodejs npm)")
+    return path
+
+
+def _cache_root() -> Path:
+    configured = os.environ.get("DICOM_NODE_NPM_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "dicom-node" / "viewer-npm"
+
+
+def _manifest_digest() -> str:
+    digest = hashlib.sha256()
+    for name in MANIFESTS:
+        path = VIEWER_DIR / name
+        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def viewer_dir() -> Path:
+    """A folder with the pinned npm packages installed and the check script next to them.
+
+    Installed into a temporary folder, then renamed into the cache, so that an
+    interrupted or concurrent install never leaves a half-filled cache entry.
+    """
+    _tool("node")
+    npm = _tool("npm")
+    target = _cache_root() / _manifest_digest()
+    if not (target / "node_modules").is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="install-", dir=target.parent))
+        try:
+            for name in MANIFESTS:
+                if (VIEWER_DIR / name).exists():
+                    shutil.copy2(VIEWER_DIR / name, staging / name)
+            locked = (staging / "package-lock.json").exists()
+            command = [npm, "ci" if locked else "install", "--no-audit", "--no-fund", "--ignore-scripts"]
+            try:
+                completed = subprocess.run(
+                    command, cwd=staging, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False
+                )
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"`npm {' '.join(command[1:])}` took over {NPM_TIMEOUT_S} s: is the npm registry reachable?")
+            if completed.returncode != 0:
+                pytest.fail(
+                    f"`npm {' '.join(command[1:])}` failed (exit {completed.returncode}); the viewer check needs "
+                    f"the npm registry (or a filled cache at {target}):\n{completed.stderr[-3000:]}"
+                )
+            try:
+                staging.rename(target)
+            except OSError:
+                if not (target / "node_modules").is_dir():  # not a concurrent install that won
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    shutil.copy2(VIEWER_DIR / SCRIPT, target / SCRIPT)
+    return target
+
+
+def _read_with_ohif_parsers(viewer: Path, results: WrittenResults) -> dict[str, Any]:
+    command = [
+        _tool("node"),
+        str(viewer / SCRIPT),
+        "--seg",
+        str(results.seg),
+        "--sr",
+        str(results.sr),
+        *(str(path) for path in results.ct),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=NODE_TIMEOUT_S, check=False)
+    assert completed.returncode == 0, f"{SCRIPT} failed:\n{completed.stderr[-4000:]}"
+    return dict(json.loads(completed.stdout))
+
+
+@pytest.fixture(scope="module")
+def positive(tmp_path_factory: pytest.TempPathFactory) -> WrittenResults:
+    return write_results(tmp_path_factory.mktemp("viewer-positive"))
+
+
+@pytest.fixture(scope="module")
+def positive_read(viewer_dir: Path, positive: WrittenResults) -> dict[str, Any]:
+    return _read_with_ohif_parsers(viewer_dir, positive)
+
+
+@pytest.fixture(scope="module")
+def negative(tmp_path_factory: pytest.TempPathFactory) -> WrittenResults:
+    return write_results(tmp_path_factory.mktemp("viewer-negative"), negative_case())
+
+
+@pytest.fixture(scope="module")
+def negative_read(viewer_dir: Path, negative: WrittenResults) -> dict[str, Any]:
+    return _read_with_ohif_parsers(viewer_dir, negative)
+
+
+def _label_map_from_viewer(results: WrittenResults, segmentation: dict[str, Any]) -> np.ndarray:
+    """The viewer's labelmap images, stacked in the order of our source images (by SOP Instance UID)."""
+    slice_of = {ds.SOPInstanceUID: k for k, ds in enumerate(results.case.source_images)}
+    label_map = np.zeros_like(results.case.label_map)
+    for image in segmentation["labelmap"]:
+        k = slice_of[image["sopInstanceUid"]]
+        flat = label_map[k].reshape(-1)
+        for index, segment in image["voxels"]:
+            flat[index] = segment
+    return label_map
+
+
+def _centroid_mm(results: WrittenResults, segment: int) -> np.ndarray:
+    """The centroid of a segment in patient coordinates, from our label map and the CT geometry."""
+    points = []
+    for k, r, c in np.argwhere(results.case.label_map == segment):
+        source = results.case.source_images[k]
+        position = np.array([float(v) for v in source.ImagePositionPatient])
+        orientation = [float(v) for v in source.ImageOrientationPatient]
+        row_spacing, column_spacing = (float(v) for v in source.PixelSpacing)
+        points.append(
+            position + c * column_spacing * np.array(orientation[:3]) + r * row_spacing * np.array(orientation[3:])
+        )
+    return np.mean(points, axis=0)
+
+
+def test_the_pinned_parsers_ran_without_complaint(positive_read: dict[str, Any]) -> None:
+    assert positive_read["versions"]["@cornerstonejs/adapters"] == "5.6.8"
+    assert positive_read["versions"]["dcmjs"] == "0.52.0"
+    # A warning would mean e.g. a frame the adapter could not place by its source SOP Instance UID.
+    assert positive_read["warnings"] == []
+
+
+def test_the_seg_loads_into_our_label_map(positive: WrittenResults, positive_read: dict[str, Any]) -> None:
+    segmentation = positive_read["segmentation"]
+    assert segmentation["segmentationType"] == "BINARY"
+    assert not segmentation["overlappingSegments"]
+    assert len(segmentation["labelmap"]) == len(positive.ct)
+    assert np.array_equal(_label_map_from_viewer(positive, segmentation), positive.case.label_map)
+    counts = {segment["segmentNumber"]: segment["voxelCount"] for segment in segmentation["segments"]}
+    assert counts == positive.segment_voxel_counts
+    assert all(count > 0 for count in counts.values())
+
+
+def test_segments_keep_their_tracking_uids_and_sit_on_the_lesions(
+    positive: WrittenResults, positive_read: dict[str, Any]
+) -> None:
+    for segment in positive_read["segmentation"]["segments"]:
+        n = segment["segmentNumber"]
+        assert segment["label"] == f"ICH {n}"
+        assert segment["trackingUid"] == positive.case.uids.tracking(n)
+        centroid = segment["centroidWorld"]
+        viewer_centroid = np.array([centroid["x"], centroid["y"], centroid["z"]])
+        np.testing.assert_allclose(viewer_centroid, _centroid_mm(positive, n), atol=1e-6)
+        planted = np.array(positive.case.spec.lesions[n - 1].center_mm)
+        assert np.linalg.norm(viewer_centroid - planted) < 2.0, "the segment is not where the lesion was planted"
+
+
+def test_every_frame_names_its_slice_and_carries_its_position(
+    positive: WrittenResults, positive_read: dict[str, Any]
+) -> None:
+    segmentation = positive_read["segmentation"]
+    sources = {ds.SOPInstanceUID: ds for ds in positive.case.source_images}
+    n_segments = len(positive.case.lesions)
+    assert segmentation["numberOfFrames"] == len(sources) * n_segments == len(segmentation["frames"])
+    assert (segmentation["rows"], segmentation["columns"]) == positive.case.label_map.shape[1:]
+    pairs = set()
+    for frame in segmentation["frames"]:
+        source = sources[frame["referencedSopInstanceUid"]]
+        expected = [float(v) for v in source.ImagePositionPatient]
+        np.testing.assert_allclose(frame["imagePositionPatient"], expected, atol=POSITION_TOLERANCE_MM)
+        pairs.add((frame["segmentNumber"], frame["referencedSopInstanceUid"]))
+    assert pairs == {(n, uid) for n in range(1, n_segments + 1) for uid in sources}
+    for image in segmentation["labelmap"]:
+        expected = [float(v) for v in sources[image["sopInstanceUid"]].ImagePositionPatient]
+        np.testing.assert_allclose(image["imagePositionPatient"], expected, atol=POSITION_TOLERANCE_MM)
+        assert (image["rows"], image["columns"]) == positive.case.label_map.shape[1:]
+
+
+def _measurements(group: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]["meaning"]: m for m in group["measurements"]}
+
+
+def test_the_sr_measurements_read_back_as_written(positive: WrittenResults, positive_read: dict[str, Any]) -> None:
+    report = positive_read["report"]
+    assert report["templateIdentifier"] == "1500"
+    assert (report["completionFlag"], report["verificationFlag"]) == ("COMPLETE", "UNVERIFIED")
+    groups = {group["trackingIdentifier"]: group for group in report["groups"]}
+    assert len(groups) == len(positive.case.lesions) + 1
+    approx = {"rel": NUMBER_RELATIVE_TOLERANCE}
+    for lesion in positive.case.lesions:
+        n = lesion.segment_number
+        group = groups[f"ICH {n}"]
+        assert group["trackingUid"] == positive.case.uids.tracking(n)
+        assert group["referencedSegment"] == {"sopInstanceUid": positive.case.uids.instance(SEG), "segmentNumber": n}
+        measured = _measurements(group)
+        assert measured["Volume"]["value"] == pytest.approx(lesion.volume_ml, **approx)
+        assert measured["Volume"]["unit"]["value"] == "mL"
+        assert measured["Long axis"]["value"] == pytest.approx(lesion.longest_axial_diameter_mm, **approx)
+        assert measured["Long axis"]["unit"]["value"] == "mm"
+        assert measured["Attenuation Coefficient"]["value"] == pytest.approx(lesion.mean_hu, **approx)
+        assert measured["Attenuation Coefficient"]["unit"]["value"] == "[hnsf'U]"
+        assert measured["Attenuation Coefficient"]["derivation"]["meaning"] == "Mean"
+        assert measured["Certainty of Finding"]["value"] == pytest.approx(lesion.confidence, **approx)
+    study = groups["ICH study assessment"]
+    assert _measurements(study)["Probability"]["value"] == pytest.approx(positive.case.assessment.probability, **approx)
+    assert [e["value"]["meaning"] for e in study["qualitativeEvaluations"]] == ["Present"]
+
+
+def test_a_negative_study_loads_as_an_empty_segment_and_an_absent_finding(
+    negative: WrittenResults, negative_read: dict[str, Any]
+) -> None:
+    assert negative_read["warnings"] == []
+    segmentation = negative_read["segmentation"]
+    assert segmentation["numberOfFrames"] == len(negative.ct)
+    assert len(segmentation["labelmap"]) == len(negative.ct)
+    assert [(s["segmentNumber"], s["voxelCount"]) for s in segmentation["segments"]] == [(1, 0)]
+    report = negative_read["report"]
+    assert [group["trackingIdentifier"] for group in report["groups"]] == ["ICH study assessment"]
+    assert [e["value"]["meaning"] for e in report["groups"][0]["qualitativeEvaluations"]] == ["Absent"]
