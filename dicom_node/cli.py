@@ -35,9 +35,12 @@ from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.ingest.catalog import Catalog, study_summaries
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
+from dicom_node.imaging import geometry, volume
 from dicom_node.jobs import queue
 from dicom_node.logs import configure_logging
 from dicom_node.metrics import Metrics, StateCollector, serve_http
+from dicom_node.models import commands as model_commands
+from dicom_node.models.inputs import ImagingFunctions
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retention import run_retention
@@ -149,11 +152,40 @@ def _wait_for_signal(stop: threading.Event, reloadable: Reloadable) -> None:
             reloadable.reload()
 
 
+def _imaging() -> ImagingFunctions:
+    """The imaging layer's preprocessing, handed to the models (which may not import it)."""
+    return ImagingFunctions(geometry.prepare_hu, geometry.prepare_windowed, volume.assemble_volume)
+
+
 def _model(settings: Settings) -> Model:
-    """The configured model. Trained kinds import torch, so only here, never in the listener."""
-    if settings.analysis.model == "threshold":
-        return ThresholdModel(ThresholdParameters(min_lesion_ml=settings.analysis.min_lesion_ml))
-    raise DicomNodeError(f"unknown model kind {settings.analysis.model!r}")
+    """The configured model. Trained kinds import torch here, in the worker, never in the listener."""
+    analysis = settings.analysis
+    if analysis.model == "threshold":
+        return ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml))
+    try:
+        from dicom_node.models.combine import CombinedModel
+        from dicom_node.models.registry import load_model, shipped_model_dir
+        from dicom_node.models.runner import Runner
+    except ImportError as exc:
+        raise DicomNodeError(
+            f"[analysis] model = {analysis.model!r} needs PyTorch: pip install -e '.[inference]' "
+            "(or set model = \"threshold\")"
+        ) from exc
+
+    def runner(kind: str, directory: Path | None) -> Runner:
+        loaded = load_model(directory or shipped_model_dir(kind), kind=kind)
+        device = None if analysis.device == "auto" else analysis.device
+        return Runner(loaded, _imaging(), device=device, batch_size=analysis.batch_size)
+
+    directories = {"unet": analysis.unet_dir, "maskrcnn": analysis.maskrcnn_dir}
+    if "+" not in analysis.model:
+        return runner(analysis.model, directories[analysis.model])  # type: ignore[return-value]
+    segmenter = analysis.model.split("+")[1]
+    return CombinedModel(
+        runner("classifier", analysis.classifier_dir),
+        runner(segmenter, directories[segmenter]),
+        rule=analysis.combination,
+    )
 
 
 def _peers(settings: Settings) -> dict[str, Peer]:
@@ -549,6 +581,7 @@ def version() -> None:
 
 def main() -> None:
     """Console entry point; turns our own errors into a message and exit status 1."""
+    model_commands.register(app, _imaging())
     try:
         app()
     except DicomNodeError as exc:

@@ -298,13 +298,24 @@ class DeliverySettings(_Section):
 
 
 class AnalysisSettings(_Section):
-    """Which model analyses complete studies, and on which device."""
+    """Which model analyses complete studies, and on which device.
 
-    model: Literal["threshold"] = Field(
-        default="threshold", description="the model kind; trained kinds come with their weights"
+    ``model`` names the pipeline: ``classifier+unet`` (the default: the classifier makes
+    the study call, the U-Net draws the lesions), ``classifier+maskrcnn``, one trained kind
+    alone, or ``threshold`` (the HU baseline, no weights, no torch). The model directories
+    default to the weights shipped in ``dicom_node/models/weights``.
+    """
+
+    model: Literal["classifier+unet", "classifier+maskrcnn", "unet", "maskrcnn", "threshold"] = "classifier+unet"
+    combination: Literal["gate", "either"] = Field(
+        default="gate", description="gate: lesions only when the classifier calls the study positive"
     )
+    classifier_dir: Path | None = None
+    unet_dir: Path | None = None
+    maskrcnn_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    min_lesion_ml: float = Field(default=0.1, ge=0)
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    min_lesion_ml: float = Field(default=0.1, ge=0, description="for the threshold model")
 
 
 SeriesDescription = Annotated[str, Field(min_length=1, max_length=64)]

@@ -167,3 +167,27 @@ def assert_audit_trail(node: NodeProcess) -> None:
         assert connection.execute(text_sql("SELECT count(*) FROM audit_event")).scalar() == len(events)
     engine.dispose()
 
+
+
+def test_the_shipped_models_run_the_whole_loop(tmp_path: Path, pacs: StoreSCP) -> None:
+    """The product default (classifier gates, U-Net draws) on the CPU: valid objects come back.
+
+    The phantom is not what these models learned from (8-bit screenshots of real scans), so
+    this checks the loop and the objects, not the call; the model cards hold the metrics.
+    """
+    node = start_node(tmp_path, pacs, model="classifier+unet")
+    try:
+        write_series(POSITIVE, tmp_path / "pos")
+        send_study(node.config.port, tmp_path / "pos")
+        config = str(node.config.workdir / "dicom-node.toml")
+        wait_for(lambda: "succeeded" in cli("jobs", "list", "--config", config).stdout, 240, "the job")
+        show = cli("jobs", "show", "1", "--config", config).stdout
+        assert "ich-classifier" in show and "ich-unet" in show, show
+        summary = json.loads(show.split("result     ", 1)[1].splitlines()[0])
+        expected = 1 + 1 + summary["lesions"] + (1 if summary["lesions"] else 0)  # SR, summary, key slices, SEG
+        wait_for(lambda: len(received_for(pacs, POSITIVE.study_instance_uid).files) == expected, 60, "the results")
+        got = received_for(pacs, POSITIVE.study_instance_uid)
+        assert len(got.srs) == 1 and len(got.segs) == (1 if summary["lesions"] else 0)
+        assert_valid(got.files)
+    finally:
+        node.stop()

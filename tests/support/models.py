@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dicom_node.imaging import geometry, volume
 from dicom_node.models.inputs import ImagingFunctions
@@ -29,6 +30,21 @@ TINY_ARCHITECTURES = {
         "anchor_sizes": [4, 8, 16, 32, 64],
     },
 }
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Import into a test module to run it on one torch thread (restored afterwards).
+
+    The networks in the tests are tiny: a second thread only adds contention on
+    a shared CPU, and can make a step ten times slower when the machine is busy.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def imaging_functions() -> ImagingFunctions:

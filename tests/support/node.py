@@ -72,6 +72,8 @@ class NodeConfig:
     delivery_max_attempts: int = 20
     job_max_attempts: int = 3
     send_empty_seg: bool = False
+    #: the phantom tests check volumes against the HU baseline; "classifier+unet" is the product default
+    model: str = "threshold"
     metrics_port: int = field(default_factory=free_port)
     worker_metrics_port: int = field(default_factory=free_port)
     extra: str = ""
@@ -143,6 +145,9 @@ max_delay_s = 5
 
 [outputs]
 send_empty_seg = {toml_value(self.send_empty_seg)}
+
+[analysis]
+model = {toml_value(self.model)}
 
 [audit]
 file = {toml_value(str(self.workdir / "audit.log"))}

@@ -1,0 +1,112 @@
+"""The ``train`` and ``evaluate`` commands, for the CLI to register.
+
+The models may not import the imaging layer, so the composition root hands its
+functions in::
+
+    from dicom_node.imaging import geometry, volume
+    from dicom_node.models import commands as model_commands
+    from dicom_node.models.inputs import ImagingFunctions
+
+    model_commands.register(app, ImagingFunctions(
+        prepare_hu=geometry.prepare_hu,
+        prepare_windowed=geometry.prepare_windowed,
+        assemble_volume=volume.assemble_volume,
+    ))
+
+torch is imported when a command runs, not when the CLI starts.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicom_node.logs import configure_logging
+from dicom_node.models.inputs import ImagingFunctions
+
+KINDS = ("classifier", "unet", "maskrcnn")
+
+
+def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
+    """Add ``train`` and ``evaluate`` to ``app``, bound to the imaging layer's functions."""
+
+    @app.command("train")
+    def train_command(
+        kind: Annotated[str, typer.Option("--kind", help=f"Model kind: {', '.join(KINDS)}.")],
+        data: Annotated[Path, typer.Option("--data", help="Data folder: Kaggle, NIfTI or DICOM + SEG.")],
+        out: Annotated[Path, typer.Option("--out", help="Model directory to write (weights, card, checkpoint).")],
+        epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+        seed: Annotated[int, typer.Option(help="Seed for initialisation, shuffling, augmentation and splits.")] = 0,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
+        batch_size: Annotated[int, typer.Option(help="Slices per step.")] = 8,
+        learning_rate: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine).")] = 2e-3,
+        size: Annotated[int, typer.Option(help="Model input size in pixels (square, multiple of 32).")] = 256,
+        windows: Annotated[str, typer.Option(help="Windows as channels, e.g. brain,subdural,bone.")] = "brain",
+        loss: Annotated[str, typer.Option(help="U-Net loss: dice_bce, dice_focal, bce, focal.")] = "dice_bce",
+        threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+        name: Annotated[str | None, typer.Option(help="Model name for the card (default ich-KIND).")] = None,
+        version: Annotated[str, typer.Option(help="Model version for the card.")] = "1.0.0",
+        log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    ) -> None:
+        """Train a model and write its weights and model card."""
+        from dicom_node.models.train import train
+
+        configure_logging(log_level.upper(), "text")
+        if kind not in KINDS:
+            raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+        summary = train(
+            kind,
+            data,
+            out,
+            epochs=epochs,
+            seed=seed,
+            resume=resume,
+            imaging=imaging,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            size=size,
+            windows=[w.strip() for w in windows.split(",") if w.strip()],
+            loss=loss,
+            threads=threads,
+            name=name,
+            version=version,
+            command=shlex.join(["dicom-node", *sys.argv[1:]]),
+        )
+        typer.echo(
+            f"{kind}: best epoch {summary.best_epoch}, score {summary.best_score:.4f}, "
+            f"{summary.duration_s:.0f} s -> {out}"
+        )
+
+    @app.command("evaluate")
+    def evaluate_command(
+        data: Annotated[Path, typer.Option("--data", help="Data folder: Kaggle, NIfTI or DICOM + SEG.")],
+        model: Annotated[Path | None, typer.Option("--model", help="Model directory (card + weights).")] = None,
+        threshold_baseline: Annotated[
+            bool, typer.Option("--threshold-baseline", help="Evaluate the HU threshold baseline instead of a model.")
+        ] = False,
+        splits: Annotated[str, typer.Option(help="Splits (Kaggle: val,test; else all,train,val).")] = "",
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+        batch_size: Annotated[int, typer.Option(help="Slices per inference batch.")] = 16,
+        write_card: Annotated[bool, typer.Option(help="Write the figures and plots into the model directory.")] = True,
+        seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of NIfTI/DICOM splits.")] = 0,
+        log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    ) -> None:
+        """Evaluate a model (or the threshold baseline) and print a table of its figures."""
+        from dicom_node.models.evaluate import evaluate, evaluate_threshold, format_table
+
+        configure_logging(log_level.upper(), "text")
+        if (model is None) == (not threshold_baseline):
+            raise typer.BadParameter("give either --model DIR or --threshold-baseline")
+        chosen = [s.strip() for s in splits.split(",") if s.strip()] or None
+        if model is not None:
+            report = evaluate(
+                model, data, imaging=imaging, splits=chosen, device=device, batch_size=batch_size,
+                write_card=write_card, seed=seed,
+            )
+        else:
+            report = evaluate_threshold(data, imaging=imaging, splits=chosen, seed=seed)
+        typer.echo(format_table(report))

@@ -1,0 +1,338 @@
+"""Evaluate a model directory (or the HU threshold baseline) on a data folder.
+
+Every prediction goes through the same road as in production: the runner
+prepares each slice with the shared preprocessing, runs the network, maps the
+output back to the source grid and post-processes it into a
+:class:`~dicom_node.models.result.ModelResult`. Metrics are computed there, on
+the source pixels the truth was drawn on, not at model size.
+
+Per split, figures are:
+
+* study level (one PNG = one study): accuracy, sensitivity, specificity at the
+  card's decision threshold and ROC AUC, each with a bootstrap 95 % CI
+  (:mod:`dicom_node.models.metrics`);
+* segmentation (cases with pixel truth): pooled Dice and IoU (all voxels of all
+  cases together, so false positives on negative cases count), mean Dice over
+  the cases with a lesion, lesion sensitivity and false-positive lesions per
+  case (any-overlap rule);
+* throughput: slices per second, preprocessing and post-processing included.
+
+``evaluate`` writes the figures into the model card (``metrics.evaluation``)
+and ``roc.png``, ``calibration.png`` and ``examples.png`` next to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicom_node.models.data import Case, detect_layout, evaluation_cases
+from dicom_node.models.inputs import ImagingFunctions, InputSpec
+from dicom_node.models.metrics import LesionCounts, dice, lesion_counts, overlap_counts, study_metrics
+from dicom_node.models.plots import Example, plot_calibration, plot_examples, plot_roc
+from dicom_node.models.result import ModelResult
+from dicom_node.models.threshold import ThresholdModel
+
+logger = logging.getLogger(__name__)
+
+Predict = Callable[[Case], ModelResult]
+#: Examples shown in examples.png: this many positive and this many negative cases.
+_EXAMPLES_PER_CLASS = 4
+
+
+@dataclass
+class SplitReport:
+    """Figures of one split, plus what the plots need."""
+
+    name: str
+    metrics: dict[str, Any]
+    truth: np.ndarray
+    scores: np.ndarray
+    examples: list[Example] = field(default_factory=list)
+
+
+@dataclass
+class EvaluationReport:
+    """All splits of one evaluation, and where its files went."""
+
+    model: str
+    data: str
+    splits: list[SplitReport]
+    files: list[Path] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        """Split name -> figures, as written into the card."""
+        return {split.name: split.metrics for split in self.splits}
+
+
+def _display_slice(case: Case, truth: np.ndarray | None, prediction: np.ndarray) -> int:
+    """The slice to show: the largest true lesion, else the largest predicted one, else the middle."""
+    for mask in (truth, prediction):
+        if mask is not None and mask.any():
+            return int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
+    return case.volume.hu.shape[0] // 2
+
+
+def _brain_view(case: Case, index: int) -> np.ndarray:
+    if case.windowed is not None:
+        return case.windowed[index]
+    # Display only: the brain window (40/80) of the HU slice.
+    return np.clip(case.volume.hu[index].astype(np.float32) / 80.0, 0.0, 1.0)
+
+
+def evaluate_cases(
+    name: str,
+    cases: Iterable[Case],
+    predict: Predict,
+    *,
+    decision_threshold: float,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> SplitReport:
+    """Run ``predict`` on every case and compute the split's figures (see the module docstring)."""
+    truth_labels: list[int] = []
+    scores: list[float] = []
+    slices = 0
+    seconds = 0.0
+    overlap = [0, 0, 0]
+    union = 0
+    dices: list[float] = []
+    lesions = LesionCounts(0, 0, 0, 0)
+    segmented_cases = 0
+    has_masks = False
+    examples: dict[int, list[Example]] = {0: [], 1: []}
+    for case in cases:
+        started = time.perf_counter()
+        result = predict(case)
+        seconds += time.perf_counter() - started
+        slices += case.volume.hu.shape[0]
+        truth_labels.append(case.label)
+        scores.append(result.study_probability)
+        predicted = result.label_map != 0
+        has_masks = has_masks or bool(result.findings) or result.model_kind.value != "classifier"
+        if case.truth is not None:
+            segmented_cases += 1
+            both, p, t = overlap_counts(predicted, case.truth)
+            overlap = [overlap[0] + both, overlap[1] + p, overlap[2] + t]
+            union += p + t - both
+            if t:
+                dices.append(dice(predicted, case.truth))
+            counts = lesion_counts(predicted, case.truth)
+            lesions = LesionCounts(*(a + b for a, b in zip(vars(lesions).values(), vars(counts).values(), strict=True)))
+        shown = examples[int(case.label)]
+        if len(shown) < _EXAMPLES_PER_CLASS:
+            index = _display_slice(case, case.truth, predicted)
+            shown.append(
+                Example(
+                    title=f"{case.key}  label {case.label}  p={result.study_probability:.2f}",
+                    image=_brain_view(case, index),
+                    truth=None if case.truth is None else case.truth[index],
+                    prediction=predicted[index] if has_masks else None,
+                )
+            )
+    if not truth_labels:
+        raise ValueError(f"split {name!r} has no cases")
+    truth = np.array(truth_labels)
+    score_array = np.array(scores)
+    metrics: dict[str, Any] = {
+        "study": study_metrics(truth, score_array, decision_threshold, resamples=resamples, seed=seed),
+        "slices_per_s": slices / seconds if seconds > 0 else math.inf,
+        "slices": slices,
+    }
+    if segmented_cases and has_masks:
+        both, p, t = overlap
+        metrics["segmentation"] = {
+            "cases": segmented_cases,
+            "cases_with_lesion": len(dices),
+            "dice_pooled": 1.0 if p + t == 0 else 2.0 * both / (p + t),
+            "iou_pooled": 1.0 if union == 0 else both / union,
+            "dice_mean_lesion_cases": float(np.mean(dices)) if dices else math.nan,
+            "dice_median_lesion_cases": float(np.median(dices)) if dices else math.nan,
+            "lesion_sensitivity": lesions.detected / lesions.true_lesions if lesions.true_lesions else math.nan,
+            "true_lesions": lesions.true_lesions,
+            "false_positives_per_case": lesions.false_positives / segmented_cases,
+            "false_positive_lesions": lesions.false_positives,
+        }
+    logger.info("evaluated split %s: %d cases, %d slices", name, len(truth), slices, extra={"count": len(truth)})
+    return SplitReport(name=name, metrics=metrics, truth=truth, scores=score_array, examples=examples[1] + examples[0])
+
+
+def _default_splits(data: Path) -> list[str]:
+    return ["val", "test"] if detect_layout(data) == "kaggle" else ["all"]
+
+
+def evaluate(
+    model_dir: str | Path,
+    data: str | Path,
+    *,
+    imaging: ImagingFunctions,
+    splits: Sequence[str] | None = None,
+    device: str | None = "auto",
+    batch_size: int = 16,
+    write_card: bool = True,
+    seed: int = 0,
+    resamples: int = 2000,
+) -> EvaluationReport:
+    """Evaluate the model in ``model_dir`` on ``data``; write figures and plots into its directory."""
+    from dicom_node.models.registry import load_model
+    from dicom_node.models.runner import Runner
+
+    model_dir, data = Path(model_dir), Path(data)
+    loaded = load_model(model_dir)
+    runner = Runner(loaded, imaging, device=device, batch_size=batch_size)
+
+    def predict(case: Case) -> ModelResult:
+        if case.windowed is not None:
+            return runner.predict_windowed(case.windowed, case.volume)
+        return runner.predict(case.volume)
+
+    reports = [
+        evaluate_cases(
+            split,
+            evaluation_cases(data, loaded.card.input, imaging, split=split, seed=seed),
+            predict,
+            decision_threshold=loaded.card.thresholds.decision,
+            resamples=resamples,
+            seed=seed,
+        )
+        for split in (splits or _default_splits(data))
+    ]
+    report = EvaluationReport(model=str(model_dir), data=str(data), splits=reports)
+    if write_card:
+        report.files = write_figures(report, model_dir, loaded.card.name)
+        card = loaded.card.with_metrics(
+            {
+                "evaluation": report.metrics(),
+                "evaluation_data": str(data),
+                "evaluation_device": str(runner.device),
+                "evaluation_figures": [p.name for p in report.files],
+            }
+        )
+        card.save(model_dir)
+    return report
+
+
+def evaluate_threshold(
+    data: str | Path,
+    *,
+    imaging: ImagingFunctions,
+    splits: Sequence[str] | None = None,
+    seed: int = 0,
+    resamples: int = 2000,
+    model: ThresholdModel | None = None,
+) -> EvaluationReport:
+    """Evaluate the HU threshold baseline the same way (PNG data get pseudo-HU, see data.pseudo_hu)."""
+    data = Path(data)
+    model = model or ThresholdModel()
+    spec = InputSpec()
+    reports = [
+        evaluate_cases(
+            split,
+            evaluation_cases(data, spec, imaging, split=split, seed=seed),
+            lambda case: model.predict(case.volume),
+            decision_threshold=model.parameters.decision_threshold,
+            resamples=resamples,
+            seed=seed,
+        )
+        for split in (splits or _default_splits(data))
+    ]
+    return EvaluationReport(model="threshold", data=str(data), splits=reports)
+
+
+def evaluate_combination(
+    classifier_dir: str | Path,
+    segmenter_dir: str | Path,
+    data: str | Path,
+    *,
+    imaging: ImagingFunctions,
+    rule: str = "gate",
+    splits: Sequence[str] | None = None,
+    device: str | None = "auto",
+    batch_size: int = 16,
+    seed: int = 0,
+    resamples: int = 2000,
+) -> EvaluationReport:
+    """Evaluate a classifier and a segmenter combined by ``rule`` (see :mod:`dicom_node.models.combine`)."""
+    from dicom_node.models.combine import combine
+    from dicom_node.models.registry import load_model
+    from dicom_node.models.runner import Runner
+
+    data = Path(data)
+    runners = [
+        Runner(load_model(directory), imaging, device=device, batch_size=batch_size)
+        for directory in (classifier_dir, segmenter_dir)
+    ]
+    study_runner, lesion_runner = runners
+
+    def run(runner: Runner, case: Case) -> ModelResult:
+        if case.windowed is not None:
+            return runner.predict_windowed(case.windowed, case.volume)
+        return runner.predict(case.volume)
+
+    def predict(case: Case) -> ModelResult:
+        return combine(run(study_runner, case), run(lesion_runner, case), rule=rule)
+
+    reports = [
+        evaluate_cases(
+            split,
+            evaluation_cases(data, study_runner.model.card.input, imaging, split=split, seed=seed),
+            predict,
+            decision_threshold=study_runner.model.card.thresholds.decision,
+            resamples=resamples,
+            seed=seed,
+        )
+        for split in (splits or _default_splits(data))
+    ]
+    name = f"{Path(classifier_dir).name}+{Path(segmenter_dir).name} ({rule})"
+    return EvaluationReport(model=name, data=str(data), splits=reports)
+
+
+def write_figures(report: EvaluationReport, directory: Path, title: str) -> list[Path]:
+    """roc.png, calibration.png and examples.png in ``directory``."""
+    curves = {s.name: (s.truth, s.scores) for s in report.splits if len(set(s.truth.tolist())) == 2}
+    files = []
+    if curves:
+        files.append(plot_roc(curves, directory / "roc.png", f"{title}: study-level ROC"))
+        files.append(plot_calibration(curves, directory / "calibration.png", f"{title}: calibration"))
+    with_masks = [s for s in report.splits if "segmentation" in s.metrics] or report.splits
+    files.append(plot_examples(with_masks[0].examples, directory / "examples.png", f"{title} on {with_masks[0].name}"))
+    return files
+
+
+def _fmt(value: Any, ci: Sequence[float] | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:.3f}"
+    if ci is not None and not any(math.isnan(c) for c in ci):
+        text += f" [{ci[0]:.2f}-{ci[1]:.2f}]"
+    return text
+
+
+def format_table(*reports: EvaluationReport) -> str:
+    """A plain-text table of the figures, one row per model and split."""
+    header = (
+        f"{'model':<28} {'split':<5} {'n':>3} {'accuracy [95% CI]':<20} {'sensitivity':<20} {'specificity':<20} "
+        f"{'ROC AUC':<20} {'Dice pool':>9} {'Dice mean+':>10} {'lesion sens':>11} {'FP/case':>7} {'slices/s':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for report in reports:
+        name = report.model if report.model == "threshold" or "+" in report.model else Path(report.model).name
+        for split in report.splits:
+            s = split.metrics["study"]
+            seg = split.metrics.get("segmentation", {})
+            lines.append(
+                f"{name:<28} {split.name:<5} {s['n']:>3} "
+                f"{_fmt(s['accuracy'], s['accuracy_ci95']):<20} {_fmt(s['sensitivity'], s['sensitivity_ci95']):<20} "
+                f"{_fmt(s['specificity'], s['specificity_ci95']):<20} {_fmt(s['roc_auc'], s['roc_auc_ci95']):<20} "
+                f"{_fmt(seg.get('dice_pooled')):>9} {_fmt(seg.get('dice_mean_lesion_cases')):>10} "
+                f"{_fmt(seg.get('lesion_sensitivity')):>11} {_fmt(seg.get('false_positives_per_case')):>7} "
+                f"{split.metrics['slices_per_s']:>8.1f}"
+            )
+    return "\n".join(lines)

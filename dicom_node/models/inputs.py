@@ -1,0 +1,317 @@
+"""What a network sees: the input spec of a model card and the one road to it.
+
+Every model kind, in training and in inference, gets its input from the imaging
+layer's shared preprocessing (window(s), then a square crop around the head
+resized to the model's size: ``dicom_node.imaging.geometry.prepare_hu`` for HU,
+``prepare_windowed`` for 8-bit renderings of the brain window). This package may
+not import :mod:`dicom_node.imaging` (sibling layers are independent; see
+pyproject's import-linter contract), so those two functions are handed in by the
+composition root as an :class:`ImagingFunctions` bundle; the protocols below
+state exactly what is used of them.
+
+After the crop, one model-side step is applied on both roads:
+:func:`mask_outside_head` blanks everything that is not the head (figure letters
+and arrows of published images, the table, the head-rest). Those differ between
+data sources and must not inform the call; the training PNGs carry many of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from dicom_node.models.result import fill_holes_2d, label_components
+
+Order = Literal["linear", "nearest"]
+
+#: Window names a card may list; the imaging layer checks them again when windowing.
+KNOWN_WINDOWS = ("brain", "subdural", "bone")
+#: Brain-windowed value of HU 20 (window 40/80): skin, brain and bone are above, air and fat below.
+HEAD_LEVEL = 0.25
+
+
+class SourceMapping(Protocol):
+    """The crop/resize of one slice (``CropResize`` in the imaging layer)."""
+
+    @property
+    def source_shape(self) -> tuple[int, int]: ...
+
+    @property
+    def output_shape(self) -> tuple[int, int]: ...
+
+    @property
+    def box(self) -> tuple[float, float, float, float]: ...
+
+    def to_model(self, image: np.ndarray, *, order: Order = ..., fill: float = ...) -> np.ndarray: ...
+
+    def to_source(self, array: np.ndarray, *, order: Order = ..., fill: float = ...) -> np.ndarray: ...
+
+
+class Prepared(Protocol):
+    """A model-size image ``(channels, rows, cols)`` and its crop (``ModelInput``)."""
+
+    @property
+    def image(self) -> np.ndarray: ...
+
+    @property
+    def transform(self) -> SourceMapping: ...
+
+
+class PrepareHU(Protocol):
+    """``dicom_node.imaging.geometry.prepare_hu``."""
+
+    def __call__(
+        self,
+        hu: np.ndarray,
+        *,
+        windows: Sequence[Any],
+        output_shape: tuple[int, int],
+        pixel_spacing: Sequence[float] | None = ...,
+        margin_fraction: float = ...,
+    ) -> Prepared: ...
+
+
+class PrepareWindowed(Protocol):
+    """``dicom_node.imaging.geometry.prepare_windowed``."""
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        *,
+        output_shape: tuple[int, int],
+        brain_channel: int = ...,
+        pixel_spacing: Sequence[float] | None = ...,
+        margin_fraction: float = ...,
+    ) -> Prepared: ...
+
+
+class SeriesVolume(Protocol):
+    """What the DICOM reader needs of an assembled series (``CTVolume`` has it)."""
+
+    @property
+    def hu(self) -> np.ndarray: ...
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]: ...
+
+    @property
+    def affine(self) -> np.ndarray | None: ...
+
+    @property
+    def source_sop_instance_uids(self) -> tuple[str | None, ...]: ...
+
+
+AssembleVolume = Callable[..., SeriesVolume]
+
+
+@dataclass(frozen=True)
+class ImagingFunctions:
+    """The imaging layer's functions the models use, bound by the composition root.
+
+    ``assemble_volume`` (``dicom_node.imaging.volume.assemble_volume``) is only
+    needed to read DICOM training data; it is called as
+    ``assemble_volume(paths, series_instance_uid=...)``.
+    """
+
+    prepare_hu: PrepareHU
+    prepare_windowed: PrepareWindowed
+    assemble_volume: AssembleVolume | None = None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input section of a model card.
+
+    ``windows`` are the channels in order (names of the imaging layer's standard
+    windows); the head is always found on the brain window. ``crop`` names the
+    rule: ``per-slice`` = each slice is cropped to a square around its own head
+    (square in mm for DICOM), enlarged by ``margin_fraction`` on every side, as
+    every training image was.
+    """
+
+    size: tuple[int, int] = (256, 256)
+    windows: tuple[str, ...] = ("brain",)
+    margin_fraction: float = 0.05
+    crop: str = "per-slice"
+    mask_outside_head: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) < 32:
+            raise ValueError("input size is (rows, columns), each at least 32 pixels")
+        if any(s % 32 for s in self.size):
+            raise ValueError("input size must be a multiple of 32 (five 2x downsamplings)")
+        if not self.windows:
+            raise ValueError("a model needs at least one window as input channel")
+        unknown = [w for w in self.windows if w not in KNOWN_WINDOWS]
+        if unknown:
+            raise ValueError(f"unknown window(s) {unknown}: the standard windows are {KNOWN_WINDOWS}")
+        if len(set(self.windows)) != len(self.windows):
+            raise ValueError("a window may appear only once among the input channels")
+        if self.margin_fraction < 0:
+            raise ValueError("margin_fraction must not be negative")
+        if self.crop != "per-slice":
+            raise ValueError("the only crop rule implemented is 'per-slice'")
+
+    @property
+    def channels(self) -> int:
+        """Number of input channels (one per window)."""
+        return len(self.windows)
+
+    @property
+    def brain_only(self) -> bool:
+        """True when the model reads nothing but the brain window (what 8-bit PNGs hold)."""
+        return self.windows == ("brain",)
+
+    def to_json(self) -> dict[str, Any]:
+        """The card's ``input`` section."""
+        return {
+            "size": list(self.size),
+            "windows": list(self.windows),
+            "channel_order": "one channel per window, in this order, each windowed linearly to [0, 1]",
+            "crop": self.crop,
+            "margin_fraction": self.margin_fraction,
+            "mask_outside_head": self.mask_outside_head,
+            "resampling": "bilinear, pixel centres aligned (imaging.geometry)",
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InputSpec:
+        """Parse the card's ``input`` section; missing required keys are errors."""
+        for key in ("size", "windows"):
+            if key not in data:
+                raise ValueError(f"a model card's input section needs {key!r}")
+        return cls(
+            size=(int(data["size"][0]), int(data["size"][1])),
+            windows=tuple(str(w) for w in data["windows"]),
+            margin_fraction=float(data.get("margin_fraction", 0.05)),
+            crop=str(data.get("crop", "per-slice")),
+            mask_outside_head=bool(data.get("mask_outside_head", True)),
+        )
+
+
+def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary dilation by a 3x3 square, ``iterations`` times (numpy; no scipy here)."""
+    out = mask.copy()
+    for _ in range(iterations):
+        padded = np.pad(out, 1)
+        out = (
+            padded[1:-1, 1:-1]
+            | padded[:-2, 1:-1]
+            | padded[2:, 1:-1]
+            | padded[1:-1, :-2]
+            | padded[1:-1, 2:]
+            | padded[:-2, :-2]
+            | padded[:-2, 2:]
+            | padded[2:, :-2]
+            | padded[2:, 2:]
+        )
+    return out
+
+
+def head_mask(brain: np.ndarray, *, level: float = HEAD_LEVEL, dilation: int = 2) -> np.ndarray:
+    """The head on a model-size brain-windowed image: largest region >= ``level``, filled, dilated.
+
+    Ventricles and sulci (CSF, below the level) are holes and are filled; the
+    dilation keeps the skull's outer edge. Returns all True when nothing
+    reaches the level (a blank image stays blank either way).
+    """
+    if brain.ndim != 2:
+        raise ValueError("head_mask takes one model-size brain image (rows, cols)")
+    above = brain >= level
+    if not above.any():
+        return np.ones(brain.shape, dtype=bool)
+    labels, n = label_components(above)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    largest = labels == int(np.argmax(sizes[1:])) + 1
+    return _dilate(fill_holes_2d(largest), dilation)
+
+
+def mask_outside_head(image: np.ndarray, *, brain_channel: int) -> np.ndarray:
+    """``image`` ``(channels, rows, cols)`` with every channel zeroed outside the head (in place)."""
+    outside = ~head_mask(image[brain_channel])
+    image[:, outside] = 0.0
+    return image
+
+
+@dataclass(frozen=True)
+class ModelSlice:
+    """One slice ready for a network: ``image`` float32 ``(channels, rows, cols)`` and its crop."""
+
+    image: np.ndarray
+    transform: SourceMapping
+
+
+def slice_from_hu(
+    hu: np.ndarray, *, spec: InputSpec, imaging: ImagingFunctions, pixel_spacing: Sequence[float] | None
+) -> ModelSlice:
+    """The model input of one HU slice (DICOM, NIfTI): the road used at inference."""
+    prepared = imaging.prepare_hu(
+        hu,
+        windows=list(spec.windows),
+        output_shape=spec.size,
+        pixel_spacing=pixel_spacing,
+        margin_fraction=spec.margin_fraction,
+    )
+    image = np.array(prepared.image, dtype=np.float32)
+    if spec.mask_outside_head:
+        mask_outside_head(image, brain_channel=_brain_channel(spec))
+    return ModelSlice(image=image, transform=prepared.transform)
+
+
+def slice_from_windowed(
+    brain: np.ndarray, *, spec: InputSpec, imaging: ImagingFunctions, pixel_spacing: Sequence[float] | None = None
+) -> ModelSlice:
+    """The model input of a brain-windowed [0, 1] image (an 8-bit PNG divided by 255).
+
+    Only brain-only models can be fed this way: the other windows cannot be
+    recovered from a brain window, which clips everything outside 0-80 HU.
+    """
+    if not spec.brain_only:
+        raise ValueError(
+            f"this model reads windows {spec.windows}; a brain-windowed image holds only the brain "
+            "window, so it needs HU input"
+        )
+    if brain.ndim != 2:
+        raise ValueError("a windowed slice is one grey image (rows, cols)")
+    prepared = imaging.prepare_windowed(
+        brain,
+        output_shape=spec.size,
+        brain_channel=0,
+        pixel_spacing=pixel_spacing,
+        margin_fraction=spec.margin_fraction,
+    )
+    image = np.array(prepared.image, dtype=np.float32)
+    if spec.mask_outside_head:
+        mask_outside_head(image, brain_channel=0)
+    return ModelSlice(image=image, transform=prepared.transform)
+
+
+def _brain_channel(spec: InputSpec) -> int:
+    # The head mask needs the brain window; a model without it still gets masked on
+    # its first channel's head, which every standard window shows above air.
+    return spec.windows.index("brain") if "brain" in spec.windows else 0
+
+
+def read_png_brain(path: str | Path) -> np.ndarray:
+    """An 8-bit brain-window rendering as float32 [0, 1] (rows, cols).
+
+    Grey, RGB and RGBA files are accepted: colour is reduced to ITU-R 601 luma
+    (PIL's "L"; grey pixels keep their value exactly) and transparency is
+    composited onto black (air). 16-bit PNGs are refused: they are not the
+    8-bit renderings these models are trained on.
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode in ("I", "I;16", "I;16B", "F"):
+            raise ValueError(f"{path}: a {img.mode} PNG is not an 8-bit rendering of the brain window")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(black, rgba)
+        grey = np.asarray(img.convert("L"), dtype=np.uint8)
+    return grey.astype(np.float32) / np.float32(255.0)

@@ -1,0 +1,431 @@
+"""Train a model of any network kind from a data folder into a model directory.
+
+``train(kind, data, out, epochs=..., seed=..., imaging=...)`` reads the data
+through the shared preprocessing (:mod:`dicom_node.models.data`), trains with
+augmentation (:mod:`dicom_node.models.augment`), validates after every epoch,
+keeps the best epoch by the validation criterion of the kind, and writes
+``out/weights.pt`` and ``out/model_card.json`` (with the exact command, the
+split, the per-epoch history and the validation figures).
+
+Selection criterion: validation loss for the classifier (40 validation images
+saturate AUC and accuracy long before the model stops improving); pooled Dice
+at model size for the segmenters (the quantity they are shipped for).
+
+Reproducibility: the network is initialised from ``seed``; epoch ``e``
+shuffles and augments from a generator seeded with ``(seed, e)``, so a run
+resumed from ``out/checkpoint.pt`` (written after every epoch) repeats the
+epochs an uninterrupted run would have done. The learning rate is a pure
+function of the step (linear warm-up, cosine decay), so it needs no saved
+state either. On the CPU, results are then bitwise repeatable for a fixed
+number of threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dicom_node.models import classifier as classifier_module
+from dicom_node.models import maskrcnn as maskrcnn_module
+from dicom_node.models import unet as unet_module
+from dicom_node.models.augment import Augmentation, augment_batch
+from dicom_node.models.card import ModelCard, Thresholds, sha256_of
+from dicom_node.models.data import SliceSet, TrainingData, load_training_data
+from dicom_node.models.inputs import ImagingFunctions, InputSpec
+from dicom_node.models.losses import LOSSES
+from dicom_node.models.metrics import BinaryCounts, best_threshold, roc_auc
+from dicom_node.models.registry import build_network
+from dicom_node.models.result import ModelKind
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+_DEFAULT_ARCHITECTURES = {
+    ModelKind.CLASSIFIER: classifier_module.DEFAULT_ARCHITECTURE,
+    ModelKind.UNET: unet_module.DEFAULT_ARCHITECTURE,
+    ModelKind.MASKRCNN: maskrcnn_module.DEFAULT_ARCHITECTURE,
+}
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Hyper-parameters of one run (all recorded in the card)."""
+
+    epochs: int
+    seed: int = 0
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    steps_per_epoch: int | None = None
+    val_fraction: float = 0.2
+    threads: int | None = None
+    augmentation: Augmentation = field(default_factory=Augmentation)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ValueError("learning_rate must be positive, weight_decay and warmup_epochs not negative")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError("steps_per_epoch, when given, must be at least 1")
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What a run produced: the model directory and the selected epoch's validation figures."""
+
+    out: Path
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]]
+    duration_s: float
+
+
+def learning_rate_at(step: int, total_steps: int, warmup_steps: int, base: float) -> float:
+    """Linear warm-up to ``base`` over ``warmup_steps``, then cosine decay to 1 % of it."""
+    if warmup_steps and step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def trainable_slices(kind: ModelKind, slices: SliceSet) -> SliceSet:
+    """The slices a kind learns from: all for the classifier, pixel-annotated ones for segmenters."""
+    if kind == ModelKind.CLASSIFIER:
+        return slices
+    keep = np.flatnonzero(slices.annotated)
+    if keep.size == 0:
+        raise ValueError("a segmentation model needs slices with pixel annotations; none were found")
+    return slices.subset(keep)
+
+
+def batch_loss(
+    kind: ModelKind,
+    network: nn.Module,
+    images: torch.Tensor,
+    instances: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    loss: str = "dice_bce",
+) -> torch.Tensor:
+    """The training loss of ``network`` (of ``kind``) on one batch."""
+    if kind == ModelKind.CLASSIFIER:
+        return classifier_module.classifier_loss(network, images, labels)
+    if kind == ModelKind.UNET:
+        return unet_module.unet_loss(network, images, instances > 0, loss)
+    if kind == ModelKind.MASKRCNN:
+        return maskrcnn_module.maskrcnn_loss(network, images, instances)
+    raise ValueError(f"{kind.value} models are not trained")
+
+
+def _batches(slices: SliceSet, batch_size: int, generator: torch.Generator, steps: int | None) -> Iterator[np.ndarray]:
+    order = torch.randperm(len(slices), generator=generator).numpy()
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    # A last batch of one would make BatchNorm's batch statistics meaningless.
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches[-2] = np.concatenate([batches[-2], batches[-1]])
+        batches.pop()
+    if steps is not None:
+        while len(batches) < steps:
+            batches += batches
+        batches = batches[:steps]
+    yield from batches
+
+
+def _tensors(slices: SliceSet, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.from_numpy(slices.images[index].astype(np.float32)),
+        torch.from_numpy(slices.instances[index].astype(np.int64)),
+        torch.from_numpy(slices.labels[index].astype(np.float32)),
+    )
+
+
+@torch.inference_mode()
+def predict_model_size(kind: ModelKind, network: nn.Module, slices: SliceSet, batch_size: int = 16) -> np.ndarray:
+    """Model-size outputs of a set: slice probabilities (classifier) or pixel probabilities (segmenters)."""
+    network.eval()
+    outputs = []
+    for first in range(0, len(slices), batch_size):
+        images = torch.from_numpy(slices.images[first : first + batch_size].astype(np.float32))
+        if kind == ModelKind.CLASSIFIER:
+            outputs.append(torch.sigmoid(network(images)).numpy())
+        elif kind == ModelKind.UNET:
+            outputs.append(torch.sigmoid(network(images)[:, 0]).numpy())
+        else:
+            maps = np.zeros((images.shape[0],) + tuple(images.shape[2:]), dtype=np.float32)
+            for k, output in enumerate(network(list(images))):
+                keep = output["scores"] >= 0.5
+                if keep.any():
+                    maps[k] = output["masks"][keep][:, 0].amax(dim=0).numpy()
+            outputs.append(maps)
+    return np.concatenate(outputs)
+
+
+def validate(kind: ModelKind, network: nn.Module, val: SliceSet) -> dict[str, float]:
+    """Validation figures at model size; ``score`` is the selection criterion (higher is better)."""
+    predictions = predict_model_size(kind, network, val)
+    if kind == ModelKind.CLASSIFIER:
+        p = np.clip(predictions.astype(np.float64), 1e-7, 1 - 1e-7)
+        y = val.labels.astype(np.float64)
+        bce = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+        counts = BinaryCounts.of(val.labels, p >= 0.5)
+        return {"val_loss": bce, "val_auc": roc_auc(val.labels, p), "val_accuracy": counts.accuracy, "score": -bce}
+    truth = val.instances > 0
+    predicted = predictions >= 0.5
+    overlap = float(np.logical_and(predicted, truth).sum())
+    total = float(predicted.sum() + truth.sum())
+    pooled = 1.0 if total == 0 else 2.0 * overlap / total
+    return {"val_dice_pooled": pooled, "score": pooled}
+
+
+def _set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value
+
+
+@contextmanager
+def _torch_settings(threads: int | None) -> Iterator[None]:
+    """Threads and deterministic algorithms for the run, restored afterwards."""
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)
+
+
+def _draft_card(
+    kind: ModelKind, spec: InputSpec, architecture: dict[str, Any], name: str, version: str
+) -> ModelCard:
+    """A card to build the network from before any weights exist (the hash is a placeholder)."""
+    return ModelCard(
+        name=name,
+        version=version,
+        kind=kind,
+        weights_file=WEIGHTS_FILE,
+        weights_sha256="0" * 64,
+        architecture=architecture,
+        input=spec,
+    )
+
+
+def train(
+    kind: ModelKind | str,
+    data: str | Path,
+    out: str | Path,
+    *,
+    epochs: int,
+    imaging: ImagingFunctions,
+    seed: int = 0,
+    resume: bool = False,
+    batch_size: int = 8,
+    learning_rate: float = 2e-3,
+    size: int = 256,
+    windows: Sequence[str] = ("brain",),
+    architecture: dict[str, Any] | None = None,
+    loss: str = "dice_bce",
+    augment: bool = True,
+    threads: int | None = None,
+    steps_per_epoch: int | None = None,
+    val_fraction: float = 0.2,
+    name: str | None = None,
+    version: str = "1.0.0",
+    command: str | None = None,
+    training_data: TrainingData | None = None,
+) -> TrainingSummary:
+    """Train a ``kind`` model on ``data`` and write the model directory ``out``.
+
+    ``training_data`` may be passed to reuse slices already read (tests, or
+    several kinds trained on one read); it must come from ``data`` with the same
+    input spec. ``command`` is recorded in the card as the way to reproduce the
+    run (default: this process's command line).
+    """
+    kind = ModelKind(kind)
+    if kind not in _DEFAULT_ARCHITECTURES:
+        raise ValueError(f"{kind.value} has no trainable network")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
+    options = TrainingOptions(
+        epochs=epochs,
+        seed=seed,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        steps_per_epoch=steps_per_epoch,
+        val_fraction=val_fraction,
+        threads=threads,
+        augmentation=Augmentation(enabled=augment),
+    )
+    spec = InputSpec(size=(size, size), windows=tuple(windows))
+    arch = {**_DEFAULT_ARCHITECTURES[kind], **(architecture or {})}
+    if kind == ModelKind.UNET:
+        arch["loss"] = loss
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    draft = _draft_card(kind, spec, arch, name or f"ich-{kind.value}", version)
+    run_config = {"kind": kind.value, "input": spec.to_json(), "architecture": arch, "seed": seed}
+
+    started = time.perf_counter()
+    if training_data is None:
+        training_data = load_training_data(data, spec, imaging, seed=seed, val_fraction=val_fraction)
+    train_set = trainable_slices(kind, training_data.train)
+    val_set = trainable_slices(kind, training_data.val)
+
+    with _torch_settings(threads):
+        torch.manual_seed(seed)
+        network = build_network(draft)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=options.weight_decay)
+        steps = steps_per_epoch or max(1, len(_list_batches(train_set, batch_size)))
+        total_steps = steps * epochs
+        warmup = int(round(options.warmup_epochs * steps))
+        history: list[dict[str, float]] = []
+        best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "state": None}
+        first_epoch = 1
+        checkpoint_path = out / CHECKPOINT_FILE
+        if resume and checkpoint_path.is_file():
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            if checkpoint["config"] != run_config:
+                raise ValueError(
+                    f"{checkpoint_path} was written by a different run (kind, input, architecture or seed differ); "
+                    "resume only continues the same run"
+                )
+            network.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            history = list(checkpoint["history"])
+            best = dict(checkpoint["best"])
+            first_epoch = int(checkpoint["epoch"]) + 1
+            logger.info("resuming after epoch %d", first_epoch - 1, extra={"path": str(checkpoint_path)})
+        elif resume:
+            logger.info("no checkpoint to resume from; starting at epoch 1", extra={"path": str(checkpoint_path)})
+
+        for epoch in range(first_epoch, epochs + 1):
+            epoch_started = time.perf_counter()
+            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            network.train()
+            losses = []
+            for step_in_epoch, index in enumerate(_batches(train_set, batch_size, generator, steps_per_epoch)):
+                step = (epoch - 1) * steps + step_in_epoch
+                _set_learning_rate(optimizer, learning_rate_at(step, total_steps, warmup, learning_rate))
+                images, instances, labels = _tensors(train_set, index)
+                images, instances = augment_batch(images, instances, generator, options.augmentation)
+                value = batch_loss(kind, network, images, instances, labels, loss=loss)
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                nn.utils.clip_grad_norm_(network.parameters(), 5.0)
+                optimizer.step()
+                losses.append(float(value.detach()))
+            figures = validate(kind, network, val_set)
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)),
+                **{k: float(v) for k, v in figures.items()},
+                "seconds": round(time.perf_counter() - epoch_started, 2),
+            }
+            history.append(record)
+            if figures["score"] > best["score"]:
+                best = {
+                    "score": float(figures["score"]),
+                    "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in network.state_dict().items()},
+                }
+            logger.info(
+                "epoch %d/%d: %s",
+                epoch,
+                epochs,
+                " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch",)),
+                extra={"stage": "train"},
+            )
+            torch.save(
+                {
+                    "config": run_config,
+                    "epoch": epoch,
+                    "model": network.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "best": best,
+                },
+                checkpoint_path,
+            )
+
+        network.load_state_dict(best["state"])
+        network.eval()
+        weights_path = out / WEIGHTS_FILE
+        torch.save(network.state_dict(), weights_path)
+        thresholds = _choose_thresholds(kind, network, val_set)
+        val_figures = validate(kind, network, val_set)
+
+    duration = time.perf_counter() - started
+    card = ModelCard(
+        name=draft.name,
+        version=version,
+        kind=kind,
+        weights_file=WEIGHTS_FILE,
+        weights_sha256=sha256_of(weights_path),
+        architecture=arch,
+        input=spec,
+        thresholds=thresholds,
+        training={
+            "command": command or shlex.join(["dicom-node", *sys.argv[1:]]),
+            "data": training_data.description,
+            "options": {**asdict(options), "loss": loss if kind == ModelKind.UNET else None},
+            "selection": "val loss" if kind == ModelKind.CLASSIFIER else "val pooled Dice at model size",
+            "best_epoch": int(best["epoch"]),
+            "duration_s": round(duration, 1),
+            "parameters": int(sum(p.numel() for p in network.parameters())),
+            "environment": {
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "device": "cpu",
+                "threads": threads or torch.get_num_threads(),
+            },
+            "history": history,
+        },
+        metrics={"validation_model_size": {k: v for k, v in val_figures.items() if k != "score"}},
+    )
+    card.save(out)
+    logger.info(
+        "trained %s in %.0f s; best epoch %d (score %.4f)",
+        kind.value,
+        duration,
+        best["epoch"],
+        best["score"],
+        extra={"path": str(out), "duration_s": round(duration, 1)},
+    )
+    return TrainingSummary(
+        out=out, best_epoch=int(best["epoch"]), best_score=float(best["score"]), history=history, duration_s=duration
+    )
+
+
+def _list_batches(slices: SliceSet, batch_size: int) -> list[np.ndarray]:
+    return list(_batches(slices, batch_size, torch.Generator().manual_seed(0), None))
+
+
+def _choose_thresholds(kind: ModelKind, network: nn.Module, val: SliceSet) -> Thresholds:
+    """The classifier's decision threshold from validation (balanced accuracy); 0.5 elsewhere.
+
+    Segmenters keep pixel and score thresholds at 0.5 and their decision
+    threshold equal to them: their study call is "a lesion survived".
+    """
+    if kind != ModelKind.CLASSIFIER:
+        return Thresholds()
+    probabilities = predict_model_size(kind, network, val)
+    return Thresholds(decision=best_threshold(val.labels, probabilities, prefer=0.5))

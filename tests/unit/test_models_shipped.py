@@ -1,0 +1,49 @@
+"""The shipped default models load, fit the size budget and reproduce their cards' figures.
+
+The figures are checked on the Kaggle test split (20 images, image labels only),
+which keeps this test to a few seconds. Tolerances: accuracy, sensitivity and
+specificity may move by one image (float differences between CPUs can flip a
+case sitting on the threshold), ROC AUC by 0.03. The data are read from
+../shared; when they are missing the test fails and says so.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dicom_node.models.card import ModelCard
+from dicom_node.models.evaluate import evaluate
+from dicom_node.models.registry import load_model
+from tests.support.models import REPO, imaging_functions, one_torch_thread, require_kaggle  # noqa: F401
+
+WEIGHTS = REPO / "dicom_node" / "models" / "weights"
+KINDS = ("classifier", "unet", "maskrcnn")
+#: The three shipped models together must stay under this many bytes.
+SIZE_BUDGET = 20 * 1024 * 1024
+
+
+def test_the_shipped_models_fit_the_size_budget():
+    total = 0
+    for kind in KINDS:
+        card = ModelCard.load(WEIGHTS / kind)
+        total += (WEIGHTS / kind / card.weights_file).stat().st_size
+    assert total <= SIZE_BUDGET, f"shipped weights are {total / 2**20:.1f} MiB, the budget is 20 MiB"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_shipped_model_reproduces_its_card_on_the_kaggle_test_split(kind):
+    data = require_kaggle()
+    loaded = load_model(WEIGHTS / kind, kind=kind)
+    expected = loaded.card.metrics["evaluation"]["test"]["study"]
+
+    report = evaluate(
+        WEIGHTS / kind, data, imaging=imaging_functions(), splits=["test"], device="cpu", write_card=False, resamples=10
+    )
+    got = report.splits[0].metrics["study"]
+
+    assert got["n"] == expected["n"] == 20
+    one_image = 1 / 20 + 1e-9
+    assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=one_image)
+    assert got["sensitivity"] == pytest.approx(expected["sensitivity"], abs=2 * one_image)
+    assert got["specificity"] == pytest.approx(expected["specificity"], abs=2 * one_image)
+    assert got["roc_auc"] == pytest.approx(expected["roc_auc"], abs=0.03)

@@ -1,0 +1,135 @@
+"""train() and evaluate() end to end on a tiny synthetic Kaggle-layout folder, and the commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from dicom_node.models import commands
+from dicom_node.models.card import ModelCard
+from dicom_node.models.data import load_training_data
+from dicom_node.models.evaluate import evaluate, evaluate_threshold, format_table
+from dicom_node.models.inputs import InputSpec
+from dicom_node.models.registry import load_model
+from dicom_node.models.result import ModelKind
+from dicom_node.models.train import CHECKPOINT_FILE, train
+from tests.support.models import TINY_ARCHITECTURES, imaging_functions, one_torch_thread, write_tiny_kaggle  # noqa: F401
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_kaggle(tmp_path_factory):
+    return write_tiny_kaggle(tmp_path_factory.mktemp("kaggle") / "headct")
+
+
+@pytest.fixture(scope="module")
+def training_data(tiny_kaggle):
+    return load_training_data(tiny_kaggle, InputSpec(size=(SIZE, SIZE)), imaging_functions(), seed=0)
+
+
+def tiny_train(kind, data_dir, out, training_data, **overrides):
+    options = dict(
+        epochs=2,
+        seed=0,
+        imaging=imaging_functions(),
+        batch_size=4,
+        size=SIZE,
+        architecture=TINY_ARCHITECTURES[kind],
+        steps_per_epoch=2,
+        threads=1,
+        command="test",
+        training_data=training_data,
+    )
+    options.update(overrides)
+    return train(kind, data_dir, out, **options)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_kaggle, training_data):
+    """One tiny model directory per kind."""
+    root = tmp_path_factory.mktemp("models")
+    kinds = ("classifier", "unet", "maskrcnn")
+    return {kind: tiny_train(kind, tiny_kaggle, root / kind, training_data).out for kind in kinds}
+
+
+@pytest.mark.parametrize("kind", ["classifier", "unet", "maskrcnn"])
+def test_training_writes_a_loadable_model_with_its_card(trained, kind):
+    loaded = load_model(trained[kind], kind=kind)
+    card = loaded.card
+    assert card.kind == ModelKind(kind)
+    assert card.training["command"] == "test"
+    assert len(card.training["history"]) == 2
+    assert card.training["data"]["split"].startswith("fixed")
+    assert card.input.size == (SIZE, SIZE)
+    assert card.labels[0].code == "1386000"
+
+
+def test_resume_repeats_what_an_uninterrupted_run_does(tmp_path, tiny_kaggle, training_data):
+    straight = tiny_train("classifier", tiny_kaggle, tmp_path / "straight", training_data, epochs=3)
+    tiny_train("classifier", tiny_kaggle, tmp_path / "resumed", training_data, epochs=1)
+    assert (tmp_path / "resumed" / CHECKPOINT_FILE).is_file()
+    resumed = tiny_train("classifier", tiny_kaggle, tmp_path / "resumed", training_data, epochs=3, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, tiny_kaggle, training_data):
+    tiny_train("classifier", tiny_kaggle, tmp_path / "m", training_data, epochs=1)
+    with pytest.raises(ValueError, match="different run"):
+        tiny_train("classifier", tiny_kaggle, tmp_path / "m", training_data, epochs=2, resume=True, seed=1)
+
+
+def test_threshold_is_not_trainable(tmp_path, tiny_kaggle):
+    with pytest.raises(ValueError, match="no trainable network"):
+        train("threshold", tiny_kaggle, tmp_path, epochs=1, imaging=imaging_functions())
+
+
+def test_evaluate_writes_figures_into_the_card_and_plots_next_to_it(trained, tiny_kaggle):
+    report = evaluate(trained["unet"], tiny_kaggle, imaging=imaging_functions(), device="cpu", resamples=50)
+    card = ModelCard.load(trained["unet"])
+    figures = card.metrics["evaluation"]
+    assert set(figures) == {"val", "test"}
+    assert figures["val"]["study"]["n"] == 4 and figures["test"]["study"]["n"] == 4
+    assert "segmentation" in figures["val"] and "segmentation" not in figures["test"]
+    assert 0.0 <= figures["val"]["segmentation"]["dice_pooled"] <= 1.0
+    for name in ("roc.png", "calibration.png", "examples.png"):
+        assert (trained["unet"] / name).stat().st_size > 1000
+    table = format_table(report)
+    assert "val" in table and "test" in table
+
+
+def test_evaluate_a_classifier_has_no_segmentation_figures(trained, tiny_kaggle):
+    report = evaluate(trained["classifier"], tiny_kaggle, imaging=imaging_functions(), splits=["val"],
+                      device="cpu", write_card=False, resamples=50)
+    assert "segmentation" not in report.splits[0].metrics
+    assert report.splits[0].metrics["study"]["n"] == 4
+
+
+def test_the_threshold_baseline_is_evaluated_the_same_way(tiny_kaggle):
+    report = evaluate_threshold(tiny_kaggle, imaging=imaging_functions(), splits=["val"], resamples=50)
+    metrics = report.splits[0].metrics
+    assert metrics["study"]["n"] == 4 and "segmentation" in metrics
+
+
+def test_the_commands_train_and_evaluate(tmp_path, tiny_kaggle):
+    app = typer.Typer()
+    commands.register(app, imaging_functions())
+    runner = CliRunner()
+    out = tmp_path / "cls"
+    result = runner.invoke(
+        app,
+        ["train", "--kind", "classifier", "--data", str(tiny_kaggle), "--out", str(out), "--epochs", "1",
+         "--size", "64", "--threads", "1", "--batch-size", "8"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "model_card.json").read_text())["training"]["command"].startswith("dicom-node")
+    result = runner.invoke(app, ["evaluate", "--model", str(out), "--data", str(tiny_kaggle), "--splits", "test"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output
+    result = runner.invoke(app, ["train", "--kind", "svm", "--data", str(tiny_kaggle), "--out", str(out)])
+    assert result.exit_code != 0
