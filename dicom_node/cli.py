@@ -229,7 +229,8 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
             policy=policy,
             clock=utcnow,
             owner=worker.owner,
-            lease=timedelta(seconds=settings.delivery.timeout_s * 4),
+            # A claim of up to 20 objects must outlive 20 time-outs in a row.
+            lease=timedelta(seconds=settings.delivery.timeout_s * 21),
             audit=audit,
         )
         for destination, states in counts.items():
@@ -472,7 +473,7 @@ def jobs_retry(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Cancel a queued or running job (a running one stops at its next heartbeat)."""
+    """Cancel a queued or running job (a running one finishes its stage, but its results are discarded)."""
     _, sessions = _sessions(config)
     with sessions.begin() as session:
         ok = queue.cancel(session, job_id, now=utcnow())

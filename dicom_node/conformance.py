@@ -68,6 +68,16 @@ class CreatedObject:
     series_description: str
 
 
+def _retention_text(settings: Settings) -> str:
+    retention = settings.retention
+    if not retention.enabled:
+        return "Retention is off (*configured*): instances stay until an administrator removes them."
+    return (
+        f"Instances are deleted {retention.received_days:g} day(s) after the study's results were all "
+        "delivered, never before (*configured*)."
+    )
+
+
 def created_objects(settings: Settings) -> list[CreatedObject]:
     """The objects the node creates, which are all its Storage SCU ever sends.
 
@@ -440,8 +450,8 @@ def _acceptance(doc: _Document, settings: Settings) -> None:
     doc.text(
         "**SOP specific conformance (Storage SCP).** Level 2 (Full) storage: an instance is kept "
         "exactly as received, every element including private ones, neither transcoded nor "
-        "coerced. Digital signatures are kept, not verified. This version has no retention "
-        "rule: instances stay until an administrator removes them. For a SOP Instance UID "
+        "coerced. Digital signatures are kept, not verified. "
+        f"{_retention_text(settings)} For a SOP Instance UID "
         f"already stored, {duplicate} (`storage.duplicate_policy = "
         f"\"{settings.storage.duplicate_policy}\"`, *configured*).",
         "Success is returned only after the instance is fsynced, atomically renamed into place "

@@ -37,6 +37,10 @@ class SOPClassMismatchError(InvalidInstanceError):
     """The dataset's SOP Class or Instance UID differs from the C-STORE command."""
 
 
+class SeriesConflictError(InvalidInstanceError):
+    """The Series Instance UID is already recorded under another Study Instance UID."""
+
+
 class UnreadableDatasetError(InvalidInstanceError):
     """The received byte stream cannot be parsed as a DICOM dataset."""
 

@@ -64,10 +64,13 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
-    """Send all logs to stderr in the chosen format; pynetdicom is kept at WARNING.
+    """Send all logs to stderr in the chosen format, keeping patient data out of them.
 
-    pynetdicom logs every PDU and, at debug level, dataset contents, which could carry
-    patient data, so its logger never goes below WARNING.
+    pynetdicom logs every PDU and, at debug level, data set contents, so it never goes
+    below WARNING. pydicom and highdicom quote attribute values (a birth date, a patient
+    ID) in their validation warnings, so their loggers stay at ERROR, and Python warnings
+    (which pydicom also raises with those values) go through logging at ERROR only: the
+    node's own log lines carry the UIDs an administrator needs.
     """
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -78,5 +81,8 @@ def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    for name in ("pydicom", "highdicom", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -7,6 +7,8 @@ in the same transaction that marks the job done).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections import defaultdict
@@ -220,6 +222,22 @@ class Pipeline:
         self.store.write_dataset(dataset, relative)
         return WrittenObject(kind, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), str(relative))
 
+    def job_key(self, job: ClaimedJob) -> str:
+        """What the result's UIDs derive from: the study generation, the model, and everything
+        else that shapes the objects (dicom-node's version and the analysis/output settings).
+
+        A retry with the same inputs rebuilds identical objects with identical UIDs, so the
+        PACS replaces them; a changed setting or version yields new UIDs instead of different
+        content under old ones.
+        """
+        shaping = json.dumps(
+            [__version__, self.settings.analysis.model_dump(mode="json"), self.settings.outputs.model_dump(mode="json"),
+             self.settings.selection.model_dump(mode="json")],
+            sort_keys=True,
+        )
+        digest = hashlib.sha256(shaping.encode()).hexdigest()[:16]
+        return f"{job.study_instance_uid}|{job.study_generation}|{job.model_key}|{digest}"
+
     def build(
         self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult
     ) -> list[tuple[str, Dataset]]:
@@ -229,7 +247,7 @@ class Pipeline:
         so they are dropped here: the SEG stays frame-aligned with real images only.
         """
         settings, out = self.settings, self.settings.outputs
-        uids = JobUids(settings.identity.uid_root, f"{job.study_instance_uid}|{job.study_generation}|{job.model_key}")
+        uids = JobUids(settings.identity.uid_root, self.job_key(job))
         keep = [k for k, uid in enumerate(volume.source_sop_instance_uids) if uid is not None]
         label_map, hu = result.label_map[keep], volume.hu[keep]
         sources = [with_patient_study_type2(ds) for ds in headers]

@@ -9,6 +9,7 @@ destination wanted anything). The audit trail records each deletion; it is never
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -117,15 +118,22 @@ def run_retention(
     Rows go first, in their own transaction, then the files: a crash in between leaves
     unreferenced files (harmless), never rows that point at missing files.
     """
+    started = time.time()
     with sessions() as session:
         items = plan(session, now=now, received_days=received_days, results_days=results_days)
     if dry_run:
         return items
+    done = []
     for item in items:
         with sessions.begin() as session:
+            # Check again under the row lock: the study may have been reopened since planning.
+            study = session.execute(select(Study).where(Study.id == item.study_id).with_for_update()).scalar()
+            if study is None or study.state != StudyState.COMPLETE or _delivered_at(session, study) != item.delivered_at:
+                continue
             paths = _delete_rows(session, item)
         for path in paths:
-            store.remove(path)
+            _remove_unless_rewritten(store, path, started)
+        done.append(item)
         if audit is not None:
             audit.record(
                 "deleted",
@@ -137,4 +145,16 @@ def run_retention(
             f"retention deleted {item.instances} instance(s) and {item.results} result(s)",
             extra={"study_instance_uid": item.study_instance_uid, "stage": "retention"},
         )
-    return items
+    return done
+
+
+def _remove_unless_rewritten(store: InstanceStore, path: str, started: float) -> None:
+    """Delete a file, unless it was written after this run started: a sender re-sent that
+    instance meanwhile (same UID, same path) and was told it is stored."""
+    absolute = store.absolute(path)
+    try:
+        if absolute.stat().st_mtime >= started:
+            return
+    except FileNotFoundError:
+        return
+    absolute.unlink(missing_ok=True)

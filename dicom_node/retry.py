@@ -33,8 +33,11 @@ class RetryPolicy:
         """The wait before the next attempt, after ``attempts`` failed ones (1-based)."""
         if attempts < 1:
             raise ValueError("attempts counts failed attempts and starts at 1")
-        seconds = self.initial_delay.total_seconds() * self.backoff_factor ** (attempts - 1)
-        return min(timedelta(seconds=seconds), self.max_delay)
+        cap = self.max_delay.total_seconds()
+        # Cap the exponent before it overflows: 2.0 ** 1100 is already inf, timedelta(inf) raises.
+        exponent = min(attempts - 1, 1000)
+        seconds = min(self.initial_delay.total_seconds() * self.backoff_factor**exponent, cap)
+        return timedelta(seconds=seconds)
 
     def gives_up_after(self, attempts: int) -> bool:
         """True when ``attempts`` failed attempts exhaust the policy (dead letter)."""

@@ -16,9 +16,11 @@ from enum import StrEnum
 
 from pydicom.uid import (
     UID,
+    Comprehensive3DSRStorage,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
+    EnhancedSRStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -27,9 +29,6 @@ from pydicom.uid import (
     RLELossless,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
-    Comprehensive3DSRStorage,
-    EnhancedSRStorage,
-
 )
 from pynetdicom.sop_class import Verification
 
@@ -53,7 +52,12 @@ class StorageClass:
 
 STORAGE_CLASSES: tuple[StorageClass, ...] = (
     StorageClass(CTImageStorage, Role.INPUT, "head CT slices to analyse"),
-    StorageClass(EnhancedCTImageStorage, Role.INPUT, "multi-frame head CT to analyse"),
+    StorageClass(
+        EnhancedCTImageStorage,
+        Role.INPUT,
+        "multi-frame head CT: stored; analysis of multi-frame series is not supported yet "
+        "(the job fails with that reason)",
+    ),
     StorageClass(SecondaryCaptureImageStorage, Role.OUTPUT, "key images with burned-in results"),
     StorageClass(SegmentationStorage, Role.OUTPUT, "hemorrhage segmentations (BINARY SEG)"),
     StorageClass(Comprehensive3DSRStorage, Role.OUTPUT, "TID 1500 measurement reports"),
@@ -82,6 +86,6 @@ def storage_class_uids() -> tuple[UID, ...]:
     return tuple(row.uid for row in STORAGE_CLASSES)
 
 
-def is_accepted_storage_class(uid: str) -> bool:
-    """True when ``uid`` is one of the storage SOP classes in the table."""
-    return uid in storage_class_uids()
+def is_input_class(uid: str) -> bool:
+    """True for the images we analyse (only they open, reopen or extend a study's analysis)."""
+    return any(row.uid == uid and row.role is Role.INPUT for row in STORAGE_CLASSES)

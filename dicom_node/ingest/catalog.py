@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Insert, func, insert, select, update
+from sqlalchemy import Connection, Engine, Insert, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import Instance, Series, SeriesState, Study, StudyState
-from dicom_node.errors import DatabaseUnavailableError
+from dicom_node.dicom.contexts import is_input_class
+from dicom_node.errors import DatabaseUnavailableError, SeriesConflictError
 from dicom_node.ingest.instance import ReceivedInstance
 
 logger = logging.getLogger(__name__)
@@ -60,15 +61,24 @@ def _touch_study(connection: Connection, item: ReceivedInstance) -> tuple[int, i
     """
     now = item.received_at
     uid = Study.study_instance_uid == item.study_instance_uid
+    # Concurrent associations may commit out of order: the clock only moves forward.
+    latest = case((Study.last_received_at < now, now), else_=Study.last_received_at)
     for _ in range(3):
         row = connection.execute(
             update(Study)
             .where(uid, Study.state != StudyState.COMPLETE)
-            .values(last_received_at=now)
+            .values(last_received_at=latest)
             .returning(Study.id, Study.generation)
         ).first()
         if row is not None:
             return row.id, row.generation, False
+        if not is_input_class(item.sop_class_uid):
+            # Our own results (SEG, SR, key images) or a reader's feedback coming back to a
+            # complete study are stored, but must not reopen it: that would analyse the
+            # study again and send a second result set, in a loop with an auto-forwarding PACS.
+            row = connection.execute(select(Study.id, Study.generation).where(uid)).first()
+            if row is not None:
+                return row.id, row.generation, False
         row = connection.execute(
             _insert_ignore(
                 connection,
@@ -107,15 +117,18 @@ def _touch_study(connection: Connection, item: ReceivedInstance) -> tuple[int, i
 def _touch_series(connection: Connection, study_id: int, item: ReceivedInstance) -> int:
     """Mark the series as receiving now, creating it if new. Returns its id."""
     now = item.received_at
+    latest = case((Series.last_received_at < now, now), else_=Series.last_received_at)
     for _ in range(3):
-        series_id = connection.execute(
+        row = connection.execute(
             update(Series)
             .where(Series.series_instance_uid == item.series_instance_uid)
-            .values(last_received_at=now, state=SeriesState.RECEIVING, completed_at=None)
-            .returning(Series.id)
-        ).scalar()
-        if series_id is not None:
-            return int(series_id)
+            .values(last_received_at=latest, state=SeriesState.RECEIVING, completed_at=None)
+            .returning(Series.id, Series.study_id)
+        ).first()
+        if row is not None:
+            if row.study_id != study_id:
+                raise SeriesConflictError("SeriesInstanceUID already belongs to another study")
+            return int(row.id)
         series_id = connection.execute(
             _insert_ignore(
                 connection,
@@ -198,8 +211,10 @@ class Catalog:
         try:
             with self.engine.begin() as connection:
                 return [_record_one(connection, item, self.policy) for item in items]
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, SeriesConflictError) as exc:
             if len(items) == 1:
+                if isinstance(exc, SeriesConflictError):
+                    return [exc]
                 return [DatabaseUnavailableError(exc.__class__.__name__)]
             logger.warning("group commit failed; recording one by one", extra={"count": len(items)})
         results: list[RecordResult | Exception] = []

@@ -8,7 +8,8 @@ committed. Every refusal carries a specific status and an Error Comment:
 ======  ======================================================================
 0xA700  Refused: out of resources (disk guard, storage or database unavailable)
 0xA900  Error: data set does not match SOP class (missing or malformed UIDs,
-        SOP Class/Instance UID differing from the C-STORE command)
+        SOP Class/Instance UID differing from the C-STORE command, a Series
+        Instance UID already recorded under another study)
 0xC000  Error: cannot understand (unparseable or truncated data set)
 ======  ======================================================================
 """
@@ -43,6 +44,7 @@ from dicom_node.errors import (
     DicomNodeError,
     InvalidInstanceError,
     MissingIdentifierError,
+    SeriesConflictError,
     SOPClassMismatchError,
 )
 from dicom_node.ingest.catalog import Catalog, RecordOutcome, RecordResult
@@ -71,7 +73,7 @@ def failure(status: int, comment: str) -> Dataset:
 
 def status_for(error: DicomNodeError) -> int:
     """The C-STORE status a refusal maps to (see the module docstring)."""
-    if isinstance(error, (MissingIdentifierError, SOPClassMismatchError)):
+    if isinstance(error, (MissingIdentifierError, SOPClassMismatchError, SeriesConflictError)):
         return DATASET_DOES_NOT_MATCH_SOP_CLASS
     if isinstance(error, InvalidInstanceError):
         return CANNOT_UNDERSTAND
@@ -271,9 +273,13 @@ class StorageSCP:
                 replace(item, path=str(relative), size_bytes=size),
                 timeout_s=self.settings.dimse_timeout_s,
             )
-        except (DatabaseUnavailableError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            # The commit may still land after we gave up waiting: keep the file, so a row
+            # can never point at nothing. The sender sees a failure and resends (duplicate).
+            raise DatabaseUnavailableError("database too slow: commit not confirmed in time") from exc
+        except (DatabaseUnavailableError, SeriesConflictError):
             if self.catalog.policy == "keep_first":
-                # Nobody references the file we just wrote: leave nothing half-recorded.
+                # The commit failed for good and nobody references the file we just wrote.
                 self.store.remove(relative)
-            raise DatabaseUnavailableError(f"database unavailable: {exc}") from exc
+            raise
         return None if result.outcome == RecordOutcome.DUPLICATE else result

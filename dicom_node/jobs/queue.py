@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import Job, JobState, Study
+from dicom_node.db.models import Job, JobState, Study, StudyState
 from dicom_node.retry import RetryPolicy
 
 OPEN_STATES = (JobState.QUEUED, JobState.RUNNING)
@@ -32,6 +32,7 @@ class ClaimedJob:
     study_generation: int
     model_key: str
     attempts: int
+    max_attempts: int
     lease_owner: str
 
 
@@ -82,10 +83,18 @@ def claim(session: Session, *, owner: str, lease: timedelta, now: datetime) -> C
     """Take the oldest due job, if any, under a lease held by ``owner``."""
     candidate = session.execute(
         select(Job.id)
-        .where(Job.state == JobState.QUEUED, Job.next_attempt_at <= now)
+        .join(Study, Study.id == Job.study_id)
+        # A study reopened by late instances waits: its job would analyse a moving target,
+        # and the job of the next generation supersedes it when the study completes again.
+        .where(
+            Job.state == JobState.QUEUED,
+            Job.next_attempt_at <= now,
+            Study.state == StudyState.COMPLETE,
+            Study.generation == Job.study_generation,
+        )
         .order_by(Job.next_attempt_at, Job.id)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=Job)
     ).scalar()
     if candidate is None:
         return None
@@ -99,7 +108,7 @@ def claim(session: Session, *, owner: str, lease: timedelta, now: datetime) -> C
             attempts=Job.attempts + 1,
             started_at=now,
         )
-        .returning(Job.id, Job.study_id, Job.study_generation, Job.model_key, Job.attempts)
+        .returning(Job.id, Job.study_id, Job.study_generation, Job.model_key, Job.attempts, Job.max_attempts)
     ).first()
     if row is None:
         return None
@@ -111,6 +120,7 @@ def claim(session: Session, *, owner: str, lease: timedelta, now: datetime) -> C
         study_generation=row.study_generation,
         model_key=row.model_key,
         attempts=row.attempts,
+        max_attempts=row.max_attempts,
         lease_owner=owner,
     )
 
@@ -147,7 +157,7 @@ def fail(session: Session, job: ClaimedJob, *, error: str, policy: RetryPolicy, 
 
     Returns the new state, or None if the job was no longer ours.
     """
-    if policy.gives_up_after(job.attempts):
+    if policy.gives_up_after(job.attempts) or job.attempts >= job.max_attempts:
         values = {"state": JobState.DEAD, "finished_at": now}
     else:
         values = {"state": JobState.QUEUED, "next_attempt_at": now + policy.delay_after(job.attempts)}
@@ -162,14 +172,14 @@ def fail(session: Session, job: ClaimedJob, *, error: str, policy: RetryPolicy, 
 def reap_expired_leases(session: Session, *, policy: RetryPolicy, now: datetime) -> list[int]:
     """Return jobs whose worker vanished (lease expired) to the queue, or dead-letter them."""
     expired = session.execute(
-        select(Job.id, Job.attempts, Job.lease_owner)
+        select(Job.id, Job.attempts, Job.max_attempts, Job.lease_owner)
         .where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
         .with_for_update(skip_locked=True)
     ).all()
     reaped = []
     for row in expired:
         reason = f"lease of worker {row.lease_owner} expired (worker lost)"
-        if policy.gives_up_after(row.attempts):
+        if policy.gives_up_after(row.attempts) or row.attempts >= row.max_attempts:
             values = {"state": JobState.DEAD, "finished_at": now}
         else:
             values = {"state": JobState.QUEUED, "next_attempt_at": now}
@@ -194,7 +204,8 @@ def retry_now(session: Session, job_id: int, *, now: datetime) -> bool:
 
 
 def cancel(session: Session, job_id: int, *, now: datetime) -> bool:
-    """Operator cancel of a queued or running job (a running worker stops at its next heartbeat)."""
+    """Operator cancel of a queued or running job: a running worker's results are then discarded,
+    because it can no longer heartbeat or finish the job."""
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state.in_(OPEN_STATES))

@@ -64,7 +64,7 @@ def add_deliveries(session: Session, *, output_id: int, destinations: list[str],
 
 
 def claim_due(
-    session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int = 500
+    session: Session, *, owner: str, now: datetime, lease: timedelta, destinations: list[str], limit: int = 20
 ) -> dict[str, list[DueDelivery]]:
     """Claim pending deliveries that are due (and not claimed by a live worker), by destination.
 
@@ -77,6 +77,7 @@ def claim_due(
         .where(
             Delivery.state == DeliveryState.PENDING,
             Delivery.next_attempt_at <= now,
+            Delivery.destination.in_(destinations),
             (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
         )
         .order_by(Delivery.id)
@@ -156,37 +157,39 @@ def serve_outbox(
     for name in waiting:
         logger.warning("deliveries wait for a destination that is not configured", extra={"destination": name})
     with sessions.begin() as session:
-        due = claim_due(session, owner=owner, now=clock(), lease=lease)
-        unknown = [d.id for name, items in due.items() if name not in peers for d in items]
-        if unknown:  # configured away between the two queries: release them
-            session.execute(update(Delivery).where(Delivery.id.in_(unknown)).values(claimed_by=None, claimed_until=None))
-    work = {name: items for name, items in due.items() if name in peers}
+        work = claim_due(session, owner=owner, now=clock(), lease=lease, destinations=list(peers))
     if not work:
         return {}
 
     def serve(name: str) -> dict[str, int]:
         items = work[name]
-        try:
-            results = send(peers[name], [SendItem(d.id, storage_root / d.path) for d in items])
-        except Exception as exc:  # a broken peer must not kill the tick: record it as a failure
-            logger.exception("sending failed", extra={"destination": name})
-            results = [SendResult(d.id, False, None, f"send error: {exc.__class__.__name__}") for d in items]
+        by_key = {d.id: d for d in items}
         counts: dict[str, int] = {}
-        with sessions.begin() as session:
-            for delivery, result in zip(items, results, strict=True):
+        sent: dict[str, list[str]] = {}
+
+        def record(result: SendResult) -> None:
+            # Each result is committed as it arrives: a failure later in the batch cannot
+            # make an object that the peer stored look unsent (and so be sent again).
+            delivery = by_key.pop(result.key)
+            with sessions.begin() as session:
                 state = record_result(session, delivery, result, owner=owner, policy=policy, now=clock())
-                counts[state.value] = counts.get(state.value, 0) + 1
-                if not result.stored:
-                    logger.warning(
-                        f"delivery failed: {result.detail}",
-                        extra={"destination": name, "sop_instance_uid": delivery.sop_instance_uid},
-                    )
+            counts[state.value] = counts.get(state.value, 0) + 1
+            if result.stored:
+                sent.setdefault(delivery.study_instance_uid, []).append(delivery.sop_instance_uid)
+            else:
+                logger.warning(
+                    f"delivery failed: {result.detail}",
+                    extra={"destination": name, "sop_instance_uid": delivery.sop_instance_uid},
+                )
+
+        try:
+            send(peers[name], [SendItem(d.id, storage_root / d.path) for d in items], on_result=record)
+        except Exception as exc:  # a broken peer must not kill the tick: what was not answered failed
+            logger.exception("sending failed", extra={"destination": name})
+            for key in list(by_key):
+                record(SendResult(key, False, None, f"send error: {exc.__class__.__name__}"))
         logger.info(f"outbox served: {counts}", extra={"destination": name, "count": len(items)})
         if audit is not None:
-            sent: dict[str, list[str]] = {}
-            for delivery, result in zip(items, results, strict=True):
-                if result.stored:
-                    sent.setdefault(delivery.study_instance_uid, []).append(delivery.sop_instance_uid)
             for study_uid, sop_uids in sent.items():
                 audit.record(
                     "delivered", study_instance_uid=study_uid, destination=name, count=len(sop_uids),

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
@@ -65,18 +67,13 @@ def _nodelay(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _syntax_pairs(items: list[SendItem]) -> dict[int, tuple[str, str]]:
-    pairs = {}
-    for item in items:
-        meta = dcmread(item.path, stop_before_pixels=True, specific_tags=[]).file_meta
-        pairs[item.key] = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
-    return pairs
+def _syntax_pair(item: SendItem) -> tuple[str, str]:
+    meta = dcmread(item.path, stop_before_pixels=True, specific_tags=[]).file_meta
+    return str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
 
 
-def _accepted(assoc: Association, sop_class: str, syntax: str) -> bool:
-    return any(
-        cx.abstract_syntax == sop_class and syntax in cx.transfer_syntax for cx in assoc.accepted_contexts
-    )
+def _accepted(assoc: Association, sop_class: str) -> bool:
+    return any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts)
 
 
 def _one(assoc: Association, item: SendItem) -> SendResult:
@@ -93,15 +90,45 @@ def _one(assoc: Association, item: SendItem) -> SendResult:
     return SendResult(item.key, False, code, f"failure 0x{code:04X} {comment}".strip())
 
 
-def send(peer: Peer, items: list[SendItem]) -> list[SendResult]:
-    """Send ``items`` over one association; one result per item, in order."""
+def _proposals(syntax: str) -> list[str]:
+    # Implicit VR Little Endian is the default every peer supports (PS3.5 10.1); pynetdicom
+    # re-encodes an uncompressed data set into whichever of the two the peer accepts.
+    if syntax == ExplicitVRLittleEndian:
+        return [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    return [syntax]
+
+
+def send(
+    peer: Peer, items: list[SendItem], on_result: Callable[[SendResult], None] | None = None
+) -> list[SendResult]:
+    """Send ``items`` over one association; one result per item, in order.
+
+    ``on_result`` is called with each result as soon as the peer answered (to record it
+    at once). A failure to send one item (an unreadable file, a lost association) fails
+    that item, not the ones already stored.
+    """
+    results: list[SendResult] = []
+
+    def emit(result: SendResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
     if not items:
-        return []
-    pairs = _syntax_pairs(items)
+        return results
+    pairs: dict[int, tuple[str, str]] = {}
+    for item in items:
+        try:
+            pairs[item.key] = _syntax_pair(item)
+        except Exception as exc:  # unreadable file: that item fails, the others go
+            emit(SendResult(item.key, False, None, f"cannot read the object: {exc.__class__.__name__}"))
+    items = [item for item in items if item.key in pairs]
+    if not items:
+        return results
     ae = AE(ae_title=peer.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
     for sop_class, syntax in sorted(set(pairs.values())):
-        ae.add_requested_context(sop_class, [syntax])
+        ae.add_requested_context(sop_class, _proposals(syntax))
     tls_args = (peer.tls_context, peer.host) if peer.tls_context is not None else None
     assoc = ae.associate(
         peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
@@ -114,16 +141,20 @@ def send(peer: Peer, items: list[SendItem]) -> list[SendResult]:
             why = "presentation context refused by the peer"
         else:
             why = "association aborted or peer unreachable"
-        return [SendResult(item.key, False, None, why) for item in items]
-    results = []
+        for item in items:
+            emit(SendResult(item.key, False, None, why))
+        return results
     try:
         for item in items:
             if not assoc.is_established:
-                results.append(SendResult(item.key, False, None, "association lost before sending"))
-            elif not _accepted(assoc, *pairs[item.key]):
-                results.append(SendResult(item.key, False, None, "presentation context refused by the peer"))
+                emit(SendResult(item.key, False, None, "association lost before sending"))
+            elif not _accepted(assoc, pairs[item.key][0]):
+                emit(SendResult(item.key, False, None, "presentation context refused by the peer"))
             else:
-                results.append(_one(assoc, item))
+                try:
+                    emit(_one(assoc, item))
+                except Exception as exc:  # e.g. the peer aborted between the check and the send
+                    emit(SendResult(item.key, False, None, f"send failed: {exc.__class__.__name__}"))
     finally:
         if assoc.is_established:
             assoc.release()

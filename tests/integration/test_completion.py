@@ -91,3 +91,20 @@ def test_receive_and_complete_on_postgresql(tmp_path: Path, postgres_url: str) -
         assert (study.state, study.generation) == (StudyState.REOPENED, 2)
     finally:
         stop()  # type: ignore[operator]
+
+
+def test_our_own_results_sent_back_do_not_reopen_the_study(node: RunningNode, tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    spec = _send_in_three_associations(node, tmp_path)
+    _scan(node, 31)
+    image = dcmread(next((tmp_path / "study").iterdir()))
+    image.SOPClassUID = image.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    image.SOPInstanceUID = image.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    image.SeriesInstanceUID = generate_uid()
+    image.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    assert status_code(store_files(node.port, [tmp_path / "sc.dcm"])[0]) == SUCCESS
+    study = _study(node)
+    assert (study.state, study.generation) == (StudyState.COMPLETE, 1), "a result coming back is stored, not re-analysed"
+    assert spec.study_instance_uid == study.study_instance_uid

@@ -240,3 +240,15 @@ def test_four_concurrent_associations(node: RunningNode, tmp_path: Path) -> None
     stored = {p.name for p in node.stored_files()}
     sent = {f"{dcmread(p, stop_before_pixels=True).SOPInstanceUID}.dcm" for paths in studies for p in paths}
     assert stored == sent
+
+
+def test_series_uid_of_another_study_is_refused(node: RunningNode, one_slice: Path, tmp_path: Path) -> None:
+    [ok] = store_files(node.port, [one_slice])
+    other = _rewrite(one_slice, tmp_path / "other.dcm", StudyInstanceUID=generate_uid(), SOPInstanceUID=generate_uid())
+    ds = dcmread(other)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(other, enforce_file_format=False)
+    [status] = store_files(node.port, [other])
+    assert (status_code(ok), status_code(status)) == (SUCCESS, DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    assert "another study" in status.ErrorComment
+    assert _counts(node) == (1, 1, 1) and len(node.stored_files()) == 1

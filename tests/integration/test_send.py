@@ -69,6 +69,7 @@ def test_failure_status_is_a_failure_and_warning_is_stored(files: list[Path]) ->
         assert (result.stored, result.status) == (False, 0xA700)
     finally:
         server.shutdown()
+    port = free_port()  # a fresh port: no lingering connection from the first server
     server = _pynetdicom_scp(port, 0xB000, [CTImageStorage])
     try:
         [result] = send(_peer(port), [SendItem(1, files[0])])

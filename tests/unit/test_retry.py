@@ -23,3 +23,8 @@ def test_gives_up_at_max_attempts() -> None:
 def test_attempts_start_at_one() -> None:
     with pytest.raises(ValueError, match="starts at 1"):
         RetryPolicy(3, timedelta(seconds=1), 2.0, timedelta(seconds=10)).delay_after(0)
+
+
+def test_many_attempts_do_not_overflow() -> None:
+    policy = RetryPolicy(1000, timedelta(seconds=30), 2.0, timedelta(hours=1))
+    assert policy.delay_after(999) == timedelta(hours=1)
