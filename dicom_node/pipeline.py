@@ -30,6 +30,7 @@ from dicom_node.config import Settings
 from dicom_node.db.models import Instance, OutputObject, Series, Study
 from dicom_node.dicom.storage import InstanceStore, result_path
 from dicom_node.errors import AnalysisError
+from dicom_node.imaging.headers import check_headers
 from dicom_node.imaging.selection import SeriesCandidate, select_series
 from dicom_node.imaging.volume import CTVolume, assemble_volume
 from dicom_node.jobs.queue import ClaimedJob
@@ -51,6 +52,12 @@ from dicom_node.outputs.seg import with_patient_study_type2
 from dicom_node.send.outbox import add_deliveries
 
 logger = logging.getLogger(__name__)
+
+
+#: What pydicom and numpy raise on header values that are not numbers or have the wrong count
+#: (SeriesNumber "abc", a 2-value ImagePositionPatient, RescaleSlope 1e400): the study cannot
+#: be analysed as sent, and retrying will not change that.
+UNUSABLE_HEADER = (ValueError, TypeError, OverflowError, IndexError, AttributeError, KeyError)
 
 
 class Model(Protocol):
@@ -170,8 +177,22 @@ class Pipeline:
             uid: [dcmread(path, stop_before_pixels=True) for path in paths]
             for uid, paths in study.paths_by_series.items()
         }
-        candidates = [SeriesCandidate.from_datasets(uid, datasets) for uid, datasets in headers.items()]
-        selection = select_series(candidates, self.settings.selection)
+        unusable = {}
+        for uid, datasets in headers.items():
+            try:
+                check_headers(datasets)
+            except ValueError as exc:
+                unusable[uid] = str(exc)
+                logger.info(f"series skipped: {exc}", extra={"series_instance_uid": uid, "stage": "select"})
+        if len(unusable) == len(headers):
+            reasons = "; ".join(f"{uid}: {why}" for uid, why in unusable.items())
+            raise AnalysisError(f"no series qualifies for analysis (a header value is not usable: {reasons})")
+        headers = {uid: datasets for uid, datasets in headers.items() if uid not in unusable}
+        try:
+            candidates = [SeriesCandidate.from_datasets(uid, datasets) for uid, datasets in headers.items()]
+            selection = select_series(candidates, self.settings.selection)
+        except UNUSABLE_HEADER as exc:
+            raise AnalysisError(f"a header value is not usable: {exc}") from exc
         for decision in selection.decisions:
             logger.info(
                 f"series {'chosen' if decision.selected else 'skipped'}: {'; '.join(decision.reasons)}",
@@ -183,7 +204,7 @@ class Pipeline:
         chosen = selection.chosen.series_instance_uid
         try:
             volume = assemble_volume(study.paths_by_series[chosen], series_instance_uid=chosen)
-        except ValueError as exc:
+        except UNUSABLE_HEADER as exc:
             raise AnalysisError(f"series {chosen} cannot be assembled into a volume: {exc}") from exc
         by_uid = {str(ds.SOPInstanceUID): ds for ds in headers[chosen]}
         ordered = [by_uid[uid] for uid in volume.source_sop_instance_uids if uid is not None]

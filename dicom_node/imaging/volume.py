@@ -44,14 +44,17 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, pixel_array
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 if TYPE_CHECKING:
     import highdicom
@@ -229,15 +232,50 @@ def _decode(slice_: _Slice, rows: int, columns: int) -> np.ndarray:
             raise ValueError(
                 "an in-memory dataset needs file_meta.TransferSyntaxUID to decode its pixel data"
             )
-        frame = pixel_array(source)
+        dataset = source
+    elif _is_deflated(source):
+        # pixel_array(path) reads the raw file and cannot inflate it: read it whole.
+        dataset = dcmread(source)
     else:
-        frame = pixel_array(os.fspath(source))
+        dataset = None
+    if dataset is not None and "PixelData" not in dataset:
+        raise ValueError(f"instance {slice_.sop_instance_uid} has no Pixel Data")
+    try:
+        frame = pixel_array(dataset if dataset is not None else os.fspath(source))
+    except AttributeError as exc:  # pydicom's way of saying there is no Pixel Data element
+        raise ValueError(f"instance {slice_.sop_instance_uid} has no Pixel Data") from exc
+    _check_pixel_length(slice_, dataset if dataset is not None else source, rows, columns)
     if frame.shape != (rows, columns):
         raise ValueError(
             f"instance {slice_.sop_instance_uid} decodes to shape {frame.shape}, expected "
             f"({rows}, {columns}); multi-frame and colour images are not CT slices we can stack"
         )
     return frame
+
+
+def _is_deflated(path: Path | str) -> bool:
+    meta = dcmread(path, stop_before_pixels=True, specific_tags=[]).file_meta
+    return meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+
+
+def _check_pixel_length(slice_: _Slice, source: Dataset | Path | str, rows: int, columns: int) -> None:
+    """Native Pixel Data must hold exactly Rows x Columns samples: pydicom silently drops a
+    surplus, and a header that does not describe its pixels must not be analysed."""
+    header = slice_.header
+    syntax = header.file_meta.get("TransferSyntaxUID") if hasattr(header, "file_meta") else None
+    if syntax is None or UID(syntax).is_compressed:
+        return
+    dataset = source if isinstance(source, Dataset) else dcmread(source, defer_size=256)
+    if "PixelData" not in dataset:
+        return
+    raw = dataset.get_item("PixelData")  # the raw element: its length, without loading the value
+    length = raw.length if hasattr(raw, "length") else len(dataset.PixelData)
+    expected = rows * columns * int(header.get("BitsAllocated", 16)) // 8 * int(header.get("SamplesPerPixel", 1))
+    if length is not None and length > expected + 1:  # one byte of padding keeps the length even
+        raise ValueError(
+            f"instance {slice_.sop_instance_uid} has {length} bytes of Pixel Data, "
+            f"{expected} expected for {rows} x {columns}"
+        )
 
 
 def assemble_volume(

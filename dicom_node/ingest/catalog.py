@@ -46,6 +46,7 @@ class RecordResult:
     generation: int
     reopened: bool
     size_bytes: int = 0
+    previous_path: str | None = None  # for a duplicate: where the recorded copy lives
 
 
 def _insert_ignore(connection: Connection, table: type[Any], values: dict[str, Any], key: str) -> Insert:
@@ -152,12 +153,12 @@ def _touch_series(connection: Connection, study_id: int, item: ReceivedInstance)
 
 def _record_one(connection: Connection, item: ReceivedInstance, policy: DuplicatePolicy) -> RecordResult:
     existing = connection.execute(
-        select(Instance.id, Instance.study_generation).where(
+        select(Instance.id, Instance.study_generation, Instance.path).where(
             Instance.sop_instance_uid == item.sop_instance_uid
         )
     ).first()
     if existing is not None and policy == "keep_first":
-        return RecordResult(RecordOutcome.DUPLICATE, existing.study_generation, reopened=False)
+        return RecordResult(RecordOutcome.DUPLICATE, existing.study_generation, False, 0, existing.path)
     study_id, generation, reopened = _touch_study(connection, item)
     series_id = _touch_series(connection, study_id, item)
     fields = {
@@ -173,7 +174,7 @@ def _record_one(connection: Connection, item: ReceivedInstance, policy: Duplicat
     }
     if existing is not None:
         connection.execute(update(Instance).where(Instance.id == existing.id).values(**fields))
-        return RecordResult(RecordOutcome.REPLACED, generation, reopened, item.size_bytes)
+        return RecordResult(RecordOutcome.REPLACED, generation, reopened, item.size_bytes, existing.path)
     connection.execute(insert(Instance).values(sop_instance_uid=item.sop_instance_uid, **fields))
     return RecordResult(RecordOutcome.STORED, generation, reopened, item.size_bytes)
 

@@ -282,4 +282,8 @@ class StorageSCP:
                 # The commit failed for good and nobody references the file we just wrote.
                 self.store.remove(relative)
             raise
+        if result.previous_path is not None and result.previous_path != str(relative):
+            # The SOP Instance UID was recorded under another study or series path: keep one
+            # file only, the one the row points at (ours for overwrite, the first for keep_first).
+            self.store.remove(str(relative) if result.outcome == RecordOutcome.DUPLICATE else result.previous_path)
         return None if result.outcome == RecordOutcome.DUPLICATE else result

@@ -157,8 +157,6 @@ def test_ingest_node_survives_and_prints_its_table(ingest_node: RunningNode, pyn
     assert len(leftovers) <= aborted, leftovers
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: ingest/scp.py + catalog (overwrite): the row is repointed to the "
-                   "new study/series path and the first copy's file stays on disk, referenced by no row")
 def test_overwrite_of_an_instance_filed_elsewhere_leaves_one_file(tmp_path: Path) -> None:
     running, stop = start_node(NodeConfig(workdir=tmp_path / "overwrite", duplicate_policy="overwrite"))
     try:

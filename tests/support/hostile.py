@@ -829,10 +829,10 @@ def duplicate_cases() -> list[IngestCase]:
     return [
         IngestCase(family, "duplicate/the same instance again", SUCCESS, prelude, prelude=prelude, stores=False),
         IngestCase(family, "duplicate/same SOP Instance UID in another series", SUCCESS,
-                   partial(duplicate_of, other_series=True), prelude=prelude, stores=False, known_bug=ORPHAN_BUG),
+                   partial(duplicate_of, other_series=True), prelude=prelude, stores=False),
         IngestCase(family, "duplicate/same SOP Instance UID in another study", SUCCESS,
                    partial(duplicate_of, other_study=True, other_series=True), prelude=prelude, stores=False,
-                   known_bug=ORPHAN_BUG),
+                   ),
     ]
 
 
@@ -1007,7 +1007,7 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                   _one_syntax_per_series),
         StudyCase("mixed transfer syntaxes", "study/Deflated Explicit VR Little Endian series", "succeeded",
                   lambda name: [in_syntax(ds, DeflatedExplicitVRLittleEndian) for ds in eight(name)],
-                  known_bug=DEFLATE_BUG),
+                  ),
         StudyCase("pixel data vs Rows/Columns", "study/pixel data half of Rows x Columns", "dead",
                   _edit(eight, _each(lambda ds: setattr(ds, "PixelData", ds.PixelData[: len(ds.PixelData) // 2]))),
                   "cannot be assembled"),
@@ -1017,14 +1017,14 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                   _edit(eight, lambda datasets: _set(Rows=16, Columns=64)(datasets[3])), "same Rows and Columns"),
         StudyCase("pixel data vs Rows/Columns", "study/pixel data twice Rows x Columns", "dead",
                   _edit(eight, _each(lambda ds: setattr(ds, "PixelData", ds.PixelData * 2))), "cannot be assembled",
-                  known_bug=EXCESS_PIXELS_BUG),
+                  ),
         StudyCase("pixel data vs Rows/Columns", "study/header says 32x32, pixels are 64x64", "dead", _excess_pixels,
-                  "cannot be assembled", known_bug=EXCESS_PIXELS_BUG),
+                  "cannot be assembled"),
         StudyCase("missing pixel data", "study/no slice has pixel data", "dead",
-                  _edit(eight, _each(_delete("PixelData"))), "cannot be assembled", known_bug=NO_PIXELS_BUG),
+                  _edit(eight, _each(_delete("PixelData"))), "cannot be assembled"),
         StudyCase("missing pixel data", "study/one slice lacks pixel data", "dead",
                   _edit(eight, lambda datasets: _delete("PixelData")(datasets[4])), "cannot be assembled",
-                  known_bug=NO_PIXELS_BUG),
+                  ),
         StudyCase("SR or SEG", "study/SEG only", "dead", lambda name: [seg_and_sr(name)[0]], "no series qualifies"),
         StudyCase("SR or SEG", "study/SR only", "dead", lambda name: [seg_and_sr(name)[1]], "no series qualifies"),
         StudyCase("SR or SEG", "study/SEG and SR only", "dead", lambda name: list(seg_and_sr(name)), "modality SEG"),
@@ -1033,7 +1033,7 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                   why="the CT series is chosen; the SEG and SR series are skipped"),
         *(
             StudyCase("hostile header values", f"study/{label}", "dead", _edit(eight, _raw_in_all(values)), reason,
-                      known_bug=HEADER_BUG)
+                      )
             for label, values, reason in HOSTILE_HEADERS
         ),
         *(
