@@ -291,9 +291,10 @@ def _check_inputs(
 def _patient_orientation(source: Dataset) -> tuple[str, str]:
     """PS3.3 C.7.6.1.1.1: the patient directions of the rows and columns of the image.
 
-    Each direction cosine becomes up to three letters (L/R, P/A, H/F), major
-    axis first, ignoring components below 0.25 (the usual rendering of an
-    oblique plane). Without ImageOrientationPatient an axial image is assumed.
+    Each direction becomes the letter of its major axis (L/R, P/A, H/F). The
+    standard allows further letters for oblique planes, but highdicom 0.28.2
+    accepts one letter per direction, and a key image of a tilted head CT is
+    still read as axial. Without ImageOrientationPatient an axial image is assumed.
     """
     orientation = [float(v) for v in source.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
     return _direction_letters(orientation[:3]), _direction_letters(orientation[3:])
@@ -303,12 +304,8 @@ def _direction_letters(cosines: Sequence[float]) -> str:
     """Letters of one LPS direction vector, strongest component first."""
     letters = (("L", "R"), ("P", "A"), ("H", "F"))
     order = sorted(range(3), key=lambda axis: -abs(cosines[axis]))
-    picked = [
-        letters[axis][0] if cosines[axis] > 0 else letters[axis][1]
-        for axis in order
-        if abs(cosines[axis]) >= 0.25
-    ]
-    return "".join(picked)
+    major = order[0]
+    return letters[major][0] if cosines[major] > 0 else letters[major][1]
 
 
 def _pixel_spacing(source: Dataset) -> tuple[float, float] | None:

@@ -213,7 +213,12 @@ def with_patient_study_type2(source: Dataset) -> Dataset:
     caller's dataset is never modified.
     """
     missing = [keyword for keyword in PATIENT_STUDY_TYPE2 if keyword not in source]
-    if not missing:
+    charset = source.get("SpecificCharacterSet")
+    # PS3.3 C.12.1.1.2: an empty first value means the default repertoire, which ISO 2022
+    # code extension spells "ISO 2022 IR 6"; highdicom 0.28.2 refuses the empty spelling.
+    empty_first = isinstance(charset, list | tuple) or type(charset).__name__ == "MultiValue"
+    empty_first = empty_first and len(charset) > 1 and not str(charset[0]).strip()  # type: ignore[arg-type]
+    if not missing and not empty_first:
         return source
     # Dataset(source) would share the caller's element dict: copy the mapping.
     completed = Dataset(dict(source.items()))
@@ -221,6 +226,8 @@ def with_patient_study_type2(source: Dataset) -> Dataset:
         completed.file_meta = source.file_meta
     for keyword in missing:
         setattr(completed, keyword, None)
+    if empty_first:
+        completed.SpecificCharacterSet = ["ISO 2022 IR 6", *list(charset)[1:]]  # type: ignore[arg-type]
     return completed
 
 

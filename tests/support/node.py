@@ -14,7 +14,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,6 +260,11 @@ def dataset_bytes(path: Path) -> bytes:
     return path.read_bytes()[132 + 12 + meta_length :]
 
 
+def _nodelay(event: evt.Event) -> None:
+    # Without it each C-STORE waits about 50 ms on Nagle's algorithm (see NOTES.md).
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def store_files(
     port: int,
     paths: list[Path],
@@ -286,7 +291,7 @@ def store_files(
         contexts = [(sop, [ts]) for sop, ts in seen]
     for sop_class, syntaxes in contexts:
         ae.add_requested_context(sop_class, syntaxes)
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
     assert assoc.is_established, "association was not established"
     try:
         return [assoc.send_c_store(path) for path in paths]
