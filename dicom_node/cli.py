@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -459,28 +460,27 @@ def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
         )
 
 
+def _job_transition(config: Path, job_id: int, change: Callable[..., bool], done: str, refused: str) -> None:
+    """Apply one operator transition to a job and report it (exit 1 when refused)."""
+    _, sessions = _sessions(config)
+    with sessions.begin() as session:
+        ok = change(session, job_id, now=utcnow())
+    if not ok:
+        typer.echo(f"job {job_id} is not {refused}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"job {job_id} {done}")
+
+
 @jobs_app.command("retry")
 def jobs_retry(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Run a dead, cancelled or finished job again (attempts start over)."""
-    _, sessions = _sessions(config)
-    with sessions.begin() as session:
-        ok = queue.retry_now(session, job_id, now=utcnow())
-    if not ok:
-        typer.echo(f"job {job_id} is not dead, cancelled or succeeded", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"job {job_id} queued")
+    _job_transition(config, job_id, queue.retry_now, "queued", "dead, cancelled or succeeded")
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Cancel a queued or running job (a running one finishes its stage, but its results are discarded)."""
-    _, sessions = _sessions(config)
-    with sessions.begin() as session:
-        ok = queue.cancel(session, job_id, now=utcnow())
-    if not ok:
-        typer.echo(f"job {job_id} is not queued or running", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"job {job_id} cancelled")
+    _job_transition(config, job_id, queue.cancel, "cancelled", "queued or running")
 
 
 @app.command()

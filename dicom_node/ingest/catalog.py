@@ -15,10 +15,10 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, Insert, case, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from dicom_node.db.dialect import upsert_insert
 from dicom_node.db.models import Instance, Series, SeriesState, Study, StudyState
 from dicom_node.dicom.contexts import is_input_class
 from dicom_node.errors import DatabaseUnavailableError, SeriesConflictError
@@ -50,8 +50,7 @@ class RecordResult:
 
 
 def _insert_ignore(connection: Connection, table: type[Any], values: dict[str, Any], key: str) -> Insert:
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    return insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+    return upsert_insert(connection, table).values(**values).on_conflict_do_nothing(index_elements=[key])
 
 
 def _touch_study(connection: Connection, item: ReceivedInstance) -> tuple[int, int, bool]:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from dicom_node.db.dialect import upsert_insert
 from dicom_node.db.models import Job, JobState, Study, StudyState
 from dicom_node.retry import RetryPolicy
 
@@ -50,9 +50,8 @@ def enqueue(
     Older generations' open jobs for the same study and model are superseded: a
     reopened study is analysed again as a whole, once.
     """
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     created = session.execute(
-        insert(Job)
+        upsert_insert(session, Job)
         .values(
             study_id=study_id,
             study_generation=generation,

@@ -106,6 +106,16 @@ class Equipment:
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty (Type 1 in Enhanced General Equipment)")
 
+    def as_kwargs(self) -> dict[str, str | None]:
+        """The equipment arguments every highdicom SOP class constructor takes."""
+        return {
+            "manufacturer": self.manufacturer,
+            "manufacturer_model_name": self.manufacturer_model_name,
+            "software_versions": self.software_versions,
+            "device_serial_number": self.device_serial_number,
+            "institution_name": self.institution_name,
+        }
+
 
 @dataclass(frozen=True)
 class SegmentSpec:
@@ -186,11 +196,7 @@ def build_segmentation(
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=equipment.manufacturer,
-        manufacturer_model_name=equipment.manufacturer_model_name,
-        software_versions=equipment.software_versions,
-        device_serial_number=equipment.device_serial_number,
-        institution_name=equipment.institution_name,
+        **equipment.as_kwargs(),
         series_description=series_description,
         content_description=RESEARCH_USE_DISCLAIMER,
         content_label=CONTENT_LABEL,

@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
+from dicom_node.db.dialect import upsert_insert
 from dicom_node.db.models import Delivery, DeliveryState, Job, OutputObject, Study
 from dicom_node.retry import RetryPolicy
 from dicom_node.send.scu import Peer, SendItem, SendResult, send
@@ -43,9 +43,8 @@ def add_deliveries(session: Session, *, output_id: int, destinations: list[str],
     """Queue ``output_id`` for each destination; an existing row is left as it is (idempotent)."""
     if not destinations:
         return
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     session.execute(
-        insert(Delivery)
+        upsert_insert(session, Delivery)
         .values(
             [
                 {
