@@ -77,7 +77,9 @@ def _accepted(assoc: Association, sop_class: str) -> bool:
 
 
 def _one(assoc: Association, item: SendItem) -> SendResult:
-    status = assoc.send_c_store(item.path)
+    # A decoded data set, not a path: pynetdicom then encodes it in whichever transfer
+    # syntax the peer accepted, whatever its process-wide STORE_SEND_CHUNKED_DATASET says.
+    status = assoc.send_c_store(dcmread(item.path))
     code: Any = getattr(status, "Status", None)
     if code is None:
         return SendResult(item.key, False, None, "no response (association lost or timed out)")

@@ -1098,8 +1098,10 @@ def send_raw(port: int, data: bytes, folder: Path, *, abort_after: int | None = 
             return ABORTED
         path = folder / "sent.dcm"
         path.write_bytes(data)
-        _config.STORE_SEND_CHUNKED_DATASET = True  # the bytes as they are: no decode, no re-encode
-        with mock.patch.object(pynetdicom_association, "split_dataset", _split_dataset):
+        # The bytes as they are (no decode, no re-encode); the process-wide switch is put back.
+        with mock.patch.object(_config, "STORE_SEND_CHUNKED_DATASET", True), mock.patch.object(
+            pynetdicom_association, "split_dataset", _split_dataset
+        ):
             return assoc.send_c_store(path)
     finally:
         if assoc.is_established:
@@ -1137,9 +1139,10 @@ def store_all(port: int, paths: Sequence[Path]) -> list[Dataset]:
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
     assert assoc.is_established, "association was not established"
     no_delay(assoc)
-    _config.STORE_SEND_CHUNKED_DATASET = True
     try:
-        with mock.patch.object(pynetdicom_association, "split_dataset", _split_dataset):
+        with mock.patch.object(_config, "STORE_SEND_CHUNKED_DATASET", True), mock.patch.object(
+            pynetdicom_association, "split_dataset", _split_dataset
+        ):
             return [assoc.send_c_store(path) for path in paths]
     finally:
         if assoc.is_established:

@@ -277,7 +277,9 @@ def store_files(
     Files are sent as they are encoded (no decoding), so broken files reach the node
     exactly as broken as they are on disk.
     """
-    # Send the encoded bytes as they are (no decode/re-encode by pynetdicom).
+    # Send the encoded bytes as they are (no decode/re-encode by pynetdicom). The switch is
+    # process-wide and tests send from several threads, so it is left on; the node's own
+    # sender passes decoded data sets and does not depend on it.
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
