@@ -273,7 +273,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-period", type=float, default=2.0, help="node quiet period in seconds")
     parser.add_argument("--scan-interval", type=float, default=0.25, help="node completion scan interval in seconds")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="[analysis] device")
-    parser.add_argument("--model", default=None, help="[analysis] model (default: the node's default)")
+    parser.add_argument(
+        "--model", default="classifier+unet", help="[analysis] model (default: the product default, classifier+unet)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="unreported 40-slice studies sent first")
     args = parser.parse_args(argv)
     try:
@@ -291,7 +293,6 @@ def run_benchmark(args: argparse.Namespace) -> list[Run]:
     if not STORESCU.exists():
         raise BenchmarkError(f"{STORESCU} missing: install Debian's dcmtk")
     os.environ["TCP_NODELAY"] = "1"  # inherited by the node and storescp
-    analysis = "\n[analysis]\n" + f'device = "{args.device}"\n' + (f'model = "{args.model}"\n' if args.model else "")
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="dicom-node-e2e-") as tmp:
         scratch = Path(tmp)
@@ -304,7 +305,8 @@ def run_benchmark(args: argparse.Namespace) -> list[Run]:
                 quiet_period_s=args.quiet_period,
                 scan_interval_s=args.scan_interval,
                 destinations=[("bench", DESTINATION_AE, destination.port, ["seg", "sr", "key_images"])],
-                extra=analysis,
+                model=args.model,
+                device=args.device,
             )
             node = NodeProcess(config)
             try:

@@ -74,6 +74,7 @@ class NodeConfig:
     send_empty_seg: bool = False
     #: the phantom tests check volumes against the HU baseline; "classifier+unet" is the product default
     model: str = "threshold"
+    device: str = "auto"
     metrics_port: int = field(default_factory=free_port)
     worker_metrics_port: int = field(default_factory=free_port)
     extra: str = ""
@@ -148,6 +149,7 @@ send_empty_seg = {toml_value(self.send_empty_seg)}
 
 [analysis]
 model = {toml_value(self.model)}
+device = {toml_value(self.device)}
 
 [audit]
 file = {toml_value(str(self.workdir / "audit.log"))}
