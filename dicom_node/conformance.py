@@ -49,7 +49,7 @@ from dicom_node.ingest.scp import (
     REJECT_CALLING_AE,
     SUCCESS,
 )
-from dicom_node.send.scu import WARNING_STATUSES
+from dicom_node.send.scu import WARNING_STATUSES, proposed_transfer_syntaxes
 
 #: A-ASSOCIATE-RJ (result, source, reason) that pynetdicom sends for a wrong called AE
 #: title, and for one association more than the maximum (PS3.8 9.3.4).
@@ -284,8 +284,8 @@ def _implementation_model(doc: _Document, settings: Settings) -> None:
         "analysed while an association is open, and the end of an association is not taken as "
         "the end of a study.",
         f"As Storage SCU, `{ae}` opens one association per destination and delivery round, "
-        "proposes one presentation context per SOP class and transfer syntax of the objects it "
-        "sends, and records the status returned for every object.",
+        "proposes one presentation context per SOP class of the objects it sends, and records "
+        "the status returned for every object.",
     )
     doc.section(3, "Sequencing of Real-World Activities")
     doc.bullets(
@@ -358,17 +358,21 @@ def _initiation(doc: _Document, settings: Settings) -> None:
         "`dicom-node jobs show` (all *configured*).",
         "**Proposed presentation contexts.**",
     )
+    proposals = proposed_transfer_syntaxes(syntax)
     doc.table(
         ("Abstract Syntax", "Abstract Syntax UID", "Transfer Syntax", "Transfer Syntax UID", "Role", "Ext. Neg."),
         [
-            (_uid_name(obj.sop_class_uid), obj.sop_class_uid, _uid_name(syntax), syntax, "SCU", "None")
+            (_uid_name(obj.sop_class_uid), obj.sop_class_uid, _uid_name(ts), ts, "SCU", "None")
             for obj in created_objects(settings)
+            for ts in proposals
         ],
     )
     doc.text(
-        "Only the SOP classes and transfer syntaxes of the objects in the association are "
-        "proposed, each object in the transfer syntax it is stored in (no transcoding); the node "
-        f"creates its objects in {_uid_name(syntax)}.",
+        "Only the SOP classes of the objects in the association are proposed. The node creates "
+        f"its objects in {_uid_name(syntax)} and proposes "
+        f"{', '.join(_uid_name(ts) for ts in proposals)} for each: a peer that accepts only the "
+        "default Implicit VR Little Endian receives the same data set re-encoded, nothing else "
+        "changes.",
         "**SOP specific conformance (Storage SCU).** An object counts as sent only when the "
         "destination returns a success or warning status for it:",
     )

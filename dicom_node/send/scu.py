@@ -92,9 +92,13 @@ def _one(assoc: Association, item: SendItem) -> SendResult:
     return SendResult(item.key, False, code, f"failure 0x{code:04X} {comment}".strip())
 
 
-def _proposals(syntax: str) -> list[str]:
-    # Implicit VR Little Endian is the default every peer supports (PS3.5 10.1); pynetdicom
-    # re-encodes an uncompressed data set into whichever of the two the peer accepts.
+def proposed_transfer_syntaxes(syntax: str) -> list[str]:
+    """What the SCU proposes for an object stored in ``syntax`` (the conformance statement
+    renders its SCU table from this too).
+
+    Implicit VR Little Endian is the default every peer supports (PS3.5 10.1); pynetdicom
+    re-encodes an uncompressed data set into whichever of the two the peer accepts.
+    """
     if syntax == ExplicitVRLittleEndian:
         return [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
     return [syntax]
@@ -130,7 +134,7 @@ def send(
     ae = AE(ae_title=peer.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
     for sop_class, syntax in sorted(set(pairs.values())):
-        ae.add_requested_context(sop_class, _proposals(syntax))
+        ae.add_requested_context(sop_class, proposed_transfer_syntaxes(syntax))
     tls_args = (peer.tls_context, peer.host) if peer.tls_context is not None else None
     assoc = ae.associate(
         peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]

@@ -8,7 +8,12 @@ import re
 from typing import Any
 
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    SegmentationStorage,
+)
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from dicom_node.config import Settings, load_settings
@@ -18,7 +23,11 @@ from dicom_node.conformance import (
     documented_statuses,
     render_conformance_statement,
 )
-from dicom_node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_CLASSES, VERIFICATION_CLASS
+from dicom_node.dicom.contexts import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    STORAGE_CLASSES,
+    VERIFICATION_CLASS,
+)
 from dicom_node.ingest.scp import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -91,7 +100,13 @@ def test_sender_states_only_the_objects_the_node_creates() -> None:
     settings = load_settings(EXAMPLE)
     proposed = _section(render_conformance_statement(settings), "Activity: Send Results")
     rows = re.findall(r"^\| [^|]+ \| ([\d.]+) \| [^|]+ \| ([\d.]+) \| SCU \|", proposed, re.M)
-    assert rows == [(str(obj.sop_class_uid), ACCEPTED_TRANSFER_SYNTAXES[0]) for obj in created_objects(settings)]
+    # What the sender really proposes: the stored Explicit VR LE, and the default Implicit VR LE.
+    assert rows == [
+        (str(obj.sop_class_uid), syntax)
+        for obj in created_objects(settings)
+        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    ]
+    assert ACCEPTED_TRANSFER_SYNTAXES[0] == ExplicitVRLittleEndian
     assert {SegmentationStorage, Comprehensive3DSRStorage} <= {uid for uid, _ in rows}
 
 
