@@ -37,7 +37,7 @@ from dicom_node.ingest.catalog import Catalog, study_summaries
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
 from dicom_node.imaging import geometry, volume
-from dicom_node.jobs import queue
+from dicom_node.jobs import queue, tick_lease
 from dicom_node.logs import configure_logging
 from dicom_node.metrics import Metrics, StateCollector, serve_http
 from dicom_node.models import commands as model_commands
@@ -46,7 +46,7 @@ from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retention import run_retention
 from dicom_node.retry import RetryPolicy
-from dicom_node.scheduler import Worker, build_scheduler
+from dicom_node.scheduler import Worker, build_scheduler, release_ticks
 from dicom_node.send.outbox import deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
 
@@ -230,8 +230,9 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
             policy=policy,
             clock=utcnow,
             owner=worker.owner,
-            # A claim of up to 20 objects must outlive 20 time-outs in a row.
-            lease=timedelta(seconds=settings.delivery.timeout_s * 21),
+            # A claim must outlive one attempt: association set-up and one C-STORE, each
+            # bounded by the time-out; it is renewed after every answer.
+            lease=timedelta(seconds=settings.delivery.timeout_s * 3),
             audit=audit,
         )
         for destination, states in counts.items():
@@ -254,6 +255,7 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
         settings,
         sessions,
         model_key=model_key(model),
+        owner=worker.owner,
         worker=worker,
         outbox=outbox,
         retention=retention if settings.retention.enabled else None,
@@ -313,7 +315,13 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
     if scheduler:
         ticks, reloadable.worker, reloadable.peers = _scheduler(settings, engine, store, stop, metrics)
         ticks.start()
-        stops.append(lambda: ticks.shutdown(wait=True))
+        owner = reloadable.worker.owner
+
+        def stop_ticks() -> None:
+            ticks.shutdown(wait=True)
+            release_ticks(session_factory(engine), owner)
+
+        stops.append(stop_ticks)
     try:
         _wait_for_signal(stop, reloadable)
     finally:
@@ -387,6 +395,12 @@ def status(
         counts = ", ".join(f"{n} {s}" for (dest, s), n in sorted(outbox.items()) if dest == name) or "nothing yet"
         configured = "" if name in {d.name for d in settings.destinations} else " (not configured)"
         typer.echo(f"DESTINATION  {name}{configured}: {counts}")
+    with session_factory(engine)() as session:
+        ticks = tick_lease.holders(session)
+    now = utcnow()
+    for name, (owner, until) in sorted(ticks.items()):
+        held = f"{owner} until {until:%H:%M:%S} UTC" if owner and until and until > now else "free (no live holder)"
+        typer.echo(f"TICK         {name}: {held}")
     for what, why in state.recent_errors(engine):
         typer.echo(f"ERROR        {what}: {why.splitlines()[0][:160]}")
     with session_factory(engine)() as session:

@@ -84,5 +84,7 @@ def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
     logging.captureWarnings(True)
     for name in ("pydicom", "highdicom", "py.warnings"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler warns at every interval that a long tick (a job) is still running; its
+    # errors (a tick that raised) still show.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)

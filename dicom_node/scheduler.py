@@ -8,6 +8,10 @@ tick that is skipped (a busy process, a restart) is simply done by the next one:
 - dispatch: claim due jobs and run them, one at a time, with a heartbeat;
 - outbox: send due deliveries, each destination on its own thread;
 - retention (when enabled): delete studies some days after their results were delivered.
+
+Completion, leases and retention run in one process at a time: each process schedules
+them, and the one holding the tick's lease in the database (:mod:`dicom_node.jobs.tick_lease`)
+runs them. Dispatch and outbox run everywhere; their rows are claimed one by one.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dicom_node.config import Settings
 from dicom_node.db.models import JobState, utcnow
 from dicom_node.errors import AnalysisError
 from dicom_node.ingest.completion import CompletedStudy, CompletionRule, complete_due_studies
-from dicom_node.jobs import queue
+from dicom_node.jobs import queue, tick_lease
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.metrics import Metrics
 from dicom_node.pipeline import JobOutput, record_outputs
@@ -88,6 +92,48 @@ def lease_tick(sessions: sessionmaker[Session], policy: RetryPolicy) -> list[int
 
 RunJob = Callable[[ClaimedJob], JobOutput]
 
+#: A holder that stopped renewing loses a tick after this many of its intervals (at least MIN_TICK_LEASE).
+TICK_LEASE_INTERVALS = 3
+MIN_TICK_LEASE = timedelta(seconds=10)
+
+
+def process_owner() -> str:
+    """This process's name in leases and claims: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class SingletonTick:
+    """Runs ``tick`` only while this process holds the tick's lease in the database."""
+
+    sessions: sessionmaker[Session]
+    name: str
+    owner: str
+    interval: timedelta
+    tick: Callable[[], object]
+
+    @property
+    def ttl(self) -> timedelta:
+        return max(MIN_TICK_LEASE, self.interval * TICK_LEASE_INTERVALS)
+
+    def __call__(self) -> object:
+        try:
+            with self.sessions.begin() as session:
+                held = tick_lease.acquire(session, self.name, owner=self.owner, ttl=self.ttl, now=utcnow())
+        except SQLAlchemyError as exc:
+            logger.warning(f"{self.name} tick skipped: {exc.__class__.__name__}", extra={"stage": self.name})
+            return None
+        return self.tick() if held else None
+
+
+def release_ticks(sessions: sessionmaker[Session], owner: str) -> None:
+    """On a clean stop, hand this process's ticks to the others at once instead of after the lease."""
+    try:
+        with sessions.begin() as session:
+            tick_lease.release(session, owner=owner)
+    except SQLAlchemyError as exc:
+        logger.warning(f"tick leases not released (they expire on their own): {exc.__class__.__name__}")
+
 
 @dataclass
 class Worker:
@@ -105,7 +151,7 @@ class Worker:
 
     def __post_init__(self) -> None:
         if not self.owner:
-            self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self.owner = process_owner()
 
     def run_available(self, stop: threading.Event | None = None) -> int:
         """Run due jobs until none is left (or ``stop`` is set); return how many ran."""
@@ -192,6 +238,7 @@ def build_scheduler(
     sessions: sessionmaker[Session],
     *,
     model_key: str,
+    owner: str,
     worker: Worker | None = None,
     outbox: Callable[[], object] | None = None,
     retention: Callable[[], object] | None = None,
@@ -199,31 +246,26 @@ def build_scheduler(
 ) -> BackgroundScheduler:
     """The ticks of this process: completion and leases always; dispatch and outbox when given."""
     scheduler = BackgroundScheduler(timezone=UTC)
-    start = datetime.now(UTC)
-    common = {"max_instances": 1, "coalesce": True, "next_run_time": start}
-    scheduler.add_job(
-        completion_tick,
-        "interval",
-        seconds=settings.completion.scan_interval_s,
-        args=[sessions, CompletionRule.from_settings(settings.completion)],
-        kwargs={"model_key": model_key, "max_attempts": settings.jobs.retry.max_attempts},
-        id="completion",
-        **common,
+    common = {"max_instances": 1, "coalesce": True, "next_run_time": datetime.now(UTC)}
+
+    def add(tick_id: str, tick: Callable[..., object], seconds: float, *, singleton: bool, **kwargs: object) -> None:
+        if singleton:
+            tick = SingletonTick(sessions, tick_id, owner, timedelta(seconds=seconds), tick)
+        scheduler.add_job(tick, "interval", seconds=seconds, id=tick_id, kwargs=kwargs or None, **common)
+
+    rule = CompletionRule.from_settings(settings.completion)
+    add(
+        "completion",
+        lambda: completion_tick(sessions, rule, model_key=model_key, max_attempts=settings.jobs.retry.max_attempts),
+        settings.completion.scan_interval_s,
+        singleton=True,
     )
-    scheduler.add_job(
-        lease_tick,
-        "interval",
-        seconds=max(1.0, settings.jobs.heartbeat_s),
-        args=[sessions, RetryPolicy.from_settings(settings.jobs.retry)],
-        id="leases",
-        **common,
-    )
+    policy = RetryPolicy.from_settings(settings.jobs.retry)
+    add("leases", lambda: lease_tick(sessions, policy), max(1.0, settings.jobs.heartbeat_s), singleton=True)
     if worker is not None:
-        scheduler.add_job(
-            worker.run_available, "interval", seconds=settings.jobs.dispatch_interval_s, args=[stop], id="dispatch", **common
-        )
+        add("dispatch", worker.run_available, settings.jobs.dispatch_interval_s, singleton=False, stop=stop)
     if outbox is not None:
-        scheduler.add_job(outbox, "interval", seconds=settings.delivery.interval_s, id="outbox", **common)
+        add("outbox", outbox, settings.delivery.interval_s, singleton=False)
     if retention is not None:
-        scheduler.add_job(retention, "interval", seconds=settings.retention.interval_s, id="retention", **common)
+        add("retention", retention, settings.retention.interval_s, singleton=True)
     return scheduler

@@ -15,12 +15,25 @@ command -v /usr/sbin/Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+# PostgreSQL: the tests create a fresh database per test as user postgres on
+# 127.0.0.1:5432 without a password. A cluster this script had to install gets a trust
+# line for that user on loopback only; an existing cluster is left as it is, and started
+# if it is down (the outage test stops and starts it).
+pg_version=$(ls /etc/postgresql | sort -V | tail -1)
+if ((${#need_apt[@]})) && [[ " ${need_apt[*]} " == *" postgresql "* ]]; then
+    $SUDO sed -i '1i host all postgres 127.0.0.1/32 trust' "/etc/postgresql/$pg_version/main/pg_hba.conf"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" main reload 2>/dev/null || true
+fi
+pg_ctlcluster --skip-systemctl-redirect "$pg_version" main status >/dev/null 2>&1 \
+    || ${SUDO:-} pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+
 # Orthanc's Debian package starts a system service on port 4242/8042; the tests start
 # their own instances on free loopback ports and do not need it.
 

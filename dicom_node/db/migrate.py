@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from dicom_node.errors import DicomNodeError
 
@@ -35,10 +35,21 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+#: Key of the PostgreSQL advisory lock that serialises concurrent upgrades ("dicomnod" in ASCII).
+UPGRADE_LOCK_KEY = 0x6469636F6D6E6F64
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Upgrade the database behind ``engine`` to ``revision``, on that engine's connection."""
+    """Upgrade the database behind ``engine`` to ``revision``, on that engine's connection.
+
+    On PostgreSQL, every host's listener may run this as it starts (systemd ExecStartPre);
+    Alembic itself does not lock, so a transaction-level advisory lock makes the second
+    upgrade wait for the first and then find the schema at head.
+    """
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

@@ -226,3 +226,18 @@ class AuditEvent(Base):
     destination: Mapped[str | None] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class TickLease(Base):
+    """Which process runs a tick that must run in one place at a time (completion, leases, retention).
+
+    Several worker processes on several hosts each schedule every tick; the holder of a
+    tick's row runs it and renews the lease, the others skip. A holder that dies stops
+    renewing, and another process takes the tick over when ``until`` has passed.
+    """
+
+    __tablename__ = "tick_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    until: Mapped[datetime | None] = mapped_column(DateTime)

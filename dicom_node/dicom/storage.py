@@ -6,6 +6,11 @@ only from UIDs, never from patient data. A UID that is not a plain dotted-number
 controls can name a path outside the root. Files become visible only by an atomic
 rename after ``fsync``; a crash leaves either the old file, the new file or nothing,
 and stray temporary files are swept from ``.incoming`` at start-up.
+
+Several processes, on several hosts, may share one root. Each names its temporary files
+after its host and pid, and a starting process sweeps only what a dead process of its own
+host left behind (and anything older than a day): a listener that restarts must not
+delete the file another listener is renaming into place at that moment.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import logging
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path, PurePosixPath
 
@@ -27,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 _PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 INCOMING_DIR = ".incoming"
+#: A temporary file older than this is left from a crash on some host, whatever its name says.
+STALE_AFTER_S = 24 * 3600
 RESULTS_DIR = PurePosixPath("results")
 
 
@@ -52,6 +61,32 @@ def result_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
     return RESULTS_DIR / instance_path(study_uid, series_uid, sop_uid)
 
 
+def _temporary_name(suffix: str) -> str:
+    """``<host>~<pid>~<random><suffix>``: who wrote it, so only its owner's crash sweeps it."""
+    return f"{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex}{suffix}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def is_leftover(name: str, age_s: float) -> bool:
+    """True for a temporary file whose writer is gone: a dead pid of this host, or too old."""
+    if age_s > STALE_AFTER_S:
+        return True
+    host, _, rest = name.partition("~")
+    pid, _, _ = rest.partition("~")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host's, or not ours to judge: only age removes it
+    return int(pid) == os.getpid() or not _pid_alive(int(pid))
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -69,11 +104,17 @@ class InstanceStore:
         self.incoming = self.root / INCOMING_DIR
 
     def prepare(self) -> None:
-        """Create the root, and remove temporary files a crash may have left behind."""
+        """Create the root, and remove temporary files a crashed process left behind."""
         self.incoming.mkdir(parents=True, exist_ok=True)
+        now = time.time()
         for leftover in self.incoming.iterdir():
-            logger.warning("removing interrupted transfer", extra={"path": leftover.name})
-            leftover.unlink(missing_ok=True)
+            try:
+                age_s = now - leftover.stat().st_mtime
+            except FileNotFoundError:  # its live owner just renamed it into place
+                continue
+            if is_leftover(leftover.name, age_s):
+                logger.warning("removing interrupted transfer", extra={"path": leftover.name})
+                leftover.unlink(missing_ok=True)
 
     def free_bytes(self) -> int:
         """Free space on the storage file system, for the disk guard and metrics."""
@@ -89,7 +130,7 @@ class InstanceStore:
 
     def problems(self) -> list[str]:
         """Why the store cannot take instances now (for the health endpoint); empty if it can."""
-        probe = self.incoming / f"health-{uuid.uuid4().hex}.probe"
+        probe = self.incoming / _temporary_name(".probe")
         try:
             probe.write_bytes(b"ok")
             _fsync_path(probe)
@@ -135,7 +176,7 @@ class InstanceStore:
         if source.stat().st_dev == self.root.stat().st_dev:
             staged = source
         else:
-            staged = self.incoming / f"{uuid.uuid4().hex}.part"
+            staged = self.incoming / _temporary_name(".part")
             shutil.copyfile(source, staged)
         _fsync_path(staged)
         return staged
@@ -184,7 +225,7 @@ class InstanceStore:
 
     def write_dataset(self, dataset: Dataset, relative: PurePosixPath) -> int:
         """Write an object we created (SEG, SR, key image) durably at ``relative``; returns its size."""
-        staged = self.incoming / f"{uuid.uuid4().hex}.part"
+        staged = self.incoming / _temporary_name(".part")
         dataset.save_as(staged, enforce_file_format=True)
         return self.publish(staged, relative)
 

@@ -131,6 +131,19 @@ def record_result(
     return values.get("state", DeliveryState.PENDING)  # type: ignore[return-value]
 
 
+def renew_claims(session: Session, *, owner: str, destination: str, until: datetime) -> None:
+    """Extend ``owner``'s claims on the rows of ``destination`` it has not answered yet.
+
+    A claim only has to outlive the next attempt, not the whole batch: the sender renews
+    it after every answer, so a worker killed mid-batch releases its rows within one lease.
+    """
+    session.execute(
+        update(Delivery)
+        .where(Delivery.claimed_by == owner, Delivery.destination == destination, Delivery.state == DeliveryState.PENDING)
+        .values(claimed_until=until)
+    )
+
+
 def serve_outbox(
     sessions: sessionmaker[Session],
     *,
@@ -145,7 +158,8 @@ def serve_outbox(
     """Claim and attempt every due delivery, each destination on its own thread.
 
     Returns the resulting states counted per destination. Deliveries for a destination
-    that is no longer configured are left alone (and logged).
+    that is no longer configured are left alone (and logged). ``lease`` must outlive one
+    attempt (association set-up plus one C-STORE); claims are renewed after each answer.
     """
     with sessions() as session:
         waiting = session.execute(
@@ -171,7 +185,9 @@ def serve_outbox(
             # make an object that the peer stored look unsent (and so be sent again).
             delivery = by_key.pop(result.key)
             with sessions.begin() as session:
-                state = record_result(session, delivery, result, owner=owner, policy=policy, now=clock())
+                now = clock()
+                state = record_result(session, delivery, result, owner=owner, policy=policy, now=now)
+                renew_claims(session, owner=owner, destination=name, until=now + lease)
             counts[state.value] = counts.get(state.value, 0) + 1
             if result.stored:
                 sent.setdefault(delivery.study_instance_uid, []).append(delivery.sop_instance_uid)

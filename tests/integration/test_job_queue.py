@@ -11,27 +11,18 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import DatabaseSettings
-from dicom_node.db import migrate
 from dicom_node.db.models import Job, JobState, Study, StudyState, utcnow
-from dicom_node.db.session import create_db_engine, session_factory
 from dicom_node.jobs import queue
 from dicom_node.retry import RetryPolicy
+from tests.support.database import migrated_sessions
 
 POLICY = RetryPolicy(max_attempts=3, initial_delay=timedelta(seconds=30), backoff_factor=2, max_delay=timedelta(seconds=100))
 LEASE = timedelta(seconds=60)
 
 
-def _database(url: str) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(DatabaseSettings(url=url))
-    migrate.upgrade(engine)
-    yield session_factory(engine)
-    engine.dispose()
-
-
 @pytest.fixture
 def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    yield from _database(f"sqlite:///{tmp_path / 'q.db'}")
+    yield from migrated_sessions(f"sqlite:///{tmp_path / 'q.db'}")
 
 
 def _study(sessions: sessionmaker[Session], uid: str = "1.2.3") -> int:
@@ -125,7 +116,7 @@ def test_cancel_stops_a_running_job_at_its_next_heartbeat(sessions: sessionmaker
 
 @pytest.mark.postgres
 def test_concurrent_workers_on_postgresql_never_share_a_job(postgres_url: str) -> None:
-    for sessions in _database(postgres_url):
+    for sessions in migrated_sessions(postgres_url):
         for i in range(40):
             _enqueue(sessions, _study(sessions, f"1.2.{i}"))
         claimed: dict[str, list[int]] = {}

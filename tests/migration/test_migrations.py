@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -59,3 +61,15 @@ def test_run_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     result = cli("run", "--config", str(config), timeout=60)
     assert result.returncode == 3
     assert "run `dicom-node db upgrade` first" in result.stderr
+
+
+def test_concurrent_upgrades_on_postgresql_both_succeed(postgres_url: str, tmp_path: Path) -> None:
+    """Listeners on several hosts each migrate as they start: the second waits, then finds head."""
+    config = NodeConfig(workdir=tmp_path, database_url=postgres_url).write()
+    command = [sys.executable, "-m", "dicom_node", "db", "upgrade", "--config", str(config)]
+    upgrades = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outcomes = [(p.wait(timeout=120), p.communicate()[1]) for p in upgrades]
+    assert all(code == 0 for code, _ in outcomes), outcomes
+    engine = create_db_engine(DatabaseSettings(url=postgres_url))
+    _assert_schema_matches_models(engine)
+    engine.dispose()

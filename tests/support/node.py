@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -70,6 +71,7 @@ class NodeConfig:
     heartbeat_s: float = 2.0
     delivery_retry_delay_s: float = 1.0
     delivery_max_attempts: int = 20
+    delivery_timeout_s: float = 10.0
     job_max_attempts: int = 3
     send_empty_seg: bool = False
     #: the phantom tests check volumes against the HU baseline; "classifier+unet" is the product default
@@ -78,10 +80,12 @@ class NodeConfig:
     metrics_port: int = field(default_factory=free_port)
     worker_metrics_port: int = field(default_factory=free_port)
     extra: str = ""
+    #: the storage root, when not ``workdir/storage`` (shared by several processes, or on its own disk)
+    storage_dir: Path | None = None
 
     @property
     def storage_root(self) -> Path:
-        return self.workdir / "storage"
+        return self.storage_dir or self.workdir / "storage"
 
     @property
     def db_url(self) -> str:
@@ -136,7 +140,7 @@ max_delay_s = 5
 
 [delivery]
 interval_s = 0.5
-timeout_s = 10
+timeout_s = {self.delivery_timeout_s}
 
 [delivery.retry]
 max_attempts = {self.delivery_max_attempts}
@@ -302,6 +306,34 @@ def store_files(
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+#: In ``storescu -v`` output: the file being sent, then the peer's answer to it.
+_SENDING = re.compile(r"Sending file: (.+)$")
+_RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
+
+
+def storescu_responses(port: int, files: list[Path], *, calling_ae: str = "STORESCU", timeout_s: float = 300) -> dict[Path, str]:
+    """Send ``files`` over one association with DCMTK's storescu; each file's answer ("Success", "Refused: ...").
+
+    Tests that send from several threads at once use this rather than pynetdicom's
+    requestor, which under CPU load sometimes hands a C-STORE response to its own reactor
+    thread ("Received unexpected C-STORE service message") and then aborts. ``-nh`` goes
+    on after a refusal, as a PACS sending a study does.
+    """
+    result = subprocess.run(
+        ["/usr/bin/storescu", "-v", "-nh", "-aet", calling_ae, "-aec", NODE_AE, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout_s,
+    )
+    answers: dict[Path, str] = {}
+    current: Path | None = None
+    for line in (result.stdout + result.stderr).splitlines():
+        if sending := _SENDING.search(line):
+            current = Path(sending.group(1).strip())
+        elif (response := _RESPONSE.search(line)) and current is not None:
+            answers[current] = response.group(1)
+            current = None
+    return answers
 
 
 def status_code(status: Dataset | None) -> int | None:

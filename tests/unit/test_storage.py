@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -49,12 +52,34 @@ def test_publish_moves_the_file_into_place(tmp_path: Path) -> None:
     assert list(store.incoming.iterdir()) == []
 
 
-def test_prepare_sweeps_interrupted_transfers(tmp_path: Path) -> None:
+def _dead_pid() -> int:
+    """A pid no process has now."""
+    pid = 4_000_000
+    while Path(f"/proc/{pid}").exists():
+        pid -= 1
+    return pid
+
+
+def test_prepare_sweeps_only_what_a_dead_process_left(tmp_path: Path) -> None:
+    """Processes sharing the root must not delete each other's files in flight."""
     store = InstanceStore(tmp_path / "root", 0)
     store.prepare()
-    (store.incoming / "dead.part").write_bytes(b"half")
+    host = socket.gethostname()
+    names = {
+        "dead": f"{host}~{_dead_pid()}~a.part",  # a crashed process of this host
+        "mine": f"{host}~{os.getpid()}~b.part",  # this process, restarted under the same pid
+        "live": f"{host}~{os.getppid()}~c.part",  # another live process of this host
+        "other host": f"elsewhere~{_dead_pid()}~d.part",  # a pid we cannot judge
+        "old": "tmp-unknown.part",  # unknown name, but two days old
+        "new": "tmp-unknown-new.part",  # unknown name, recent
+    }
+    for name in names.values():
+        (store.incoming / name).write_bytes(b"half")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(store.incoming / names["old"], (two_days_ago, two_days_ago))
     store.prepare()
-    assert list(store.incoming.iterdir()) == []
+    left = sorted(p.name for p in store.incoming.iterdir())
+    assert left == sorted([names["live"], names["other host"], names["new"]])
 
 
 def test_disk_guard(tmp_path: Path) -> None:

@@ -1,0 +1,90 @@
+"""Ticks that must run once: the database lease on SQLite and on PostgreSQL with racing processes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.config import DatabaseSettings
+from dicom_node.db.models import utcnow
+from dicom_node.db.session import create_db_engine, session_factory
+from dicom_node.jobs import tick_lease
+from dicom_node.scheduler import SingletonTick, release_ticks
+from tests.support.database import migrated_sessions
+
+TTL = timedelta(seconds=30)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 't.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    yield from migrated_sessions(url)
+
+
+def _acquire(sessions: sessionmaker[Session], owner: str, *, after: timedelta = timedelta(0)) -> bool:
+    with sessions.begin() as session:
+        return tick_lease.acquire(session, "completion", owner=owner, ttl=TTL, now=utcnow() + after)
+
+
+def test_the_holder_renews_and_the_others_skip(sessions: sessionmaker[Session]) -> None:
+    assert _acquire(sessions, "a") is True
+    assert _acquire(sessions, "b") is False
+    assert _acquire(sessions, "a") is True  # renewal
+    assert _acquire(sessions, "b", after=TTL / 2) is False
+    with sessions() as session:
+        owner, until = tick_lease.holders(session)["completion"]
+    assert owner == "a" and until is not None and until > utcnow()
+
+
+def test_a_silent_holder_loses_the_tick_after_its_lease(sessions: sessionmaker[Session]) -> None:
+    assert _acquire(sessions, "a") is True
+    assert _acquire(sessions, "b", after=TTL + timedelta(seconds=1)) is True
+    assert _acquire(sessions, "a") is False  # "a" came back: "b" holds it now
+
+
+def test_a_clean_stop_hands_the_tick_over_at_once(sessions: sessionmaker[Session]) -> None:
+    assert _acquire(sessions, "a") is True
+    release_ticks(sessions, "a")
+    assert _acquire(sessions, "b") is True
+
+
+def test_a_singleton_tick_runs_in_one_of_many_racing_processes(postgres_url: str) -> None:
+    """Eight owners (as eight worker processes would) tick 20 rounds at once: one runs each round."""
+    for sessions in migrated_sessions(postgres_url):
+        ran: list[tuple[int, str]] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(8)
+        rounds = 20
+
+        def process(owner: str) -> None:
+            for round_number in range(rounds):
+                def tick(r: int = round_number) -> None:
+                    with lock:
+                        ran.append((r, owner))
+
+                barrier.wait(timeout=30)
+                SingletonTick(sessions, "completion", owner, timedelta(seconds=1), tick)()
+
+        threads = [threading.Thread(target=process, args=(f"worker-{i}",)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(t.is_alive() for t in threads)
+        per_round = {r: [o for rr, o in ran if rr == r] for r in range(rounds)}
+        assert all(len(owners) == 1 for owners in per_round.values()), per_round
+        assert len({o for owners in per_round.values() for o in owners}) == 1  # the holder keeps it
+
+
+def test_a_tick_is_skipped_not_crashed_when_the_database_is_gone(tmp_path: Path) -> None:
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'never-migrated.db'}"))
+    ran: list[int] = []
+    tick = SingletonTick(session_factory(engine), "leases", "a", timedelta(seconds=1), lambda: ran.append(1))
+    assert tick() is None  # no tick_lease table: logged and skipped
+    assert ran == []
+    engine.dispose()
