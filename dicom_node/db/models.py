@@ -93,8 +93,9 @@ class Series(Base):
     series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
     modality: Mapped[str | None] = mapped_column(String(16))
     series_number: Mapped[int | None] = mapped_column(Integer)
+    # Indexed: the completion scan looks for the few series still receiving among all.
     state: Mapped[SeriesState] = mapped_column(
-        _state_enum(SeriesState, "series_state"), default=SeriesState.RECEIVING
+        _state_enum(SeriesState, "series_state"), index=True, default=SeriesState.RECEIVING
     )
     first_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
