@@ -230,9 +230,9 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
             policy=policy,
             clock=utcnow,
             owner=worker.owner,
-            # A claim must outlive one attempt: association set-up and one C-STORE, each
-            # bounded by the time-out; it is renewed after every answer.
-            lease=timedelta(seconds=settings.delivery.timeout_s * 3),
+            # A claim must outlive one attempt: TCP connect, association set-up and one
+            # C-STORE, each bounded by the time-out, plus a margin; renewed after every answer.
+            lease=timedelta(seconds=settings.delivery.timeout_s * 4),
             audit=audit,
         )
         for destination, states in counts.items():

@@ -63,6 +63,17 @@ class TextFormatter(logging.Formatter):
         return f"{base} {context}" if context else base
 
 
+def _dispatch_still_running(record: logging.LogRecord) -> bool:
+    """Drop APScheduler's "skipped: maximum number of running instances" for the dispatch tick.
+
+    The dispatch tick runs jobs, so it is still running at most of its intervals by
+    design (about 30 such warnings per job). The same warning for any other tick (a
+    completion scan or an outbox run longer than its interval) is kept: it means trouble.
+    """
+    message = record.getMessage()
+    return not ("run_available" in message and "maximum number of running instances" in message)
+
+
 def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
     """Send all logs to stderr in the chosen format, keeping patient data out of them.
 
@@ -84,7 +95,6 @@ def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
     logging.captureWarnings(True)
     for name in ("pydicom", "highdicom", "py.warnings"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # APScheduler warns at every interval that a long tick (a job) is still running; its
-    # errors (a tick that raised) still show.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler.scheduler").addFilter(_dispatch_still_running)
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -104,26 +104,49 @@ def process_owner() -> str:
 
 @dataclass
 class SingletonTick:
-    """Runs ``tick`` only while this process holds the tick's lease in the database."""
+    """Runs ``tick`` only while this process holds the tick's lease in the database.
+
+    The lease is renewed by a helper thread while the tick runs, so a tick that takes
+    longer than the lease (a first retention run over a large archive) is never started
+    a second time elsewhere. Leases compare host clocks: keep the hosts on NTP.
+    """
 
     sessions: sessionmaker[Session]
     name: str
     owner: str
     interval: timedelta
     tick: Callable[[], object]
+    min_ttl: timedelta = MIN_TICK_LEASE
 
     @property
     def ttl(self) -> timedelta:
-        return max(MIN_TICK_LEASE, self.interval * TICK_LEASE_INTERVALS)
+        return max(self.min_ttl, self.interval * TICK_LEASE_INTERVALS)
 
-    def __call__(self) -> object:
+    def _acquire(self) -> bool:
         try:
             with self.sessions.begin() as session:
-                held = tick_lease.acquire(session, self.name, owner=self.owner, ttl=self.ttl, now=utcnow())
+                return tick_lease.acquire(session, self.name, owner=self.owner, ttl=self.ttl, now=utcnow())
         except SQLAlchemyError as exc:
             logger.warning(f"{self.name} tick skipped: {exc.__class__.__name__}", extra={"stage": self.name})
+            return False
+
+    def _renew(self, done: threading.Event) -> None:
+        while not done.wait(self.ttl.total_seconds() / 3):
+            if not self._acquire():
+                logger.warning(f"{self.name} tick lease lost while running", extra={"stage": self.name})
+                return
+
+    def __call__(self) -> object:
+        if not self._acquire():
             return None
-        return self.tick() if held else None
+        done = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(done,), name=f"lease-{self.name}", daemon=True)
+        renewer.start()
+        try:
+            return self.tick()
+        finally:
+            done.set()
+            renewer.join()
 
 
 def release_ticks(sessions: sessionmaker[Session], owner: str) -> None:

@@ -16,9 +16,9 @@ command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if ((${#need_apt[@]})); then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
@@ -26,13 +26,20 @@ fi
 # 127.0.0.1:5432 without a password. A cluster this script had to install gets a trust
 # line for that user on loopback only; an existing cluster is left as it is, and started
 # if it is down (the outage test stops and starts it).
-pg_version=$(ls /etc/postgresql | sort -V | tail -1)
+shopt -s nullglob
+clusters=(/etc/postgresql/*/main)
+shopt -u nullglob
+pg_version=$(printf '%s\n' "${clusters[@]}" | awk -F/ '{print $4}' | sort -V | tail -1)
+if [ -z "$pg_version" ]; then
+    echo "no PostgreSQL cluster 'main' under /etc/postgresql (Debian's postgresql package makes one)" >&2
+    exit 1
+fi
 if ((${#need_apt[@]})) && [[ " ${need_apt[*]} " == *" postgresql "* ]]; then
     $SUDO sed -i '1i host all postgres 127.0.0.1/32 trust' "/etc/postgresql/$pg_version/main/pg_hba.conf"
     $SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" main reload 2>/dev/null || true
 fi
-pg_ctlcluster --skip-systemctl-redirect "$pg_version" main status >/dev/null 2>&1 \
-    || ${SUDO:-} pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+$SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" main status >/dev/null 2>&1 \
+    || $SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
 
 # Orthanc's Debian package starts a system service on port 4242/8042; the tests start
 # their own instances on free loopback ports and do not need it.

@@ -8,8 +8,8 @@ rename after ``fsync``; a crash leaves either the old file, the new file or noth
 and stray temporary files are swept from ``.incoming`` at start-up.
 
 Several processes, on several hosts, may share one root. Each names its temporary files
-after its host and pid, and a starting process sweeps only what a dead process of its own
-host left behind (and anything older than a day): a listener that restarts must not
+after its host, pid namespace and pid, and a starting process sweeps only what a dead process of
+its own host and namespace left behind (and anything older than a day): a listener that restarts must not
 delete the file another listener is renaming into place at that moment.
 """
 
@@ -61,9 +61,17 @@ def result_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
     return RESULTS_DIR / instance_path(study_uid, series_uid, sop_uid)
 
 
+def _pid_namespace() -> str:
+    """The inode of this process's pid namespace: containers sharing a host name differ here."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:  # not Linux: host and pid alone
+        return "0"
+
+
 def _temporary_name(suffix: str) -> str:
-    """``<host>~<pid>~<random><suffix>``: who wrote it, so only its owner's crash sweeps it."""
-    return f"{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex}{suffix}"
+    """``<host>~<pid namespace>~<pid>~<random><suffix>``: who wrote it, so only its owner's death sweeps it."""
+    return f"{socket.gethostname()}~{_pid_namespace()}~{os.getpid()}~{uuid.uuid4().hex}{suffix}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,14 +85,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def is_leftover(name: str, age_s: float) -> bool:
-    """True for a temporary file whose writer is gone: a dead pid of this host, or too old."""
+    """True for a temporary file whose writer is gone: a dead pid seen from the writer's own
+    host and pid namespace, or a file older than :data:`STALE_AFTER_S` (whoever wrote it).
+
+    Files of other hosts, or of other containers on this host (another pid namespace, even
+    with the same host name), are not ours to judge: only their age removes them.
+    """
     if age_s > STALE_AFTER_S:
         return True
-    host, _, rest = name.partition("~")
-    pid, _, _ = rest.partition("~")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another host's, or not ours to judge: only age removes it
-    return int(pid) == os.getpid() or not _pid_alive(int(pid))
+    parts = name.split("~")
+    if len(parts) != 4 or parts[0] != socket.gethostname() or parts[1] != _pid_namespace() or not parts[2].isdigit():
+        return False
+    pid = int(parts[2])
+    return pid == os.getpid() or not _pid_alive(pid)
 
 
 def _fsync_path(path: Path) -> None:

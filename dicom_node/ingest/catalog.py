@@ -198,7 +198,7 @@ class Catalog:
                     select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
                 ).first()
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailableError(exc.__class__.__name__) from exc
+            raise DatabaseUnavailableError(f"database unavailable ({exc.__class__.__name__})") from exc
         return found is not None
 
     def record_batch(self, items: list[ReceivedInstance]) -> list[RecordResult | Exception]:
@@ -215,7 +215,7 @@ class Catalog:
             if len(items) == 1:
                 if isinstance(exc, SeriesConflictError):
                     return [exc]
-                return [DatabaseUnavailableError(exc.__class__.__name__)]
+                return [DatabaseUnavailableError(f"database unavailable ({exc.__class__.__name__})")]
             logger.warning("group commit failed; recording one by one", extra={"count": len(items)})
         results: list[RecordResult | Exception] = []
         for item in items:

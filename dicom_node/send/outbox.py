@@ -111,8 +111,12 @@ def claim_due(
 
 def record_result(
     session: Session, delivery: DueDelivery, result: SendResult, *, owner: str, policy: RetryPolicy, now: datetime
-) -> DeliveryState:
-    """Store the outcome of one attempt and return the delivery's new state."""
+) -> DeliveryState | None:
+    """Store the outcome of one attempt and return the delivery's new state.
+
+    None when the row is no longer ours: the claim lapsed and another worker took the
+    delivery over (or an operator requeued it); that worker's outcome is the one recorded.
+    """
     attempts = delivery.attempts + 1
     status = f"0x{result.status:04X}" if result.status is not None else None
     if result.stored:
@@ -121,13 +125,15 @@ def record_result(
         values = {"state": DeliveryState.DEAD, "last_error": result.detail}
     else:
         values = {"next_attempt_at": now + policy.delay_after(attempts), "last_error": result.detail}
-    session.execute(
+    recorded = session.execute(
         update(Delivery)
         .where(Delivery.id == delivery.id, Delivery.state == DeliveryState.PENDING, Delivery.claimed_by == owner)
         .values(
             attempts=attempts, last_status=status or result.detail[:64], claimed_by=None, claimed_until=None, **values
         )
     )
+    if not recorded.rowcount:
+        return None
     return values.get("state", DeliveryState.PENDING)  # type: ignore[return-value]
 
 
@@ -188,6 +194,13 @@ def serve_outbox(
                 now = clock()
                 state = record_result(session, delivery, result, owner=owner, policy=policy, now=now)
                 renew_claims(session, owner=owner, destination=name, until=now + lease)
+            if state is None:
+                logger.warning(
+                    "delivery claim lost to another worker; this attempt is not recorded",
+                    extra={"destination": name, "sop_instance_uid": delivery.sop_instance_uid},
+                )
+                counts["claim_lost"] = counts.get("claim_lost", 0) + 1
+                return
             counts[state.value] = counts.get(state.value, 0) + 1
             if result.stored:
                 sent.setdefault(delivery.study_instance_uid, []).append(delivery.sop_instance_uid)

@@ -132,7 +132,9 @@ def send(
     if not items:
         return results
     ae = AE(ae_title=peer.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
+    # Every step is bounded, TCP connect included (pynetdicom's default waits as long as
+    # the kernel does): the outbox lease relies on each attempt ending within a few time-outs.
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = peer.timeout_s
     for sop_class, syntax in sorted(set(pairs.values())):
         ae.add_requested_context(sop_class, proposed_transfer_syntaxes(syntax))
     tls_args = (peer.tls_context, peer.host) if peer.tls_context is not None else None

@@ -304,7 +304,7 @@ def shared_config(workdir: Path, storage: Path, port: int, database_url: str | N
         heartbeat_s=1.0,
         delivery_retry_delay_s=0.5,
         job_max_attempts=10,
-        delivery_timeout_s=2.0,  # a dead sender's outbox claim lapses after 3 time-outs
+        delivery_timeout_s=2.0,  # a dead sender's outbox claim lapses after 4 time-outs
     )
 
 

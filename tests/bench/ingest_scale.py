@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.uid import generate_uid
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Settings, load_settings
@@ -95,9 +95,9 @@ from tests.bench.ingest import (
     tool_version,
 )
 from tests.support.node import NODE_AE, NodeConfig, NodeProcess, cli
+from tests.support.postgres import PG_ADMIN_URL
 from tests.support.synthetic_ct import TEST_UID_PREFIX, SeriesSpec, write_series
 
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -146,33 +146,28 @@ class PostgresDatabase:
     kind: str = "postgresql"
     name: str = field(default_factory=lambda: f"dicom_node_bench_{secrets.token_hex(6)}")
 
-    def _admin(self) -> Engine:
-        return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-
-    def create(self, workdir: Path) -> str:
-        admin = self._admin()
+    @contextmanager
+    def _admin(self) -> Iterator[Connection]:
+        """A connection to the server's ``postgres`` database, outside any transaction."""
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as connection:
-                connection.execute(text(f'CREATE DATABASE "{self.name}"'))
+                yield connection
         finally:
             admin.dispose()
+
+    def create(self, workdir: Path) -> str:
+        with self._admin() as connection:
+            connection.execute(text(f'CREATE DATABASE "{self.name}"'))
         return PG_URL.format(name=self.name)
 
     def size_bytes(self) -> int:
-        admin = self._admin()
-        try:
-            with admin.connect() as connection:
-                return int(connection.execute(text("SELECT pg_database_size(:n)"), {"n": self.name}).scalar_one())
-        finally:
-            admin.dispose()
+        with self._admin() as connection:
+            return int(connection.execute(text("SELECT pg_database_size(:n)"), {"n": self.name}).scalar_one())
 
     def drop(self) -> None:
-        admin = self._admin()
-        try:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
+        with self._admin() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
 
 
 @dataclass

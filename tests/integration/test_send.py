@@ -19,8 +19,8 @@ from dicom_node.db import migrate
 from dicom_node.db.models import Delivery, DeliveryState, Job, JobState, OutputObject, Study, StudyState, utcnow
 from dicom_node.db.session import create_db_engine, session_factory
 from dicom_node.retry import RetryPolicy
-from dicom_node.send.outbox import add_deliveries, serve_outbox
-from dicom_node.send.scu import Peer, SendItem, send
+from dicom_node.send.outbox import add_deliveries, claim_due, record_result, serve_outbox
+from dicom_node.send.scu import Peer, SendItem, SendResult, send
 from tests.support.node import free_port
 from tests.support.peers import StoreSCP
 from tests.support.synthetic_ct import SeriesSpec, write_series
@@ -206,3 +206,22 @@ def test_two_workers_share_the_outbox_without_sending_twice(postgres_url: str, f
     finally:
         pacs.stop()
         engine.dispose()
+
+
+def test_a_sender_whose_claim_lapsed_does_not_overwrite_the_new_owner(outbox_db, files: list[Path], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A slow worker's late answer must not mark sent (or dead) a row another worker now holds."""
+    sessions = outbox_db
+    _queue(sessions, files[:1], tmp_path, ["pacs"])
+    now = utcnow()
+    with sessions.begin() as session:
+        slow = claim_due(session, owner="slow", now=now, lease=timedelta(seconds=10), destinations=["pacs"])["pacs"][0]
+    later = now + timedelta(seconds=11)
+    with sessions.begin() as session:
+        taken = claim_due(session, owner="fast", now=later, lease=timedelta(seconds=10), destinations=["pacs"])
+    assert [d.id for d in taken["pacs"]] == [slow.id], "the lapsed claim is taken over"
+    with sessions.begin() as session:
+        late = record_result(session, slow, SendResult(slow.id, True, 0, "stored"), owner="slow", policy=POLICY, now=later)
+    assert late is None
+    with sessions() as session:
+        row = session.get(Delivery, slow.id)
+        assert (row.state, row.claimed_by, row.attempts) == (DeliveryState.PENDING, "fast", 0)

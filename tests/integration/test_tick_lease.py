@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -88,3 +89,21 @@ def test_a_tick_is_skipped_not_crashed_when_the_database_is_gone(tmp_path: Path)
     assert tick() is None  # no tick_lease table: logged and skipped
     assert ran == []
     engine.dispose()
+
+
+def test_a_tick_longer_than_its_lease_keeps_it(tmp_path: Path) -> None:
+    """The holder renews while its tick runs, so nobody else starts it meanwhile."""
+    for sessions in migrated_sessions(f"sqlite:///{tmp_path / 'long.db'}"):
+        others: list[bool] = []
+
+        def long_tick() -> None:
+            for _ in range(6):  # 3 s, about three times the lease
+                time.sleep(0.5)
+                with sessions.begin() as session:
+                    others.append(tick_lease.acquire(session, "retention", owner="b", ttl=TTL, now=utcnow()))
+
+        # A lease of 0.9 s (three 0.3 s intervals), to keep the test quick.
+        tick = SingletonTick(sessions, "retention", "a", timedelta(seconds=0.3), long_tick, min_ttl=timedelta(0))
+        assert tick.ttl == timedelta(seconds=0.9)
+        tick()
+        assert others == [False] * 6

@@ -12,7 +12,7 @@ PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def _cluster(action: str) -> None:
-    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir())
+    versions = sorted((p.parent.name for p in Path("/etc/postgresql").glob("*/main")), key=lambda v: [int(n) for n in v.split(".")])
     assert versions, "no PostgreSQL cluster in /etc/postgresql (install Debian's postgresql)"
     done = subprocess.run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", action, *(["-m", "fast"] if action == "stop" else [])],

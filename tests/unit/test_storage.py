@@ -64,12 +64,13 @@ def test_prepare_sweeps_only_what_a_dead_process_left(tmp_path: Path) -> None:
     """Processes sharing the root must not delete each other's files in flight."""
     store = InstanceStore(tmp_path / "root", 0)
     store.prepare()
-    host = socket.gethostname()
+    me = f"{socket.gethostname()}~{os.stat('/proc/self/ns/pid').st_ino}"
     names = {
-        "dead": f"{host}~{_dead_pid()}~a.part",  # a crashed process of this host
-        "mine": f"{host}~{os.getpid()}~b.part",  # this process, restarted under the same pid
-        "live": f"{host}~{os.getppid()}~c.part",  # another live process of this host
-        "other host": f"elsewhere~{_dead_pid()}~d.part",  # a pid we cannot judge
+        "dead": f"{me}~{_dead_pid()}~a.part",  # a crashed process of this host
+        "mine": f"{me}~{os.getpid()}~b.part",  # this process, restarted under the same pid
+        "live": f"{me}~{os.getppid()}~c.part",  # another live process of this host
+        "other host": f"elsewhere~{os.stat('/proc/self/ns/pid').st_ino}~{_dead_pid()}~d.part",
+        "other container": f"{socket.gethostname()}~1~{_dead_pid()}~e.part",  # same host name, own pid space
         "old": "tmp-unknown.part",  # unknown name, but two days old
         "new": "tmp-unknown-new.part",  # unknown name, recent
     }
@@ -79,7 +80,7 @@ def test_prepare_sweeps_only_what_a_dead_process_left(tmp_path: Path) -> None:
     os.utime(store.incoming / names["old"], (two_days_ago, two_days_ago))
     store.prepare()
     left = sorted(p.name for p in store.incoming.iterdir())
-    assert left == sorted([names["live"], names["other host"], names["new"]])
+    assert left == sorted([names["live"], names["other host"], names["other container"], names["new"]])
 
 
 def test_disk_guard(tmp_path: Path) -> None:
