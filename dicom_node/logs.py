@@ -71,7 +71,7 @@ def _dispatch_still_running(record: logging.LogRecord) -> bool:
     completion scan or an outbox run longer than its interval) is kept: it means trouble.
     """
     message = record.getMessage()
-    return not ("run_available" in message and "maximum number of running instances" in message)
+    return not ('job "dispatch ' in message and "maximum number of running instances" in message)
 
 
 def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:

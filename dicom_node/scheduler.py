@@ -274,7 +274,8 @@ def build_scheduler(
     def add(tick_id: str, tick: Callable[..., object], seconds: float, *, singleton: bool, **kwargs: object) -> None:
         if singleton:
             tick = SingletonTick(sessions, tick_id, owner, timedelta(seconds=seconds), tick)
-        scheduler.add_job(tick, "interval", seconds=seconds, id=tick_id, kwargs=kwargs or None, **common)
+        # name: APScheduler's log lines then say which tick ("completion"), not "SingletonTick".
+        scheduler.add_job(tick, "interval", seconds=seconds, id=tick_id, name=tick_id, kwargs=kwargs or None, **common)
 
     rule = CompletionRule.from_settings(settings.completion)
     add(

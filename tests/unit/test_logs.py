@@ -30,8 +30,8 @@ def test_a_long_dispatch_tick_is_not_reported_but_any_other_late_tick_is(json_lo
     configure_logging("INFO", "json")
     scheduler = logging.getLogger("apscheduler.scheduler")
     skipped = 'Execution of job "{}" skipped: maximum number of running instances reached (1)'
-    scheduler.warning(skipped.format("Worker.run_available (trigger: interval[0:00:02])"))
-    scheduler.warning(skipped.format("completion (trigger: interval[0:00:05])"))
+    scheduler.warning(skipped.format("dispatch (trigger: interval[0:00:02], next run at: 2026-11-24 04:50:02 UTC)"))
+    scheduler.warning(skipped.format("completion (trigger: interval[0:00:05], next run at: 2026-11-24 04:50:05 UTC)"))
     messages = [str(line["message"]) for line in _lines(json_logs)]
     assert len(messages) == 1 and "completion" in messages[0]
 
