@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tests.support.node import (
     cli,
     dataset_bytes,
     shared_data,
+    wait_for,
 )
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
@@ -88,15 +88,6 @@ def assert_stored_as_sent(node: NodeProcess, files: list[Path]) -> None:
         assert row is not None, f"{path.name} acknowledged but not in the database"
         stored = node.config.storage_root / row.path
         assert dataset_bytes(stored) == dataset_bytes(path), f"{path.name} changed on disk"
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def study_state(node: NodeProcess, study_uid: str) -> str | None:

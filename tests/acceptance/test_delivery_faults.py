@@ -13,8 +13,8 @@ from pydicom.uid import JPEGLosslessSV1
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
-from tests.acceptance.test_end_to_end import POSITIVE, assert_valid, received_for, send_study, wait_for
-from tests.support.node import NodeConfig, NodeProcess, cli, free_port
+from tests.acceptance.test_end_to_end import POSITIVE, assert_valid, received_for, send_study
+from tests.support.node import NodeConfig, NodeProcess, cli, free_port, wait_for
 from tests.support.peers import StoreSCP
 from tests.support.synthetic_ct import Lesion, SeriesSpec, write_series
 

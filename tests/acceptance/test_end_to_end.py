@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from sqlalchemy import create_engine
 from sqlalchemy import text as text_sql
 
 from dicom_node.outputs.validate import run_dciodvfy
-from tests.support.node import DCMTK_ENV, NODE_AE, NodeConfig, NodeProcess, cli
+from tests.support.node import DCMTK_ENV, NODE_AE, NodeConfig, NodeProcess, cli, wait_for
 from tests.support.peers import StoreSCP
 from tests.support.synthetic_ct import Lesion, SeriesSpec, head_volume, lesion_volume_ml, write_series
 
@@ -33,15 +32,6 @@ STORESCU = "/usr/bin/storescu"
 DCMCJPEG = "/usr/bin/dcmcjpeg"
 POSITIVE = SeriesSpec(n_slices=40, lesions=[Lesion(center_mm=(25.0, 10.0, 0.0), radius_mm=9.0)], seed=1)
 NEGATIVE = SeriesSpec(n_slices=40, seed=2)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def send_study(port: int, folder: Path, *options: str) -> None:

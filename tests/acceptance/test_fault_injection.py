@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +56,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.config import DatabaseSettings
 from dicom_node.db.models import Delivery, DeliveryState, Instance, Job, JobState, OutputObject, Series, Study
 from dicom_node.db.session import create_db_engine, session_factory
-from tests.support.node import NODE_AE, NodeConfig, NodeProcess, free_port
+from tests.support.node import NODE_AE, NodeConfig, NodeProcess, free_port, wait_for
 from tests.support.peers import StoreSCP
 from tests.support.synthetic_ct import Lesion, SeriesSpec, write_series
 
@@ -138,15 +138,6 @@ class Sender(threading.Thread):
         finally:
             if assoc.is_established:
                 assoc.release()
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(step_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def instance_count(sessions: sessionmaker[Session], study_uid: str) -> int:
@@ -290,7 +281,7 @@ def run_trial(deployment: Deployment, trial: Trial, rng: random.Random) -> None:
             s == DeliveryState.SENT for _, s, _ in deliveries
         )
 
-    wait_until(delivered, 180, f"the results of trial {trial.deployment}/{trial.phase} to be delivered", 0.1)
+    wait_for(delivered, 180, f"the results of trial {trial.deployment}/{trial.phase} to be delivered", 0.1)
     trial.recovery_s = time.monotonic() - started
 
 

@@ -26,8 +26,7 @@ from pydicom import dcmread
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from sqlalchemy import create_engine, text
 
-from tests.acceptance.test_end_to_end import wait_for
-from tests.support.node import NodeConfig, NodeProcess, storescu_responses
+from tests.support.node import NodeConfig, NodeProcess, storescu_responses, wait_for
 from tests.support.peers import StoreSCP
 from tests.support.synthetic_ct import Lesion, SeriesSpec, write_series
 

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.acceptance.test_end_to_end import send_study, wait_for
-from tests.support.node import NodeConfig, NodeProcess, cli
+from tests.acceptance.test_end_to_end import send_study
+from tests.support.node import NodeConfig, NodeProcess, cli, http_get, metric_value, wait_for
 from tests.support.synthetic_ct import SeriesSpec, write_series
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def _metric(body: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", body, re.MULTILINE)
-    assert match is not None, f"{name} missing from /metrics"
-    return float(match.group(1))
 
 
 def test_metrics_count_what_the_node_did(tmp_path: Path) -> None:
@@ -35,16 +18,16 @@ def test_metrics_count_what_the_node_did(tmp_path: Path) -> None:
         write_series(spec, tmp_path / "s")
         send_study(node.config.port, tmp_path / "s")
         wait_for(lambda: "succeeded" in cli("jobs", "list", "--config", str(node.config.workdir / "dicom-node.toml")).stdout, 60, "the job")
-        status, body = _get(node.config.metrics_port, "/metrics")
+        status, body = http_get(node.config.metrics_port, "/metrics")
         assert status == 200
-        assert _metric(body, 'dicom_node_instances_received_total{outcome="stored"}') == 6
-        assert _metric(body, 'dicom_node_associations_total{result="accepted"}') >= 2  # echo + store
-        assert _metric(body, "dicom_node_received_bytes_total") > 6 * 128 * 128 * 2
-        assert _metric(body, 'dicom_node_studies{state="complete"}') == 1
-        assert _metric(body, 'dicom_node_jobs{state="succeeded"}') == 1
-        assert _metric(body, "dicom_node_disk_free_bytes") > 0
-        assert _metric(body, 'dicom_node_job_stage_seconds_count{stage="infer"}') == 1
-        assert _get(node.config.metrics_port, "/health") == (200, "ready\n")
+        assert metric_value(body, 'dicom_node_instances_received_total{outcome="stored"}') == 6
+        assert metric_value(body, 'dicom_node_associations_total{result="accepted"}') >= 2  # echo + store
+        assert metric_value(body, "dicom_node_received_bytes_total") > 6 * 128 * 128 * 2
+        assert metric_value(body, 'dicom_node_studies{state="complete"}') == 1
+        assert metric_value(body, 'dicom_node_jobs{state="succeeded"}') == 1
+        assert metric_value(body, "dicom_node_disk_free_bytes") > 0
+        assert metric_value(body, 'dicom_node_job_stage_seconds_count{stage="infer"}') == 1
+        assert http_get(node.config.metrics_port, "/health") == (200, "ready\n")
         assert spec.patient_name not in body and spec.patient_id not in body
     finally:
         node.stop()
@@ -53,13 +36,13 @@ def test_metrics_count_what_the_node_did(tmp_path: Path) -> None:
 def test_health_reports_not_ready_when_the_database_goes_away(tmp_path: Path, postgres_url: str) -> None:
     node = NodeProcess(NodeConfig(workdir=tmp_path / "node", database_url=postgres_url)).start()
     try:
-        assert _get(node.config.metrics_port, "/health")[0] == 200
+        assert http_get(node.config.metrics_port, "/health")[0] == 200
         name = postgres_url.rsplit("/", 1)[1]
         admin = create_engine(postgres_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
-        status, body = _get(node.config.metrics_port, "/health")
+        status, body = http_get(node.config.metrics_port, "/health")
         assert status == 503 and "database unavailable" in body, body
     finally:
         node.stop()
@@ -68,7 +51,7 @@ def test_health_reports_not_ready_when_the_database_goes_away(tmp_path: Path, po
 def test_health_reports_the_disk_guard(tmp_path: Path) -> None:
     node = NodeProcess(NodeConfig(workdir=tmp_path / "node", min_free_mb=2**40)).start()
     try:
-        status, body = _get(node.config.metrics_port, "/health")
+        status, body = http_get(node.config.metrics_port, "/health")
         assert status == 503 and "disk guard" in body, body
     finally:
         node.stop()

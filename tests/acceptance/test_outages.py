@@ -12,14 +12,11 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import threading
-from collections import Counter
 import time
-import urllib.error
-import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,22 +25,25 @@ from pydicom import dcmread
 from sqlalchemy import create_engine, func, select
 
 from dicom_node.db.models import Instance
-from tests.acceptance.test_end_to_end import received_for, wait_for
+from tests.acceptance.test_end_to_end import received_for
 from tests.support import postgres
-from tests.support.node import NodeConfig, NodeProcess, cli, echo_ok, status_code, store_files, storescu_responses
+from tests.support.node import (
+    NodeConfig,
+    NodeProcess,
+    cli,
+    echo_ok,
+    http_get,
+    metric_value,
+    status_code,
+    store_files,
+    storescu_responses,
+    wait_for,
+)
 from tests.support.peers import StoreSCP
 from tests.support.synthetic_ct import Lesion, SeriesSpec, write_series
 
 ALL_OBJECTS = ["seg", "sr", "key_images"]
 A700 = 0xA700
-
-
-def _health(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def _delivered(node: NodeProcess, pacs: StoreSCP, spec: SeriesSpec, objects: int) -> None:
@@ -88,14 +88,14 @@ def test_database_outage_refuses_with_a700_then_recovers_without_a_restart(
         assert all("database" in str(s.ErrorComment).lower() for s in statuses if s is not None), statuses[0]
         stored = [p for p in config.storage_root.rglob("*.dcm") if during.study_instance_uid.split(".")[-1] in str(p)]
         assert not stored and not list((config.storage_root / ".incoming").iterdir()), "nothing kept of a refusal"
-        code, body = _health(config.metrics_port)
+        code, body = http_get(config.metrics_port, "/health")
         assert code == 503 and "database" in body.lower(), body
         assert echo_ok(config.port), "the listener keeps answering"
         time.sleep(max(0.0, 6.0 - (time.monotonic() - down_at)))  # a few scans fail meanwhile
         assert node.process is not None and node.process.poll() is None, "the node survived the outage"
 
         postgres.start()
-        wait_for(lambda: _health(config.metrics_port)[0] == 200, 60, "health to be ready again")
+        wait_for(lambda: http_get(config.metrics_port, "/health")[0] == 200, 60, "health to be ready again")
         assert all(status_code(s) == 0 for s in store_files(config.port, write_series(during, tmp_path / "again")))
         _delivered(node, pacs, before, 4)
         _delivered(node, pacs, during, 4)
@@ -161,9 +161,8 @@ def test_disk_guard_trips_under_load_refuses_cleanly_and_recovers(tmp_path: Path
         files = [p for p in (small_disk / "storage").rglob("*.dcm")]
         assert rows == accepted == len(files), "exactly the accepted instances are stored and recorded"
         assert not [p for p in (small_disk / "storage" / ".incoming").iterdir()], "no partial file"
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.config.metrics_port}/metrics", timeout=10) as response:
-            gauge = re.search(r"^dicom_node_disk_free_bytes (\S+)$", response.read().decode(), re.MULTILINE)
-        assert gauge is not None and float(gauge.group(1)) < 17 * 2**20, "the metric shows the disk at the guard"
+        _, page = http_get(node.config.metrics_port, "/metrics")
+        assert metric_value(page, "dicom_node_disk_free_bytes") < 17 * 2**20, "the metric shows the disk at the guard"
         assert echo_ok(node.config.port)
 
         ballast.unlink()  # the operator frees space

@@ -10,8 +10,7 @@ from pathlib import Path
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.acceptance.test_end_to_end import wait_for
-from tests.support.node import NODE_AE, NodeConfig, NodeProcess, status_code, store_files
+from tests.support.node import NODE_AE, NodeConfig, NodeProcess, status_code, store_files, wait_for
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
 

@@ -9,6 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +187,32 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
         env=env or os.environ.copy(),
         cwd=REPO,
     )
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.25) -> None:
+    """Poll ``predicate`` every ``step_s`` until it holds; fail after ``timeout_s`` naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` from the node's metrics server on 127.0.0.1; (status, body), errors included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric_value(body: str, name: str) -> float:
+    """The value of one sample (name with its labels) in a Prometheus text page."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", body, re.MULTILINE)
+    assert match is not None, f"{name} missing from /metrics"
+    return float(match.group(1))
 
 
 def echo_ok(port: int, calling_ae: str = "ECHOSCU") -> bool:
