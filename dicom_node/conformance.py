@@ -631,6 +631,8 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "referencing its source image (Derivation Image Sequence).",
             "One segment per lesion with its coded property category and type, and the algorithm "
             "that produced it (Segment Algorithm Type AUTOMATIC, name and version).",
+            "Every segment's anatomic region is the brain, so Image Laterality is U (unpaired) and "
+            "the General Series has no Laterality.",
             f"A negative study {empty} (`outputs.send_empty_seg`, *configured*); the SR always "
             "states the result.",
         ]
@@ -638,11 +640,14 @@ def _annexes(doc: _Document, settings: Settings) -> None:
     doc.section(3, "Comprehensive 3D SR: TID 1500 Measurement Report")
     doc.bullets(
         [
-            "Observation context: the node as device observer; procedure reported: CT of head.",
-            "A study-level measurement group (TID 1501) with the qualitative evaluation "
-            "\"Intracranial hemorrhage: present/absent\" and the study probability.",
-            "One measurement group per lesion (TID 1411) referencing its segment in the SEG, with "
-            "volume (ml), long axis (mm), mean attenuation (HU) and the certainty of the finding.",
+            "Observation context: the node as device observer. Procedure reported: LOINC 25045-6 "
+            "\"CT unspecified body region\" (CID 100, which has no head CT code); every group's finding "
+            "site is the brain.",
+            "Imaging Measurements holds, in the order of the template's rows, one measurement group "
+            "per lesion (TID 1411) referencing its segment in the SEG, with volume (ml), long axis "
+            "(mm), mean attenuation (HU) and the certainty of the finding; then always one "
+            "study-level group (TID 1501) with the qualitative evaluation \"Intracranial hemorrhage: "
+            "present/absent\" and the study probability.",
             "Preliminary Flag PRELIMINARY, Verification Flag UNVERIFIED: no person has signed it. "
             "The source images and the SEG are listed as evidence.",
         ]

@@ -14,9 +14,11 @@ brackets):
   region and finding site SCT 12738006 "Brain" [CID 4, CID 7151];
 * the algorithm family is DCM 123110 "Artificial Intelligence" [CID 7162]
   (DCM 113037 is "Rejected for Patient Safety Reasons", a KOS title);
-* the procedure reported is SCT 303653007 "Computed tomography of head". SCT
-  77477000 is "Computerized axial tomography", CT of any body part, so it
-  would say less;
+* the procedure reported is LOINC 25045-6 "CT unspecified body region" [CID
+  100]. CID 100 (up to 2025) has no head CT code; a code from outside it (SCT
+  303653007 "Computed tomography of head") would be more precise, but CID 100
+  offers an appropriate one, and validators (PixelMed) reject any other. The
+  head is said elsewhere: the finding site of every group is the brain;
 * the study-level call is a qualitative evaluation whose concept is the
   finding itself and whose value is SCT 52101004 "Present" or SCT 272519000
   "Absent" [CID 240, CID 241: present/absent];
@@ -53,8 +55,8 @@ DEVICE_OBSERVER: Code = codes.cid270.Device
 #: Purpose of reference of a key image's Source Image Sequence item (CID 7202).
 SOURCE_IMAGE_FOR_PROCESSING: Code = codes.DCM.SourceImageForImageProcessingOperation
 
-#: Procedure reported in TID 1500 (a head CT).
-CT_OF_HEAD: Code = codes.SCT.ComputedTomographyOfHead
+#: Procedure reported in TID 1500 row 4 (CID 100).
+CT_UNSPECIFIED_BODY_REGION: Code = codes.cid100.CTUnspecifiedBodyRegion
 
 #: Values of the study-level qualitative evaluation.
 PRESENT: Code = codes.SCT.Present

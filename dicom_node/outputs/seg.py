@@ -39,6 +39,8 @@ from dicom_node.outputs import codes
 RESEARCH_USE_DISCLAIMER = "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
 #: ContentLabel of the SEG (PS3.3 C.8.20.2; CS: upper case, at most 16 characters).
 CONTENT_LABEL = "ICH"
+#: Image Laterality (0020,0062) enumerated value for an unpaired body part.
+UNPAIRED = "U"
 #: Red: what radiologists expect blood overlays to look like.
 DEFAULT_DISPLAY_RGB = (255, 0, 0)
 #: Type 2 Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1) that
@@ -206,6 +208,11 @@ def build_segmentation(
     )
     # General Image module (Type 3): shown by most viewers in the image overlay.
     segmentation.ImageComments = RESEARCH_USE_DISCLAIMER
+    # General Image module (Type 3), PS3.3 C.7.6.1: every segment lies on the brain, an
+    # unpaired structure ("U"). Saying so here is why General Series Laterality (Type 2C,
+    # for paired body parts only) stays absent: validators that cannot judge "paired"
+    # (PixelMed) otherwise ask for it, and an empty one would be wrong for the brain.
+    segmentation.ImageLaterality = UNPAIRED
     _set_dimension_organization_uid(segmentation, dimension_organization_uid)
     return segmentation
 

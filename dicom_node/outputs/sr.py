@@ -3,19 +3,22 @@
 Structure (PS3.16 TID 1500), as built by highdicom:
 
 * observation context (TID 1001/1002/1004): the node as a device observer;
-* procedure reported: CT of head;
-* Imaging Measurements, always with
-  - one study-level group (TID 1501): the qualitative evaluation "Intracranial
-    hemorrhage: Present/Absent" and the study probability (unit "1");
+* procedure reported: LOINC "CT unspecified body region" (CID 100; see codes);
+* Imaging Measurements, in the order of TID 1500's rows (row 8, TID 1411, before
+  row 9, TID 1501; PS3.16 chapter 6: an order-significant template's items are
+  encoded in row order):
   - one group per lesion (TID 1411) that references its segment in our SEG
     (TID 1411 "Referenced Segment") and holds volume (mL), long axis (mm), mean
-    attenuation (HU) and certainty of finding (unit "1").
+    attenuation (HU) and certainty of finding (unit "1");
+  - always one study-level group (TID 1501), last: the qualitative evaluation
+    "Intracranial hemorrhage: Present/Absent" and the study probability (unit "1").
 
 A negative study gets the study-level group only. TID 1500 requires content in
-Imaging Measurements, Derived Imaging Measurements or Qualitative Evaluations
-(rows 6, 8, 10); highdicom 0.28 implements only Imaging Measurements, so the
-study-level statement is a TID 1501 group there, which is also where a viewer
-lists it next to the lesion groups.
+Imaging Measurements, Derived Imaging Measurements or Qualitative Evaluations;
+highdicom 0.28 implements only Imaging Measurements, so the study-level
+statement is a TID 1501 group there, which is also where a viewer lists it next
+to the lesion groups. Readers find it by its template (TID 1501) or tracking
+identifier, not by position.
 
 The report is PRELIMINARY and UNVERIFIED (PS3.3 C.17.2): no person has signed it.
 Source images and the SEG are recorded in the Current Requested Procedure
@@ -111,11 +114,11 @@ def build_report(
     groups: list[
         hd.sr.MeasurementsAndQualitativeEvaluations
         | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    ] = [_study_group(assessment, algorithm_id, study_tracking_uid)]
-    groups.extend(_lesion_groups(lesions, segmentation, source_images, algorithm_id))
+    ] = [*_lesion_groups(lesions, segmentation, source_images, algorithm_id)]
+    groups.append(_study_group(assessment, algorithm_id, study_tracking_uid))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(equipment, device_observer_uid),
-        procedure_reported=codes.CT_OF_HEAD,
+        procedure_reported=codes.CT_UNSPECIFIED_BODY_REGION,
         imaging_measurements=groups,
     )
     evidence = [

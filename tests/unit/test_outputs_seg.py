@@ -161,6 +161,10 @@ def test_equipment_series_and_research_marking(case: Case, written: tuple[Path, 
     assert seg.ContentDescription == RESEARCH_USE_DISCLAIMER
     assert seg.ImageComments == RESEARCH_USE_DISCLAIMER
     assert seg.ContentQualification == "RESEARCH"
+    # The brain is unpaired: Image Laterality says so, and General Series Laterality
+    # (Type 2C, for paired body parts) is absent.
+    assert seg.ImageLaterality == "U"
+    assert "Laterality" not in seg
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert (seg.PatientName, seg.PatientID) == (source.PatientName, source.PatientID)

@@ -138,14 +138,18 @@ def test_it_is_a_comprehensive_3d_sr_measurement_report(written: tuple[Path, hd.
     assert (report.SeriesNumber, report.SeriesDescription) == (9002, "AI ICH REPORT - RESEARCH USE ONLY")
 
 
-def test_the_device_is_the_observer_and_the_procedure_is_a_head_ct(
+def test_the_device_is_the_observer_and_the_procedure_is_a_ct_from_cid_100(
     written: tuple[Path, hd.sr.Comprehensive3DSR],
 ) -> None:
     _, report = written
     content = _content(report)
     procedures = find_content_items(content[0], name=library_codes.DCM.ProcedureReported)
-    assert [item.value for item in procedures] == [codes.CT_OF_HEAD]
-    assert codes.CT_OF_HEAD.value == "303653007"
+    assert [item.value for item in procedures] == [codes.CT_UNSPECIFIED_BODY_REGION]
+    assert (codes.CT_UNSPECIFIED_BODY_REGION.value, codes.CT_UNSPECIFIED_BODY_REGION.scheme_designator) == (
+        "25045-6",
+        "LN",
+    )
+    assert codes.CT_UNSPECIFIED_BODY_REGION in library_codes.cid100.concepts.values()
     device = content.get_observer_contexts(observer_type=library_codes.cid270.Device)
     assert len(device) == 1
     attributes = device[0].observer_identifying_attributes
@@ -191,6 +195,18 @@ def test_one_volumetric_group_per_lesion_with_values_and_units(
             assert (measurement.unit.value, measurement.unit.scheme_designator) == (unit, "UCUM")
             assert _algorithm_of(measurement) == (ALGORITHM.name, ALGORITHM.version, "123110")
         assert _measurement(group, codes.ATTENUATION_COEFFICIENT).derivation == codes.MEAN
+
+
+def test_groups_follow_the_template_rows_lesions_then_the_study(
+    case: Case, written: tuple[Path, hd.sr.Comprehensive3DSR]
+) -> None:
+    """TID 1500 row 8 (TID 1411) before row 9 (TID 1501): PS3.16 chapter 6, order significant."""
+    _, report = written
+    imaging_measurements = next(
+        item for item in report.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    )
+    templates = [group.ContentTemplateSequence[0].TemplateIdentifier for group in imaging_measurements.ContentSequence]
+    assert templates == ["1411"] * len(case.lesions) + ["1501"]
 
 
 def test_each_lesion_group_references_its_seg_segment(
