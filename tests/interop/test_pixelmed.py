@@ -171,6 +171,13 @@ def _assert_a_measurement_report(result: PixelMedResult) -> None:
     assert (result.iod, result.root_template) == ("Comprehensive3DSR", "TID_1500 (MeasurementReport)"), result.text
 
 
+def _assert_no_error(result: PixelMedResult) -> None:
+    """A TID 1500 report with 0 errors, and only the warnings listed above."""
+    _assert_a_measurement_report(result)
+    assert result.errors == (), f"{result.path.name}\n{result.text}"
+    assert _unexplained(result.warnings, SR_ACCEPTED_WARNINGS) == [], f"{result.path.name}\n{result.text}"
+
+
 def test_the_seg_has_no_error_or_warning_in_either_validator(
     study: WrittenResults, verdicts: dict[Path, PixelMedResult]
 ) -> None:
@@ -184,10 +191,7 @@ def test_the_negative_sr_has_no_error_in_either_validator(
     negative: WrittenResults, verdicts: dict[Path, PixelMedResult]
 ) -> None:
     assert_valid(negative.sr)
-    result = verdicts[negative.sr]
-    _assert_a_measurement_report(result)
-    assert result.errors == (), result.text
-    assert _unexplained(result.warnings, SR_ACCEPTED_WARNINGS) == [], result.text
+    _assert_no_error(verdicts[negative.sr])
 
 
 def test_each_kind_of_group_of_the_positive_sr_passes_under_its_template(
@@ -195,10 +199,7 @@ def test_each_kind_of_group_of_the_positive_sr_passes_under_its_template(
 ) -> None:
     """The lesion groups alone (TID 1411) and the study group alone (TID 1501): 0 errors each."""
     for path in (split.lesion_groups, split.study_group):
-        result = verdicts[path]
-        _assert_a_measurement_report(result)
-        assert result.errors == (), f"{path.name}\n{result.text}"
-        assert _unexplained(result.warnings, SR_ACCEPTED_WARNINGS) == [], f"{path.name}\n{result.text}"
+        _assert_no_error(verdicts[path])
 
 
 def test_the_positive_sr_errs_only_where_pixelmed_checks_the_study_group_as_tid_1411(
