@@ -296,6 +296,7 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     store.prepare()
     stop = threading.Event()
+    store.sweep_periodically(stop)
     metrics = Metrics()
     stops = []
     if settings.observability.enabled:

@@ -5,12 +5,14 @@ only from UIDs, never from patient data. A UID that is not a plain dotted-number
 (``../../x``, spaces, over-long values) is replaced by a hash, so no value a sender
 controls can name a path outside the root. Files become visible only by an atomic
 rename after ``fsync``; a crash leaves either the old file, the new file or nothing,
-and stray temporary files are swept from ``.incoming`` at start-up.
+and stray temporary files are swept from ``.incoming`` at start-up and every hour.
 
 Several processes, on several hosts, may share one root. Each names its temporary files
 after its host, pid namespace and pid, and a starting process sweeps only what a dead process of
 its own host and namespace left behind (and anything older than a day): a listener that restarts must not
-delete the file another listener is renaming into place at that moment.
+delete the file another listener is renaming into place at that moment. The hourly sweep of a running
+process is the same, except that its own files are in flight, so it leaves them alone; it is what removes
+the files of a host that crashed and never came back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import os
 import re
 import shutil
 import socket
+import stat
+import threading
 import time
 import uuid
 from pathlib import Path, PurePosixPath
@@ -36,6 +40,8 @@ _PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 INCOMING_DIR = ".incoming"
 #: A temporary file older than this is left from a crash on some host, whatever its name says.
 STALE_AFTER_S = 24 * 3600
+#: How often a running process sweeps ``.incoming`` (start-up sweeps too).
+SWEEP_INTERVAL_S = 3600.0
 RESULTS_DIR = PurePosixPath("results")
 
 
@@ -84,12 +90,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_leftover(name: str, age_s: float) -> bool:
+def is_leftover(name: str, age_s: float, *, starting: bool) -> bool:
     """True for a temporary file whose writer is gone: a dead pid seen from the writer's own
     host and pid namespace, or a file older than :data:`STALE_AFTER_S` (whoever wrote it).
 
     Files of other hosts, or of other containers on this host (another pid namespace, even
-    with the same host name), are not ours to judge: only their age removes them.
+    with the same host name), are not ours to judge: only their age removes them. Our own pid
+    marks a leftover only while ``starting`` (an earlier process that had the same pid);
+    afterwards those are our transfers in flight.
     """
     if age_s > STALE_AFTER_S:
         return True
@@ -97,7 +105,9 @@ def is_leftover(name: str, age_s: float) -> bool:
     if len(parts) != 4 or parts[0] != socket.gethostname() or parts[1] != _pid_namespace() or not parts[2].isdigit():
         return False
     pid = int(parts[2])
-    return pid == os.getpid() or not _pid_alive(pid)
+    if pid == os.getpid():
+        return starting
+    return not _pid_alive(pid)
 
 
 def _fsync_path(path: Path) -> None:
@@ -119,15 +129,42 @@ class InstanceStore:
     def prepare(self) -> None:
         """Create the root, and remove temporary files a crashed process left behind."""
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self.sweep_incoming(starting=True)
+
+    def sweep_incoming(self, *, starting: bool = False) -> int:
+        """Remove the temporary files of writers that are gone (:func:`is_leftover`); how many."""
+        removed = 0
         now = time.time()
         for leftover in self.incoming.iterdir():
             try:
-                age_s = now - leftover.stat().st_mtime
+                status = leftover.stat()
             except FileNotFoundError:  # its live owner just renamed it into place
                 continue
-            if is_leftover(leftover.name, age_s):
+            if not stat.S_ISREG(status.st_mode):  # not a temporary file of ours: not ours to delete
+                continue
+            if is_leftover(leftover.name, now - status.st_mtime, starting=starting):
                 logger.warning("removing interrupted transfer", extra={"path": leftover.name})
                 leftover.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def sweep_periodically(self, stop: threading.Event, interval_s: float = SWEEP_INTERVAL_S) -> threading.Thread:
+        """Sweep ``.incoming`` every ``interval_s`` on a daemon thread until ``stop`` is set.
+
+        Every process runs one (the listener has no scheduler): only a process of the writer's
+        host can tell that the writer died, and a file-system error must not end the sweeps.
+        """
+
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                try:
+                    self.sweep_incoming()
+                except OSError as exc:
+                    logger.error(f"sweeping {INCOMING_DIR} failed: {exc.strerror}")
+
+        thread = threading.Thread(target=loop, name="incoming-sweep", daemon=True)
+        thread.start()
+        return thread
 
     def free_bytes(self) -> int:
         """Free space on the storage file system, for the disk guard and metrics."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path, PurePosixPath
 
@@ -78,9 +79,38 @@ def test_prepare_sweeps_only_what_a_dead_process_left(tmp_path: Path) -> None:
         (store.incoming / name).write_bytes(b"half")
     two_days_ago = time.time() - 2 * 24 * 3600
     os.utime(store.incoming / names["old"], (two_days_ago, two_days_ago))
+    (store.incoming / "sub").mkdir()  # not a temporary file, however old: left alone
+    os.utime(store.incoming / "sub", (two_days_ago, two_days_ago))
     store.prepare()
     left = sorted(p.name for p in store.incoming.iterdir())
-    assert left == sorted([names["live"], names["other host"], names["other container"], names["new"]])
+    assert left == sorted([names["live"], names["other host"], names["other container"], names["new"], "sub"])
+
+
+def test_a_running_process_sweeps_periodically_but_never_its_own_files(tmp_path: Path) -> None:
+    """The hourly sweep removes what the start-up sweep would, except this process's transfers."""
+    store = InstanceStore(tmp_path / "root", 0)
+    store.prepare()
+    me = f"{socket.gethostname()}~{os.stat('/proc/self/ns/pid').st_ino}"
+    dead = store.incoming / f"{me}~{_dead_pid()}~a.part"
+    mine = store.incoming / f"{me}~{os.getpid()}~b.part"
+    stale = store.incoming / "elsewhere~1~2~c.part"
+    stop = threading.Event()
+    thread = store.sweep_periodically(stop, interval_s=0.05)
+    try:
+        for path in (dead, mine, stale):
+            path.write_bytes(b"half")
+        two_days_ago = time.time() - 2 * 24 * 3600
+        os.utime(stale, (two_days_ago, two_days_ago))
+        deadline = time.monotonic() + 10
+        while (dead.exists() or stale.exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not dead.exists() and not stale.exists()
+        assert mine.exists()
+        assert store.sweep_incoming() == 0
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
 
 
 def test_disk_guard(tmp_path: Path) -> None:
