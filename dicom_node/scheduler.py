@@ -32,7 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
-from dicom_node.db.models import JobState, utcnow
+from dicom_node.db.clock import database_now
+from dicom_node.db.models import JobState
 from dicom_node.errors import AnalysisError
 from dicom_node.ingest.completion import CompletedStudy, CompletionRule, complete_due_studies
 from dicom_node.jobs import queue, tick_lease
@@ -50,7 +51,7 @@ def completion_tick(
     """Complete every due study and enqueue its job, atomically."""
     try:
         with sessions.begin() as session:
-            now = utcnow()
+            now = database_now(session)
             completed = complete_due_studies(session, rule, now)
             for study in completed:
                 queue.enqueue(
@@ -81,7 +82,7 @@ def lease_tick(sessions: sessionmaker[Session], policy: RetryPolicy) -> list[int
     """Reclaim jobs whose worker stopped heartbeating (crashed, killed, partitioned)."""
     try:
         with sessions.begin() as session:
-            reaped = queue.reap_expired_leases(session, policy=policy, now=utcnow())
+            reaped = queue.reap_expired_leases(session, policy=policy, now=database_now(session))
     except SQLAlchemyError as exc:
         logger.warning(f"lease scan skipped: {exc.__class__.__name__}", extra={"stage": "lease"})
         return []
@@ -108,7 +109,7 @@ class SingletonTick:
 
     The lease is renewed by a helper thread while the tick runs, so a tick that takes
     longer than the lease (a first retention run over a large archive) is never started
-    a second time elsewhere. Leases compare host clocks: keep the hosts on NTP.
+    a second time elsewhere. Leases are timed by the database's clock (:mod:`dicom_node.db.clock`).
     """
 
     sessions: sessionmaker[Session]
@@ -125,7 +126,9 @@ class SingletonTick:
     def _acquire(self) -> bool:
         try:
             with self.sessions.begin() as session:
-                return tick_lease.acquire(session, self.name, owner=self.owner, ttl=self.ttl, now=utcnow())
+                return tick_lease.acquire(
+                    session, self.name, owner=self.owner, ttl=self.ttl, now=database_now(session)
+                )
         except SQLAlchemyError as exc:
             logger.warning(f"{self.name} tick skipped: {exc.__class__.__name__}", extra={"stage": self.name})
             return False
@@ -182,7 +185,7 @@ class Worker:
         while stop is None or not stop.is_set():
             try:
                 with self.sessions.begin() as session:
-                    job = queue.claim(session, owner=self.owner, lease=self.lease, now=utcnow())
+                    job = queue.claim(session, owner=self.owner, lease=self.lease, now=database_now(session))
             except SQLAlchemyError as exc:
                 logger.warning(f"job claim skipped: {exc.__class__.__name__}", extra={"stage": "dispatch"})
                 return ran
@@ -196,7 +199,7 @@ class Worker:
         while not done.wait(self.heartbeat_every.total_seconds()):
             try:
                 with self.sessions.begin() as session:
-                    if not queue.heartbeat(session, job, lease=self.lease, now=utcnow()):
+                    if not queue.heartbeat(session, job, lease=self.lease, now=database_now(session)):
                         lost.set()
                         return
             except SQLAlchemyError:
@@ -225,7 +228,7 @@ class Worker:
             logger.warning("job lease lost while running; results discarded", extra=context)
             return None
         with self.sessions.begin() as session:
-            now = utcnow()
+            now = database_now(session)
             if not queue.succeed(session, job, summary=json.dumps(output.summary), now=now):
                 session.rollback()
                 logger.warning("job no longer ours at the end; results discarded", extra=context)
@@ -251,7 +254,7 @@ class Worker:
     def _fail(self, job: ClaimedJob, error: str, *, permanent: bool, context: dict[str, object]) -> JobState | None:
         policy = RetryPolicy(1, self.policy.initial_delay, self.policy.backoff_factor, self.policy.max_delay) if permanent else self.policy
         with self.sessions.begin() as session:
-            state = queue.fail(session, job, error=error, policy=policy, now=utcnow())
+            state = queue.fail(session, job, error=error, policy=policy, now=database_now(session))
         logger.warning(f"job failed ({state}): {error}", extra={**context, "stage": "dispatch", "reason": error[:200]})
         return state
 

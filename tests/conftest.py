@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.audit import AuditLog
 from dicom_node.config import load_settings
 from dicom_node.db import migrate
 from dicom_node.db.session import create_db_engine, session_factory
@@ -19,6 +20,7 @@ from dicom_node.dicom.tls import server_context
 from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
+from dicom_node.metrics import Metrics
 from tests.support.node import NodeConfig
 from tests.support.postgres import PG_ADMIN_URL
 
@@ -38,7 +40,9 @@ class RunningNode:
         return sorted(p for p in self.store.root.rglob("*") if p.is_file())
 
 
-def start_node(config: NodeConfig) -> tuple[RunningNode, object]:
+def start_node(
+    config: NodeConfig, *, metrics: Metrics | None = None, audit_file: Path | None = None
+) -> tuple[RunningNode, object]:
     settings = load_settings(config.write())
     engine = create_db_engine(settings.database)
     migrate.upgrade(engine)
@@ -48,7 +52,10 @@ def start_node(config: NodeConfig) -> tuple[RunningNode, object]:
     catalog = Catalog(engine, settings.storage.duplicate_policy)
     committer = GroupCommitter(catalog.record_batch)
     committer.start()
-    server = StorageSCP(settings.node, store, catalog, committer, server_context(settings.tls)).start()
+    audit = AuditLog(engine, audit_file) if audit_file is not None else None
+    server = StorageSCP(
+        settings.node, store, catalog, committer, server_context(settings.tls), metrics, audit
+    ).start()
 
     def stop() -> None:
         server.shutdown()

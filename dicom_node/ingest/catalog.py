@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from sqlalchemy import Connection, Engine, Insert, case, func, insert, select, u
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from dicom_node.db.clock import Clock, database_now
 from dicom_node.db.dialect import upsert_insert
 from dicom_node.db.models import Instance, Series, SeriesState, Study, StudyState
 from dicom_node.dicom.contexts import is_input_class
@@ -53,13 +55,12 @@ def _insert_ignore(connection: Connection, table: type[Any], values: dict[str, A
     return upsert_insert(connection, table).values(**values).on_conflict_do_nothing(index_elements=[key])
 
 
-def _touch_study(connection: Connection, item: ReceivedInstance) -> tuple[int, int, bool]:
+def _touch_study(connection: Connection, item: ReceivedInstance, now: datetime) -> tuple[int, int, bool]:
     """Mark the study as receiving now; create or reopen it. Returns (id, generation, reopened).
 
     The common case (an open study) is one UPDATE. The loop settles races with other
     processes creating or reopening the same study; each pass makes progress.
     """
-    now = item.received_at
     uid = Study.study_instance_uid == item.study_instance_uid
     # Concurrent associations may commit out of order: the clock only moves forward.
     latest = case((Study.last_received_at < now, now), else_=Study.last_received_at)
@@ -114,9 +115,8 @@ def _touch_study(connection: Connection, item: ReceivedInstance) -> tuple[int, i
     raise DatabaseUnavailableError("study row kept changing under concurrent updates")
 
 
-def _touch_series(connection: Connection, study_id: int, item: ReceivedInstance) -> int:
+def _touch_series(connection: Connection, study_id: int, item: ReceivedInstance, now: datetime) -> int:
     """Mark the series as receiving now, creating it if new. Returns its id."""
-    now = item.received_at
     latest = case((Series.last_received_at < now, now), else_=Series.last_received_at)
     for _ in range(3):
         row = connection.execute(
@@ -150,7 +150,9 @@ def _touch_series(connection: Connection, study_id: int, item: ReceivedInstance)
     raise DatabaseUnavailableError("series row kept changing under concurrent updates")
 
 
-def _record_one(connection: Connection, item: ReceivedInstance, policy: DuplicatePolicy) -> RecordResult:
+def _record_one(
+    connection: Connection, item: ReceivedInstance, policy: DuplicatePolicy, now: datetime
+) -> RecordResult:
     existing = connection.execute(
         select(Instance.id, Instance.study_generation, Instance.path).where(
             Instance.sop_instance_uid == item.sop_instance_uid
@@ -158,8 +160,8 @@ def _record_one(connection: Connection, item: ReceivedInstance, policy: Duplicat
     ).first()
     if existing is not None and policy == "keep_first":
         return RecordResult(RecordOutcome.DUPLICATE, existing.study_generation, False, 0, existing.path)
-    study_id, generation, reopened = _touch_study(connection, item)
-    series_id = _touch_series(connection, study_id, item)
+    study_id, generation, reopened = _touch_study(connection, item, now)
+    series_id = _touch_series(connection, study_id, item, now)
     fields = {
         "series_id": series_id,
         "sop_class_uid": item.sop_class_uid,
@@ -169,7 +171,7 @@ def _record_one(connection: Connection, item: ReceivedInstance, policy: Duplicat
         "size_bytes": item.size_bytes,
         "calling_ae_title": item.calling_ae_title,
         "study_generation": generation,
-        "received_at": item.received_at,
+        "received_at": now,
     }
     if existing is not None:
         connection.execute(update(Instance).where(Instance.id == existing.id).values(**fields))
@@ -186,9 +188,12 @@ class Catalog:
     sender's association.
     """
 
-    def __init__(self, engine: Engine, policy: DuplicatePolicy) -> None:
+    def __init__(self, engine: Engine, policy: DuplicatePolicy, clock: Clock = database_now) -> None:
         self.engine = engine
         self.policy = policy
+        # The quiet period is measured by the completion tick, maybe on another host:
+        # "received at" comes from the same clock (the database's), once per batch.
+        self.clock = clock
 
     def is_stored(self, sop_instance_uid: str) -> bool:
         """True when an instance with this SOP Instance UID is already recorded."""
@@ -210,7 +215,8 @@ class Catalog:
         """
         try:
             with self.engine.begin() as connection:
-                return [_record_one(connection, item, self.policy) for item in items]
+                now = self.clock(connection)
+                return [_record_one(connection, item, self.policy, now) for item in items]
         except (SQLAlchemyError, SeriesConflictError) as exc:
             if len(items) == 1:
                 if isinstance(exc, SeriesConflictError):

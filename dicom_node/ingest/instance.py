@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from pydicom import dcmread
@@ -46,7 +45,6 @@ class ReceivedInstance:
     series_number: int | None
     instance_number: int | None
     calling_ae_title: str
-    received_at: datetime
     path: str = ""
     size_bytes: int = 0
 
@@ -137,7 +135,6 @@ def read_received(
     command_sop_class_uid: str,
     command_sop_instance_uid: str,
     calling_ae_title: str,
-    received_at: datetime,
 ) -> ReceivedInstance:
     """Parse and check a received file; raise an :class:`InvalidInstanceError` leaf if bad.
 
@@ -166,5 +163,4 @@ def read_received(
         series_number=_int_or_none(ds, "SeriesNumber"),
         instance_number=_int_or_none(ds, "InstanceNumber"),
         calling_ae_title=calling_ae_title,
-        received_at=received_at,
     )

@@ -31,7 +31,6 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import NodeSettings
-from dicom_node.db.models import utcnow
 from dicom_node.dicom.contexts import (
     ACCEPTED_TRANSFER_SYNTAXES,
     VERIFICATION_CLASS,
@@ -61,6 +60,8 @@ CANNOT_UNDERSTAND = 0xC000
 
 #: A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+#: A-ASSOCIATE-RJ: rejected-permanent, by the service user, called AE title not recognised.
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 
 
 def failure(status: int, comment: str) -> Dataset:
@@ -133,6 +134,7 @@ class StorageSCP:
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
@@ -159,26 +161,43 @@ class StorageSCP:
         return server
 
     def on_requested(self, event: evt.Event) -> None:
-        """Reject callers that are not on the allowed list, before negotiation."""
+        """Reject callers that are not on the allowed list, or that call another AE, before negotiation.
+
+        pynetdicom would reject a wrong called AE title too, but silently; a mistyped AE title
+        is the commonest PACS misconfiguration, so it is logged, counted and audited here.
+        """
         assoc = event.assoc
-        # The requestor's AE title is filled in only during negotiation: read the request.
+        # The requestor's AE titles are filled in only during negotiation: read the request.
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
         if not self.settings.admits(calling, assoc.requestor.address):
-            logger.warning(
-                "association rejected: caller not allowed",
-                extra={"calling_ae_title": calling, "peer_address": assoc.requestor.address},
-            )
-            assoc.acse.send_reject(*REJECT_CALLING_AE)
-            if self.metrics is not None:
-                self.metrics.associations.labels("rejected").inc()
-            if self.audit is not None:
-                self.audit.record(
-                    "rejected", calling_ae_title=calling, peer_address=assoc.requestor.address,
-                    detail="calling AE title or host not allowed",
-                )
-            # As pynetdicom does for its own rejections: stop the DUL once the
-            # A-ASSOCIATE-RJ is out, before the server closes the socket.
-            assoc.kill()
+            self._reject(assoc, REJECT_CALLING_AE, calling, "calling AE title or host not allowed")
+        elif self.settings.require_called_ae_title and called != self.settings.ae_title:
+            self._reject(assoc, REJECT_CALLED_AE, calling, f"called AE title {called!r} is not ours")
+
+    def _reject(self, assoc: Association, reason: tuple[int, int, int], calling: str, why: str) -> None:
+        self._record_rejection(assoc, calling, why)
+        assoc.acse.send_reject(*reason)
+        # As pynetdicom does for its own rejections: stop the DUL once the
+        # A-ASSOCIATE-RJ is out, before the server closes the socket.
+        assoc.kill()
+
+    def on_rejected(self, event: evt.Event) -> None:
+        """pynetdicom's own rejections, which come after ours: in practice the association limit."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        why = f"association limit reached (node.max_associations = {self.settings.max_associations})"
+        self._record_rejection(assoc, calling, why)
+
+    def _record_rejection(self, assoc: Association, calling: str, why: str) -> None:
+        logger.warning(
+            f"association rejected: {why}",
+            extra={"calling_ae_title": calling, "peer_address": assoc.requestor.address},
+        )
+        if self.metrics is not None:
+            self.metrics.associations.labels("rejected").inc()
+        if self.audit is not None:
+            self.audit.record("rejected", calling_ae_title=calling, peer_address=assoc.requestor.address, detail=why)
 
     def on_accepted(self, event: evt.Event) -> None:
         with self._counts_lock:
@@ -227,7 +246,6 @@ class StorageSCP:
                 command_sop_class_uid=str(request.AffectedSOPClassUID),
                 command_sop_instance_uid=str(request.AffectedSOPInstanceUID),
                 calling_ae_title=assoc.requestor.ae_title,
-                received_at=utcnow(),
             )
             context.update(
                 study_instance_uid=item.study_instance_uid,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
+from dicom_node.db.clock import Clock, database_now
 from dicom_node.db.dialect import upsert_insert
 from dicom_node.db.models import Delivery, DeliveryState, Job, OutputObject, Study
 from dicom_node.retry import RetryPolicy
@@ -156,7 +156,7 @@ def serve_outbox(
     peers: dict[str, Peer],
     storage_root: Path,
     policy: RetryPolicy,
-    clock: Callable[[], datetime],
+    clock: Clock = database_now,
     owner: str,
     lease: timedelta,
     audit: AuditLog | None = None,
@@ -166,6 +166,7 @@ def serve_outbox(
     Returns the resulting states counted per destination. Deliveries for a destination
     that is no longer configured are left alone (and logged). ``lease`` must outlive one
     attempt (association set-up plus one C-STORE); claims are renewed after each answer.
+    ``clock`` times claims and retries (the database's; tests pass a fixed one).
     """
     with sessions() as session:
         waiting = session.execute(
@@ -176,7 +177,7 @@ def serve_outbox(
     for name in waiting:
         logger.warning("deliveries wait for a destination that is not configured", extra={"destination": name})
     with sessions.begin() as session:
-        work = claim_due(session, owner=owner, now=clock(), lease=lease, destinations=list(peers))
+        work = claim_due(session, owner=owner, now=clock(session), lease=lease, destinations=list(peers))
     if not work:
         return {}
 
@@ -191,7 +192,7 @@ def serve_outbox(
             # make an object that the peer stored look unsent (and so be sent again).
             delivery = by_key.pop(result.key)
             with sessions.begin() as session:
-                now = clock()
+                now = clock(session)
                 state = record_result(session, delivery, result, owner=owner, policy=policy, now=now)
                 renew_claims(session, owner=owner, destination=name, until=now + lease)
             if state is None:

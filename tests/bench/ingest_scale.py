@@ -618,7 +618,6 @@ def probe_instance(study_uid: str, series_uid: str, number: int) -> ReceivedInst
         series_number=2,
         instance_number=number,
         calling_ae_title="STORESCU",
-        received_at=utcnow(),
         path=f"{study_uid}/{series_uid}/{sop_uid}.dcm",
         size_bytes=BULK_FILE_BYTES,
     )

@@ -20,7 +20,6 @@ import re
 import struct
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -94,7 +93,6 @@ def _read(path: Path, data: bytes) -> ReceivedInstance:
         command_sop_class_uid=str(meta.MediaStorageSOPClassUID),
         command_sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
         calling_ae_title="FUZZ",
-        received_at=datetime.now(UTC),
     )
 
 
@@ -178,7 +176,7 @@ def test_read_received_survives_a_broken_file_meta(
     path.write_bytes(bytes(data))
     try:
         item = read_received(path, command_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                             command_sop_instance_uid="1.2.3", calling_ae_title="FUZZ", received_at=datetime.now(UTC))
+                             command_sop_instance_uid="1.2.3", calling_ae_title="FUZZ")
     except InvalidInstanceError:
         return
     _check_accepted(item)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import func, select
 
 from dicom_node.db.models import Instance, Series, Study
+from dicom_node.metrics import Metrics
 from dicom_node.ingest.scp import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -162,7 +164,8 @@ def test_caller_not_allowed_is_rejected(node: RunningNode, caplog: pytest.LogCap
     assert assoc.is_rejected
     assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (0x01, 0x03)
     assert any(
-        r.getMessage() == "association rejected: caller not allowed" and r.calling_ae_title == "INTRUDER"
+        r.getMessage() == "association rejected: calling AE title or host not allowed"
+        and r.calling_ae_title == "INTRUDER"
         for r in caplog.records
     )
 
@@ -179,11 +182,46 @@ def test_caller_from_wrong_host_is_rejected(tmp_path: Path) -> None:
         stop()  # type: ignore[operator]
 
 
-def test_wrong_called_ae_title_is_rejected(node: RunningNode) -> None:
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="SOMEONEELSE")
-    assert assoc.is_rejected
+def test_wrong_called_ae_title_is_rejected_logged_counted_and_audited(
+    node_config: NodeConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The commonest PACS misconfiguration (a mistyped AE title) leaves a trace everywhere."""
+    metrics = Metrics()
+    running, stop = start_node(node_config, metrics=metrics, audit_file=tmp_path / "audit.log")
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="SOMEONEELSE")
+        assert assoc.is_rejected
+        assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (0x01, 0x07)
+    finally:
+        stop()  # type: ignore[operator]
+    why = "called AE title 'SOMEONEELSE' is not ours"
+    assert any(r.getMessage() == f"association rejected: {why}" and r.calling_ae_title == "TESTSCU" for r in caplog.records)
+    assert metrics.associations.labels("rejected")._value.get() == 1
+    (event,) = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert (event["event"], event["calling_ae_title"], event["detail"]) == ("rejected", "TESTSCU", why)
+
+
+def test_the_association_limit_is_logged_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    running, stop = start_node(NodeConfig(workdir=tmp_path / "n", max_associations=1), metrics=metrics)
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        first = ae.associate("127.0.0.1", running.port, ae_title=NODE_AE)
+        assert first.is_established
+        second = ae.associate("127.0.0.1", running.port, ae_title=NODE_AE)
+        assert second.is_rejected
+        assert (second.acceptor.primitive.result, second.acceptor.primitive.result_source) == (0x02, 0x03)  # transient, limit
+        first.release()
+    finally:
+        stop()  # type: ignore[operator]
+    assert any(
+        r.getMessage() == "association rejected: association limit reached (node.max_associations = 1)"
+        for r in caplog.records
+    )
+    assert metrics.associations.labels("rejected")._value.get() == 1
 
 
 def test_uid_that_tries_to_escape_the_root_stays_inside(node: RunningNode, one_slice: Path, tmp_path: Path) -> None:

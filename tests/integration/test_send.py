@@ -141,15 +141,15 @@ def test_outbox_serves_destinations_independently_and_retries_until_up(
     clock = {"now": utcnow()}
     peers = {"up": _peer(up.port, name="up"), "down": _peer(down_port, name="down")}
     try:
-        counts = serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"], owner="w", lease=timedelta(minutes=1))
+        counts = serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda _: clock["now"], owner="w", lease=timedelta(minutes=1))
         assert counts == {"up": {"sent": 3}, "down": {"pending": 3}}
         assert _states(outbox_db) == {"up": ["sent"] * 3, "down": ["pending"] * 3}
         # Nothing is due before the backoff; the sent ones are never sent again.
-        assert serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"], owner="w", lease=timedelta(minutes=1)) == {}
+        assert serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda _: clock["now"], owner="w", lease=timedelta(minutes=1)) == {}
         late = StoreSCP(tmp_path / "late", port=down_port).start()
         try:
             clock["now"] += timedelta(seconds=11)
-            counts = serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"], owner="w", lease=timedelta(minutes=1))
+            counts = serve_outbox(outbox_db, peers=peers, storage_root=tmp_path, policy=POLICY, clock=lambda _: clock["now"], owner="w", lease=timedelta(minutes=1))
             assert counts == {"down": {"sent": 3}}
             assert len(late.received()) == 3
         finally:
@@ -166,7 +166,7 @@ def test_outbox_dead_letters_after_the_last_attempt(outbox_db, files: list[Path]
     clock = {"now": utcnow()}
     try:
         for _ in range(3):
-            serve_outbox(outbox_db, peers={"refuses": _peer(port, name="refuses")}, storage_root=tmp_path, policy=POLICY, clock=lambda: clock["now"], owner="w", lease=timedelta(minutes=1))
+            serve_outbox(outbox_db, peers={"refuses": _peer(port, name="refuses")}, storage_root=tmp_path, policy=POLICY, clock=lambda _: clock["now"], owner="w", lease=timedelta(minutes=1))
             clock["now"] += timedelta(minutes=10)
     finally:
         server.shutdown()
@@ -190,7 +190,7 @@ def test_two_workers_share_the_outbox_without_sending_twice(postgres_url: str, f
             threading.Thread(
                 target=serve_outbox,
                 args=(sessions,),
-                kwargs={"peers": peers, "storage_root": tmp_path, "policy": POLICY, "clock": utcnow,
+                kwargs={"peers": peers, "storage_root": tmp_path, "policy": POLICY,
                         "owner": f"worker-{i}", "lease": timedelta(minutes=1)},
             )
             for i in range(3)
@@ -199,7 +199,7 @@ def test_two_workers_share_the_outbox_without_sending_twice(postgres_url: str, f
             thread.start()
         for thread in threads:
             thread.join(60)
-        serve_outbox(sessions, peers=peers, storage_root=tmp_path, policy=POLICY, clock=utcnow, owner="late", lease=timedelta(minutes=1))
+        serve_outbox(sessions, peers=peers, storage_root=tmp_path, policy=POLICY, owner="late", lease=timedelta(minutes=1))
         assert len(pacs.files()) == 15, "every object exactly once"
         assert len(set(pacs.received())) == 15
         assert _states(sessions) == {"pacs": ["sent"] * 15}

@@ -68,6 +68,7 @@ class NodeConfig:
     )
     database_url: str | None = None
     max_pdu_size: int = 65536
+    max_associations: int = 8
     #: (name, AE title, port, object kinds) of each destination on 127.0.0.1
     destinations: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
     lease_s: float = 20.0
@@ -110,7 +111,7 @@ class NodeConfig:
 ae_title = "{NODE_AE}"
 bind_address = "127.0.0.1"
 port = {self.port}
-max_associations = 8
+max_associations = {self.max_associations}
 acse_timeout_s = 10
 dimse_timeout_s = 30
 network_timeout_s = 30
