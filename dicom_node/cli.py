@@ -6,6 +6,7 @@ the store and the application entity, and passes them down.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import signal
@@ -13,20 +14,22 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pynetdicom import AE
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import __version__
 from dicom_node.conformance import write_conformance_statement
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings, load_settings
 from dicom_node.db import migrate
-from dicom_node.db.models import JobState, utcnow
+from dicom_node.db.clock import database_now
+from dicom_node.db.models import JobState
 from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, session_factory
 from dicom_node.dicom.contexts import VERIFICATION_CLASS
@@ -92,14 +95,18 @@ def _engine_at_head(settings: Settings) -> Engine:
     return engine
 
 
-#: Settings a running process cannot change; a reload that changes them logs a warning.
-RESTART_ONLY = ("node.ae_title", "node.bind_address", "node.port", "node.max_associations", "node.max_pdu_size",
-                "storage", "database", "tls", "analysis", "observability", "audit")
+#: What a reload applies (callers, destinations and routing); every other change waits for a restart.
+LIVE_SETTINGS = ("node.allowed_callers", "node.allow_any_caller", "destinations")
 
 
 @dataclass
 class Reloadable:
-    """What SIGHUP can change without dropping an association: callers, destinations, routing."""
+    """What SIGHUP can change without dropping an association: callers, destinations, routing.
+
+    ``settings`` is what runs: the start-up settings with the live parts of each accepted
+    reload. Any other change in the file is named in a warning at every reload until a
+    restart, instead of half applying (a new calling AE title on the sender, say).
+    """
 
     path: Path
     settings: Settings
@@ -114,31 +121,41 @@ class Reloadable:
         except ConfigError as exc:
             logger.error(f"configuration reload refused, keeping the running configuration: {'; '.join(exc.problems)}")
             return False
-        old_dump, new_dump = self.settings.model_dump(), new.model_dump()
-        fixed = [key for key in RESTART_ONLY if _dotted(old_dump, key) != _dotted(new_dump, key)]
+        fixed = [
+            key
+            for key in _changed_keys(self.settings.model_dump(), new.model_dump())
+            if not any(key == live or key.startswith(live + ".") for live in LIVE_SETTINGS)
+        ]
         if fixed:
             logger.warning(f"configuration reload: these settings apply only after a restart: {', '.join(fixed)}")
+        node = self.settings.node.model_copy(
+            update={"allowed_callers": new.node.allowed_callers, "allow_any_caller": new.node.allow_any_caller}
+        )
+        self.settings = self.settings.model_copy(update={"node": node, "destinations": new.destinations})
         if self.scp is not None:
-            self.scp.allow_callers(new.node)
+            self.scp.allow_callers(self.settings.node)
         if self.worker is not None:
-            self.worker.destinations = {d.name: list(d.objects) for d in new.destinations}
+            self.worker.destinations = {d.name: list(d.objects) for d in self.settings.destinations}
         if self.peers is not None:
-            fresh = _peers(new)
-            self.peers.clear()
+            # In place, for the outbox tick that holds this dict; a name it is sending to stays
+            # readable unless that destination was removed.
+            fresh = _peers(self.settings)
             self.peers.update(fresh)
-        self.settings = new
+            for gone in set(self.peers) - set(fresh):
+                del self.peers[gone]
         logger.info(
-            f"configuration reloaded: {len(new.node.allowed_callers)} allowed caller(s), "
-            f"{len(new.destinations)} destination(s)"
+            f"configuration reloaded: {len(node.allowed_callers)} allowed caller(s), "
+            f"{len(self.settings.destinations)} destination(s)"
         )
         return True
 
 
-def _dotted(tree: dict[str, object], key: str) -> object:
-    value: object = tree
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
+def _changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two ``model_dump()`` trees (lists compared whole)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [changed for key in keys for changed in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if old != new else []
 
 
 def _wait_for_signal(stop: threading.Event, reloadable: Reloadable) -> None:
@@ -158,20 +175,26 @@ def _imaging() -> ImagingFunctions:
     return ImagingFunctions(geometry.prepare_hu, geometry.prepare_windowed, volume.assemble_volume)
 
 
+def _missing_packages(settings: Settings) -> list[str]:
+    """What the configured model needs that is not installed here (checked without importing it)."""
+    if settings.analysis.model != "threshold" and importlib.util.find_spec("torch") is None:
+        return [
+            f"[analysis] model = {settings.analysis.model!r} needs PyTorch: pip install -e '.[inference]' "
+            "(or set model = \"threshold\")"
+        ]
+    return []
+
+
 def _model(settings: Settings) -> Model:
     """The configured model. Trained kinds import torch here, in the worker, never in the listener."""
     analysis = settings.analysis
     if analysis.model == "threshold":
         return ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml))
-    try:
-        from dicom_node.models.combine import CombinedModel
-        from dicom_node.models.registry import load_model, shipped_model_dir
-        from dicom_node.models.runner import Runner
-    except ImportError as exc:
-        raise DicomNodeError(
-            f"[analysis] model = {analysis.model!r} needs PyTorch: pip install -e '.[inference]' "
-            "(or set model = \"threshold\")"
-        ) from exc
+    if problems := _missing_packages(settings):
+        raise ConfigError(problems)  # exit status 2: systemd does not restart into the same error
+    from dicom_node.models.combine import CombinedModel
+    from dicom_node.models.registry import load_model, shipped_model_dir
+    from dicom_node.models.runner import Runner
 
     def runner(kind: str, directory: Path | None) -> Runner:
         loaded = load_model(directory or shipped_model_dir(kind), kind=kind)
@@ -228,7 +251,6 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
             peers=peers,
             storage_root=store.root,
             policy=policy,
-            clock=utcnow,
             owner=worker.owner,
             # A claim must outlive one attempt: TCP connect, association set-up and one
             # C-STORE, each bounded by the time-out, plus a margin; renewed after every answer.
@@ -244,7 +266,7 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
         return run_retention(
             sessions,
             store,
-            now=utcnow(),
+            now=_now(sessions),
             received_days=settings.retention.received_days,
             results_days=settings.retention.results_days,
             dry_run=False,
@@ -398,7 +420,7 @@ def status(
         typer.echo(f"DESTINATION  {name}{configured}: {counts}")
     with session_factory(engine)() as session:
         ticks = tick_lease.holders(session)
-    now = utcnow()
+        now = database_now(session)
     for name, (owner, until) in sorted(ticks.items()):
         held = f"{owner} until {until:%H:%M:%S} UTC" if owner and until and until > now else "free (no live holder)"
         typer.echo(f"TICK         {name}: {held}")
@@ -417,6 +439,12 @@ def status(
         )
     if not rows:
         typer.echo("(no studies received yet)")
+
+
+def _now(sessions: sessionmaker[Session]) -> datetime:
+    """Now by the database's clock, which every process's leases and times agree on."""
+    with sessions() as session:
+        return database_now(session)
 
 
 def _sessions(config: Path):  # type: ignore[no-untyped-def]
@@ -479,7 +507,7 @@ def _job_transition(config: Path, job_id: int, change: Callable[..., bool], done
     """Apply one operator transition to a job and report it (exit 1 when refused)."""
     _, sessions = _sessions(config)
     with sessions.begin() as session:
-        ok = change(session, job_id, now=utcnow())
+        ok = change(session, job_id, now=database_now(session))
     if not ok:
         typer.echo(f"job {job_id} is not {refused}", err=True)
         raise typer.Exit(1)
@@ -515,7 +543,9 @@ def resend(
         if job_id is None:
             typer.echo(f"no successful job for study {study_instance_uid}", err=True)
             raise typer.Exit(1)
-        count = requeue_job_outputs(session, job_id=job_id, destinations=destinations, now=utcnow())
+        count = requeue_job_outputs(
+            session, job_id=job_id, destinations=destinations, now=database_now(session)
+        )
     typer.echo(f"{count} deliveries of job {job_id} queued for {', '.join(destinations)}")
 
 
@@ -526,13 +556,19 @@ def retention_command(
 ) -> None:
     """Delete studies whose results were delivered more than the configured days ago."""
     settings = _settings(config)
+    if not settings.retention.enabled:
+        if not dry_run:
+            # A node that never chose a retention period must not lose data to a default one.
+            typer.echo("retention is disabled ([retention] enabled = false): nothing deleted", err=True)
+            raise typer.Exit(1)
+        typer.echo("retention is disabled ([retention] enabled = false); if it were enabled:")
     engine = _engine_at_head(settings)
     sessions = session_factory(engine)
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     items = run_retention(
         sessions,
         store,
-        now=utcnow(),
+        now=_now(sessions),
         received_days=settings.retention.received_days,
         results_days=settings.retention.results_days,
         dry_run=dry_run,
@@ -564,12 +600,15 @@ def db_upgrade(
 def config_check(path: Annotated[Path, typer.Argument(help="Settings file to check.")]) -> None:
     """Validate a settings file and print every problem at once (exit 1 if any)."""
     try:
-        load_settings(path)
+        settings = load_settings(path)
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(problem)
         typer.echo(f"{len(exc.problems)} problem(s) in {path}")
         raise typer.Exit(1) from exc
+    # Not an error of the file: a listener-only host needs no PyTorch.
+    for missing in _missing_packages(settings):
+        typer.echo(f"warning: {missing}; a worker on this host would refuse to start")
     typer.echo(f"{path}: OK")
 
 
@@ -596,10 +635,14 @@ def version() -> None:
 
 
 def main() -> None:
-    """Console entry point; turns our own errors into a message and exit status 1."""
+    """Console entry point; turns our own errors into a message and exit status 1 (2: configuration)."""
     model_commands.register(app, _imaging())
     try:
         app()
+    except ConfigError as exc:  # the configuration, or what it needs, is wrong: retrying cannot help
+        for problem in exc.problems:
+            typer.echo(f"config error: {problem}", err=True)
+        sys.exit(2)
     except DicomNodeError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -89,7 +89,12 @@ class StateCollector(Collector):
         for (destination, state), count in sorted(deliveries.items()):
             family.add_metric([destination, state], count)
         yield family
-        yield GaugeMetricFamily("dicom_node_disk_free_bytes", "Free bytes on the storage file system", value=self._disk_free())
+        try:
+            free = self._disk_free()
+        except OSError:  # storage away (unmounted, I/O error): /health says so; keep the other series
+            logger.warning("metrics: storage unavailable at scrape")
+            return
+        yield GaugeMetricFamily("dicom_node_disk_free_bytes", "Free bytes on the storage file system", value=free)
 
 
 HealthCheck = Callable[[], list[str]]

@@ -244,12 +244,14 @@ class Pipeline:
         return WrittenObject(kind, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), str(relative))
 
     def job_key(self, job: ClaimedJob) -> str:
-        """What the result's UIDs derive from: the study generation, the model, and everything
-        else that shapes the objects (dicom-node's version and the analysis/output settings).
+        """What the result's UIDs derive from: the study's row and generation, the model, and
+        everything else that shapes the objects (dicom-node's version and the analysis/output
+        settings).
 
         A retry with the same inputs rebuilds identical objects with identical UIDs, so the
         PACS replaces them; a changed setting or version yields new UIDs instead of different
-        content under old ones.
+        content under old ones. The row id matters after retention: a study deleted and sent
+        again starts at generation 1 in a new row, and must not reuse the old result's UIDs.
         """
         shaping = json.dumps(
             [__version__, self.settings.analysis.model_dump(mode="json"), self.settings.outputs.model_dump(mode="json"),
@@ -257,7 +259,7 @@ class Pipeline:
             sort_keys=True,
         )
         digest = hashlib.sha256(shaping.encode()).hexdigest()[:16]
-        return f"{job.study_instance_uid}|{job.study_generation}|{job.model_key}|{digest}"
+        return f"{job.study_instance_uid}|{job.study_id}|{job.study_generation}|{job.model_key}|{digest}"
 
     def build(
         self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult

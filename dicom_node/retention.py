@@ -3,7 +3,9 @@
 Never before: a study is eligible only when it is complete, no job of it is queued or
 running, its latest job succeeded, and every delivery of that job's objects was sent.
 The clock starts at the last successful delivery (or at the job's end when no
-destination wanted anything). The audit trail records each deletion; it is never deleted.
+destination wanted anything). When the results go first (``results_days`` shorter than
+``received_days``), that time is kept on the study, so the instances still wait their
+full period. The audit trail records each deletion; it is never deleted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
@@ -43,6 +45,10 @@ def _delivered_at(session: Session, study: Study) -> datetime | None:
     latest = max(jobs, key=lambda job: (job.study_generation, job.id))
     if latest.state != JobState.SUCCEEDED or latest.finished_at is None:
         return None
+    produced = session.scalar(select(func.count(OutputObject.id)).where(OutputObject.job_id == latest.id))
+    if not produced and study.results_delivered_at is not None:
+        # A succeeded job always produced an SR: no rows means retention deleted them.
+        return study.results_delivered_at
     states = session.execute(
         select(Delivery.state, func.max(Delivery.sent_at))
         .join(OutputObject, OutputObject.id == Delivery.output_id)
@@ -97,6 +103,7 @@ def _delete_rows(session: Session, item: RetentionItem) -> list[str]:
         output_ids = select(OutputObject.id).where(OutputObject.job_id.in_(job_ids))
         session.execute(delete(Delivery).where(Delivery.output_id.in_(output_ids)))
         session.execute(delete(OutputObject).where(OutputObject.job_id.in_(job_ids)))
+        session.execute(update(Study).where(Study.id == item.study_id).values(results_delivered_at=item.delivered_at))
     if item.delete_study:
         session.execute(delete(Job).where(Job.study_id == item.study_id))
         session.execute(delete(Study).where(Study.id == item.study_id))
@@ -131,8 +138,7 @@ def run_retention(
             if study is None or study.state != StudyState.COMPLETE or _delivered_at(session, study) != item.delivered_at:
                 continue
             paths = _delete_rows(session, item)
-        for path in paths:
-            _remove_unless_rewritten(store, path, started)
+        # The rows are gone: say so before touching files, which may fail.
         done.append(item)
         if audit is not None:
             audit.record(
@@ -141,6 +147,13 @@ def run_retention(
                 count=item.instances + item.results,
                 detail=f"retention: {item.instances} received instance(s), {item.results} result object(s)",
             )
+        left = [path for path in paths if not _remove_unless_rewritten(store, path, started)]
+        if left:
+            # No row points at these any more: an administrator must delete them by hand.
+            logger.error(
+                f"retention could not delete {len(left)} file(s) under the storage root: {', '.join(left[:5])}",
+                extra={"study_instance_uid": item.study_instance_uid, "stage": "retention"},
+            )
         logger.info(
             f"retention deleted {item.instances} instance(s) and {item.results} result(s)",
             extra={"study_instance_uid": item.study_instance_uid, "stage": "retention"},
@@ -148,13 +161,18 @@ def run_retention(
     return done
 
 
-def _remove_unless_rewritten(store: InstanceStore, path: str, started: float) -> None:
+def _remove_unless_rewritten(store: InstanceStore, path: str, started: float) -> bool:
     """Delete a file, unless it was written after this run started: a sender re-sent that
-    instance meanwhile (same UID, same path) and was told it is stored."""
+    instance meanwhile (same UID, same path) and was told it is stored. False when the
+    file system refused (read-only, I/O error); the other files are still tried."""
     absolute = store.absolute(path)
     try:
         if absolute.stat().st_mtime >= started:
-            return
+            return True
+        absolute.unlink(missing_ok=True)
     except FileNotFoundError:
-        return
-    absolute.unlink(missing_ok=True)
+        return True
+    except OSError as exc:
+        logger.error(f"retention could not delete a file: {exc.strerror}", extra={"path": path, "stage": "retention"})
+        return False
+    return True

@@ -79,6 +79,8 @@ class Study(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
     completion_reason: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    #: Set by retention when it deletes the results before the instances (see retention.py).
+    results_delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
 

@@ -11,6 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import DatabaseSettings
 
+#: Seconds to wait for a PostgreSQL connection before the attempt counts as failed.
+POSTGRESQL_CONNECT_TIMEOUT_S = 10
+
 
 def _sqlite_pragmas(busy_timeout_ms: int):  # type: ignore[no-untyped-def]
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -42,7 +45,10 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
             engine, "connect", _sqlite_pragmas(int(settings.sqlite_busy_timeout_s * 1000))
         )
         return engine
-    return create_engine(url, echo=settings.echo, pool_pre_ping=True)
+    # libpq waits for a TCP connect as long as the kernel does (minutes across a network
+    # partition): /health, a scrape or a C-STORE would hang with it. A URL may set its own.
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": POSTGRESQL_CONNECT_TIMEOUT_S}
+    return create_engine(url, echo=settings.echo, pool_pre_ping=True, connect_args=connect_args)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 
-from dicom_node.db.models import Delivery, Job, Study
+from dicom_node.db.models import Delivery, Job, Study, TickLease
 
 
 def studies_by_state(engine: Engine) -> dict[str, int]:
@@ -28,10 +28,14 @@ def deliveries_by_state(engine: Engine) -> dict[tuple[str, str], int]:
 
 
 def database_problem(engine: Engine) -> str | None:
-    """None when the database answers a trivial query, else why not."""
+    """None when the database answers with our schema, else why not.
+
+    The query reads the schema's own table, not ``SELECT 1``: SQLite answers that even
+    after its file was deleted (it opens a new, empty one).
+    """
     try:
         with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+            connection.execute(select(func.count()).select_from(TickLease))
     except Exception as exc:  # any failure means not ready
         return f"database unavailable ({exc.__class__.__name__})"
     return None

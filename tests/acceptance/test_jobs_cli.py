@@ -1,4 +1,4 @@
-"""`dicom-node jobs` as an operator uses it: list, show, retry and cancel."""
+"""`dicom-node jobs` and `retention` as an operator uses them: list, show, retry, cancel, delete."""
 
 from __future__ import annotations
 
@@ -33,3 +33,17 @@ def test_retry_and_cancel_through_the_cli(tmp_path: Path) -> None:
     assert "queued" in cli("jobs", "list", *config).stdout
     assert cli("jobs", "cancel", "1", *config).stdout.strip() == "job 1 cancelled"
     assert cli("jobs", "show", "7", *config).returncode == 1
+
+
+def test_retention_by_hand_refuses_while_retention_is_disabled(tmp_path: Path) -> None:
+    """A node that never chose a retention period must not lose studies to the default one."""
+    path = NodeConfig(workdir=tmp_path).write()
+    engine = create_db_engine(load_settings(path).database)
+    migrate.upgrade(engine)
+    engine.dispose()
+    assert load_settings(path).retention.enabled is False
+    refused = cli("retention", "--config", str(path))
+    assert refused.returncode == 1 and "retention is disabled" in refused.stderr
+    preview = cli("retention", "--dry-run", "--config", str(path))
+    assert preview.returncode == 0
+    assert "retention is disabled" in preview.stdout and "nothing is due for deletion" in preview.stdout

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from dicom_node.db.state import database_problem
 from tests.acceptance.test_end_to_end import send_study
 from tests.support.node import NodeConfig, NodeProcess, cli, http_get, metric_value, wait_for
 from tests.support.synthetic_ct import SeriesSpec, write_series
@@ -55,3 +57,25 @@ def test_health_reports_the_disk_guard(tmp_path: Path) -> None:
         assert status == 503 and "disk guard" in body, body
     finally:
         node.stop()
+
+
+def test_metrics_keep_answering_while_the_storage_is_gone(tmp_path: Path) -> None:
+    """/health says the storage is away; /metrics still serves every other series meanwhile."""
+    node = NodeProcess(NodeConfig(workdir=tmp_path / "node")).start()
+    try:
+        shutil.rmtree(node.config.storage_root)
+        status, body = http_get(node.config.metrics_port, "/metrics")
+        assert status == 200 and "dicom_node_associations_total" in body
+        assert "dicom_node_disk_free_bytes" not in body
+        status, health = http_get(node.config.metrics_port, "/health")
+        assert status == 503 and "storage" in health, health
+    finally:
+        node.stop()
+
+
+def test_a_database_without_our_schema_is_not_ready(tmp_path: Path) -> None:
+    """SQLite answers SELECT 1 even from a new, empty file (one deleted under us, say)."""
+    empty = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    problem = database_problem(empty)
+    empty.dispose()
+    assert problem is not None and problem.startswith("database unavailable")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
+import pytest
 from sqlalchemy import func, select
 
 from dicom_node.audit import AuditLog
@@ -17,18 +19,21 @@ from tests.support.node import status_code, store_files
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
 
-def _received_and_delivered(node: RunningNode, tmp_path: Path, *, sent_days_ago: float, state: DeliveryState) -> str:
+def _received_and_delivered(
+    node: RunningNode, tmp_path: Path, *, sent_days_ago: float, state: DeliveryState, finished_days_ago: float | None = None
+) -> str:
     spec = SeriesSpec(n_slices=3, rows=64, columns=64)
     assert [status_code(s) for s in store_files(node.port, write_series(spec, tmp_path / "s"))] == [0, 0, 0]
     result = PurePosixPath("results/x/y/1.2.3.dcm")
     node.store.absolute(result).parent.mkdir(parents=True, exist_ok=True)
     node.store.absolute(result).write_bytes(b"result")
     sent_at = utcnow() - timedelta(days=sent_days_ago)
+    finished_at = sent_at if finished_days_ago is None else utcnow() - timedelta(days=finished_days_ago)
     with node.sessions.begin() as session:
         study = session.scalars(select(Study)).one()
         study.state = StudyState.COMPLETE
         job = Job(study_id=study.id, study_generation=1, model_key="m@1", state=JobState.SUCCEEDED,
-                  max_attempts=1, finished_at=sent_at)
+                  max_attempts=1, finished_at=finished_at)
         session.add(job)
         session.flush()
         out = OutputObject(job_id=job.id, kind="sr", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
@@ -40,9 +45,10 @@ def _received_and_delivered(node: RunningNode, tmp_path: Path, *, sent_days_ago:
     return spec.study_instance_uid
 
 
-def _run(node: RunningNode, *, dry_run: bool):  # type: ignore[no-untyped-def]
-    return run_retention(node.sessions, node.store, now=utcnow(), received_days=7, results_days=7,
-                         dry_run=dry_run, audit=AuditLog(node.sessions.kw["bind"], None))
+def _run(node: RunningNode, *, dry_run: bool, received_days: float = 7, results_days: float = 7,
+         later: timedelta = timedelta(0)):  # type: ignore[no-untyped-def]
+    return run_retention(node.sessions, node.store, now=utcnow() + later, received_days=received_days,
+                         results_days=results_days, dry_run=dry_run, audit=AuditLog(node.sessions.kw["bind"], None))
 
 
 def _count(node: RunningNode, column) -> int:  # type: ignore[no-untyped-def]
@@ -73,3 +79,38 @@ def test_nothing_is_deleted_before_the_retention_period(node: RunningNode, tmp_p
     _received_and_delivered(node, tmp_path, sent_days_ago=1, state=DeliveryState.SENT)
     assert _run(node, dry_run=False) == []
     assert _count(node, Instance.id) == 3
+
+
+def test_results_deleted_first_leave_the_instances_their_full_period(node: RunningNode, tmp_path: Path) -> None:
+    """Job done 31 days ago, delivered 21 days ago (a PACS outage): results go after 7 days,
+    the instances 30 days after the delivery, not 30 days after the job."""
+    _received_and_delivered(node, tmp_path, sent_days_ago=21, finished_days_ago=31, state=DeliveryState.SENT)
+    [first] = _run(node, dry_run=False, received_days=30, results_days=7)
+    assert (first.instances, first.results, first.delete_study) == (0, 1, False)
+    assert _run(node, dry_run=False, received_days=30, results_days=7) == []
+    assert _count(node, Instance.id) == 3
+    [second] = _run(node, dry_run=False, received_days=30, results_days=7, later=timedelta(days=9, hours=23))
+    assert (second.instances, second.delete_study) == (3, True)
+    assert _count(node, Study.id) == 0
+
+
+def test_a_file_that_cannot_be_deleted_is_reported_and_the_rest_go(
+    node: RunningNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    uid = _received_and_delivered(node, tmp_path, sent_days_ago=8, state=DeliveryState.SENT)
+    stuck = next(p for p in node.stored_files() if p.name != "1.2.3.dcm")
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self == stuck:
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    [done] = _run(node, dry_run=False)
+    assert done.study_instance_uid == uid
+    assert node.stored_files() == [stuck]
+    assert _count(node, Study.id) == 0
+    with node.sessions() as session:
+        assert session.scalars(select(AuditEvent.event)).all() == ["deleted"]
+    assert any("could not delete 1 file(s)" in r.getMessage() for r in caplog.records)

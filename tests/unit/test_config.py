@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from dicom_node import cli as cli_module
 from dicom_node.config import load_settings
 from dicom_node.errors import ConfigError
 from tests.support.node import REPO, cli
@@ -126,3 +129,31 @@ def test_config_check_command_prints_every_problem(tmp_path: Path) -> None:
     assert "2 problem(s)" in result.stdout
     ok = cli("config", "check", str(EXAMPLE))
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def _without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+
+
+def test_a_model_without_pytorch_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit status 2, which the units do not restart: a restart loop cannot install PyTorch."""
+    _without_torch(monkeypatch)
+    settings = load_settings(EXAMPLE)
+    assert settings.analysis.model == "classifier+unet"
+    with pytest.raises(ConfigError, match="needs PyTorch"):
+        cli_module._model(settings)
+    monkeypatch.setattr(cli_module.model_commands, "register", lambda *_: None)
+    monkeypatch.setattr(cli_module, "app", lambda: cli_module._model(settings))
+    with pytest.raises(SystemExit) as info:
+        cli_module.main()
+    assert info.value.code == 2
+    assert "RestartPreventExitStatus=2" in (REPO / "systemd" / "dicom-node-worker.service").read_text()
+
+
+def test_config_check_warns_when_the_model_needs_pytorch_that_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_torch(monkeypatch)
+    result = CliRunner().invoke(cli_module.app, ["config", "check", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert "warning: [analysis] model = 'classifier+unet' needs PyTorch" in result.output
+    assert result.output.rstrip().endswith(": OK")
