@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 import signal
 import sys
@@ -604,7 +605,9 @@ def config_check(path: Annotated[Path, typer.Argument(help="Settings file to che
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(problem)
-        typer.echo(f"{len(exc.problems)} problem(s) in {path}")
+        overrides = sorted(name for name in os.environ if name.upper().startswith("DICOM_NODE_") and "__" in name)
+        where = f"{path} or the environment ({', '.join(overrides)})" if overrides else str(path)
+        typer.echo(f"{len(exc.problems)} problem(s) in {where}")
         raise typer.Exit(1) from exc
     # Not an error of the file: a listener-only host needs no PyTorch.
     for missing in _missing_packages(settings):

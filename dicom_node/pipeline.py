@@ -195,7 +195,7 @@ class Pipeline:
             raise AnalysisError(f"a header value is not usable: {exc}") from exc
         for decision in selection.decisions:
             logger.info(
-                f"series {'chosen' if decision.selected else 'skipped'}: {'; '.join(decision.reasons)}",
+                f"series selection: {'; '.join(decision.reasons)}",  # each reason says chosen or skipped
                 extra={"series_instance_uid": decision.series_instance_uid, "stage": "select"},
             )
         if selection.chosen is None:

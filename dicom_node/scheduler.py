@@ -235,6 +235,12 @@ class Worker:
                 return None
             record_outputs(session, job, output, destinations=self.destinations, now=now)
         logger.info(f"job succeeded: {output.summary}", extra={**context, "stage": "record"})
+        if not any(self.destinations.values()):
+            logger.warning(
+                "no destination wants these results: they are kept, not sent "
+                "(add a [[destinations]] entry, then `dicom-node resend STUDY_UID`)",
+                extra={**context, "stage": "record"},
+            )
         if self.audit is not None:
             self.audit.record(
                 "produced",

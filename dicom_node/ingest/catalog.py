@@ -174,8 +174,10 @@ def _record_one(
         "received_at": now,
     }
     if existing is not None:
-        connection.execute(update(Instance).where(Instance.id == existing.id).values(**fields))
-        return RecordResult(RecordOutcome.REPLACED, generation, reopened, item.size_bytes, existing.path)
+        replaced = connection.execute(update(Instance).where(Instance.id == existing.id).values(**fields))
+        if replaced.rowcount == 1:
+            return RecordResult(RecordOutcome.REPLACED, generation, reopened, item.size_bytes, existing.path)
+        # Retention deleted the row since we looked: the instance is new again, not orphaned.
     connection.execute(insert(Instance).values(sop_instance_uid=item.sop_instance_uid, **fields))
     return RecordResult(RecordOutcome.STORED, generation, reopened, item.size_bytes)
 

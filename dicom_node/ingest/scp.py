@@ -217,7 +217,7 @@ class StorageSCP:
                     "received", study_instance_uid=study_uid, count=count, detail=f"association {how}", **_peer(event.assoc)
                 )
         logger.info(
-            f"association {how}: {dict(counts) or 'no instances'}",
+            f"association {how}: {', '.join(f'{n} {outcome}' for outcome, n in sorted(counts.items())) or 'no instances'}",
             extra={**_peer(event.assoc), "count": counts.total()},
         )
 

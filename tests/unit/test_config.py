@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,11 @@ def test_config_check_warns_when_the_model_needs_pytorch_that_is_missing(monkeyp
     assert result.exit_code == 0, result.output
     assert "warning: [analysis] model = 'classifier+unet' needs PyTorch" in result.output
     assert result.output.rstrip().endswith(": OK")
+
+
+def test_config_check_names_the_environment_when_an_override_is_set() -> None:
+    env = {**os.environ, "DICOM_NODE_NODE__PORT": "notaport"}
+    result = cli("config", "check", str(EXAMPLE), env=env)
+    assert result.returncode == 1
+    assert "node.port:" in result.stdout
+    assert "or the environment (DICOM_NODE_NODE__PORT)" in result.stdout, result.stdout
