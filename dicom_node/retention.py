@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
@@ -63,7 +63,11 @@ def _delivered_at(session: Session, study: Study) -> datetime | None:
 def plan(session: Session, *, now: datetime, received_days: float, results_days: float) -> list[RetentionItem]:
     """Every study due for deletion at ``now``, with what would go."""
     items = []
-    for study in session.execute(select(Study).where(Study.state == StudyState.COMPLETE)).scalars():
+    # Delivery comes after completion: a study completed within the shorter period cannot be
+    # due, so each tick looks only at old studies, not the whole archive.
+    cutoff = now - timedelta(days=min(received_days, results_days))
+    old_enough = or_(Study.completed_at.is_(None), Study.completed_at <= cutoff)
+    for study in session.execute(select(Study).where(Study.state == StudyState.COMPLETE, old_enough)).scalars():
         delivered_at = _delivered_at(session, study)
         if delivered_at is None:
             continue
