@@ -132,7 +132,13 @@ class Reloadable:
         node = self.settings.node.model_copy(
             update={"allowed_callers": new.node.allowed_callers, "allow_any_caller": new.node.allow_any_caller}
         )
-        self.settings = self.settings.model_copy(update={"node": node, "destinations": new.destinations})
+        destinations = new.destinations
+        if any(key.startswith("tls.") for key in fixed):
+            # A destination's TLS is built from [tls]: new destinations with the old trust
+            # settings would fail every send until dead-lettered. They wait for the restart too.
+            logger.warning("configuration reload: [tls] changed, so destinations also wait for a restart")
+            destinations = self.settings.destinations
+        self.settings = self.settings.model_copy(update={"node": node, "destinations": destinations})
         if self.scp is not None:
             self.scp.allow_callers(self.settings.node)
         if self.worker is not None:

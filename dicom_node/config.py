@@ -350,8 +350,9 @@ class RetentionSettings(_Section):
     """Delete received instances and produced objects some days after delivery, never before."""
 
     enabled: bool = False
-    received_days: float = Field(default=7.0, ge=0)
-    results_days: float = Field(default=7.0, ge=0)
+    # At most 100 years: datetime arithmetic overflows far beyond that ("never" is enabled = false).
+    received_days: float = Field(default=7.0, ge=0, le=36500)
+    results_days: float = Field(default=7.0, ge=0, le=36500)
     interval_s: float = Field(default=3600.0, gt=0)
 
 

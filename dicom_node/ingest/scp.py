@@ -176,11 +176,13 @@ class StorageSCP:
             self._reject(assoc, REJECT_CALLED_AE, calling, f"called AE title {called!r} is not ours")
 
     def _reject(self, assoc: Association, reason: tuple[int, int, int], calling: str, why: str) -> None:
-        self._record_rejection(assoc, calling, why)
         assoc.acse.send_reject(*reason)
         # As pynetdicom does for its own rejections: stop the DUL once the
         # A-ASSOCIATE-RJ is out, before the server closes the socket.
         assoc.kill()
+        # Then the record, whose audit row may wait for a slow database: the caller and its
+        # association slot are released first.
+        self._record_rejection(assoc, calling, why)
 
     def on_rejected(self, event: evt.Event) -> None:
         """pynetdicom's own rejections, which come after ours: in practice the association limit."""

@@ -22,7 +22,7 @@ from dicom_node.ingest.scp import (
     SUCCESS,
 )
 from tests.conftest import RunningNode, start_node
-from tests.support.node import NODE_AE, NodeConfig, dataset_bytes, status_code, store_files
+from tests.support.node import NODE_AE, NodeConfig, dataset_bytes, status_code, store_files, wait_for
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
 
@@ -163,10 +163,15 @@ def test_caller_not_allowed_is_rejected(node: RunningNode, caplog: pytest.LogCap
     assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
     assert assoc.is_rejected
     assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (0x01, 0x03)
-    assert any(
-        r.getMessage() == "association rejected: calling AE title or host not allowed"
-        and r.calling_ae_title == "INTRUDER"
-        for r in caplog.records
+    # Recorded after the A-ASSOCIATE-RJ is out (the caller is not kept waiting on the audit).
+    wait_for(
+        lambda: any(
+            r.getMessage() == "association rejected: calling AE title or host not allowed"
+            and r.calling_ae_title == "INTRUDER"
+            for r in caplog.records
+        ),
+        5,
+        "the rejection's log line",
     )
 
 
@@ -194,6 +199,8 @@ def test_wrong_called_ae_title_is_rejected_logged_counted_and_audited(
         assoc = ae.associate("127.0.0.1", running.port, ae_title="SOMEONEELSE")
         assert assoc.is_rejected
         assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (0x01, 0x07)
+        audit = tmp_path / "audit.log"
+        wait_for(lambda: audit.exists() and audit.read_text().strip() != "", 5, "the rejection's audit line")
     finally:
         stop()  # type: ignore[operator]
     why = "called AE title 'SOMEONEELSE' is not ours"
@@ -215,6 +222,7 @@ def test_the_association_limit_is_logged_and_counted(tmp_path: Path, caplog: pyt
         assert second.is_rejected
         assert (second.acceptor.primitive.result, second.acceptor.primitive.result_source) == (0x02, 0x03)  # transient, limit
         first.release()
+        wait_for(lambda: metrics.associations.labels("rejected")._value.get() == 1, 5, "the rejection's count")
     finally:
         stop()  # type: ignore[operator]
     assert any(

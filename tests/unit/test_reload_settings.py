@@ -46,3 +46,21 @@ def test_a_reload_applies_callers_and_destinations_and_names_the_rest(
     path.write_text(config.write().read_text(encoding="utf-8"), encoding="utf-8")
     assert reloadable.reload() is True
     assert peers == {}
+
+
+def test_destinations_wait_for_the_restart_when_tls_changed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Their TLS context is built from [tls]: with the old trust settings every send would fail."""
+    config = NodeConfig(workdir=tmp_path / "node")
+    path = config.write()
+    reloadable = Reloadable(path, load_settings(path))
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not read before a restart\n", encoding="utf-8")
+    config.destinations = [("pacs", "PACS", 11113, ["sr"])]
+    config.extra = f'[tls]\nca_bundle = "{bundle}"\n'
+    config.write()
+    with caplog.at_level(logging.WARNING, logger="dicom_node.cli"):
+        assert reloadable.reload() is True
+    assert reloadable.settings.destinations == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("tls.ca_bundle" in m for m in messages)
+    assert any("destinations also wait for a restart" in m for m in messages)
