@@ -561,7 +561,7 @@ def retention_command(
     config: ConfigOption = DEFAULT_CONFIG,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
 ) -> None:
-    """Delete studies whose results were delivered more than the configured days ago."""
+    """Delete studies whose results were delivered more than the configured days ago (only while enabled)."""
     settings = _settings(config)
     if not settings.retention.enabled:
         if not dry_run:
