@@ -71,13 +71,21 @@ ConfigOption = Annotated[
 ]
 
 
+#: Exit status for a configuration problem: the systemd units do not restart into it.
+CONFIG_EXIT_STATUS = 2
+
+
+def _print_problems(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        typer.echo(f"config error: {problem}", err=True)
+
+
 def _settings(path: Path) -> Settings:
     try:
         settings = load_settings(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            typer.echo(f"config error: {problem}", err=True)
-        raise typer.Exit(2) from exc
+        _print_problems(exc)
+        raise typer.Exit(CONFIG_EXIT_STATUS) from exc
     configure_logging(settings.logging.level, settings.logging.format)
     return settings
 
@@ -649,9 +657,8 @@ def main() -> None:
     try:
         app()
     except ConfigError as exc:  # the configuration, or what it needs, is wrong: retrying cannot help
-        for problem in exc.problems:
-            typer.echo(f"config error: {problem}", err=True)
-        sys.exit(2)
+        _print_problems(exc)
+        sys.exit(CONFIG_EXIT_STATUS)
     except DicomNodeError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

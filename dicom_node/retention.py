@@ -45,10 +45,6 @@ def _delivered_at(session: Session, study: Study) -> datetime | None:
     latest = max(jobs, key=lambda job: (job.study_generation, job.id))
     if latest.state != JobState.SUCCEEDED or latest.finished_at is None:
         return None
-    produced = session.scalar(select(func.count(OutputObject.id)).where(OutputObject.job_id == latest.id))
-    if not produced and study.results_delivered_at is not None:
-        # A succeeded job always produced an SR: no rows means retention deleted them.
-        return study.results_delivered_at
     states = session.execute(
         select(Delivery.state, func.max(Delivery.sent_at))
         .join(OutputObject, OutputObject.id == Delivery.output_id)
@@ -57,6 +53,10 @@ def _delivered_at(session: Session, study: Study) -> datetime | None:
     ).all()
     if any(state != DeliveryState.SENT for state, _ in states):
         return None
+    if not states and study.results_delivered_at is not None:
+        produced = session.scalar(select(func.count(OutputObject.id)).where(OutputObject.job_id == latest.id))
+        if not produced:  # a succeeded job always produced an SR: retention deleted the results
+            return study.results_delivered_at
     return max((sent for _, sent in states if sent is not None), default=latest.finished_at)
 
 

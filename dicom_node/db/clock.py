@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
+from dicom_node.db.dialect import dialect_name
 from dicom_node.db.models import utcnow
 
 #: ``clock_timestamp()`` moves during a transaction (``now()`` is its start): a heartbeat
@@ -30,8 +31,7 @@ Clock = Callable[[Session | Connection], datetime]
 
 def database_now(bind: Session | Connection) -> datetime:
     """Now as naive UTC, by the database server's clock (SQLite: this host's)."""
-    dialect = bind.get_bind().dialect.name if isinstance(bind, Session) else bind.dialect.name
-    if dialect == "postgresql":
+    if dialect_name(bind) == "postgresql":
         value: datetime = bind.execute(_POSTGRESQL_NOW).scalar_one()
         return value
     return utcnow()
