@@ -10,7 +10,8 @@ back. This module builds such exports from the phantom of
   SeriesDescription that names only the contrast protocol, no FrameOfReferenceUID
   (and so no PositionReferenceIndicator), an empty Manufacturer, an empty
   SpecificCharacterSet (as the real GE slices in ``../shared`` have), anonymised
-  patient name and ID, and private elements of two private creators, one of them
+  patient name and ID, an AccessionNumber and StudyID longer than SH allows
+  (an anonymiser's hash), and private elements of two private creators, one of them
   a sequence and one with VR UN as anonymisers leave them;
 * **geometry quirks**: gantry tilt, one slice missing from the middle;
 * **encoding**: JPEG Lossless SV1 (made by DCMTK's ``dcmcjpeg``, as pydicom cannot
@@ -62,6 +63,8 @@ class ExportProfile:
     empty_manufacturer: bool = True
     empty_character_set: bool = True
     private_tags: bool = True
+    #: An anonymiser's hash in AccessionNumber and StudyID, longer than their VR (SH, 16) allows.
+    overlong_identifiers: bool = True
     #: Index (before removal) of the slice the export lost; None keeps every slice.
     missing_slice: int | None = None
     #: The transfer syntax of slice k is ``transfer_syntaxes[k % len(transfer_syntaxes)]``.
@@ -185,8 +188,13 @@ def _anonymise(ds: Dataset, case: ExportCase, spec: SeriesSpec, slice_index: int
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.StudyDescription = ""
     del ds.BodyPartExamined
-    ds.AccessionNumber = ""
-    ds.StudyID = ""
+    if profile.overlong_identifiers:
+        digest = case_uid(case.name, "accession").replace(".", "")[-24:]
+        ds.AccessionNumber = digest
+        ds.StudyID = digest[:20]
+    else:
+        ds.AccessionNumber = ""
+        ds.StudyID = ""
     if profile.empty_character_set:
         ds.SpecificCharacterSet = ""
     if profile.empty_manufacturer:
