@@ -31,7 +31,9 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, JPEGLSLossless, generate_uid
 
@@ -190,8 +192,9 @@ def _anonymise(ds: Dataset, case: ExportCase, spec: SeriesSpec, slice_index: int
     del ds.BodyPartExamined
     if profile.overlong_identifiers:
         digest = case_uid(case.name, "accession").replace(".", "")[-24:]
-        ds.AccessionNumber = digest
-        ds.StudyID = digest[:20]
+        # Invalid on purpose, so pydicom is told not to check them.
+        ds[0x0008, 0x0050] = DataElement(0x00080050, "SH", digest, validation_mode=pydicom_config.IGNORE)
+        ds[0x0020, 0x0010] = DataElement(0x00200010, "SH", digest[:20], validation_mode=pydicom_config.IGNORE)
     else:
         ds.AccessionNumber = ""
         ds.StudyID = ""
