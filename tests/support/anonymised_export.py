@@ -162,6 +162,12 @@ def corpus() -> list[ExportCase]:
     return [positive, negative]
 
 
+def non_head_case(name: str = "labelled-chest", *, seed: int = 4) -> ExportCase:
+    """The head phantom under a header that names another body part: the header wins, the study is skipped."""
+    profile = ExportProfile(series_description="CHEST ABDOMEN 5mm", missing_slice=None, stray_slice=False)
+    return export_case(name, positive=True, profile=profile, seed=seed)
+
+
 def timing_case(name: str = "timing-238", *, seed: int = 3) -> ExportCase:
     """Issue 12's export at full size: 238 JPEG Lossless slices of 0.625 mm, 8.5° tilt, a gap, a stray slice."""
     return export_case(name, n_slices=238, slice_thickness_mm=0.625, seed=seed)
