@@ -40,12 +40,9 @@ from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.ingest.catalog import Catalog, study_summaries
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
-from dicom_node.imaging import geometry, volume
 from dicom_node.jobs import queue, tick_lease
 from dicom_node.logs import configure_logging
 from dicom_node.metrics import Metrics, StateCollector, serve_http
-from dicom_node.models import commands as model_commands
-from dicom_node.models.inputs import ImagingFunctions
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retention import run_retention
@@ -53,6 +50,7 @@ from dicom_node.retry import RetryPolicy
 from dicom_node.scheduler import Worker, build_scheduler, release_ticks
 from dicom_node.send.outbox import deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
+from dicom_node.training import commands as model_commands
 
 logger = logging.getLogger("dicom_node")
 
@@ -185,11 +183,6 @@ def _wait_for_signal(stop: threading.Event, reloadable: Reloadable) -> None:
             reloadable.reload()
 
 
-def _imaging() -> ImagingFunctions:
-    """The imaging layer's preprocessing, handed to the models (which may not import it)."""
-    return ImagingFunctions(geometry.prepare_hu, geometry.prepare_windowed, volume.assemble_volume)
-
-
 def _missing_packages(settings: Settings) -> list[str]:
     """What the configured model needs that is not installed here (checked without importing it)."""
     if settings.analysis.model != "threshold" and importlib.util.find_spec("torch") is None:
@@ -214,7 +207,7 @@ def _model(settings: Settings) -> Model:
     def runner(kind: str, directory: Path | None) -> Runner:
         loaded = load_model(directory or shipped_model_dir(kind), kind=kind)
         device = None if analysis.device == "auto" else analysis.device
-        return Runner(loaded, _imaging(), device=device, batch_size=analysis.batch_size)
+        return Runner(loaded, device=device, batch_size=analysis.batch_size)
 
     directories = {"unet": analysis.unet_dir, "maskrcnn": analysis.maskrcnn_dir}
     if "+" not in analysis.model:
@@ -653,7 +646,7 @@ def version() -> None:
 
 def main() -> None:
     """Console entry point; turns our own errors into a message and exit status 1 (2: configuration)."""
-    model_commands.register(app, _imaging())
+    model_commands.register(app)
     try:
         app()
     except ConfigError as exc:  # the configuration, or what it needs, is wrong: retrying cannot help

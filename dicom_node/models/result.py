@@ -17,9 +17,10 @@ labelling works on runs (maximal stretches of foreground along the last axis):
 a head CT has a few runs per image row, so the union-find runs over tens of
 thousands of runs instead of millions of voxels, and every step is vectorised.
 
-This module must not import :mod:`dicom_node.imaging` (sibling layers are
-independent), so the volume is described by the :class:`VolumeLike` protocol,
-which :class:`dicom_node.imaging.volume.CTVolume` satisfies.
+The volume is described by the :class:`VolumeLike` protocol because two kinds
+of volume are measured: :class:`dicom_node.imaging.volume.CTVolume` (DICOM) and
+the training readers' pseudo-volumes of PNG and NIfTI data, which have no
+DICOM provenance.
 """
 
 from __future__ import annotations

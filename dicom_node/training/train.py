@@ -1,8 +1,8 @@
 """Train a model of any network kind from a data folder into a model directory.
 
-``train(kind, data, out, epochs=..., seed=..., imaging=...)`` reads the data
-through the shared preprocessing (:mod:`dicom_node.models.data`), trains with
-augmentation (:mod:`dicom_node.models.augment`), validates after every epoch,
+``train(kind, data, out, epochs=..., seed=...)`` reads the data
+through the shared preprocessing (:mod:`dicom_node.training.data`), trains with
+augmentation (:mod:`dicom_node.training.augment`), validates after every epoch,
 keeps the best epoch by the validation criterion of the kind, and writes
 ``out/weights.pt`` and ``out/model_card.json`` (with the exact command, the
 split, the per-epoch history and the validation figures).
@@ -41,14 +41,15 @@ from torch import nn
 from dicom_node.models import classifier as classifier_module
 from dicom_node.models import maskrcnn as maskrcnn_module
 from dicom_node.models import unet as unet_module
-from dicom_node.models.augment import Augmentation, augment_batch
 from dicom_node.models.card import ModelCard, Thresholds, sha256_of
-from dicom_node.models.data import SliceSet, TrainingData, load_training_data
-from dicom_node.models.inputs import ImagingFunctions, InputSpec
+from dicom_node.models.inputs import InputSpec
 from dicom_node.models.losses import LOSSES
-from dicom_node.models.metrics import BinaryCounts, best_threshold, roc_auc
 from dicom_node.models.registry import build_network
 from dicom_node.models.result import ModelKind
+from dicom_node.training.augment import Augmentation, augment_batch
+from dicom_node.training.cases import SliceSet, TrainingData
+from dicom_node.training.data import load_training_data
+from dicom_node.training.metrics import BinaryCounts, best_threshold, roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +236,6 @@ def train(
     out: str | Path,
     *,
     epochs: int,
-    imaging: ImagingFunctions,
     seed: int = 0,
     resume: bool = False,
     batch_size: int = 8,
@@ -286,7 +286,7 @@ def train(
 
     started = time.perf_counter()
     if training_data is None:
-        training_data = load_training_data(data, spec, imaging, seed=seed, val_fraction=val_fraction)
+        training_data = load_training_data(data, spec, seed=seed, val_fraction=val_fraction)
     train_set = trainable_slices(kind, training_data.train)
     val_set = trainable_slices(kind, training_data.val)
 

@@ -1,17 +1,4 @@
-"""The ``train`` and ``evaluate`` commands, for the CLI to register.
-
-The models may not import the imaging layer, so the composition root hands its
-functions in::
-
-    from dicom_node.imaging import geometry, volume
-    from dicom_node.models import commands as model_commands
-    from dicom_node.models.inputs import ImagingFunctions
-
-    model_commands.register(app, ImagingFunctions(
-        prepare_hu=geometry.prepare_hu,
-        prepare_windowed=geometry.prepare_windowed,
-        assemble_volume=volume.assemble_volume,
-    ))
+"""The ``train`` and ``evaluate`` commands, for the CLI to register (``register(app)``).
 
 torch is imported when a command runs, not when the CLI starts.
 """
@@ -26,13 +13,12 @@ from typing import Annotated
 import typer
 
 from dicom_node.logs import configure_logging
-from dicom_node.models.inputs import ImagingFunctions
 
 KINDS = ("classifier", "unet", "maskrcnn")
 
 
-def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
-    """Add ``train`` and ``evaluate`` to ``app``, bound to the imaging layer's functions."""
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``evaluate`` to ``app``."""
 
     @app.command("train")
     def train_command(
@@ -53,7 +39,7 @@ def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Train a model and write its weights and model card."""
-        from dicom_node.models.train import train
+        from dicom_node.training.train import train
 
         configure_logging(log_level.upper(), "text")
         if kind not in KINDS:
@@ -65,7 +51,6 @@ def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
             epochs=epochs,
             seed=seed,
             resume=resume,
-            imaging=imaging,
             batch_size=batch_size,
             learning_rate=learning_rate,
             size=size,
@@ -96,7 +81,7 @@ def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Evaluate a model (or the threshold baseline) and print a table of its figures."""
-        from dicom_node.models.evaluate import evaluate, evaluate_threshold, format_table
+        from dicom_node.training.evaluate import evaluate, evaluate_threshold, format_table
 
         configure_logging(log_level.upper(), "text")
         if (model is None) == (not threshold_baseline):
@@ -104,9 +89,9 @@ def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
         chosen = [s.strip() for s in splits.split(",") if s.strip()] or None
         if model is not None:
             report = evaluate(
-                model, data, imaging=imaging, splits=chosen, device=device, batch_size=batch_size,
+                model, data, splits=chosen, device=device, batch_size=batch_size,
                 write_card=write_card, seed=seed,
             )
         else:
-            report = evaluate_threshold(data, imaging=imaging, splits=chosen, seed=seed)
+            report = evaluate_threshold(data, splits=chosen, seed=seed)
         typer.echo(format_table(report))
