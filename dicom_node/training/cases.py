@@ -66,6 +66,20 @@ class SliceSet:
         )
 
     @classmethod
+    def concat(cls, sets: Sequence[SliceSet]) -> SliceSet:
+        """The slices of several sets, in order (e.g. two data folders trained together)."""
+        if not sets:
+            raise ValueError("nothing to concatenate")
+        return cls(
+            images=np.concatenate([s.images for s in sets]),
+            instances=np.concatenate([s.instances for s in sets]),
+            labels=np.concatenate([s.labels for s in sets]),
+            annotated=np.concatenate([s.annotated for s in sets]),
+            keys=tuple(k for s in sets for k in s.keys),
+            groups=tuple(g for s in sets for g in s.groups),
+        )
+
+    @classmethod
     def build(cls, items: Sequence[SliceItem]) -> SliceSet:
         """From ``(model slice, model-size instance map, label, annotated, key, group)`` items."""
         if not items:

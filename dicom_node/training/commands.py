@@ -23,7 +23,10 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_command(
         kind: Annotated[str, typer.Option("--kind", help=f"Model kind: {', '.join(KINDS)}.")],
-        data: Annotated[Path, typer.Option("--data", help="Data folder: Kaggle, NIfTI or DICOM + SEG.")],
+        data: Annotated[
+            list[Path],
+            typer.Option("--data", help="Data folder: Kaggle, PHE-SICH, NIfTI or DICOM + SEG (repeat to join several)."),
+        ],
         out: Annotated[Path, typer.Option("--out", help="Model directory to write (weights, card, checkpoint).")],
         epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
         seed: Annotated[int, typer.Option(help="Seed for initialisation, shuffling, augmentation and splits.")] = 0,
@@ -34,6 +37,10 @@ def register(app: typer.Typer) -> None:
         windows: Annotated[str, typer.Option(help="Windows as channels, e.g. brain,subdural,bone.")] = "brain",
         loss: Annotated[str, typer.Option(help="U-Net loss: dice_bce, dice_focal, bce, focal.")] = "dice_bce",
         threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+        negatives_per_positive: Annotated[
+            float | None,
+            typer.Option(help="Per epoch, all positive slices and this many negatives per positive, drawn afresh."),
+        ] = None,
         name: Annotated[str | None, typer.Option(help="Model name for the card (default ich-KIND).")] = None,
         version: Annotated[str, typer.Option(help="Model version for the card.")] = "1.0.0",
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
@@ -57,6 +64,7 @@ def register(app: typer.Typer) -> None:
             windows=[w.strip() for w in windows.split(",") if w.strip()],
             loss=loss,
             threads=threads,
+            negatives_per_positive=negatives_per_positive,
             name=name,
             version=version,
             command=shlex.join(["dicom-node", *sys.argv[1:]]),
@@ -68,7 +76,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate_command(
-        data: Annotated[Path, typer.Option("--data", help="Data folder: Kaggle, NIfTI or DICOM + SEG.")],
+        data: Annotated[Path, typer.Option("--data", help="Data folder: Kaggle, PHE-SICH, NIfTI or DICOM + SEG.")],
         model: Annotated[Path | None, typer.Option("--model", help="Model directory (card + weights).")] = None,
         threshold_baseline: Annotated[
             bool, typer.Option("--threshold-baseline", help="Evaluate the HU threshold baseline instead of a model.")
