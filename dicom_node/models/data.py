@@ -43,7 +43,7 @@ from dicom_node.models.inputs import (
     slice_from_hu,
     slice_from_windowed,
 )
-from dicom_node.models.result import label_components
+from dicom_node.imaging.morphology import label_components
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from dicom_node.models.result import fill_holes_2d, label_components
+from dicom_node.imaging.morphology import fill_holes_2d, label_components
 
 Order = Literal["linear", "nearest"]
 
