@@ -82,6 +82,16 @@ class LabelledFindings(NamedTuple):
     findings: tuple[LesionFinding, ...]
 
 
+@dataclass(frozen=True)
+class GateReport:
+    """What the intracranial gate (:mod:`dicom_node.models.gating`) did to a result's findings."""
+
+    kept: int
+    dropped: int  # mostly outside the skull
+    clipped_voxels: int  # voxels of kept findings that lay outside
+    skull_found: bool = True  # False: no intracranial space found, nothing was gated
+
+
 @dataclass(frozen=True, eq=False)
 class ModelResult:
     """The common output of every model; ``positive`` follows from the probability."""
@@ -94,6 +104,7 @@ class ModelResult:
     study_probability: float
     decision_threshold: float
     slice_probabilities: np.ndarray | None = None
+    gate: GateReport | None = None  # None: the result did not pass the intracranial gate
 
     def __post_init__(self) -> None:
         if self.label_map.ndim != 3:
