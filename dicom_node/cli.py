@@ -195,19 +195,22 @@ def _missing_packages(settings: Settings) -> list[str]:
 
 def _model(settings: Settings) -> Model:
     """The configured model. Trained kinds import torch here, in the worker, never in the listener."""
+    from dicom_node.models.gating import GatedModel  # scipy: only the worker needs it
+
     analysis = settings.analysis
     if analysis.model == "threshold":
-        return ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml))
+        return GatedModel(ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml)))  # type: ignore[return-value]
     if problems := _missing_packages(settings):
         raise ConfigError(problems)  # exit status 2: systemd does not restart into the same error
     from dicom_node.models.combine import CombinedModel
     from dicom_node.models.registry import load_model, shipped_model_dir
     from dicom_node.models.runner import Runner
 
-    def runner(kind: str, directory: Path | None) -> Runner:
+    def runner(kind: str, directory: Path | None) -> GatedModel:
         loaded = load_model(directory or shipped_model_dir(kind), kind=kind)
         device = None if analysis.device == "auto" else analysis.device
-        return Runner(loaded, device=device, batch_size=analysis.batch_size)
+        # Every kind's findings are restricted to the intracranial space.
+        return GatedModel(Runner(loaded, device=device, batch_size=analysis.batch_size))
 
     directories = {"unet": analysis.unet_dir, "maskrcnn": analysis.maskrcnn_dir}
     if "+" not in analysis.model:

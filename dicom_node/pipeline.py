@@ -229,6 +229,7 @@ class Pipeline:
             "probability": round(float(result.study_probability), 4),
             "lesions": len(result.findings),
             "total_volume_ml": round(sum(f.volume_ml for f in result.findings), 2),
+            "findings_outside_skull_dropped": result.gate.dropped if result.gate else None,
             "series_instance_uid": volume.series_instance_uid,
             "slices": int(volume.hu.shape[0]),
             "model": model_key(self.model),
