@@ -556,14 +556,17 @@ def _character_sets(doc: _Document, settings: Settings) -> None:
         "(0008,0005). The text attributes the series selection reads (Series Description, Body "
         "Part Examined, ...) are decoded with pydicom, which supports the single-byte, ISO 2022 "
         "and UTF-8 character sets of PS3.3 C.12.1.1.2. Patient names and IDs are never logged.",
-        "The objects the node creates copy the patient and study attributes, and the Specific "
-        "Character Set, of their source images. The text the node writes itself (series "
-        "descriptions, manufacturer, coded concepts, captions) "
+        "The objects the node creates copy the patient and study attributes of their source "
+        "images, decoded with the source's character set (an empty or unknown Specific Character "
+        "Set is read as the default repertoire). They are written in the default repertoire when "
+        "every value is ASCII, else in UTF-8 (ISO_IR 192); the source's own Specific Character "
+        "Set is not copied, since an empty or unknown one would make the object invalid. The "
+        "text the node writes itself (series descriptions, manufacturer, coded concepts, "
+        "captions) "
         + (
             "uses the default repertoire (ISO-IR 6) only."
             if ascii_only
-            else "includes configured text outside the default repertoire, which must be "
-            "representable in the source images' character set."
+            else "includes configured text outside the default repertoire, so those objects are UTF-8."
         ),
     )
 
@@ -613,6 +616,18 @@ def _annexes(doc: _Document, settings: Settings) -> None:
         f"Manufacturer's Model Name `{identity.manufacturer_model_name}` (*configured*). Each "
         "carries Content Qualification RESEARCH and \"RESEARCH USE ONLY - NOT FOR DIAGNOSTIC "
         "USE\" (Content Description or Image Comments).",
+        "Values copied from the source images are checked against their value representation "
+        "(PS3.5 6.2) first. Trailing spaces and control characters are removed, SH, LO and PN "
+        "values longer than the VR allows are cut to its length, CS values are upper-cased, a DS "
+        "is re-formatted to 16 characters; a value whose meaning cannot be kept (a date that is "
+        "not YYYYMMDD, a number that is not one) is copied empty, as the standard asks for an "
+        "unknown Type 2 value. UIDs are copied exactly as received, even malformed ones, because "
+        "they tie the objects to the study. Private attributes are never copied.",
+        "A source series without a Frame of Reference UID (common in anonymised exports) is given "
+        f"one derived from its Series Instance UID under `{identity.uid_root.rstrip('.')}`: the "
+        "SEG's Frame of Reference and its plane positions (those of the source images) refer to it, "
+        "and every analysis of that series, of every generation, uses the same one. The source "
+        "images' positions are trusted to share one frame, as a single series' positions do.",
     )
     doc.table(
         ("Object", "SOP Class", "Series Number", "Series Description"),

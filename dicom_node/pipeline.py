@@ -49,6 +49,7 @@ from dicom_node.outputs import (
 )
 from dicom_node.outputs import codes
 from dicom_node.outputs.seg import with_patient_study_type2
+from dicom_node.outputs.sources import prepare_sources
 from dicom_node.send.outbox import add_deliveries
 
 logger = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class Pipeline:
         uids = JobUids(settings.identity.uid_root, self.job_key(job))
         keep = [k for k, uid in enumerate(volume.source_sop_instance_uids) if uid is not None]
         label_map, hu = result.label_map[keep], volume.hu[keep]
-        sources = [with_patient_study_type2(ds) for ds in headers]
+        sources = self._sources(job, headers)
         algorithm = AlgorithmInfo(
             result.model_name,
             result.model_version,
@@ -347,6 +348,18 @@ class Pipeline:
         )
         objects.extend(("key_images", image) for image in key_images)
         return objects
+
+
+    def _sources(self, job: ClaimedJob, headers: list[Dataset]) -> list[Dataset]:
+        """The headers made fit to copy (see :mod:`dicom_node.outputs.sources`); logs what changed."""
+        prepared = prepare_sources(headers, uid_root=self.settings.identity.uid_root)
+        context = {"job_id": job.id, "study_instance_uid": job.study_instance_uid, "stage": "build"}
+        if prepared.frame_of_reference_derived:
+            logger.info("source series has no FrameOfReferenceUID: using one derived from its series UID", extra=context)
+        for verb, keywords in (("normalised", prepared.normalised), ("emptied", prepared.emptied)):
+            if keywords:  # keywords only: the values are patient data
+                logger.info(f"source values {verb} in our objects: {', '.join(sorted(keywords))}", extra=context)
+        return [with_patient_study_type2(ds) for ds in prepared.images]
 
 
 def _key_slice(label_map: np.ndarray, label: int, keep: list[int], diameter_slice: int) -> int:
