@@ -64,10 +64,11 @@ def test_real_ge_slices_build_valid_objects(tmp_path: Path, keep_frame_of_refere
     volume, headers = pipeline.select_and_load(StudyInput(first.StudyInstanceUID, {first.SeriesInstanceUID: paths}))
     result = pipeline.model.predict(volume)
     job = ClaimedJob(1, 1, str(first.StudyInstanceUID), 1, "threshold@1", 1, 3, "test")
-    objects = pipeline.build(job, volume, headers, result)
+    built = pipeline.build(job, volume, headers, result)
+    objects = built.objects
 
-    kinds = [kind for kind, _ in objects]
-    assert kinds[:2] == ["seg", "sr"] and "key_images" in kinds
+    assert built.missing == []
+    assert built.kinds()[:2] == ["seg", "sr"] and "key_images" in built.kinds()
     expected_for = (
         str(first.FrameOfReferenceUID)
         if keep_frame_of_reference

@@ -173,7 +173,7 @@ class StudyCase:
 
     family: str
     name: str
-    expected_job: str  # "succeeded" or "dead"
+    expected_job: str  # "succeeded", "dead" (cannot be analysed as sent) or "skipped" (not for this analysis)
     #: Makes the study's instances from the case name.
     build: Callable[[str], list[Dataset]] = field(repr=False, compare=False)
     reason: str = ""  # substring of the job's last_error when dead
@@ -992,10 +992,10 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                   lambda name: ct_datasets(name, n_slices=12)
                   + _sagittal(ct_datasets(name, n_slices=12, series_key="sagittal", series_number=3)),
                   why="the sagittal series is skipped, the axial one analysed"),
-        StudyCase("mixed orientations", "study/sagittal series only", "dead",
+        StudyCase("mixed orientations", "study/sagittal series only", "skipped",
                   lambda name: _sagittal(ct_datasets(name, n_slices=12)), "not axial"),
         StudyCase("1-slice series", "study/1-slice series", "succeeded", partial(ct_datasets, rows=64, columns=64)),
-        StudyCase("1-slice series", "study/1-slice series without SliceThickness", "dead",
+        StudyCase("1-slice series", "study/1-slice series without SliceThickness", "skipped",
                   _edit(partial(ct_datasets, rows=64, columns=64), _each(_delete("SliceThickness"))),
                   "slice thickness unknown"),
         StudyCase(f"{long_series}-slice series", f"study/{long_series}-slice series (32x32, 1 mm)", "succeeded",
@@ -1025,9 +1025,9 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
         StudyCase("missing pixel data", "study/one slice lacks pixel data", "dead",
                   _edit(eight, lambda datasets: _delete("PixelData")(datasets[4])), "cannot be assembled",
                   ),
-        StudyCase("SR or SEG", "study/SEG only", "dead", lambda name: [seg_and_sr(name)[0]], "no series qualifies"),
-        StudyCase("SR or SEG", "study/SR only", "dead", lambda name: [seg_and_sr(name)[1]], "no series qualifies"),
-        StudyCase("SR or SEG", "study/SEG and SR only", "dead", lambda name: list(seg_and_sr(name)), "modality SEG"),
+        StudyCase("SR or SEG", "study/SEG only", "skipped", lambda name: [seg_and_sr(name)[0]], "no series qualifies"),
+        StudyCase("SR or SEG", "study/SR only", "skipped", lambda name: [seg_and_sr(name)[1]], "no series qualifies"),
+        StudyCase("SR or SEG", "study/SEG and SR only", "skipped", lambda name: list(seg_and_sr(name)), "modality SEG"),
         StudyCase("SR or SEG", "study/CT plus a SEG and an SR", "succeeded",
                   lambda name: ct_datasets(name, n_slices=8) + list(seg_and_sr(name)),
                   why="the CT series is chosen; the SEG and SR series are skipped"),
