@@ -27,9 +27,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import __version__
 from dicom_node.config import Settings
-from dicom_node.db.models import Instance, OutputObject, Series, Study
+from dicom_node.db.models import Instance, Job, JobState, OutputObject, Series, Study
 from dicom_node.dicom.storage import InstanceStore, result_path
-from dicom_node.errors import AnalysisError, NotApplicableError, SourceDataError
+from dicom_node.errors import AnalysisError, NotApplicableError, SourceDataError, StorageError
 from dicom_node.imaging.headers import check_headers
 from dicom_node.imaging.selection import SeriesCandidate, select_series
 from dicom_node.imaging.volume import CTVolume, assemble_volume
@@ -49,6 +49,7 @@ from dicom_node.outputs import (
 )
 from dicom_node.outputs import codes
 from dicom_node.outputs.seg import with_patient_study_type2
+from dicom_node.outputs.revision import EarlierReport, replacing_description
 from dicom_node.outputs.sources import prepare_sources
 from dicom_node.send.outbox import add_deliveries
 
@@ -166,6 +167,36 @@ def record_outputs(
         add_deliveries(session, output_id=existing.id, destinations=wanted, now=now)
 
 
+def find_earlier_report(session: Session, store: InstanceStore, job: ClaimedJob) -> EarlierReport | None:
+    """The SR of the newest earlier generation of the job's study that succeeded, if any.
+
+    Its Series Instance UID is read from the stored file (the row holds the instance's
+    UIDs only); when retention has deleted the file there is nothing left to reference.
+    """
+    row = session.execute(
+        select(OutputObject.sop_class_uid, OutputObject.sop_instance_uid, OutputObject.path, OutputObject.created_at)
+        .join(Job, Job.id == OutputObject.job_id)
+        .where(
+            Job.study_id == job.study_id,
+            Job.study_generation < job.study_generation,
+            Job.state == JobState.SUCCEEDED,
+            OutputObject.kind == "sr",
+        )
+        .order_by(Job.study_generation.desc(), OutputObject.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    try:
+        header = dcmread(store.absolute(row.path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except (OSError, StorageError) as exc:
+        logger.warning(f"earlier report not referenced: {exc.__class__.__name__}", extra={"job_id": job.id})
+        return None
+    return EarlierReport(
+        job.study_instance_uid, str(header.SeriesInstanceUID), row.sop_class_uid, row.sop_instance_uid, row.created_at
+    )
+
+
 @contextmanager
 def _stage(timings: dict[str, float], name: str, context: dict[str, Any]) -> Iterator[None]:
     start = time.perf_counter()
@@ -189,6 +220,13 @@ class _BuildInputs:
     assessment: StudyAssessment
     lesions: list[LesionMeasurement]
     algorithm_text: str
+    replaces: EarlierReport | None = None
+
+    def description(self, configured: str) -> str:
+        """The configured series description, saying "replaces" when this is a later generation."""
+        if self.replaces is None:
+            return configured
+        return replacing_description(configured, self.replaces.created_at)
 
 
 def _lesions_without_seg(lesions: list[LesionMeasurement]) -> str:
@@ -270,11 +308,12 @@ class Pipeline:
         with _stage(timings, "load", context):
             with self.sessions() as session:
                 study = load_study_input(session, self.store, job)
+                earlier = find_earlier_report(session, self.store, job) if job.study_generation > 1 else None
             volume, headers = self.select_and_load(study)
         with _stage(timings, "infer", context):
             result = self.model.predict(volume)
         with _stage(timings, "build", context):
-            built = self.build(job, volume, headers, result)
+            built = self.build(job, volume, headers, result, replaces=earlier)
         with _stage(timings, "write", context):
             objects = [self._write(kind, ds) for kind, ds in built.objects]
         summary = {
@@ -317,7 +356,13 @@ class Pipeline:
         return f"{job.study_instance_uid}|{job.study_id}|{job.study_generation}|{job.model_key}|{digest}"
 
     def build(
-        self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult
+        self,
+        job: ClaimedJob,
+        volume: CTVolume,
+        headers: list[Dataset],
+        result: ModelResult,
+        *,
+        replaces: EarlierReport | None = None,
     ) -> BuiltObjects:
         """The SEG, SR and key images for ``result``, every UID derived from the job.
 
@@ -328,8 +373,11 @@ class Pipeline:
         builder's ValueError), the others still go, and the SR says what is missing and
         why. When none can be built the job fails with :class:`SourceDataError`
         (permanent: the same data fails the same way again).
+
+        ``replaces`` is the earlier generation's report, when late images reopened the
+        study: the new SR names it as predecessor and every series description says so.
         """
-        inputs = self._build_inputs(job, volume, headers, result)
+        inputs = self._build_inputs(job, volume, headers, result, replaces)
         built = BuiltObjects()
         context = {"job_id": job.id, "study_instance_uid": job.study_instance_uid, "stage": "build"}
         segmentation = None
@@ -361,7 +409,8 @@ class Pipeline:
             return None
 
     def _build_inputs(
-        self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult
+        self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult,
+        replaces: EarlierReport | None,
     ) -> _BuildInputs:
         settings = self.settings
         keep = [k for k, uid in enumerate(volume.source_sop_instance_uids) if uid is not None]
@@ -403,6 +452,7 @@ class Pipeline:
             assessment=StudyAssessment(result.positive, float(result.study_probability)),
             lesions=lesions,
             algorithm_text=f"{result.model_name} {result.model_version}",
+            replaces=replaces,
         )
 
     def _seg(self, inputs: _BuildInputs, result: ModelResult) -> Dataset:
@@ -418,7 +468,7 @@ class Pipeline:
             equipment=inputs.equipment,
             series_instance_uid=uids.series("seg"),
             series_number=out.seg_series_number,
-            series_description=out.seg_series_description,
+            series_description=inputs.description(out.seg_series_description),
             sop_instance_uid=uids.instance("seg"),
             dimension_organization_uid=uids.dimension_organization("seg"),
         )
@@ -436,9 +486,10 @@ class Pipeline:
             study_tracking_uid=uids.study_tracking(),
             series_instance_uid=uids.series("sr"),
             series_number=out.sr_series_number,
-            series_description=out.sr_series_description,
+            series_description=inputs.description(out.sr_series_description),
             sop_instance_uid=uids.instance("sr"),
             missing=missing,
+            previous_versions=[inputs.replaces.as_previous_version()] if inputs.replaces else [],
         )
 
     def _key_images(self, inputs: _BuildInputs) -> list[Dataset]:
@@ -453,7 +504,7 @@ class Pipeline:
             algorithm_text=inputs.algorithm_text,
             series_instance_uid=uids.series("key_images"),
             series_number=out.key_images_series_number,
-            series_description=out.key_images_series_description,
+            series_description=inputs.description(out.key_images_series_description),
             sop_instance_uids=[uids.instance("key_images", n) for n in range(1, len(inputs.lesions) + 2)],
         )
 
