@@ -677,6 +677,27 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "\"AI RESULT - NOT FOR DIAGNOSTIC USE\" in its pixels.",
         ]
     )
+    doc.section(3, "Incomplete, Replacing and Withheld Results")
+    coverage = settings.selection.min_coverage_mm
+    doc.bullets(
+        [
+            "Each object is built on its own. When the source data makes one impossible (e.g. the "
+            "SEG), the others are still sent; the SR's study-level group (TID 1501) then holds a "
+            "TEXT item (UMLS C0034375 \"Qualitative Evaluations\") per missing object saying "
+            "what is missing and why, and lesion groups that would reference the missing SEG are "
+            "replaced by their figures in such a text item.",
+            "A study that receives new instances after its results were sent is analysed again "
+            "as a whole. The new objects are in new series; their Series Description says "
+            "\"(replaces ...)\" with the date of the results they replace, and the new SR's "
+            "Predecessor Documents Sequence references the earlier SR.",
+            "No object is sent for a study that is not for this analysis: no series qualifies "
+            "(modality, image type, orientation, body part), or the chosen series covers less "
+            f"than {coverage:g} mm (`selection.min_coverage_mm`, *configured*). The job ends "
+            "`skipped` with the reason. An SR stating \"not analysed\" would file a report "
+            "about the head in the record of whichever patient a stray slice or a non-head "
+            "study belongs to.",
+        ]
+    )
     doc.section(2, "Data Dictionary of Private Attributes")
     doc.text("The node creates no private attributes.")
 
