@@ -927,8 +927,6 @@ NO_PIXELS_BUG = ("imaging/volume.py _decode: pydicom's AttributeError for absent
                  "ValueError/AnalysisError: the job is retried 3 times, then dies with a raw AttributeError")
 EXCESS_PIXELS_BUG = ("imaging/volume.py _decode: pydicom drops Pixel Data beyond Rows x Columns with a warning only, so "
                      "a header that does not describe its pixels is analysed as if it did")
-CHARSET_BUG = ("outputs: the source's SpecificCharacterSet is copied, and highdicom 0.28.2's SpecificCharacterSetValues "
-               "has no ISO 2022 IR 149 (Korean): ValueError, retried, then dead")
 
 
 HEADER_BUG = ("pipeline/imaging: a header value that is not a number (or has the wrong count) raises a plain "
@@ -1040,8 +1038,8 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
             StudyCase("character sets", f"study/character set {label}", "succeeded",
                       partial(charset_datasets, charset=charset, patient_name=patient_name, description=description,
                               n_slices=12, lesions=LESION),
-                      why="the outputs copy the patient's name in its character set",
-                      known_bug=CHARSET_BUG if isinstance(charset, list) and "ISO 2022 IR 149" in charset else "")
+                      why="the outputs carry the patient's name, decoded from its character set, in ours "
+                          "(default repertoire, or UTF-8 when not ASCII)")
             for label, charset, patient_name, description in (CHARSETS[0], CHARSETS[3], CHARSETS[7], CHARSETS[8],
                                                               CHARSETS[9])
         ),
