@@ -12,12 +12,12 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydicom import dcmread
@@ -54,6 +54,8 @@ from dicom_node.outputs.sources import prepare_sources
 from dicom_node.send.outbox import add_deliveries
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 #: What pydicom and numpy raise on header values that are not numbers or have the wrong count
@@ -399,7 +401,7 @@ class Pipeline:
         return built
 
     @staticmethod
-    def _attempt(built: BuiltObjects, kind: str, name: str, context: dict[str, Any], make: Any) -> Any:
+    def _attempt(built: BuiltObjects, kind: str, name: str, context: dict[str, Any], make: Callable[[], T]) -> T | None:
         """``make()``, or None with a line in ``built.missing`` when the source data refuses it."""
         try:
             return make()

@@ -34,6 +34,7 @@ data and must never reach a log.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -203,24 +204,27 @@ def _formatted(vr: str) -> Callable[[object], str | None]:
 
 
 def _decimal(value: object) -> str | None:
+    """A DS: kept when it fits 16 characters, re-formatted when it does not; not a finite number: None."""
+    text = str(value).strip()
     try:
-        number = float(str(value))
+        number = float(text)
     except ValueError:
         return None
-    text = str(value).strip()
-    if len(text) <= MAX_LENGTH["DS"] and number == number and abs(number) != float("inf"):
-        return text
-    if number != number or abs(number) == float("inf"):
+    if not math.isfinite(number):
         return None
-    return format_number_as_ds(number)
+    return text if len(text) <= MAX_LENGTH["DS"] else format_number_as_ds(number)
 
 
 def _integer(value: object) -> str | None:
+    """An IS: "1.0" is still the integer 1; "1.5", "abc" and anything beyond 32 bits are not."""
+    text = str(value).strip()
     try:
-        number = int(str(value).strip())
+        number = float(text)
     except ValueError:
         return None
-    return str(number) if -(2**31) <= number < 2**31 else None
+    if not number.is_integer() or not -(2**31) <= number < 2**31:
+        return None
+    return text if len(text) <= MAX_LENGTH["IS"] and text.lstrip("+-").isdigit() else str(int(number))
 
 
 _FIXES: dict[str, Callable[[object], str | None]] = {

@@ -85,6 +85,7 @@ def test_values_that_break_their_vr_are_normalised_or_emptied() -> None:
     )
     _raw(header, 0x00100030, "DA", b"1960-01-01")  # DA is YYYYMMDD
     _raw(header, 0x00101030, "DS", b"seventy")  # PatientWeight is a number
+    _raw(header, 0x00101020, "DS", b"1.75000000000000001")  # PatientSize: a DS has 16 characters at most
     prepared = prepare_sources([header], uid_root=UID_ROOT)
     image = prepared.images[0]
     assert image.AccessionNumber == "A" * 16
@@ -93,7 +94,10 @@ def test_values_that_break_their_vr_are_normalised_or_emptied() -> None:
     assert len(str(image.ReferringPhysicianName)) == 64
     assert image.PatientBirthDate in (None, "")
     assert image.PatientWeight in (None, "")
-    assert {"AccessionNumber", "StudyDescription", "PatientSex", "ReferringPhysicianName"} <= prepared.normalised
+    assert float(image.PatientSize) == 1.75 and len(str(image.PatientSize)) <= 16
+    assert {"AccessionNumber", "StudyDescription", "PatientSex", "ReferringPhysicianName", "PatientSize"} <= (
+        prepared.normalised
+    )
     assert {"PatientBirthDate", "PatientWeight"} <= prepared.emptied
 
 
