@@ -9,19 +9,27 @@ back in highdicom; without their FrameOfReferenceUID too.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import highdicom as hd
 import pydicom
 import pytest
+from sqlalchemy import select
 
 from dicom_node.config import Settings, load_settings
+from dicom_node.db.models import Job, JobState, OutputObject
+from dicom_node.ingest.completion import CompletionRule
+from dicom_node.ingest.scp import SUCCESS
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.outputs.uids import frame_of_reference_uid
 from dicom_node.outputs.validate import run_dciodvfy
-from dicom_node.pipeline import Pipeline, StudyInput
-from tests.support.node import CT_3SLICE, REPO, shared_data
+from dicom_node.pipeline import Pipeline, StudyInput, model_key
+from dicom_node.retry import RetryPolicy
+from dicom_node.scheduler import Worker, completion_tick
+from tests.conftest import start_node
+from tests.support.node import CT_3SLICE, REPO, NodeConfig, shared_data, status_code, store_files
 from tests.support.outputs_fixtures import require_dciodvfy
 
 #: dciodvfy warns about the source's own patient name "JANCT000" (one component, the
@@ -91,3 +99,30 @@ def test_real_ge_slices_build_valid_objects(tmp_path: Path, keep_frame_of_refere
         elif kind == "sr":
             report = hd.sr.srread(path)
             assert report.StudyInstanceUID == first.StudyInstanceUID
+
+
+def test_real_ge_slices_without_frame_of_reference_through_the_listener_and_a_worker(tmp_path: Path) -> None:
+    """The whole job: received over DICOM, completed, claimed, built, written and recorded."""
+    require_dciodvfy()
+    paths = _copies(tmp_path, keep_frame_of_reference=False)
+    node, stop = start_node(NodeConfig(workdir=tmp_path / "node", send_empty_seg=True))
+    try:
+        assert [status_code(s) for s in store_files(node.port, paths)] == [SUCCESS] * len(paths)
+        settings = load_settings(node.config.write())
+        model = ThresholdModel()
+        completion_tick(node.sessions, CompletionRule(quiet_period=timedelta(0), max_open=timedelta(hours=1)),
+                        model_key=model_key(model), max_attempts=3)
+        worker = Worker(sessions=node.sessions, run_job=Pipeline(settings, node.sessions, node.store, model).run,
+                        destinations={}, lease=timedelta(minutes=5), heartbeat_every=timedelta(seconds=30),
+                        policy=RetryPolicy.from_settings(settings.jobs.retry))
+        assert worker.run_available() == 1
+        with node.sessions() as session:
+            job = session.scalars(select(Job)).one()
+            outputs = session.execute(select(OutputObject.kind, OutputObject.path)).all()
+        assert (job.state, job.attempts, job.warnings, job.last_error) == (JobState.SUCCEEDED, 1, None, None)
+        assert {kind for kind, _ in outputs} == {"seg", "sr", "key_images"}
+        for kind, path in outputs:
+            verdict = run_dciodvfy(node.store.absolute(path))
+            assert verdict.ok, f"{kind}: " + "\n".join(verdict.errors)
+    finally:
+        stop()  # type: ignore[operator]
