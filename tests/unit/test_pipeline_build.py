@@ -14,6 +14,7 @@ from dicom_node.errors import NotApplicableError, SourceDataError
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.outputs import codes
+from dicom_node.outputs.validate import run_dciodvfy
 from dicom_node.pipeline import BuiltObjects, Pipeline, StudyInput
 from tests.support.node import REPO
 from tests.support.outputs_fixtures import assert_valid
@@ -124,3 +125,23 @@ def test_a_study_without_a_qualifying_series_is_not_applicable(tmp_path: Path) -
         dataset.save_as(path)
     with pytest.raises(NotApplicableError, match="no series qualifies for analysis"):
         _pipeline().select_and_load(StudyInput(spec.study_instance_uid, {spec.series_instance_uid: paths}))
+
+
+def test_malformed_source_uids_are_kept_and_are_the_only_thing_dciodvfy_flags(tmp_path: Path) -> None:
+    """Leading zeros in the study's and series' UIDs: the PACS knows the study by them, so our
+    objects carry them as sent; every other value in our objects is valid."""
+    study_uid, series_uid = "1.2.840.0099.1", "1.2.840.099.2.3"
+    spec = SeriesSpec(n_slices=16, rows=128, columns=128, pixel_spacing_mm=(1.6, 1.6),
+                      lesions=[Lesion((20.0, 10.0, 0.0), 12.0)], seed=4,
+                      study_instance_uid=study_uid, series_instance_uid=series_uid)
+    built = _build(tmp_path, spec)
+    assert built.missing == [] and {"seg", "sr", "key_images"} <= set(built.kinds())
+    for number, (kind, dataset) in enumerate(built.objects):
+        assert dataset.StudyInstanceUID == study_uid
+        path = tmp_path / f"{number}-{kind}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        errors = run_dciodvfy(path).errors
+        specific = [e for e in errors if e != "Error - Dicom dataset contains invalid data values for Value Representations"]
+        assert specific and all(
+            "Leading zeroes in embedded numeric component(s)" in e and (study_uid in e or series_uid in e) for e in specific
+        ), (kind, errors)
