@@ -475,7 +475,8 @@ def jobs_list(
         jobs = queue.list_jobs(session, limit=limit, state=state)
     typer.echo(f"{'ID':>6}  {'STATE':<10}  {'TRY':>5}  {'STUDY INSTANCE UID':<64}  GEN  MODEL / LAST ERROR")
     for job in jobs:
-        detail = job.last_error.splitlines()[0][:80] if job.last_error else job.model_key
+        problem = job.last_error or job.reason or (job.warnings[0] if job.warnings else None)
+        detail = problem.splitlines()[0][:80] if problem else job.model_key
         typer.echo(
             f"{job.id:>6}  {job.state.value:<10}  {job.attempts:>2}/{job.max_attempts:<2}  "
             f"{job.study_instance_uid:<64}  {job.study_generation:>3}  {detail}"
@@ -502,10 +503,14 @@ def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
         typer.echo(f"  next try   {job.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC")
     if job.lease_owner:
         typer.echo(f"  worker     {job.lease_owner}")
+    if job.reason:
+        typer.echo(f"  skipped    {job.reason}")
     if job.last_error:
         typer.echo(f"  error      {job.last_error}")
     if job.summary:
         typer.echo(f"  result     {job.summary}")
+    for warning in job.warnings:
+        typer.echo(f"  warning    {warning}")
     for d in deliveries:
         why = f" ({d.last_error})" if d.last_error else ""
         typer.echo(
@@ -527,8 +532,8 @@ def _job_transition(config: Path, job_id: int, change: Callable[..., bool], done
 
 @jobs_app.command("retry")
 def jobs_retry(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run a dead, cancelled or finished job again (attempts start over)."""
-    _job_transition(config, job_id, queue.retry_now, "queued", "dead, cancelled or succeeded")
+    """Run a dead, cancelled, skipped or finished job again (attempts start over)."""
+    _job_transition(config, job_id, queue.retry_now, "queued", "dead, cancelled, skipped or succeeded")
 
 
 @jobs_app.command("cancel")
