@@ -40,12 +40,9 @@ from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.ingest.catalog import Catalog, study_summaries
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
-from dicom_node.imaging import geometry, volume
 from dicom_node.jobs import queue, tick_lease
 from dicom_node.logs import configure_logging
 from dicom_node.metrics import Metrics, StateCollector, serve_http
-from dicom_node.models import commands as model_commands
-from dicom_node.models.inputs import ImagingFunctions
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retention import run_retention
@@ -53,6 +50,7 @@ from dicom_node.retry import RetryPolicy
 from dicom_node.scheduler import Worker, build_scheduler, release_ticks
 from dicom_node.send.outbox import deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
+from dicom_node.training import commands as model_commands
 
 logger = logging.getLogger("dicom_node")
 
@@ -185,11 +183,6 @@ def _wait_for_signal(stop: threading.Event, reloadable: Reloadable) -> None:
             reloadable.reload()
 
 
-def _imaging() -> ImagingFunctions:
-    """The imaging layer's preprocessing, handed to the models (which may not import it)."""
-    return ImagingFunctions(geometry.prepare_hu, geometry.prepare_windowed, volume.assemble_volume)
-
-
 def _missing_packages(settings: Settings) -> list[str]:
     """What the configured model needs that is not installed here (checked without importing it)."""
     if settings.analysis.model != "threshold" and importlib.util.find_spec("torch") is None:
@@ -202,19 +195,22 @@ def _missing_packages(settings: Settings) -> list[str]:
 
 def _model(settings: Settings) -> Model:
     """The configured model. Trained kinds import torch here, in the worker, never in the listener."""
+    from dicom_node.models.gating import GatedModel  # scipy: only the worker needs it
+
     analysis = settings.analysis
     if analysis.model == "threshold":
-        return ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml))
+        return GatedModel(ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml)))  # type: ignore[return-value]
     if problems := _missing_packages(settings):
         raise ConfigError(problems)  # exit status 2: systemd does not restart into the same error
     from dicom_node.models.combine import CombinedModel
     from dicom_node.models.registry import load_model, shipped_model_dir
     from dicom_node.models.runner import Runner
 
-    def runner(kind: str, directory: Path | None) -> Runner:
+    def runner(kind: str, directory: Path | None) -> GatedModel:
         loaded = load_model(directory or shipped_model_dir(kind), kind=kind)
         device = None if analysis.device == "auto" else analysis.device
-        return Runner(loaded, _imaging(), device=device, batch_size=analysis.batch_size)
+        # Every kind's findings are restricted to the intracranial space.
+        return GatedModel(Runner(loaded, device=device, batch_size=analysis.batch_size))
 
     directories = {"unet": analysis.unet_dir, "maskrcnn": analysis.maskrcnn_dir}
     if "+" not in analysis.model:
@@ -479,7 +475,8 @@ def jobs_list(
         jobs = queue.list_jobs(session, limit=limit, state=state)
     typer.echo(f"{'ID':>6}  {'STATE':<10}  {'TRY':>5}  {'STUDY INSTANCE UID':<64}  GEN  MODEL / LAST ERROR")
     for job in jobs:
-        detail = job.last_error.splitlines()[0][:80] if job.last_error else job.model_key
+        problem = job.last_error or job.reason or (job.warnings[0] if job.warnings else None)
+        detail = problem.splitlines()[0][:80] if problem else job.model_key
         typer.echo(
             f"{job.id:>6}  {job.state.value:<10}  {job.attempts:>2}/{job.max_attempts:<2}  "
             f"{job.study_instance_uid:<64}  {job.study_generation:>3}  {detail}"
@@ -506,10 +503,14 @@ def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
         typer.echo(f"  next try   {job.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC")
     if job.lease_owner:
         typer.echo(f"  worker     {job.lease_owner}")
+    if job.reason:
+        typer.echo(f"  skipped    {job.reason}")
     if job.last_error:
         typer.echo(f"  error      {job.last_error}")
     if job.summary:
         typer.echo(f"  result     {job.summary}")
+    for warning in job.warnings:
+        typer.echo(f"  warning    {warning}")
     for d in deliveries:
         why = f" ({d.last_error})" if d.last_error else ""
         typer.echo(
@@ -531,8 +532,8 @@ def _job_transition(config: Path, job_id: int, change: Callable[..., bool], done
 
 @jobs_app.command("retry")
 def jobs_retry(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run a dead, cancelled or finished job again (attempts start over)."""
-    _job_transition(config, job_id, queue.retry_now, "queued", "dead, cancelled or succeeded")
+    """Run a dead, cancelled, skipped or finished job again (attempts start over)."""
+    _job_transition(config, job_id, queue.retry_now, "queued", "dead, cancelled, skipped or succeeded")
 
 
 @jobs_app.command("cancel")
@@ -653,7 +654,7 @@ def version() -> None:
 
 def main() -> None:
     """Console entry point; turns our own errors into a message and exit status 1 (2: configuration)."""
-    model_commands.register(app, _imaging())
+    model_commands.register(app)
     try:
         app()
     except ConfigError as exc:  # the configuration, or what it needs, is wrong: retrying cannot help

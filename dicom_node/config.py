@@ -236,6 +236,12 @@ class SelectionSettings(_Section):
     min_slice_thickness_mm: float = Field(default=0.4, ge=0)
     max_slice_thickness_mm: float = Field(default=6.0, gt=0)
     min_slices: int = Field(default=1, ge=1)
+    min_coverage_mm: float = Field(
+        default=60.0,
+        ge=0,
+        description="a chosen series covering less along the head's axis is skipped as too small to analyse "
+        "(a stray slice, a partial scan); a head is about 150 mm",
+    )
     head_regex: Regex = r"(?i)\b(head|brain|skull|cranial|cranium|neuro|kopf|cerebr\w*|ich)\b"
     soft_tissue_kernel_regex: Regex = r"(?i)(soft|standard|brain|\bH[0-4]\d|\bJ[0-4]\d|\bFC[0-4]\d|UB|^B$|\bB[0-4]\d|\bQr[0-4]\d)"
     bone_kernel_regex: Regex = r"(?i)(bone|sharp|lung|edge|\bH[6-9]\d|\bJ[6-9]\d|\bB[6-9]\d|\bQr[6-9]\d|\bYC|\bFC[3-9][0-9])"

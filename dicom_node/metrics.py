@@ -40,6 +40,10 @@ class Metrics:
         self.failures = Counter(
             "dicom_node_failures", "Refusals and failures, by stage and reason", ["stage", "reason"], registry=self.registry
         )
+        self.skipped = Counter(
+            "dicom_node_jobs_skipped", "Jobs ended 'skipped': the study is not for this analysis (not failures)",
+            registry=self.registry,
+        )
         self.stage_seconds = Histogram(
             "dicom_node_job_stage_seconds", "Duration of job stages", ["stage"], buckets=STAGE_BUCKETS, registry=self.registry
         )

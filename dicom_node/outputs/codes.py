@@ -70,6 +70,11 @@ MEAN: Code = codes.SCT.Mean
 CERTAINTY_OF_FINDING: Code = codes.DCM.CertaintyOfFinding
 PROBABILITY: Code = codes.DCM.Probability
 
+#: Concept name of a free-text qualitative evaluation (TID 1501 row "Qualitative
+#: Evaluations", TEXT). Not in pydicom's dictionaries; the UMLS code PS3.16 gives it.
+#: The SR uses it to say which result object is missing, and why.
+QUALITATIVE_EVALUATIONS: Code = Code("C0034375", "UMLS", "Qualitative Evaluations")
+
 #: UCUM units. pydicom's dictionaries have no plain millilitre (only compound
 #: units such as ml/min); "mL" is the UCUM case-sensitive symbol for it.
 MILLILITER: Code = Code("mL", "UCUM", "milliliter")

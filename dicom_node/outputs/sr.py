@@ -100,6 +100,8 @@ def build_report(
     series_description: str,
     sop_instance_uid: str,
     instance_number: int = 1,
+    missing: Sequence[str] = (),
+    previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of one study, referencing ``segmentation`` for each lesion.
 
@@ -107,6 +109,12 @@ def build_report(
     type, from the segment it references, so the SR and the SEG name a lesion
     the same way and a subtype coded in the SEG is reported as such. Lesions
     therefore need the SEG; a negative study may pass ``segmentation=None``.
+
+    ``missing`` are sentences saying which result object could not be made and
+    why; each becomes a TEXT "Qualitative Evaluations" item of the study-level
+    group (TID 1501), so the reader of the report learns it too.
+    ``previous_versions`` are the earlier reports of this study that this one
+    replaces (their UIDs suffice): the Predecessor Documents Sequence names them.
     """
     if not source_images:
         raise ValueError("the report needs the source images as evidence")
@@ -115,7 +123,7 @@ def build_report(
         hd.sr.MeasurementsAndQualitativeEvaluations
         | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     ] = [*_lesion_groups(lesions, segmentation, source_images, algorithm_id)]
-    groups.append(_study_group(assessment, algorithm_id, study_tracking_uid))
+    groups.append(_study_group(assessment, algorithm_id, study_tracking_uid, missing))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(equipment, device_observer_uid),
         procedure_reported=codes.CT_UNSPECIFIED_BODY_REGION,
@@ -139,6 +147,7 @@ def build_report(
         is_complete=True,
         is_final=False,
         is_verified=False,
+        previous_versions=list(previous_versions) or None,
     )
 
 
@@ -195,10 +204,12 @@ def _study_group(
     assessment: StudyAssessment,
     algorithm_id: hd.sr.AlgorithmIdentification,
     study_tracking_uid: str,
+    missing: Sequence[str] = (),
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501: "Intracranial hemorrhage: Present/Absent" and the study probability."""
+    """TID 1501: "Intracranial hemorrhage: Present/Absent" and the study probability,
+    then one TEXT qualitative evaluation per missing result object (TID 1501's TEXT row)."""
     presence = codes.PRESENT if assessment.hemorrhage_present else codes.ABSENT
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=study_tracking_uid, identifier=STUDY_TRACKING_ID),
         finding_type=codes.INTRACRANIAL_HEMORRHAGE,
         algorithm_id=algorithm_id,
@@ -215,6 +226,16 @@ def _study_group(
             hd.sr.QualitativeEvaluation(name=codes.INTRACRANIAL_HEMORRHAGE, value=presence)
         ],
     )
+    # highdicom's QualitativeEvaluation is CODE only; the TEXT row is appended to the group's container.
+    for sentence in missing:
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.QUALITATIVE_EVALUATIONS,
+                value=sentence,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
 
 
 def _lesion_group(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -35,6 +36,34 @@ class Lesion:
     center_mm: tuple[float, float, float]
     radius_mm: float
     hu: float = 65.0
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """A phantom with the anatomy that makes the intracranial space hard to find.
+
+    ``body="head"``: a closed skull (ellipsoid shell, vertex included) with scalp,
+    ending at a skull base ``skull_base_mm`` below the head centre. Below the base:
+    a bony floor pierced by a foramen magnum, then a neck (soft tissue, a pharynx
+    of air, a vertebra whose canal holds the cord, which runs up through the
+    foramen into the brain). Options: ``base_opening_mm`` of skull above the base
+    whose ring is open at the front into an air sinus (no closed bone ring there),
+    and a craniectomy (``craniectomy_deg`` of the ring missing on the patient's
+    right over ``craniectomy_z_mm``, scalp lying on the brain).
+
+    ``body="chest"``: a wide thorax (lungs, ribs, spine, sternum): no skull ring.
+
+    The intracranial space is known exactly: inside the inner table, above the
+    base (:func:`anatomical_volume` returns it).
+    """
+
+    body: Literal["head", "chest"] = "head"
+    head_centre_z_mm: float = 0.0
+    skull_base_mm: float = 40.0
+    base_opening_mm: float = 15.0
+    opening_width_mm: float = 20.0
+    craniectomy_deg: float = 0.0
+    craniectomy_z_mm: tuple[float, float] = (0.0, 60.0)
 
 
 @dataclass
@@ -56,6 +85,9 @@ class SeriesSpec:
     series_description: str = "HEAD 5mm STND"
     seed: int = 0
     gantry_tilt_deg: float = 0.0
+    #: Anatomy beyond the plain ellipsoid (skull base, neck, vertex, craniectomy) or
+    #: another body part; None keeps the plain ellipsoid above.
+    anatomy: Anatomy | None = None
 
 
 def _positions(spec: SeriesSpec) -> np.ndarray:
@@ -122,6 +154,9 @@ def _tilted_head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
     """The HU volume (slices, rows, columns) as int16, and the lesion mask (bool)."""
+    if spec.anatomy is not None:
+        volume, lesions, _ = anatomical_volume(spec)
+        return volume, lesions
     if spec.gantry_tilt_deg:
         return _tilted_head_volume(spec)
     rng = np.random.default_rng(spec.seed)
@@ -152,6 +187,109 @@ def head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
         noise = rng.normal(0.0, 4.0, size=plane.shape).round().astype(np.int16)
         plane[outer <= 1.0] += noise[outer <= 1.0]
     return volume, mask
+
+
+#: Semi-axes (x, y, z) in mm of the anatomical phantom's scalp, outer and inner table.
+_SCALP = (80.0, 97.0, 90.0)
+_OUTER_TABLE = (75.0, 92.0, 85.0)
+_INNER_TABLE = (68.0, 85.0, 78.0)
+#: Thickness of the bony floor at the skull base, and where the foramen magnum pierces it.
+_FLOOR_MM = 7.0
+_FORAMEN = (0.0, 30.0, 15.0)  # centre x, y and radius, mm
+_CORD_RADIUS_MM = 9.0
+
+
+def _ellipse(px: np.ndarray, py: np.ndarray, pz: np.ndarray, semi: tuple[float, float, float]) -> np.ndarray:
+    return (px / semi[0]) ** 2 + (py / semi[1]) ** 2 + (pz / semi[2]) ** 2 <= 1.0
+
+
+def _disc(px: np.ndarray, py: np.ndarray, cx: float, cy: float, rx: float, ry: float | None = None) -> np.ndarray:
+    return ((px - cx) / rx) ** 2 + ((py - cy) / (rx if ry is None else ry)) ** 2 <= 1.0
+
+
+def _head_plane(anatomy: Anatomy, px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HU of one plane of the anatomical head (coordinates relative to the head centre), and its intracranial space."""
+    plane = np.full(px.shape, -1000, dtype=np.int16)
+    base = -anatomy.skull_base_mm
+    above = pz > base
+    inner = _ellipse(px, py, pz, _INNER_TABLE)
+    outer = _ellipse(px, py, pz, _OUTER_TABLE)
+    plane[_ellipse(px, py, pz, _SCALP) & (pz > base - _FLOOR_MM)] = 40
+    plane[outer & above] = 1000
+    shell = outer & ~inner & above
+    if anatomy.base_opening_mm > 0:
+        opening = shell & (pz < base + anatomy.base_opening_mm) & (np.abs(px) < anatomy.opening_width_mm / 2) & (py < 0)
+        plane[opening] = -900
+        plane[_disc(px, py, 0.0, -_OUTER_TABLE[1], 14.0, 10.0) & (pz < base + anatomy.base_opening_mm) & above] = -900
+    if anatomy.craniectomy_deg > 0:
+        z0, z1 = anatomy.craniectomy_z_mm
+        angle = np.degrees(np.arctan2(py, -px))  # 0 degrees = the patient's right (-x in LPS)
+        defect = shell & (np.abs(angle) <= anatomy.craniectomy_deg / 2) & (pz >= z0) & (pz <= z1)
+        plane[defect] = 30
+    intracranial = inner & above
+    plane[intracranial] = 35
+    floor = (pz <= base) & (pz > base - _FLOOR_MM) & _ellipse(px, py, np.full_like(pz, base), _OUTER_TABLE)
+    plane[floor] = 1000
+    fx, fy, fr = _FORAMEN
+    plane[floor & _disc(px, py, fx, fy, fr)] = 5
+    neck = pz <= base - _FLOOR_MM
+    plane[neck & _disc(px, py, 0.0, 10.0, 50.0, 55.0)] = 40
+    plane[neck & _disc(px, py, 0.0, -15.0, 12.0, 8.0)] = -900
+    plane[neck & _disc(px, py, fx, fy, 16.0)] = 1000
+    plane[(neck | floor) & _disc(px, py, fx, fy, _CORD_RADIUS_MM)] = 35
+    return plane, intracranial
+
+
+def _chest_plane(px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """HU of one plane of a thorax: wide, lungs, ribs and a spine, no skull ring."""
+    plane = np.full(px.shape, -1000, dtype=np.int16)
+    plane[_disc(px, py, 0.0, 0.0, 170.0, 120.0)] = -100
+    plane[_disc(px, py, 0.0, 0.0, 160.0, 110.0)] = 40
+    plane[_disc(px, py, -75.0, -5.0, 60.0, 80.0) | _disc(px, py, 75.0, -5.0, 60.0, 80.0)] = -850
+    for angle in np.radians(np.arange(-60, 250, 22.0)):
+        plane[_disc(px, py, 145.0 * np.cos(angle), -100.0 * np.sin(angle), 6.0)] = 900
+    plane[_disc(px, py, 0.0, 90.0, 18.0)] = 900
+    plane[_disc(px, py, 0.0, 90.0, 9.0)] = 35
+    plane[_disc(px, py, 0.0, -105.0, 12.0, 5.0)] = 900
+    return plane
+
+
+def anatomical_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HU volume, lesion mask and the exact intracranial space of a phantom with ``spec.anatomy``.
+
+    Every pixel is evaluated at its true patient position, so gantry tilt shears
+    the anatomy exactly as on a scanner. Lesions are planted inside the brain only.
+    """
+    anatomy = spec.anatomy
+    if anatomy is None:
+        raise ValueError("anatomical_volume needs spec.anatomy")
+    rng = np.random.default_rng(spec.seed)
+    dy, dx = spec.pixel_spacing_mm
+    t = _tilt_rad(spec)
+    y = (np.arange(spec.rows) - (spec.rows - 1) / 2.0) * dy
+    x = (np.arange(spec.columns) - (spec.columns - 1) / 2.0) * dx
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    shape = (spec.n_slices, spec.rows, spec.columns)
+    volume = np.empty(shape, dtype=np.int16)
+    lesions = np.zeros(shape, dtype=bool)
+    truth = np.zeros(shape, dtype=bool)
+    for k, table_z in enumerate(_positions(spec) / np.cos(t)):
+        px, py, pz = xx, yy * np.cos(t), table_z + yy * np.sin(t)
+        if anatomy.body == "chest":
+            plane = _chest_plane(px, py)
+        else:
+            plane, truth[k] = _head_plane(anatomy, px, py, pz - anatomy.head_centre_z_mm)
+            for lesion in spec.lesions:
+                cx, cy, cz = lesion.center_mm
+                inside = ((px - cx) ** 2 + (py - cy) ** 2 + (pz - cz) ** 2) <= lesion.radius_mm**2
+                inside &= truth[k]
+                plane[inside] = int(round(lesion.hu))
+                lesions[k] |= inside
+        body = plane > -950
+        noise = rng.normal(0.0, 4.0, size=plane.shape).round().astype(np.int16)
+        plane[body] += noise[body]
+        volume[k] = plane
+    return volume, lesions, truth
 
 
 def lesion_volume_ml(spec: SeriesSpec, mask: np.ndarray) -> float:
