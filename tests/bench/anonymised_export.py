@@ -128,7 +128,7 @@ def run_case(node: ExampleNode, pacs: StoreSCP, case: ExportCase, scratch: Path)
 def _reason(job: JobRow | None) -> str:
     if job is None:
         return "no job"
-    text = job.last_error or str(job.summary.get("reason", "") or job.summary.get("call", ""))
+    text = job.reason or job.last_error or job.warnings or str(job.summary.get("call", ""))
     return _UID.sub("<uid>", " ".join(text.split()))[:100]
 
 

@@ -40,6 +40,10 @@ class JobRow:
     state: str
     attempts: int
     last_error: str | None
+    #: why a skipped job was not analysed
+    reason: str | None
+    #: what a succeeded job's results lack, and why
+    warnings: str | None
     summary: dict[str, object]
     #: result objects queued for a destination (not cancelled)
     deliveries: int
@@ -129,7 +133,8 @@ class ExampleNode:
             with engine.connect() as connection:
                 rows = connection.execute(
                     text(
-                        "SELECT job.id, study.study_instance_uid, job.state, job.attempts, job.last_error, job.summary,"
+                        "SELECT job.id, study.study_instance_uid, job.state, job.attempts, job.last_error, job.reason,"
+                        " job.warnings, job.summary,"
                         " (SELECT count(*) FROM delivery JOIN output_object ON output_object.id = delivery.output_id"
                         "  WHERE output_object.job_id = job.id AND delivery.state != 'cancelled')"
                         " FROM job JOIN study ON study.id = job.study_id ORDER BY job.id"
@@ -139,7 +144,8 @@ class ExampleNode:
             engine.dispose()
         return {
             row[1]: JobRow(
-                row[0], row[1], str(row[2]), int(row[3]), row[4], json.loads(row[5]) if row[5] else {}, int(row[6])
+                id=row[0], study_instance_uid=row[1], state=str(row[2]), attempts=int(row[3]), last_error=row[4],
+                reason=row[5], warnings=row[6], summary=json.loads(row[7]) if row[7] else {}, deliveries=int(row[8]),
             )
             for row in rows
         }
