@@ -325,7 +325,6 @@ class Pipeline:
             algorithm=algorithm,
             equipment=equipment,
             device_observer_uid=device_observer_uid(settings.identity.uid_root),
-            study_tracking_uid=uids.study_tracking(),
             series_instance_uid=uids.series("sr"),
             series_number=out.sr_series_number,
             series_description=out.sr_series_description,
