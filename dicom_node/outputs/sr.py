@@ -11,12 +11,15 @@ Structure (PS3.16 TID 1500), as built by highdicom:
   - first every lesion's TID 1410 planar group (row 7): an "Image Region"
     SCOORD, a closed POLYLINE round the lesion's pixels on its key slice (the
     slice of the long axis, which the key images show), SELECTED FROM that CT
-    image; it repeats the lesion's measurements, because viewers (OHIF)
-    display an SR only through the spatial coordinates of its groups and label
-    the drawing with the group's numbers;
+    image, with the finding type and site but no measurement;
   - then every lesion's TID 1411 volumetric group (row 8): it references the
-    lesion's segment in our SEG and holds the same measurements: volume (mL),
-    long axis (mm), mean attenuation (HU) and certainty of finding (unit "1");
+    lesion's segment in our SEG and holds the measurements, each once: volume
+    (mL), long axis (mm), mean attenuation (HU) and certainty of finding
+    (unit "1").
+  Viewers display an SR through the spatial coordinates of its groups: OHIF
+  merges the groups that share a tracking UID and draws the outline labelled
+  with the numbers of both, so the lesion appears once, with its volume. Had
+  the outline group repeated the numbers, OHIF would list each twice;
 * Qualitative Evaluations (row 12): the study-level call, "Intracranial
   hemorrhage: Present/Absent" (row 13, CODE), and the study probability as
   text (row 14: the container has no NUM row). It sits outside Imaging
@@ -282,7 +285,11 @@ def _planar_group(
     source_images: Sequence[Dataset],
     algorithm_id: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 for one lesion: its outline on the key slice, SELECTED FROM that image, and its numbers."""
+    """TID 1410 for one lesion: its outline on the key slice, SELECTED FROM that image.
+
+    No measurement: they are in the lesion's TID 1411 group, under the same
+    tracking UID, so that each number is stated once.
+    """
     image = source_images[lesion.key_slice_index]
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -298,7 +305,6 @@ def _planar_group(
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         algorithm_id=algorithm_id,
         finding_sites=[hd.sr.FindingSite(codes.BRAIN)],
-        measurements=_lesion_measurements(lesion, algorithm_id),
     )
 
 

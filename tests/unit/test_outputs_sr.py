@@ -218,7 +218,11 @@ def test_groups_follow_the_template_rows_outlines_then_segments(
 def test_every_lesion_has_both_groups_under_its_tracking_uid(
     case: Case, written: tuple[Path, hd.sr.Comprehensive3DSR]
 ) -> None:
-    """The outline group and the segment group of a lesion are one finding: same identifier and UID."""
+    """The outline group and the segment group of a lesion are one finding: same identifier and UID.
+
+    Each number is stated once, in the segment group (OHIF merges groups by
+    tracking UID and would list a repeated number twice).
+    """
     _, report = written
     content = _content(report)
     planar = content.get_planar_roi_measurement_groups()
@@ -226,9 +230,8 @@ def test_every_lesion_has_both_groups_under_its_tracking_uid(
     for spec, outline, segment in zip(case.segments, planar, volumetric, strict=True):
         assert outline.tracking_uid == segment.tracking_uid == spec.tracking_uid
         assert outline.finding_type == segment.finding_type == codes.INTRACRANIAL_HEMORRHAGE
-        assert [_measurement(outline, m.name).value for m in segment.get_measurements()] == [
-            m.value for m in segment.get_measurements()
-        ]
+        assert outline.get_measurements() == []
+        assert len(segment.get_measurements()) == 4
 
 
 def _pixels_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -342,8 +345,7 @@ def test_a_lesion_without_confidence_has_no_certainty(
     lesions = tuple(dataclasses.replace(lesion, confidence=None) for lesion in case.lesions)
     path = tmp_path / "no-confidence.dcm"
     report = _write_and_read(_report(case, segmentation, lesions), path)
-    content = _content(report)
-    for group in [*content.get_planar_roi_measurement_groups(), *content.get_volumetric_roi_measurement_groups()]:
+    for group in _content(report).get_volumetric_roi_measurement_groups():
         assert group.get_measurements(name=codes.CERTAINTY_OF_FINDING) == []
         assert len(group.get_measurements()) == 3
     assert_valid(path)
