@@ -486,7 +486,6 @@ class Pipeline:
             algorithm=inputs.algorithm,
             equipment=inputs.equipment,
             device_observer_uid=device_observer_uid(self.settings.identity.uid_root),
-            study_tracking_uid=uids.study_tracking(),
             series_instance_uid=uids.series("sr"),
             series_number=out.sr_series_number,
             series_description=inputs.description(out.sr_series_description),

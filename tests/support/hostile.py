@@ -729,7 +729,7 @@ def seg_and_sr(name: str, n_slices: int = 4) -> tuple[Dataset, Dataset]:
     sr = build_report(
         source_images=sources, assessment=StudyAssessment(False, 0.1), lesions=[], segmentation=None,
         algorithm=algorithm, equipment=equipment, device_observer_uid=uid(name, "device"),
-        study_tracking_uid=uid(name, "tracking"), series_instance_uid=uid(name, "sr series"), series_number=91,
+        series_instance_uid=uid(name, "sr series"), series_number=91,
         series_description="SR", sop_instance_uid=uid(name, "sr"),
     )
     return seg, sr
