@@ -42,7 +42,8 @@ POLL_S = 0.5
 #: Job states after which nothing more happens without an operator.
 FINAL_STATES = {"succeeded", "dead", "cancelled", "skipped"}
 POSITIVE, NEGATIVE = corpus()
-NODE_TIMEOUT_S = 120
+#: Node.js running OHIF's parsers over one SEG, one SR and 39 CT slices.
+OHIF_TIMEOUT_S = 120
 
 
 @dataclass
@@ -117,6 +118,7 @@ def test_storescu_sent_every_file_unconverted(loop: Loop) -> None:
 def test_the_study_is_analysed_once_and_succeeds(loop: Loop, case: ExportCase) -> None:
     job = loop.jobs[case.spec.study_instance_uid]
     assert (job.state, job.attempts) == ("succeeded", 1), job
+    assert job.warnings is None, "every object was built"
 
 
 def test_the_stray_slice_gets_a_clear_outcome_not_a_failure(loop: Loop) -> None:
@@ -124,9 +126,12 @@ def test_the_stray_slice_gets_a_clear_outcome_not_a_failure(loop: Loop) -> None:
     job = loop.jobs[POSITIVE.stray.study_instance_uid]
     assert job.state == "skipped", job
     assert job.attempts <= 1, "a study too small to analyse is not retried"
+    assert job.reason is not None and "1 slice" in job.reason, job
     shown = loop.node.cli("jobs", "show", str(job.id))
     assert shown.returncode == 0, shown.stderr
-    assert "1 slice" in shown.stdout, shown.stdout
+    assert job.reason in shown.stdout, shown.stdout
+    # The example sends nothing for a skipped study; the main study is not touched by it.
+    assert job.deliveries == 0 and loop.arrived(POSITIVE.stray.study_instance_uid).files == []
 
 
 @pytest.mark.parametrize("case", [POSITIVE, NEGATIVE], ids=lambda case: case.name)
@@ -208,7 +213,7 @@ def test_ohif_parsers_load_the_seg_and_sr(loop: Loop, viewer_dir: Path) -> None:
     ct = loop.written[POSITIVE.name].main
     completed = subprocess.run(
         [_tool("node"), str(viewer_dir / SCRIPT), "--seg", str(got.segs[0]), "--sr", str(got.srs[0]), *map(str, ct)],
-        capture_output=True, text=True, timeout=NODE_TIMEOUT_S, check=False,
+        capture_output=True, text=True, timeout=OHIF_TIMEOUT_S, check=False,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
 

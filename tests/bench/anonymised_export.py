@@ -128,7 +128,13 @@ def run_case(node: ExampleNode, pacs: StoreSCP, case: ExportCase, scratch: Path)
 def _reason(job: JobRow | None) -> str:
     if job is None:
         return "no job"
-    text = job.reason or job.last_error or job.warnings or str(job.summary.get("call", ""))
+    text = job.reason or job.last_error or job.warnings or ""
+    if job.state == "succeeded" and not text:
+        summary = job.summary
+        text = (
+            f"{'hemorrhage' if summary.get('hemorrhage') else 'no hemorrhage'}, p={summary.get('probability')}, "
+            f"{summary.get('lesions')} lesion(s), {summary.get('total_volume_ml')} mL"
+        )
     return _UID.sub("<uid>", " ".join(text.split()))[:100]
 
 
@@ -166,7 +172,14 @@ def print_report(runs: list[CaseRun], args: argparse.Namespace, quiet_s: float) 
     print("last instance acknowledged -> last result written at the destination, 238 slices of 0.625 mm:")
     for n, run in enumerate(timed, start=1):
         value = run.seconds_to_last_result
-        print(f"  run {n}: " + ("no result arrived" if value is None else f"{value:6.1f} s (excl. quiet {value - quiet_s:6.1f} s)"))
+        main = run.outcomes[0].job
+        stages = dict(main.summary.get("timings_s", {})) if main else {}  # type: ignore[call-overload]
+        split = ", ".join(f"{name} {float(seconds):.1f}" for name, seconds in stages.items())
+        print(
+            f"  run {n}: "
+            + ("no result arrived" if value is None else f"{value:6.1f} s (excl. quiet {value - quiet_s:6.1f} s)")
+            + (f"; job stages (s): {split}" if split else "")
+        )
     if seconds and len(seconds) == len(timed):
         median = statistics.median(seconds)
         verdict = "met" if median <= TARGET_S and all(o.dciodvfy_errors == 0 for r in timed for o in r.outcomes) else "NOT met"
