@@ -19,7 +19,12 @@ What it measures
     The clock starts when storescu exits (every instance acknowledged, association
     released) and stops at the modification time of the last result file storescp
     wrote for the main study (SR, SEG and key images: storescp writes, then answers).
-    ``excl. quiet`` takes the configured quiet period off. The acceptance target is
+    ``excl. quiet`` takes the configured quiet period off. Each run's split, from the
+    node's database: ``complete`` (acknowledged -> study complete: the quiet period plus
+    the completion scan's interval, 5 s in the example), ``dispatch`` (-> job started),
+    ``job`` (-> job finished; its stages follow: load, which includes the head check
+    from the image, infer, build, write) and ``send`` (-> last result written). The
+    acceptance target is
     every result at the destination within 2 minutes, each with dciodvfy 0 errors;
     dciodvfy runs after the clock stopped.
 
@@ -81,6 +86,8 @@ class CaseRun:
     case: ExportCase
     seconds_to_last_result: float | None
     outcomes: list[StudyOutcome] = field(default_factory=list)
+    #: where the time went: acknowledged -> study complete -> job started -> job finished -> last result
+    split: dict[str, float] = field(default_factory=dict)
 
 
 def _studies(case: ExportCase) -> list[tuple[str, str]]:
@@ -118,6 +125,14 @@ def run_case(node: ExampleNode, pacs: StoreSCP, case: ExportCase, scratch: Path)
     main = pacs.results_of(case.spec.study_instance_uid)
     last = max((path.stat().st_mtime for path in main.files), default=None)
     run = CaseRun(case, None if last is None else last - acknowledged)
+    job = jobs.get(case.spec.study_instance_uid)
+    if last is not None and job is not None and None not in (job.completed_at, job.started_at, job.finished_at):
+        run.split = {
+            "complete": job.completed_at - acknowledged,  # type: ignore[operator]
+            "dispatch": job.started_at - job.completed_at,  # type: ignore[operator]
+            "job": job.finished_at - job.started_at,  # type: ignore[operator]
+            "send": last - job.finished_at,  # type: ignore[operator]
+        }
     for role, uid in _studies(case):
         got = pacs.results_of(uid)
         errors = sum(len(run_dciodvfy(path).errors) for path in got.files)
@@ -178,7 +193,8 @@ def print_report(runs: list[CaseRun], args: argparse.Namespace, quiet_s: float) 
         print(
             f"  run {n}: "
             + ("no result arrived" if value is None else f"{value:6.1f} s (excl. quiet {value - quiet_s:6.1f} s)")
-            + (f"; job stages (s): {split}" if split else "")
+            + (f"\n         " + ", ".join(f"{k} {v:.1f}" for k, v in run.split.items()) if run.split else "")
+            + (f"; job stages: {split}" if split else "")
         )
     if seconds and len(seconds) == len(timed):
         median = statistics.median(seconds)

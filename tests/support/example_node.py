@@ -11,6 +11,7 @@ that long), and the destination the results go to.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -47,6 +48,18 @@ class JobRow:
     summary: dict[str, object]
     #: result objects queued for a destination (not cancelled)
     deliveries: int
+    #: seconds since the epoch (the node's clock, UTC): study completed, job started, job finished
+    completed_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+def _epoch(value: object) -> float | None:
+    """A naive-UTC timestamp from the database as seconds since the epoch."""
+    if value is None:
+        return None
+    moment = value if isinstance(value, datetime.datetime) else datetime.datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=datetime.UTC).timestamp()
 
 
 @dataclass
@@ -134,7 +147,7 @@ class ExampleNode:
                 rows = connection.execute(
                     text(
                         "SELECT job.id, study.study_instance_uid, job.state, job.attempts, job.last_error, job.reason,"
-                        " job.warnings, job.summary,"
+                        " job.warnings, job.summary, study.completed_at, job.started_at, job.finished_at,"
                         " (SELECT count(*) FROM delivery JOIN output_object ON output_object.id = delivery.output_id"
                         "  WHERE output_object.job_id = job.id AND delivery.state != 'cancelled')"
                         " FROM job JOIN study ON study.id = job.study_id ORDER BY job.id"
@@ -145,7 +158,8 @@ class ExampleNode:
         return {
             row[1]: JobRow(
                 id=row[0], study_instance_uid=row[1], state=str(row[2]), attempts=int(row[3]), last_error=row[4],
-                reason=row[5], warnings=row[6], summary=json.loads(row[7]) if row[7] else {}, deliveries=int(row[8]),
+                reason=row[5], warnings=row[6], summary=json.loads(row[7]) if row[7] else {}, deliveries=int(row[11]),
+                completed_at=_epoch(row[8]), started_at=_epoch(row[9]), finished_at=_epoch(row[10]),
             )
             for row in rows
         }
