@@ -49,18 +49,19 @@ def error_lines(errors: list[RecentError]) -> list[str]:
 
 
 STUDY_HEADER = (
-    f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  {'INST':>5}  {'LAST RECEIVED (UTC)':<19}  "
+    f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  GEN  SERIES  INSTANCES  {'LAST RECEIVED (UTC)':<19}  "
     f"{'JOB':>5}  {'JOB STATE':<10}  {'CALL':<8}  {'PROB':>5}  {'VOLUME':>9}  DELIVERY"
 )
 
 
 def study_line(study: StudyOverview) -> str:
-    """One study: received, job, the AI call and where its results are."""
+    """One study: received, its latest job, the AI call and where its results are."""
     s, job = study.study, study.job
     probability = f"{job.probability:.2f}" if job and job.probability is not None else "-"
     volume = f"{job.volume_ml:.1f} mL" if job and job.volume_ml is not None else "-"
     return (
-        f"{s.study_instance_uid:<64}  {s.state.value:<9}  {s.instance_count:>5}  {_short(s.last_received_at):<19}  "
+        f"{s.study_instance_uid:<64}  {s.state.value:<9}  {s.generation:>3}  {s.series_count:>6}  "
+        f"{s.instance_count:>9}  {_short(s.last_received_at):<19}  "
         f"{job.id if job else '-':>5}  {job.state if job else '-':<10}  {job.call if job else '-':<8}  "
         f"{probability:>5}  {volume:>9}  {study.delivery_text}"
     )
