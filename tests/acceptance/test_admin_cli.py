@@ -28,7 +28,8 @@ from dicom_node.db.models import (
     utcnow,
 )
 from dicom_node.db.session import create_db_engine, session_factory
-from tests.support.node import NodeConfig, cli
+from tests.conftest import RunningNode
+from tests.support.node import NodeConfig, cli, free_port
 
 STUDY = "1.2.826.0.1.3680043.10.1476.99.1001"
 RUNNING_STUDY = "1.2.826.0.1.3680043.10.1476.99.1002"
@@ -178,3 +179,24 @@ def test_demo_writes_a_positive_or_negative_head_ct(tmp_path: Path) -> None:
     # Acute blood is planted at +65 HU, between brain (+35) and bone (+1000).
     blood = lambda series: sum(int((abs(ds.pixel_array.astype(int) - 1024 - 65) <= 12).sum()) for ds in series)  # noqa: E731
     assert blood(pos) > 1000 and blood(neg) < 50, (blood(pos), blood(neg))
+
+
+def test_echo_says_why_it_failed_and_what_to_try(node: RunningNode, tmp_path: Path) -> None:
+    """Against a real listener: an unknown calling AE title is rejected with the reason, and
+    the hint names --calling-ae; with an allowed one the same command succeeds."""
+    peer = f"DICOMNODE@127.0.0.1:{node.port}"
+    rejected = cli("echo", peer, "--calling-ae", "NOBODY", "--timeout", "5")
+    assert rejected.returncode == 1
+    assert f"association rejected by {peer}: Rejected Permanent, by the Service User: Calling AE title not recognised" in rejected.stderr, rejected.stderr
+    assert "try --calling-ae" in rejected.stderr and "'NOBODY'" in rejected.stderr
+    ok = cli("echo", peer, "--calling-ae", "ECHOSCU")
+    assert ok.returncode == 0 and ok.stdout.strip() == f"C-ECHO to {peer}: success"
+    closed = free_port()
+    unreachable = cli("echo", f"X@127.0.0.1:{closed}", "--timeout", "3")
+    assert unreachable.returncode == 1 and f"could not connect to 127.0.0.1:{closed}" in unreachable.stderr
+    # A configured destination by its name, calling with [node] ae_title from --config.
+    config = NodeConfig(workdir=tmp_path / "n", destinations=[("self", "DICOMNODE", node.port, ["sr"])]).write()
+    by_name = cli("echo", "self", "--config", str(config))
+    assert by_name.returncode == 1 and "our calling AE title 'DICOMNODE'" in by_name.stderr, by_name.stderr
+    unknown = cli("echo", "nosuch", "--config", str(config))
+    assert unknown.returncode == 2 and "configured destinations: self" in unknown.stderr
