@@ -10,8 +10,10 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +45,7 @@ from dicom_node.ingest.scp import StorageSCP
 from dicom_node.imaging import geometry, volume
 from dicom_node.jobs import queue, tick_lease
 from dicom_node.logs import configure_logging
-from dicom_node.metrics import Metrics, StateCollector, serve_http
+from dicom_node.metrics import ChildrenMetrics, Metrics, StateCollector, serve_http
 from dicom_node.models import commands as model_commands
 from dicom_node.models.inputs import ImagingFunctions
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
@@ -53,6 +55,7 @@ from dicom_node.retry import RetryPolicy
 from dicom_node.scheduler import Worker, build_scheduler, release_ticks
 from dicom_node.send.outbox import deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
+from dicom_node.supervisor import Supervisor, adopt_supervision, child_specs, is_supervised, listening_socket
 
 logger = logging.getLogger("dicom_node")
 
@@ -301,7 +304,14 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
     return ticks, worker, peers
 
 
-def _observability(settings: Settings, engine: Engine, store: InstanceStore, metrics: Metrics, port: int):  # type: ignore[no-untyped-def]
+def _observability(  # type: ignore[no-untyped-def]
+    settings: Settings,
+    engine: Engine,
+    store: InstanceStore,
+    metrics: Metrics | ChildrenMetrics,
+    port: int,
+    more_problems: Callable[[], list[str]] = list,
+):
     """Start /metrics and /health for this process; returns the function that stops them."""
     metrics.add_collector(
         StateCollector(
@@ -314,7 +324,7 @@ def _observability(settings: Settings, engine: Engine, store: InstanceStore, met
 
     def health() -> list[str]:
         problem = state.database_problem(engine)
-        return ([problem] if problem else []) + store.problems()
+        return ([problem] if problem else []) + store.problems() + more_problems()
 
     address = f"{settings.observability.bind_address}:{port}"
     try:
@@ -327,6 +337,8 @@ def _observability(settings: Settings, engine: Engine, store: InstanceStore, met
 
 
 def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
+    """One process doing the work: listener, scheduler and worker, or some of them."""
+    supervised = adopt_supervision()  # a child of `run`: dies with it, serves no HTTP
     settings = _settings(config)
     reloadable = Reloadable(config, settings)
     engine = _engine_at_head(settings)
@@ -336,7 +348,7 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
     store.sweep_periodically(stop)
     metrics = Metrics()
     stops = []
-    if settings.observability.enabled:
+    if settings.observability.enabled and supervised is None:
         port = settings.observability.port if listener else settings.observability.worker_port
         stops.append(_observability(settings, engine, store, metrics, port))
     if listener:
@@ -348,7 +360,7 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
         reloadable.scp = StorageSCP(
             settings.node, store, catalog, committer, server_context(settings.tls), metrics, audit
         )
-        server = reloadable.scp.start()
+        server = reloadable.scp.start(supervised.listen_socket if supervised else None)
         stops.append(server.shutdown)
     if scheduler:
         ticks, reloadable.worker, reloadable.peers = _scheduler(settings, engine, store, stop, metrics)
@@ -369,16 +381,78 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
         engine.dispose()
 
 
+def _supervise(config: Path, *, worker: bool) -> None:
+    """Bind the port, run the listener processes (and the worker) as children, serve /metrics and /health.
+
+    See :mod:`dicom_node.supervisor` for the process model and what happens when a child exits.
+    """
+    settings = _settings(config)
+    engine = _engine_at_head(settings)
+    store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
+    store.prepare()
+    node = settings.node
+    try:
+        sock = listening_socket(node.bind_address, node.port)
+    except OSError as exc:
+        typer.echo(f"cannot listen on {node.bind_address}:{node.port}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from exc
+    metrics_dir = Path(tempfile.mkdtemp(prefix="dicom-node-metrics-"))
+    supervisor = Supervisor(child_specs(node.listener_processes, worker=worker), config.resolve(), sock, metrics_dir)
+    stops: list[Callable[[], None]] = []
+    status = 0
+    try:
+        supervisor.start()
+        if settings.observability.enabled:
+            children = ChildrenMetrics(metrics_dir)
+            stops.append(
+                _observability(settings, engine, store, children, settings.observability.port, supervisor.problems)
+            )
+        status = _supervise_until_signal(supervisor) or 0
+    finally:
+        logger.info("shutting down")
+        sock.close()  # the listeners keep their copies until they exit
+        supervisor.stop()
+        for halt in stops:
+            halt()
+        engine.dispose()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    if status:
+        raise typer.Exit(status)
+
+
+def _supervise_until_signal(supervisor: Supervisor) -> int | None:
+    """Watch the children until SIGTERM or SIGINT (None), or a child's fatal exit status; pass SIGHUP on."""
+    stop = threading.Event()
+    hangup = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hangup.set())
+    while not stop.wait(0.2):
+        if hangup.is_set():
+            hangup.clear()
+            supervisor.signal_all(signal.SIGHUP)
+        if (status := supervisor.check()) is not None:
+            return status
+    return None
+
+
 @app.command()
 def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run the embedded node in one process: listener, scheduler ticks and worker."""
-    _serve(config, listener=True, scheduler=True)
+    """Run the embedded node: one command and one config; the listener(s) and the worker run as
+    separate processes under it, so analysis never takes the CPU a C-STORE needs."""
+    _supervise(config, worker=True)
 
 
 @app.command()
 def scp(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run the DICOM listener only; a GPU crash in a worker never drops an association."""
-    _serve(config, listener=True, scheduler=False)
+    """Run the DICOM listener only; a GPU crash in a worker never drops an association.
+
+    With ``[node] listener_processes`` above 1, that many listener processes share the port.
+    """
+    if not is_supervised() and _settings(config).node.listener_processes > 1:
+        _supervise(config, worker=False)
+    else:
+        _serve(config, listener=True, scheduler=False)
 
 
 @app.command()

@@ -28,6 +28,9 @@ Run it from the top of the checkout::
 
     .venv/bin/python -m tests.bench.ingest                    # 300 instances, 3 runs
     .venv/bin/python -m tests.bench.ingest --instances 50 --runs 1 --receivers dicom-node,orthanc
+
+Profiling (see tests/bench/profile.py): ``--profile DIR`` records each dicom-node run with
+py-spy into ``DIR/dicom-node-runN.txt`` and prints the per-instance split after each run.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from typing import Callable, Protocol
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from tests.bench.profile import print_split
 from tests.support.node import NODE_AE, NodeConfig, NodeProcess, free_port
 from tests.support.orthanc import ORTHANC, Orthanc, OrthancError
 from tests.support.synthetic_ct import SeriesSpec, write_series
@@ -64,6 +68,7 @@ START_TIMEOUT_S = 60.0
 SEND_TIMEOUT_S = 600.0
 GOAL_VS_ORTHANC = 1.2
 GOAL_VS_STORESCP = 0.5
+PROFILE_RATE_HZ = 250
 
 
 class BenchmarkError(RuntimeError):
@@ -154,16 +159,21 @@ class DicomNodeReceiver:
     workdir: Path
     study_instance_uid: str
     name: str = "dicom-node"
+    #: where to write a py-spy profile of the node while it runs (None: no profiler)
+    profile: Path | None = None
     node: NodeProcess | None = field(default=None, init=False)
+    profiler: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> Endpoint:
         # Product defaults for completion: the study stays open during the whole send.
-        config = NodeConfig(workdir=self.workdir, quiet_period_s=30.0, scan_interval_s=5.0)
+        config = NodeConfig(workdir=self.workdir, quiet_period_s=30.0, scan_interval_s=5.0, max_pdu_size=int(os.environ.get("BENCH_PDU", "65536")))
         self.node = NodeProcess(config)  # kept before start() so stop() can reap a slow start
         try:
             self.node.start(timeout_s=START_TIMEOUT_S)
         except AssertionError as exc:
             raise BenchmarkError(f"dicom-node did not start: {exc}") from exc
+        if self.profile is not None:
+            self.profiler = start_profiler(self.node.process.pid, self.profile)  # type: ignore[union-attr]
         return Endpoint(NODE_AE, config.port)
 
     def stored_count(self) -> int:
@@ -195,6 +205,21 @@ class DicomNodeReceiver:
     def stop(self) -> None:
         if self.node is not None and self.node.process is not None:
             self.node.stop()
+        if self.profiler is not None:  # py-spy ends with the process it records
+            self.profiler.wait(timeout=60)
+
+
+def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` and its children into ``output`` until they exit."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        py_spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ), "--format", "raw",
+        "--threads", "--subprocesses", "--nonblocking", "--output", str(output),
+    ]  # fmt: skip
+    profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches before the first C-STORE
+    return profiler
 
 
 @dataclass
@@ -267,9 +292,9 @@ class OrthancReceiver:
 RECEIVERS = ("dicom-node", "storescp", "storescp-fsync", "orthanc")
 
 
-def make_receiver(name: str, workdir: Path, study_instance_uid: str) -> Receiver:
+def make_receiver(name: str, workdir: Path, study_instance_uid: str, profile: Path | None = None) -> Receiver:
     if name == "dicom-node":
-        return DicomNodeReceiver(workdir, study_instance_uid)
+        return DicomNodeReceiver(workdir, study_instance_uid, profile=profile)
     if name == "storescp":
         return StorescpReceiver(workdir)
     if name == "storescp-fsync":
@@ -293,10 +318,12 @@ def send_series(series_dir: Path, endpoint: Endpoint) -> float:
     return elapsed
 
 
-def measure_once(name: str, series_dir: Path, n_instances: int, study_uid: str, scratch: Path) -> float:
+def measure_once(
+    name: str, series_dir: Path, n_instances: int, study_uid: str, scratch: Path, profile: Path | None = None
+) -> float:
     """Start a fresh receiver, send the series, check it stored everything; return seconds."""
     workdir = scratch / name
-    receiver = make_receiver(name, workdir, study_uid)
+    receiver = make_receiver(name, workdir, study_uid, profile)
     try:
         endpoint = receiver.start()
         seconds = send_series(series_dir, endpoint)
@@ -386,6 +413,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(RECEIVERS),
         help=f"comma-separated subset of {','.join(RECEIVERS)}",
     )
+    parser.add_argument("--profile", type=Path, help="record each dicom-node run with py-spy into this folder")
     args = parser.parse_args(argv)
     args.receivers = [name.strip() for name in args.receivers.split(",") if name.strip()]
     unknown = sorted(set(args.receivers) - set(RECEIVERS))
@@ -408,7 +436,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
         results = {name: Result(name, len(paths), n_bytes) for name in args.receivers}
         for run in range(1, args.runs + 1):
             for name in args.receivers:
-                seconds = measure_once(name, series_dir, len(paths), spec.study_instance_uid, scratch / f"run{run}")
+                profile = args.profile / f"{name}-run{run}.txt" if args.profile and name == "dicom-node" else None
+                seconds = measure_once(name, series_dir, len(paths), spec.study_instance_uid, scratch / f"run{run}", profile)
+                if profile is not None:
+                    print_split(profile, len(paths), PROFILE_RATE_HZ)
                 results[name].seconds.append(seconds)
                 print(f"run {run}: {name:<16} {len(paths) / seconds:7.1f} inst/s", file=sys.stderr, flush=True)
         print_report(results, len(paths), n_bytes, args.runs)
