@@ -46,7 +46,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("other", ("",)),
 )
 
-_THREAD = re.compile(r"^(?:process (?P<pid>\d+):\"[^\"]*\";)?thread \((?P<tid>0x[0-9A-Fa-f]+)\);")
+#: ``--subprocesses`` prefixes each stack with its chain of processes, the recorded one last.
+_PROCESS = re.compile(r'process (?P<pid>\d+):"[^"]*?dicom_node (?P<command>\w+)')
 
 
 def categorise(stack: str) -> str:
@@ -64,8 +65,8 @@ def read_samples(path: Path) -> dict[str, Counter[str]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        match = _THREAD.match(stack)
-        process = f"pid {match.group('pid')}" if match and match.group("pid") else "node"
+        chain = _PROCESS.findall(stack.split(";thread", 1)[0])
+        process = f"{chain[-1][1]} (pid {chain[-1][0]})" if chain else "node"
         by_process[process][categorise(stack)] += int(count)
     return by_process
 
