@@ -372,6 +372,9 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
             release_ticks(session_factory(engine), owner)
 
         stops.append(stop_ticks)
+    for role, running in (("listener", listener), ("worker", scheduler)):
+        if running:
+            logger.info(f"{role} ready")
     try:
         _wait_for_signal(stop, reloadable)
     finally:
