@@ -353,6 +353,7 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
         stops.append(_observability(settings, engine, store, metrics, port))
     if listener:
         catalog = Catalog(engine, settings.storage.duplicate_policy)
+        stops.append(catalog.close)  # after the listener and the committer stopped (stops run in reverse)
         committer = GroupCommitter(catalog.record_batch)
         committer.start()
         stops.append(committer.stop)

@@ -45,7 +45,8 @@ Run it from the top of the checkout::
 
 Profiling (see tests/bench/profile.py): ``--profile DIR`` records each dicom-node run with
 py-spy into ``DIR/<scenario>-dicom-node-runN.txt`` and prints the per-instance split
-(per process: the supervisor, each listener, the worker) after each run.
+(per process: the supervisor, each listener, the worker) after each run; add
+``--profile-gil`` to sample only the thread holding the GIL.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ class Receiver(Protocol):
     def stored_count(self) -> int: ...
 
     def after_send(self) -> None: ...
+
+    def root_pid(self) -> int: ...
 
     def stop(self) -> None: ...
 
@@ -185,6 +188,7 @@ class DicomNodeReceiver:
     busy_model: str = "classifier+unet"
     #: where to write a py-spy profile of the node while it runs (None: no profiler)
     profile: Path | None = None
+    profile_gil: bool = False
     node: NodeProcess | None = field(default=None, init=False)
     profiler: subprocess.Popen[bytes] | None = field(default=None, init=False)
     job_ran_throughout: bool | None = field(default=None, init=False)
@@ -211,8 +215,12 @@ class DicomNodeReceiver:
             except AssertionError as exc:
                 raise BenchmarkError(f"{exc}:\n{self.node.log()[-4000:]}") from exc
         if self.profile is not None:
-            self.profiler = start_profiler(self.node.process.pid, self.profile)  # type: ignore[union-attr]
+            self.profiler = start_profiler(self.node.process.pid, self.profile, gil=self.profile_gil)  # type: ignore[union-attr]
         return endpoint
+
+    def root_pid(self) -> int:
+        assert self.node is not None and self.node.process is not None
+        return self.node.process.pid
 
     def after_send(self) -> None:
         if self.busy_series is not None:
@@ -253,20 +261,47 @@ class DicomNodeReceiver:
         return on_disk
 
     def stop(self) -> None:
+        if self.profiler is not None:  # before the node: its shutdown is not ingest
+            self.profiler.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
+            self.profiler.wait(timeout=60)
         if self.node is not None and self.node.process is not None:
             self.node.stop()
-        if self.profiler is not None:  # py-spy ends with the process it records
-            self.profiler.wait(timeout=60)
 
 
-def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy recording ``pid`` and its children into ``output`` until they exit."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` and every descendant, alive or reaped, from /proc.
+
+    Load-independent where the wall clock is not: on a shared machine a receiver waits for
+    a core, but the CPU it burns per instance stays the same.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # exited meanwhile
+        return 0.0
+    total += sum(int(value) for value in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(cpu_seconds(int(child)) for child in children)
+    return total
+
+
+def start_profiler(pid: int, output: Path, *, gil: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` and its children into ``output`` until they exit.
+
+    ``gil``: only samples of the thread holding the GIL (Python's own CPU time, without
+    threads that are runnable but wait for the GIL or for a core).
+    """
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     output.parent.mkdir(parents=True, exist_ok=True)
     command = [
         py_spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ), "--format", "raw",
         "--threads", "--subprocesses", "--nonblocking", "--output", str(output),
-    ]  # fmt: skip
+    ] + (["--gil"] if gil else [])  # fmt: skip
     profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # py-spy attaches before the first C-STORE
     return profiler
@@ -377,6 +412,10 @@ class StorescpReceiver:
     def stored_count(self) -> int:
         return count_files(self.output_dir)
 
+    def root_pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def after_send(self) -> None:
         return None
 
@@ -407,6 +446,10 @@ class OrthancReceiver:
             return int(self.orthanc.statistics()["CountInstances"])
         except OrthancError as exc:
             raise BenchmarkError(f"Orthanc did not answer GET /statistics: {exc}") from exc
+
+    def root_pid(self) -> int:
+        assert self.orthanc is not None and self.orthanc.process is not None
+        return self.orthanc.process.pid
 
     def after_send(self) -> None:
         return None
@@ -508,16 +551,19 @@ def receivers_of(scenario: str, chosen: list[str]) -> list[str]:
 
 def measure_once(
     name: str, scenario: str, workload: Workload, scratch: Path, args: argparse.Namespace, busy_series: Path | None, run: int
-) -> float:
-    """Start a fresh receiver, send the workload, check it stored everything; return seconds."""
+) -> tuple[float, float]:
+    """Start a fresh receiver, send the workload, check it stored everything; (wall, CPU) seconds."""
     workdir = scratch / scenario / name.replace(" ", "-")
     receiver = make_receiver(name, scenario, workdir, workload.study_uids, args, busy_series)
     profile = None
     if args.profile is not None and isinstance(receiver, DicomNodeReceiver):
         profile = receiver.profile = args.profile / f"{scenario}-{name.replace(' ', '-')}-run{run}.txt"
+        receiver.profile_gil = args.profile_gil
     try:
         endpoint = receiver.start()
+        cpu_before = cpu_seconds(receiver.root_pid())
         seconds = send_series(workload.series_dirs, endpoint)
+        cpu = cpu_seconds(receiver.root_pid()) - cpu_before
         if isinstance(receiver, DicomNodeReceiver):
             receiver.after_send()
             if receiver.job_ran_throughout is False:
@@ -530,7 +576,7 @@ def measure_once(
         shutil.rmtree(workdir, ignore_errors=True)
     if profile is not None:
         print_split(profile, workload.n_instances, PROFILE_RATE_HZ)
-    return seconds
+    return seconds, cpu
 
 
 @dataclass
@@ -541,6 +587,12 @@ class Result:
     n_instances: int
     n_bytes: int
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def cpu_ms_per_instance(self) -> float:
+        """Median CPU per instance of the receiver's processes (the busy node's includes its job)."""
+        return 1000 * statistics.median(self.cpu_seconds) / self.n_instances
 
     @property
     def rates(self) -> list[float]:
@@ -582,18 +634,23 @@ def print_report(results: dict[str, dict[str, Result]], args: argparse.Namespace
     for scenario, by_name in results.items():
         print()
         print(f"== {scenario}: {SCENARIO_TITLES[scenario]}")
-        header = f"{'receiver':<16} | {'median inst/s':>13} | {'runs (inst/s)':<24} | {'MB/s':>6}"
+        header = f"{'receiver':<16} | {'median inst/s':>13} | {'runs (inst/s)':<24} | {'MB/s':>6} | {'CPU ms/inst':>11}"
         print(header)
         print("-" * len(header))
         for result in by_name.values():
             each = ", ".join(f"{rate:.0f}" for rate in result.rates)
-            print(f"{result.name:<16} | {result.median_rate:>13.1f} | {each:<24} | {result.median_mb_per_s:>6.1f}")
+            print(
+                f"{result.name:<16} | {result.median_rate:>13.1f} | {each:<24} | {result.median_mb_per_s:>6.1f}"
+                f" | {result.cpu_ms_per_instance:>11.1f}"
+            )
         print_ratios(scenario, by_name)
     print()
     print("notes: dicom-node fsyncs the file and its directory and commits a DB row before answering;")
     print("       storescp does not fsync (DCMTK 3.6.7 has no option for it);")
     print("       storescp-fsync runs `/usr/bin/sync FILE` per instance (-xcr/-xs): fsync + a fork/exec;")
-    print("       orthanc has SyncStorageArea=true (fsync per file) and its SQLite index.")
+    print("       orthanc has SyncStorageArea=true (fsync per file) and its SQLite index;")
+    print("       CPU ms/inst: user + system CPU of the receiver's processes during the send (for dicom-node:")
+    print("       supervisor, listeners and worker, so 'busy' includes the job), from /proc.")
 
 
 def print_ratios(scenario: str, by_name: dict[str, Result]) -> None:
@@ -622,6 +679,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listener-processes", type=int, default=2, help="dicom-node's [node] listener_processes in 'four'")
     parser.add_argument("--busy-model", default="classifier+unet", help="[analysis] model of the job in 'busy'")
     parser.add_argument("--profile", type=Path, help="record each dicom-node run with py-spy into this folder")
+    parser.add_argument("--profile-gil", action="store_true", help="with --profile: only the thread holding the GIL")
     args = parser.parse_args(argv)
     args.receivers = [name.strip() for name in args.receivers.split(",") if name.strip()]
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
@@ -656,8 +714,9 @@ def run_benchmark(args: argparse.Namespace) -> None:
         for run in range(1, args.runs + 1):
             for scenario, workload in workloads.items():
                 for name, result in results[scenario].items():
-                    seconds = measure_once(name, scenario, workload, scratch / f"run{run}", args, busy_series, run)
+                    seconds, cpu = measure_once(name, scenario, workload, scratch / f"run{run}", args, busy_series, run)
                     result.seconds.append(seconds)
+                    result.cpu_seconds.append(cpu)
                     print(
                         f"run {run}: {scenario:<5} {name:<16} {workload.n_instances / seconds:7.1f} inst/s"
                         f"   (load {load_average()})",

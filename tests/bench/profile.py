@@ -7,8 +7,8 @@ needs ptrace rights on the node, e.g. root or ``kernel.yama.ptrace_scope = 0``):
     .venv/bin/python -m tests.bench.profile /tmp/prof/dicom-node-run1.txt --instances 300
 
 The benchmark starts ``py-spy record --format raw --threads --subprocesses`` on the node
-once it answers C-ECHO and stops it with the node, so the profile covers the send and
-little else. Each sample is one thread's stack at one moment; py-spy leaves out threads
+once the node's worker is ready and stops it (SIGINT) right after the send, before the
+node, so the profile covers the send and little else. Each sample is one thread's stack at one moment; py-spy leaves out threads
 that are idle (blocked in ``select``, a lock or ``sleep``), so the samples are CPU time,
 and a thread waiting for the GIL shows up where it waits (``take_gil`` is not visible to
 py-spy: compare the CPU total against the wall clock instead).
