@@ -116,7 +116,13 @@ class NodeSettings(_Section):
     require_called_ae_title: bool = Field(
         default=True, description="refuse associations addressed to another AE title"
     )
-    max_associations: int = Field(default=10, ge=1, le=1000)
+    max_associations: int = Field(default=10, ge=1, le=1000, description="per listener process")
+    listener_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes accepting on the port; each uses one CPU core at most (one GIL)",
+    )
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
