@@ -49,6 +49,10 @@ class DatabaseUnavailableError(DicomNodeError):
     """The database refused or dropped the connection."""
 
 
+class DatabaseNotFoundError(DatabaseUnavailableError):
+    """A command that only reads found no database where the settings point (it creates none)."""
+
+
 class AnalysisError(DicomNodeError):
     """A study cannot be analysed as it is (no eligible series, an unusable volume).
 

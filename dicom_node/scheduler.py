@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +37,7 @@ from dicom_node.jobs import queue, tick_lease
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.metrics import Metrics
 from dicom_node.pipeline import JobOutput, record_outputs
+from dicom_node.process import process_owner
 from dicom_node.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -96,11 +94,6 @@ RunJob = Callable[[ClaimedJob], JobOutput]
 #: A holder that stopped renewing loses a tick after this many of its intervals (at least MIN_TICK_LEASE).
 TICK_LEASE_INTERVALS = 3
 MIN_TICK_LEASE = timedelta(seconds=10)
-
-
-def process_owner() -> str:
-    """This process's name in leases and claims: host, pid and a random part (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass

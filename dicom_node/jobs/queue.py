@@ -294,11 +294,15 @@ def _view(job: Job, study_uid: str) -> JobView:
     )
 
 
-def list_jobs(session: Session, *, limit: int = 50, state: JobState | None = None) -> list[JobView]:
-    """The newest jobs first, optionally of one state."""
+def list_jobs(
+    session: Session, *, limit: int = 50, state: JobState | None = None, study_instance_uid: str | None = None
+) -> list[JobView]:
+    """The newest jobs first, optionally of one state or one study."""
     query = select(Job, Study.study_instance_uid).join(Study, Study.id == Job.study_id)
     if state is not None:
         query = query.where(Job.state == state)
+    if study_instance_uid is not None:
+        query = query.where(Study.study_instance_uid == study_instance_uid)
     rows = session.execute(query.order_by(Job.id.desc()).limit(limit)).all()
     return [_view(job, uid) for job, uid in rows]
 
