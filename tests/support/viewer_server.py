@@ -178,3 +178,26 @@ class ViewerServer(ThreadingHTTPServer):
         self.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def main() -> None:
+    """Serve a built OHIF in front of an Orthanc already running on loopback, until Ctrl-C (README demo)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve OHIF's dist/ and proxy DICOMweb to Orthanc, on 127.0.0.1.")
+    parser.add_argument("--dist", type=Path, required=True, help="the built viewer: package/dist of @ohif/app")
+    parser.add_argument("--orthanc-port", type=int, default=8042, help="Orthanc's HTTP port (default 8042)")
+    parser.add_argument("--port", type=int, default=3000, help="port to serve the viewer on (default 3000)")
+    arguments = parser.parse_args()
+    if not (arguments.dist / "index.html").is_file():
+        raise SystemExit(f"{arguments.dist} has no index.html: give the dist/ folder of @ohif/app")
+    with ViewerServer(arguments.dist, arguments.orthanc_port, arguments.port) as server:
+        print(f"OHIF on {server.base_url}/ (Orthanc on 127.0.0.1:{arguments.orthanc_port}); Ctrl-C stops", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
