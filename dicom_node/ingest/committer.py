@@ -54,7 +54,7 @@ class GroupCommitter(Generic[ItemT, ResultT]):
     def submit(self, item: ItemT, timeout_s: float) -> ResultT:
         """Queue ``item`` and block until its transaction committed (or failed)."""
         if self._thread is None:
-            raise DatabaseUnavailableError("the group committer is not running")
+            raise DatabaseUnavailableError("the node is shutting down: instance not stored, send it again")
         future: Future[ResultT] = Future()
         self._queue.put((item, future))
         return future.result(timeout=timeout_s)

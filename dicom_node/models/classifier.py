@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dicom_node.imaging.geometry import CropResize
 from dicom_node.models.backbone import NarrowResNet
 from dicom_node.models.card import STUDY_POOLING, ModelCard
-from dicom_node.models.inputs import SourceMapping
 from dicom_node.models.result import ModelKind, ModelResult, VolumeLike
 
 POOLING = STUDY_POOLING
@@ -106,7 +106,7 @@ class ClassifierDecoder:
         """Slice probabilities of one batch, as Python floats on the CPU."""
         return torch.sigmoid(network(images).float()).cpu().tolist()
 
-    def add(self, index: int, output: float, transform: SourceMapping) -> None:
+    def add(self, index: int, output: float, transform: CropResize) -> None:
         """Record slice ``index``'s probability (the crop does not matter for a number)."""
         self.probabilities[index] = output
 

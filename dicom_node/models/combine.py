@@ -54,6 +54,7 @@ def combine(study: ModelResult, lesions: ModelResult, *, rule: str = "gate") -> 
         study_probability=probability,
         decision_threshold=study.decision_threshold,
         slice_probabilities=study.slice_probabilities,
+        gate=lesions.gate,
     )
 
 

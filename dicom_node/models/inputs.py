@@ -2,12 +2,10 @@
 
 Every model kind, in training and in inference, gets its input from the imaging
 layer's shared preprocessing (window(s), then a square crop around the head
-resized to the model's size: ``dicom_node.imaging.geometry.prepare_hu`` for HU,
-``prepare_windowed`` for 8-bit renderings of the brain window). This package may
-not import :mod:`dicom_node.imaging` (sibling layers are independent; see
-pyproject's import-linter contract), so those two functions are handed in by the
-composition root as an :class:`ImagingFunctions` bundle; the protocols below
-state exactly what is used of them.
+resized to the model's size: :func:`dicom_node.imaging.geometry.prepare_hu` for
+HU, :func:`~dicom_node.imaging.geometry.prepare_windowed` for 8-bit renderings
+of the brain window). The imaging layer sits below the models, so they call it
+directly.
 
 After the crop, one model-side step is applied on both roads:
 :func:`mask_outside_head` blanks everything that is not the head (figure letters
@@ -17,109 +15,20 @@ data sources and must not inform the call; the training PNGs carry many of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 
-from dicom_node.models.result import fill_holes_2d, label_components
-
-Order = Literal["linear", "nearest"]
+from dicom_node.imaging.geometry import CropResize, prepare_hu, prepare_windowed
+from dicom_node.imaging.morphology import fill_holes_2d, label_components
 
 #: Window names a card may list; the imaging layer checks them again when windowing.
 KNOWN_WINDOWS = ("brain", "subdural", "bone")
 #: Brain-windowed value of HU 20 (window 40/80): skin, brain and bone are above, air and fat below.
 HEAD_LEVEL = 0.25
-
-
-class SourceMapping(Protocol):
-    """The crop/resize of one slice (``CropResize`` in the imaging layer)."""
-
-    @property
-    def source_shape(self) -> tuple[int, int]: ...
-
-    @property
-    def output_shape(self) -> tuple[int, int]: ...
-
-    @property
-    def box(self) -> tuple[float, float, float, float]: ...
-
-    def to_model(self, image: np.ndarray, *, order: Order = ..., fill: float = ...) -> np.ndarray: ...
-
-    def to_source(self, array: np.ndarray, *, order: Order = ..., fill: float = ...) -> np.ndarray: ...
-
-
-class Prepared(Protocol):
-    """A model-size image ``(channels, rows, cols)`` and its crop (``ModelInput``)."""
-
-    @property
-    def image(self) -> np.ndarray: ...
-
-    @property
-    def transform(self) -> SourceMapping: ...
-
-
-class PrepareHU(Protocol):
-    """``dicom_node.imaging.geometry.prepare_hu``."""
-
-    def __call__(
-        self,
-        hu: np.ndarray,
-        *,
-        windows: Sequence[Any],
-        output_shape: tuple[int, int],
-        pixel_spacing: Sequence[float] | None = ...,
-        margin_fraction: float = ...,
-    ) -> Prepared: ...
-
-
-class PrepareWindowed(Protocol):
-    """``dicom_node.imaging.geometry.prepare_windowed``."""
-
-    def __call__(
-        self,
-        image: np.ndarray,
-        *,
-        output_shape: tuple[int, int],
-        brain_channel: int = ...,
-        pixel_spacing: Sequence[float] | None = ...,
-        margin_fraction: float = ...,
-    ) -> Prepared: ...
-
-
-class SeriesVolume(Protocol):
-    """What the DICOM reader needs of an assembled series (``CTVolume`` has it)."""
-
-    @property
-    def hu(self) -> np.ndarray: ...
-
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]: ...
-
-    @property
-    def affine(self) -> np.ndarray | None: ...
-
-    @property
-    def source_sop_instance_uids(self) -> tuple[str | None, ...]: ...
-
-
-AssembleVolume = Callable[..., SeriesVolume]
-
-
-@dataclass(frozen=True)
-class ImagingFunctions:
-    """The imaging layer's functions the models use, bound by the composition root.
-
-    ``assemble_volume`` (``dicom_node.imaging.volume.assemble_volume``) is only
-    needed to read DICOM training data; it is called as
-    ``assemble_volume(paths, series_instance_uid=...)``.
-    """
-
-    prepare_hu: PrepareHU
-    prepare_windowed: PrepareWindowed
-    assemble_volume: AssembleVolume | None = None
 
 
 @dataclass(frozen=True)
@@ -242,14 +151,14 @@ class ModelSlice:
     """One slice ready for a network: ``image`` float32 ``(channels, rows, cols)`` and its crop."""
 
     image: np.ndarray
-    transform: SourceMapping
+    transform: CropResize
 
 
 def slice_from_hu(
-    hu: np.ndarray, *, spec: InputSpec, imaging: ImagingFunctions, pixel_spacing: Sequence[float] | None
+    hu: np.ndarray, *, spec: InputSpec, pixel_spacing: Sequence[float] | None
 ) -> ModelSlice:
     """The model input of one HU slice (DICOM, NIfTI): the road used at inference."""
-    prepared = imaging.prepare_hu(
+    prepared = prepare_hu(
         hu,
         windows=list(spec.windows),
         output_shape=spec.size,
@@ -263,7 +172,7 @@ def slice_from_hu(
 
 
 def slice_from_windowed(
-    brain: np.ndarray, *, spec: InputSpec, imaging: ImagingFunctions, pixel_spacing: Sequence[float] | None = None
+    brain: np.ndarray, *, spec: InputSpec, pixel_spacing: Sequence[float] | None = None
 ) -> ModelSlice:
     """The model input of a brain-windowed [0, 1] image (an 8-bit PNG divided by 255).
 
@@ -277,7 +186,7 @@ def slice_from_windowed(
         )
     if brain.ndim != 2:
         raise ValueError("a windowed slice is one grey image (rows, cols)")
-    prepared = imaging.prepare_windowed(
+    prepared = prepare_windowed(
         brain,
         output_shape=spec.size,
         brain_channel=0,

@@ -37,9 +37,9 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from dicom_node.imaging.geometry import CropResize
 from dicom_node.models.backbone import NarrowResNet
 from dicom_node.models.card import ModelCard
-from dicom_node.models.inputs import SourceMapping
 from dicom_node.models.result import ModelKind, ModelResult, VolumeLike, findings_from_labels
 
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
@@ -160,7 +160,7 @@ class InstanceDecoder:
             )
         return kept
 
-    def add(self, index: int, output: tuple[np.ndarray, np.ndarray], transform: SourceMapping) -> None:
+    def add(self, index: int, output: tuple[np.ndarray, np.ndarray], transform: CropResize) -> None:
         """Paint slice ``index``'s instances (lowest score first) as their quantised score."""
         scores, masks = output
         self.slice_probabilities[index] = float(scores.max()) if scores.size else 0.0

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from dicom_node.models.inputs import SourceMapping
+    from dicom_node.imaging.geometry import CropResize
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class VolumeDecoder(Protocol):
 
     def infer(self, network: nn.Module, images: torch.Tensor) -> Any: ...
 
-    def add(self, index: int, output: Any, transform: SourceMapping) -> None: ...
+    def add(self, index: int, output: Any, transform: CropResize) -> None: ...
 
     def result(self) -> ModelResult: ...
 

@@ -23,7 +23,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from dicom_node.models.inputs import ImagingFunctions, ModelSlice, slice_from_hu, slice_from_windowed
+from dicom_node.models.inputs import ModelSlice, slice_from_hu, slice_from_windowed
 from dicom_node.models.registry import LoadedModel
 from dicom_node.models.result import ModelResult, VolumeLike
 
@@ -67,7 +67,6 @@ class Runner:
     def __init__(
         self,
         model: LoadedModel,
-        imaging: ImagingFunctions,
         *,
         device: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -76,7 +75,6 @@ class Runner:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model = model
-        self.imaging = imaging
         self.device = select_device(device)
         self.batch_size = batch_size
         self.amp_dtype = autocast_dtype(self.device) if amp else None
@@ -92,7 +90,7 @@ class Runner:
         pixel_spacing = (float(volume.spacing_mm[1]), float(volume.spacing_mm[2]))
 
         def prepare(index: int) -> ModelSlice:
-            return slice_from_hu(volume.hu[index], spec=spec, imaging=self.imaging, pixel_spacing=pixel_spacing)
+            return slice_from_hu(volume.hu[index], spec=spec, pixel_spacing=pixel_spacing)
 
         return self._run(volume, prepare)
 
@@ -103,7 +101,7 @@ class Runner:
         spec = self.model.card.input
 
         def prepare(index: int) -> ModelSlice:
-            return slice_from_windowed(brain[index], spec=spec, imaging=self.imaging)
+            return slice_from_windowed(brain[index], spec=spec)
 
         return self._run(volume, prepare)
 

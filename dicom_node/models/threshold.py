@@ -37,14 +37,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dicom_node.models.result import (
-    ModelKind,
-    ModelResult,
-    VolumeLike,
-    fill_holes_2d,
-    findings_from_labels,
-    largest_component,
-)
+from dicom_node.imaging.morphology import fill_holes_2d, largest_component
+from dicom_node.models.result import ModelKind, ModelResult, VolumeLike, findings_from_labels
 
 #: Work this many slices at a time in the slice-wise steps, to bound temporary memory.
 _SLICES_PER_CHUNK = 16

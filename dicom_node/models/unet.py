@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dicom_node.imaging.geometry import CropResize
 from dicom_node.models.card import ModelCard
-from dicom_node.models.inputs import SourceMapping
 from dicom_node.models.losses import segmentation_loss
 from dicom_node.models.result import ModelKind, ModelResult, VolumeLike, findings_from_labels
 
@@ -111,7 +111,7 @@ class SegmentationDecoder:
         """Probability maps ``(batch, rows, cols)`` of one batch, float32 on the CPU."""
         return torch.sigmoid(network(images)[:, 0].float()).cpu().numpy()
 
-    def add(self, index: int, output: np.ndarray, transform: SourceMapping) -> None:
+    def add(self, index: int, output: np.ndarray, transform: CropResize) -> None:
         """Put slice ``index``'s probability map on the source grid (bilinear, 0 outside the crop)."""
         self.slice_probabilities[index] = float(output.max())
         source = transform.to_source(output, order="linear", fill=0.0)

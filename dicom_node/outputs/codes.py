@@ -73,6 +73,7 @@ PROBABILITY: Code = codes.DCM.Probability
 #: TID 1500 row 12, the container of the study-level call. pydicom's
 #: dictionaries do not hold this UMLS concept; the code is the one PS3.16
 #: TID 1500 gives for the row.
+#: Its TEXT rows also say which result object is missing, and why.
 QUALITATIVE_EVALUATIONS: Code = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 #: UCUM units. pydicom's dictionaries have no plain millilitre (only compound

@@ -115,6 +115,8 @@ def build_report(
     series_description: str,
     sop_instance_uid: str,
     instance_number: int = 1,
+    missing: Sequence[str] = (),
+    previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of one study, referencing ``segmentation`` for each lesion.
 
@@ -124,6 +126,12 @@ def build_report(
     The outline is traced from the SEG's own frame of that segment on the key
     slice, so the drawing and the overlay agree pixel for pixel. Lesions
     therefore need the SEG; a negative study may pass ``segmentation=None``.
+
+    ``missing`` are sentences saying which result object could not be made and
+    why; each becomes a TEXT item of the study-level Qualitative Evaluations
+    container, so the reader of the report learns it too.
+    ``previous_versions`` are the earlier reports of this study that this one
+    replaces (their UIDs suffice): the Predecessor Documents Sequence names them.
     """
     if not source_images:
         raise ValueError("the report needs the source images as evidence")
@@ -138,7 +146,7 @@ def build_report(
         if groups
         else _report_without_measurements(equipment, device_observer_uid)
     )
-    report[0].ContentSequence.append(_qualitative_evaluations(assessment))
+    report[0].ContentSequence.append(_qualitative_evaluations(assessment, missing))
     evidence = [
         with_patient_study_type2(source_images[0]),
         *source_images[1:],
@@ -157,6 +165,7 @@ def build_report(
         is_complete=True,
         is_final=False,
         is_verified=False,
+        previous_versions=list(previous_versions) or None,
     )
 
 
@@ -183,11 +192,13 @@ def _report_without_measurements(equipment: Equipment, device_observer_uid: str)
     return hd.sr.ContentSequence([root], is_root=True)
 
 
-def _qualitative_evaluations(assessment: StudyAssessment) -> hd.sr.ContainerContentItem:
+def _qualitative_evaluations(assessment: StudyAssessment, missing: Sequence[str] = ()) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: the study-level call (row 13, CODE) and its probability (row 14, TEXT).
 
     The probability is text because this container has no NUM row; it is
     written with the concept "Probability" so that it is still found by name.
+    Each sentence of ``missing`` (a result object that could not be made, and
+    why) follows as another row 14 TEXT item.
     """
     presence = codes.PRESENT if assessment.hemorrhage_present else codes.ABSENT
     container = hd.sr.ContainerContentItem(
@@ -204,6 +215,14 @@ def _qualitative_evaluations(assessment: StudyAssessment) -> hd.sr.ContainerCont
                 name=codes.PROBABILITY,
                 value=f"{assessment.probability:.{PROBABILITY_DIGITS}g}",
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            ),
+            *(
+                hd.sr.TextContentItem(
+                    name=codes.QUALITATIVE_EVALUATIONS,
+                    value=sentence,
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
+                for sentence in missing
             ),
         ]
     )

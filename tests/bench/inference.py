@@ -48,7 +48,6 @@ def _measure_one(kind: str, device: str, batch_sizes: list[int], slices: int, ru
     import torch
 
     from dicom_node.models.threshold import ThresholdModel
-    from tests.support.models import imaging_functions
 
     if threads:
         torch.set_num_threads(threads)
@@ -62,7 +61,7 @@ def _measure_one(kind: str, device: str, batch_sizes: list[int], slices: int, ru
             from dicom_node.models.registry import load_model
             from dicom_node.models.runner import Runner
 
-            runner = Runner(load_model(WEIGHTS / kind), imaging_functions(), device=device, batch_size=batch_size)
+            runner = Runner(load_model(WEIGHTS / kind), device=device, batch_size=batch_size)
             predict = runner.predict
         predict(volume)  # warm-up
         times = []

@@ -1,4 +1,4 @@
-"""Fixtures for the model tests: the imaging functions, tiny datasets in each layout, tiny cards.
+"""Fixtures for the model tests: tiny datasets in each layout, tiny cards.
 
 Everything is generated at test time: no patient data, nothing copied from ../shared.
 """
@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_node.imaging import geometry, volume
-from dicom_node.models.inputs import ImagingFunctions
 
 REPO = Path(__file__).resolve().parents[2]
 KAGGLE = REPO.parent / "shared" / "data" / "headct-kaggle"
@@ -45,15 +43,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def imaging_functions() -> ImagingFunctions:
-    """What the composition root binds: the imaging layer's shared preprocessing."""
-    return ImagingFunctions(
-        prepare_hu=geometry.prepare_hu,
-        prepare_windowed=geometry.prepare_windowed,
-        assemble_volume=volume.assemble_volume,
-    )
 
 
 def require_kaggle() -> Path:

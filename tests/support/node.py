@@ -83,6 +83,9 @@ class NodeConfig:
     device: str = "auto"
     metrics_port: int = field(default_factory=free_port)
     worker_metrics_port: int = field(default_factory=free_port)
+    #: The phantoms of most tests are a few slices, for speed on 2 cores: far below a head's
+    #: coverage. The coverage rule (selection.min_coverage_mm, 60 mm by default) has its own tests.
+    min_coverage_mm: float = 0.0
     extra: str = ""
     #: the storage root, when not ``workdir/storage`` (shared by several processes, or on its own disk)
     storage_dir: Path | None = None
@@ -154,6 +157,9 @@ max_delay_s = 5
 
 [outputs]
 send_empty_seg = {toml_value(self.send_empty_seg)}
+
+[selection]
+min_coverage_mm = {self.min_coverage_mm}
 
 [analysis]
 model = {toml_value(self.model)}

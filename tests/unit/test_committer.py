@@ -62,3 +62,15 @@ def test_submit_before_start_is_refused() -> None:
     committer: GroupCommitter[int, int] = GroupCommitter(lambda items: list(items))
     with pytest.raises(DatabaseUnavailableError):
         committer.submit(1, timeout_s=1)
+
+
+def test_submit_after_stop_says_the_node_is_shutting_down() -> None:
+    """A C-STORE that arrives while the node stops is refused (0xA700) with a comment the
+    sender's operator understands, within the 64 characters of an Error Comment (LO)."""
+    committer: GroupCommitter[int, int] = GroupCommitter(lambda items: list(items))
+    committer.start()
+    committer.stop()
+    with pytest.raises(DatabaseUnavailableError) as info:
+        committer.submit(1, timeout_s=1)
+    assert str(info.value) == "the node is shutting down: instance not stored, send it again"
+    assert len(str(info.value)) <= 64

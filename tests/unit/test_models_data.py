@@ -12,22 +12,13 @@ import pytest
 from highdicom.sr.coding import CodedConcept
 from pydicom.sr.codedict import codes
 
-from dicom_node.models.data import (
-    KaggleHeadCT,
-    case_names,
-    detect_layout,
-    dicom_cases_in,
-    evaluation_cases,
-    load_training_data,
-    nifti_pairs,
-    rasterize_polygons,
-    read_dicom_case,
-    read_nifti_case,
-    read_via,
-    split_groups,
-)
 from dicom_node.models.inputs import InputSpec
-from tests.support.models import imaging_functions, write_tiny_kaggle
+from dicom_node.training.data import case_names, detect_layout, evaluation_cases, load_training_data
+from dicom_node.training.dicom_seg import dicom_cases_in, read_dicom_case
+from dicom_node.training.kaggle import KaggleHeadCT, rasterize_polygons, read_via
+from dicom_node.training.nifti import nifti_pairs, read_nifti_case
+from dicom_node.training.splits import split_groups
+from tests.support.models import write_tiny_kaggle
 from tests.support.synthetic_ct import TEST_UID_PREFIX, Lesion, SeriesSpec, head_volume, write_series
 
 SPEC = InputSpec(size=(64, 64))
@@ -48,7 +39,7 @@ def test_kaggle_splits_are_fixed_by_image_number(tiny_kaggle):
 
 
 def test_kaggle_training_slices_carry_polygons_through_the_crop(tiny_kaggle):
-    data = load_training_data(tiny_kaggle, SPEC, imaging_functions(), seed=0)
+    data = load_training_data(tiny_kaggle, SPEC, seed=0)
     assert data.train.images.shape == (8, 1, 64, 64) and data.train.images.dtype == np.float16
     positives = data.train.labels == 1
     assert (data.train.instances[positives].reshape(4, -1).max(axis=1) == 1).all()
@@ -67,19 +58,19 @@ def test_a_positive_image_without_polygons_is_not_pixel_annotated(tiny_kaggle, t
     (copy / "via").mkdir()
     (copy / "via" / "train.json").write_text(json.dumps(via))
     (copy / "via" / "val.json").symlink_to(tiny_kaggle / "via" / "val.json")
-    data = load_training_data(copy, SPEC, imaging_functions(), seed=0)
+    data = load_training_data(copy, SPEC, seed=0)
     assert not data.train.annotated[data.train.keys.index("000")]
     assert data.train.annotated.sum() == 7
 
 
 def test_evaluation_cases_stay_on_the_source_grid(tiny_kaggle):
-    cases = list(evaluation_cases(tiny_kaggle, SPEC, imaging_functions(), split="val"))
+    cases = list(evaluation_cases(tiny_kaggle, SPEC, split="val"))
     assert [c.key for c in cases] == ["070", "071", "170", "171"]
     for case in cases:
         assert case.truth.shape == case.volume.hu.shape == case.windowed.shape
         assert bool(case.truth.any()) == bool(case.label)
         assert 0.5 < case.volume.spacing_mm[1] < 3.0
-    test_cases = list(evaluation_cases(tiny_kaggle, SPEC, imaging_functions(), split="test"))
+    test_cases = list(evaluation_cases(tiny_kaggle, SPEC, split="test"))
     assert all(c.truth is None for c in test_cases)
 
 
@@ -147,7 +138,7 @@ def test_nifti_training_data_are_split_by_scan(tmp_path):
         affine = np.diag([3.0, 3.0, 5.0, 1.0])
         _write_nifti(tmp_path / "ct_scans" / f"{number:03d}.nii.gz", to_ras(hu).astype(np.int16), affine)
         _write_nifti(tmp_path / "masks" / f"{number:03d}.nii.gz", to_ras(truth).astype(np.uint8), affine)
-    data = load_training_data(tmp_path, SPEC, imaging_functions(), seed=1, val_fraction=0.4)
+    data = load_training_data(tmp_path, SPEC, seed=1, val_fraction=0.4)
     train_scans = {g for g in data.train.groups}
     val_scans = {g for g in data.val.groups}
     assert not train_scans & val_scans and len(val_scans) == 2
@@ -199,7 +190,7 @@ def test_dicom_series_with_a_seg_reads_back_frame_for_frame(tmp_path):
     seg.save_as(case_dir / "seg.dcm")
 
     [case] = dicom_cases_in(tmp_path)
-    volume, read_truth = read_dicom_case(case, imaging_functions())
+    volume, read_truth = read_dicom_case(case)
 
     assert case.name == "case1" and read_truth.shape == volume.hu.shape
     np.testing.assert_array_equal(read_truth, truth)

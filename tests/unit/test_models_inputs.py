@@ -15,7 +15,6 @@ from dicom_node.models.inputs import (
     slice_from_hu,
     slice_from_windowed,
 )
-from tests.support.models import imaging_functions
 from tests.support.synthetic_ct import Lesion, SeriesSpec, series_datasets
 
 SPEC = InputSpec(size=(128, 128), windows=("brain",))
@@ -36,15 +35,14 @@ def ct_volume():
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
 def test_a_dicom_slice_and_its_brain_window_png_give_the_same_model_input(ct_volume, tmp_path, mode):
     hu = ct_volume.hu[1]
-    imaging = imaging_functions()
     # The DICOM road, as the runner takes it (the PNG has no spacing, so neither does this slice).
-    from_dicom = slice_from_hu(hu, spec=SPEC, imaging=imaging, pixel_spacing=None)
+    from_dicom = slice_from_hu(hu, spec=SPEC, pixel_spacing=None)
 
     grey = to_uint8(BRAIN.apply(hu))  # how the training PNGs were rendered
     channels = {"L": grey, "RGB": np.stack([grey] * 3, -1), "RGBA": np.dstack([grey] * 3 + [np.full_like(grey, 255)])}
     path = tmp_path / f"slice-{mode}.png"
     Image.fromarray(channels[mode]).save(path)
-    from_png = slice_from_windowed(read_png_brain(path), spec=SPEC, imaging=imaging)
+    from_png = slice_from_windowed(read_png_brain(path), spec=SPEC)
 
     assert from_png.transform == from_dicom.transform
     assert from_dicom.image.shape == (1, 128, 128)
@@ -84,12 +82,12 @@ def test_head_mask_drops_figure_letters_and_keeps_the_brain():
 def test_a_multi_window_model_cannot_read_brain_window_pngs():
     spec = InputSpec(size=(64, 64), windows=("brain", "subdural", "bone"))
     with pytest.raises(ValueError, match="needs HU input"):
-        slice_from_windowed(np.zeros((64, 64), np.float32), spec=spec, imaging=imaging_functions())
+        slice_from_windowed(np.zeros((64, 64), np.float32), spec=spec)
 
 
 def test_multi_window_hu_input_has_one_channel_per_window(ct_volume):
     spec = InputSpec(size=(64, 64), windows=("subdural", "brain", "bone"))
-    prepared = slice_from_hu(ct_volume.hu[1], spec=spec, imaging=imaging_functions(), pixel_spacing=(0.9, 1.1))
+    prepared = slice_from_hu(ct_volume.hu[1], spec=spec, pixel_spacing=(0.9, 1.1))
     assert prepared.image.shape == (3, 64, 64)
     assert prepared.image.dtype == np.float32
 

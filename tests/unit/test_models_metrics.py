@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from dicom_node.models.metrics import (
+from dicom_node.training.metrics import (
     BinaryCounts,
     best_threshold,
     bootstrap_ci,

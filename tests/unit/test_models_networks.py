@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_node.models.augment import Augmentation, augment_batch
 from dicom_node.models.card import ModelCard
 from dicom_node.models.classifier import pool_slices
 from dicom_node.models.inputs import InputSpec
@@ -14,7 +13,8 @@ from dicom_node.models.losses import segmentation_loss, soft_dice_loss
 from dicom_node.models.maskrcnn import instance_targets
 from dicom_node.models.registry import build_network
 from dicom_node.models.result import ModelKind
-from dicom_node.models.train import batch_loss, learning_rate_at
+from dicom_node.training.augment import Augmentation, augment_batch
+from dicom_node.training.train import batch_loss, learning_rate_at
 from tests.support.models import TINY_ARCHITECTURES, one_torch_thread, synthetic_slice  # noqa: F401
 
 SIZE = 64

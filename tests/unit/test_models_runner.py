@@ -11,13 +11,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from dicom_node.imaging.volume import CTVolume, assemble_volume
+from dicom_node.models import inputs
 from dicom_node.models.card import ModelCard
-from dicom_node.models.inputs import ImagingFunctions, InputSpec
-from dicom_node.models.metrics import dice
+from dicom_node.models.inputs import InputSpec
 from dicom_node.models.registry import LoadedModel, build_network
 from dicom_node.models.result import ModelKind
 from dicom_node.models.runner import Runner, autocast_dtype, select_device
-from tests.support.models import TINY_ARCHITECTURES, imaging_functions, one_torch_thread  # noqa: F401
+from dicom_node.training.metrics import dice
+from tests.support.models import TINY_ARCHITECTURES, one_torch_thread  # noqa: F401
 from tests.support.synthetic_ct import Lesion, SeriesSpec, head_volume, lesion_volume_ml, series_datasets
 
 LESION = Lesion(center_mm=(15.0, 10.0, 0.0), radius_mm=12.0, hu=65.0)
@@ -85,16 +86,16 @@ def test_device_selection():
         select_device("meta")
 
 
-def test_a_1000_slice_study_runs_in_bounded_batches():
+def test_a_1000_slice_study_runs_in_bounded_batches(monkeypatch):
     """Inputs are prepared batch by batch: never more than batch_size ahead of the network."""
-    base = imaging_functions()
     events: list[str] = []
+    prepare_hu = inputs.prepare_hu
 
     def counting_prepare_hu(hu, **kwargs):
         events.append("prepare")
-        return base.prepare_hu(hu, **kwargs)
+        return prepare_hu(hu, **kwargs)
 
-    imaging = ImagingFunctions(prepare_hu=counting_prepare_hu, prepare_windowed=base.prepare_windowed)
+    monkeypatch.setattr(inputs, "prepare_hu", counting_prepare_hu)
     torch.manual_seed(0)
     classifier_card = card("classifier", size=32)
     network = build_network(classifier_card).eval()
@@ -102,7 +103,7 @@ def test_a_1000_slice_study_runs_in_bounded_batches():
     hu = np.full((1000, 40, 40), -1000, dtype=np.int16)
     hu[:, 8:32, 6:34] = 35
     volume = CTVolume.from_array(hu, spacing_mm=(1.0, 0.5, 0.5))
-    runner = Runner(LoadedModel(classifier_card, network, Path(".")), imaging, device="cpu", batch_size=32)
+    runner = Runner(LoadedModel(classifier_card, network, Path(".")), device="cpu", batch_size=32)
 
     result = runner.predict(volume)
 
@@ -126,7 +127,7 @@ def test_masks_are_mapped_back_to_the_source_grid_and_measured(phantom, kind, ne
     spec, volume = phantom
     _, truth = head_volume(spec)
     model = LoadedModel(card(kind, size=128), network, Path("."))
-    runner = Runner(model, imaging_functions(), device="cpu", batch_size=5)
+    runner = Runner(model, device="cpu", batch_size=5)
 
     result = runner.predict(volume)
 
@@ -144,18 +145,18 @@ def test_a_lesion_free_study_is_negative(phantom):
     spec, _ = phantom
     clean = SeriesSpec(n_slices=6, rows=160, columns=160, pixel_spacing_mm=(1.2, 1.2))
     volume = assemble_volume(series_datasets(clean), series_instance_uid=clean.series_instance_uid)
-    runner = Runner(LoadedModel(card("unet", size=128), BloodUNet(), Path(".")), imaging_functions(), device="cpu")
+    runner = Runner(LoadedModel(card("unet", size=128), BloodUNet(), Path(".")), device="cpu")
     result = runner.predict(volume)
     assert not result.findings and not result.positive and result.study_probability == 0.0
 
 
 def test_windowed_input_must_match_the_measurement_grid(phantom):
     _, volume = phantom
-    runner = Runner(LoadedModel(card("unet"), BloodUNet(), Path(".")), imaging_functions(), device="cpu")
+    runner = Runner(LoadedModel(card("unet"), BloodUNet(), Path(".")), device="cpu")
     with pytest.raises(ValueError, match="one shape"):
         runner.predict_windowed(np.zeros((1, 10, 10), np.float32), volume)
 
 
 def test_batch_size_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
-        Runner(LoadedModel(card("unet"), BloodUNet(), Path(".")), imaging_functions(), batch_size=0)
+        Runner(LoadedModel(card("unet"), BloodUNet(), Path(".")), batch_size=0)

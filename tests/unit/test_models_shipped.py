@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 
 from dicom_node.models.card import ModelCard
-from dicom_node.models.evaluate import evaluate
 from dicom_node.models.registry import load_model
-from tests.support.models import REPO, imaging_functions, one_torch_thread, require_kaggle  # noqa: F401
+from dicom_node.training.evaluate import evaluate
+from tests.support.models import REPO, one_torch_thread, require_kaggle  # noqa: F401
 
 WEIGHTS = REPO / "dicom_node" / "models" / "weights"
 KINDS = ("classifier", "unet", "maskrcnn")
@@ -37,7 +37,7 @@ def test_a_shipped_model_reproduces_its_card_on_the_kaggle_test_split(kind):
     expected = loaded.card.metrics["evaluation"]["test"]["study"]
 
     report = evaluate(
-        WEIGHTS / kind, data, imaging=imaging_functions(), splits=["test"], device="cpu", write_card=False, resamples=10
+        WEIGHTS / kind, data, splits=["test"], device="cpu", write_card=False, resamples=10
     )
     got = report.splits[0].metrics["study"]
 

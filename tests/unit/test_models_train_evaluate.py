@@ -8,15 +8,15 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dicom_node.models import commands
 from dicom_node.models.card import ModelCard
-from dicom_node.models.data import load_training_data
-from dicom_node.models.evaluate import evaluate, evaluate_threshold, format_table
 from dicom_node.models.inputs import InputSpec
 from dicom_node.models.registry import load_model
 from dicom_node.models.result import ModelKind
-from dicom_node.models.train import CHECKPOINT_FILE, train
-from tests.support.models import TINY_ARCHITECTURES, imaging_functions, one_torch_thread, write_tiny_kaggle  # noqa: F401
+from dicom_node.training import commands
+from dicom_node.training.data import load_training_data
+from dicom_node.training.evaluate import evaluate, evaluate_threshold, format_table
+from dicom_node.training.train import CHECKPOINT_FILE, train
+from tests.support.models import TINY_ARCHITECTURES, one_torch_thread, write_tiny_kaggle  # noqa: F401
 
 SIZE = 64
 
@@ -28,15 +28,14 @@ def tiny_kaggle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def training_data(tiny_kaggle):
-    return load_training_data(tiny_kaggle, InputSpec(size=(SIZE, SIZE)), imaging_functions(), seed=0)
+    return load_training_data(tiny_kaggle, InputSpec(size=(SIZE, SIZE)), seed=0)
 
 
 def tiny_train(kind, data_dir, out, training_data, **overrides):
     options = dict(
         epochs=2,
         seed=0,
-        imaging=imaging_functions(),
-        batch_size=4,
+                batch_size=4,
         size=SIZE,
         architecture=TINY_ARCHITECTURES[kind],
         steps_per_epoch=2,
@@ -86,11 +85,11 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, tiny_kaggle, train
 
 def test_threshold_is_not_trainable(tmp_path, tiny_kaggle):
     with pytest.raises(ValueError, match="no trainable network"):
-        train("threshold", tiny_kaggle, tmp_path, epochs=1, imaging=imaging_functions())
+        train("threshold", tiny_kaggle, tmp_path, epochs=1)
 
 
 def test_evaluate_writes_figures_into_the_card_and_plots_next_to_it(trained, tiny_kaggle):
-    report = evaluate(trained["unet"], tiny_kaggle, imaging=imaging_functions(), device="cpu", resamples=50)
+    report = evaluate(trained["unet"], tiny_kaggle, device="cpu", resamples=50)
     card = ModelCard.load(trained["unet"])
     figures = card.metrics["evaluation"]
     assert set(figures) == {"val", "test"}
@@ -104,21 +103,21 @@ def test_evaluate_writes_figures_into_the_card_and_plots_next_to_it(trained, tin
 
 
 def test_evaluate_a_classifier_has_no_segmentation_figures(trained, tiny_kaggle):
-    report = evaluate(trained["classifier"], tiny_kaggle, imaging=imaging_functions(), splits=["val"],
+    report = evaluate(trained["classifier"], tiny_kaggle, splits=["val"],
                       device="cpu", write_card=False, resamples=50)
     assert "segmentation" not in report.splits[0].metrics
     assert report.splits[0].metrics["study"]["n"] == 4
 
 
 def test_the_threshold_baseline_is_evaluated_the_same_way(tiny_kaggle):
-    report = evaluate_threshold(tiny_kaggle, imaging=imaging_functions(), splits=["val"], resamples=50)
+    report = evaluate_threshold(tiny_kaggle, splits=["val"], resamples=50)
     metrics = report.splits[0].metrics
     assert metrics["study"]["n"] == 4 and "segmentation" in metrics
 
 
 def test_the_commands_train_and_evaluate(tmp_path, tiny_kaggle):
     app = typer.Typer()
-    commands.register(app, imaging_functions())
+    commands.register(app)
     runner = CliRunner()
     out = tmp_path / "cls"
     result = runner.invoke(

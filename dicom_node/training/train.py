@@ -1,8 +1,8 @@
 """Train a model of any network kind from a data folder into a model directory.
 
-``train(kind, data, out, epochs=..., seed=..., imaging=...)`` reads the data
-through the shared preprocessing (:mod:`dicom_node.models.data`), trains with
-augmentation (:mod:`dicom_node.models.augment`), validates after every epoch,
+``train(kind, data, out, epochs=..., seed=...)`` reads the data
+through the shared preprocessing (:mod:`dicom_node.training.data`), trains with
+augmentation (:mod:`dicom_node.training.augment`), validates after every epoch,
 keeps the best epoch by the validation criterion of the kind, and writes
 ``out/weights.pt`` and ``out/model_card.json`` (with the exact command, the
 split, the per-epoch history and the validation figures).
@@ -41,14 +41,15 @@ from torch import nn
 from dicom_node.models import classifier as classifier_module
 from dicom_node.models import maskrcnn as maskrcnn_module
 from dicom_node.models import unet as unet_module
-from dicom_node.models.augment import Augmentation, augment_batch
 from dicom_node.models.card import ModelCard, Thresholds, sha256_of
-from dicom_node.models.data import SliceSet, TrainingData, load_training_data
-from dicom_node.models.inputs import ImagingFunctions, InputSpec
+from dicom_node.models.inputs import InputSpec
 from dicom_node.models.losses import LOSSES
-from dicom_node.models.metrics import BinaryCounts, best_threshold, roc_auc
 from dicom_node.models.registry import build_network
 from dicom_node.models.result import ModelKind
+from dicom_node.training.augment import Augmentation, augment_batch
+from dicom_node.training.cases import SliceSet, TrainingData
+from dicom_node.training.data import load_training_sets
+from dicom_node.training.metrics import BinaryCounts, best_threshold, roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class TrainingOptions:
     steps_per_epoch: int | None = None
     val_fraction: float = 0.2
     threads: int | None = None
+    negatives_per_positive: float | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
@@ -83,6 +85,8 @@ class TrainingOptions:
             raise ValueError("learning_rate must be positive, weight_decay and warmup_epochs not negative")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError("steps_per_epoch, when given, must be at least 1")
+        if self.negatives_per_positive is not None and self.negatives_per_positive <= 0:
+            raise ValueError("negatives_per_positive, when given, must be positive")
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,23 @@ def batch_loss(
     if kind == ModelKind.MASKRCNN:
         return maskrcnn_module.maskrcnn_loss(network, images, instances)
     raise ValueError(f"{kind.value} models are not trained")
+
+
+def epoch_sample(slices: SliceSet, generator: torch.Generator, negatives_per_positive: float | None) -> np.ndarray:
+    """The slice indices one epoch trains on: every positive, and negatives drawn afresh each epoch.
+
+    Whole stacks are mostly negative slices (skull base, vertex, far from the
+    clot); all of them every epoch would make an epoch ten times longer while
+    teaching the same thing. ``None`` keeps every slice.
+    """
+    every = np.arange(len(slices))
+    if negatives_per_positive is None:
+        return every
+    positives = every[slices.labels > 0]
+    negatives = every[slices.labels == 0]
+    wanted = min(len(negatives), max(1, int(round(negatives_per_positive * max(1, len(positives))))))
+    drawn = negatives[torch.randperm(len(negatives), generator=generator)[:wanted].numpy()]
+    return np.sort(np.concatenate([positives, drawn]))
 
 
 def _batches(slices: SliceSet, batch_size: int, generator: torch.Generator, steps: int | None) -> Iterator[np.ndarray]:
@@ -231,11 +252,10 @@ def _draft_card(
 
 def train(
     kind: ModelKind | str,
-    data: str | Path,
+    data: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     epochs: int,
-    imaging: ImagingFunctions,
     seed: int = 0,
     resume: bool = False,
     batch_size: int = 8,
@@ -247,6 +267,7 @@ def train(
     augment: bool = True,
     threads: int | None = None,
     steps_per_epoch: int | None = None,
+    negatives_per_positive: float | None = None,
     val_fraction: float = 0.2,
     name: str | None = None,
     version: str = "1.0.0",
@@ -273,6 +294,7 @@ def train(
         steps_per_epoch=steps_per_epoch,
         val_fraction=val_fraction,
         threads=threads,
+        negatives_per_positive=negatives_per_positive,
         augmentation=Augmentation(enabled=augment),
     )
     spec = InputSpec(size=(size, size), windows=tuple(windows))
@@ -282,11 +304,18 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     draft = _draft_card(kind, spec, arch, name or f"ich-{kind.value}", version)
-    run_config = {"kind": kind.value, "input": spec.to_json(), "architecture": arch, "seed": seed}
+    run_config = {
+        "kind": kind.value,
+        "input": spec.to_json(),
+        "architecture": arch,
+        "seed": seed,
+        "negatives_per_positive": negatives_per_positive,
+    }
 
     started = time.perf_counter()
     if training_data is None:
-        training_data = load_training_data(data, spec, imaging, seed=seed, val_fraction=val_fraction)
+        folders = [data] if isinstance(data, (str, Path)) else list(data)
+        training_data = load_training_sets(folders, spec, seed=seed, val_fraction=val_fraction)
     train_set = trainable_slices(kind, training_data.train)
     val_set = trainable_slices(kind, training_data.val)
 
@@ -294,7 +323,8 @@ def train(
         torch.manual_seed(seed)
         network = build_network(draft)
         optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=options.weight_decay)
-        steps = steps_per_epoch or max(1, len(_list_batches(train_set, batch_size)))
+        first_sample = train_set.subset(epoch_sample(train_set, torch.Generator().manual_seed(0), negatives_per_positive))
+        steps = steps_per_epoch or max(1, len(_list_batches(first_sample, batch_size)))
         total_steps = steps * epochs
         warmup = int(round(options.warmup_epochs * steps))
         history: list[dict[str, float]] = []
@@ -322,10 +352,11 @@ def train(
             generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
             network.train()
             losses = []
-            for step_in_epoch, index in enumerate(_batches(train_set, batch_size, generator, steps_per_epoch)):
+            epoch_set = train_set.subset(epoch_sample(train_set, generator, negatives_per_positive))
+            for step_in_epoch, index in enumerate(_batches(epoch_set, batch_size, generator, steps_per_epoch)):
                 step = (epoch - 1) * steps + step_in_epoch
                 _set_learning_rate(optimizer, learning_rate_at(step, total_steps, warmup, learning_rate))
-                images, instances, labels = _tensors(train_set, index)
+                images, instances, labels = _tensors(epoch_set, index)
                 images, instances = augment_batch(images, instances, generator, options.augmentation)
                 value = batch_loss(kind, network, images, instances, labels, loss=loss)
                 optimizer.zero_grad(set_to_none=True)

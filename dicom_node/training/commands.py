@@ -1,17 +1,4 @@
-"""The ``train`` and ``evaluate`` commands, for the CLI to register.
-
-The models may not import the imaging layer, so the composition root hands its
-functions in::
-
-    from dicom_node.imaging import geometry, volume
-    from dicom_node.models import commands as model_commands
-    from dicom_node.models.inputs import ImagingFunctions
-
-    model_commands.register(app, ImagingFunctions(
-        prepare_hu=geometry.prepare_hu,
-        prepare_windowed=geometry.prepare_windowed,
-        assemble_volume=volume.assemble_volume,
-    ))
+"""The ``train`` and ``evaluate`` commands, for the CLI to register (``register(app)``).
 
 torch is imported when a command runs, not when the CLI starts.
 """
@@ -26,18 +13,20 @@ from typing import Annotated
 import typer
 
 from dicom_node.logs import configure_logging
-from dicom_node.models.inputs import ImagingFunctions
 
 KINDS = ("classifier", "unet", "maskrcnn")
 
 
-def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
-    """Add ``train`` and ``evaluate`` to ``app``, bound to the imaging layer's functions."""
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``evaluate`` to ``app``."""
 
     @app.command("train")
     def train_command(
         kind: Annotated[str, typer.Option("--kind", help=f"Model kind: {', '.join(KINDS)}.")],
-        data: Annotated[Path, typer.Option("--data", help="Data folder: Kaggle, NIfTI or DICOM + SEG.")],
+        data: Annotated[
+            list[Path],
+            typer.Option("--data", help="Data folder: Kaggle, PHE-SICH, NIfTI or DICOM + SEG (repeat to join several)."),
+        ],
         out: Annotated[Path, typer.Option("--out", help="Model directory to write (weights, card, checkpoint).")],
         epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
         seed: Annotated[int, typer.Option(help="Seed for initialisation, shuffling, augmentation and splits.")] = 0,
@@ -48,12 +37,16 @@ def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
         windows: Annotated[str, typer.Option(help="Windows as channels, e.g. brain,subdural,bone.")] = "brain",
         loss: Annotated[str, typer.Option(help="U-Net loss: dice_bce, dice_focal, bce, focal.")] = "dice_bce",
         threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+        negatives_per_positive: Annotated[
+            float | None,
+            typer.Option(help="Per epoch, all positive slices and this many negatives per positive, drawn afresh."),
+        ] = None,
         name: Annotated[str | None, typer.Option(help="Model name for the card (default ich-KIND).")] = None,
         version: Annotated[str, typer.Option(help="Model version for the card.")] = "1.0.0",
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Train a model and write its weights and model card."""
-        from dicom_node.models.train import train
+        from dicom_node.training.train import train
 
         configure_logging(log_level.upper(), "text")
         if kind not in KINDS:
@@ -65,13 +58,13 @@ def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
             epochs=epochs,
             seed=seed,
             resume=resume,
-            imaging=imaging,
             batch_size=batch_size,
             learning_rate=learning_rate,
             size=size,
             windows=[w.strip() for w in windows.split(",") if w.strip()],
             loss=loss,
             threads=threads,
+            negatives_per_positive=negatives_per_positive,
             name=name,
             version=version,
             command=shlex.join(["dicom-node", *sys.argv[1:]]),
@@ -83,7 +76,7 @@ def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
 
     @app.command("evaluate")
     def evaluate_command(
-        data: Annotated[Path, typer.Option("--data", help="Data folder: Kaggle, NIfTI or DICOM + SEG.")],
+        data: Annotated[Path, typer.Option("--data", help="Data folder: Kaggle, PHE-SICH, NIfTI or DICOM + SEG.")],
         model: Annotated[Path | None, typer.Option("--model", help="Model directory (card + weights).")] = None,
         threshold_baseline: Annotated[
             bool, typer.Option("--threshold-baseline", help="Evaluate the HU threshold baseline instead of a model.")
@@ -96,7 +89,7 @@ def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Evaluate a model (or the threshold baseline) and print a table of its figures."""
-        from dicom_node.models.evaluate import evaluate, evaluate_threshold, format_table
+        from dicom_node.training.evaluate import evaluate, evaluate_threshold, format_table
 
         configure_logging(log_level.upper(), "text")
         if (model is None) == (not threshold_baseline):
@@ -104,9 +97,9 @@ def register(app: typer.Typer, imaging: ImagingFunctions) -> None:
         chosen = [s.strip() for s in splits.split(",") if s.strip()] or None
         if model is not None:
             report = evaluate(
-                model, data, imaging=imaging, splits=chosen, device=device, batch_size=batch_size,
+                model, data, splits=chosen, device=device, batch_size=batch_size,
                 write_card=write_card, seed=seed,
             )
         else:
-            report = evaluate_threshold(data, imaging=imaging, splits=chosen, seed=seed)
+            report = evaluate_threshold(data, splits=chosen, seed=seed)
         typer.echo(format_table(report))

@@ -10,7 +10,7 @@ Per split, figures are:
 
 * study level (one PNG = one study): accuracy, sensitivity, specificity at the
   card's decision threshold and ROC AUC, each with a bootstrap 95 % CI
-  (:mod:`dicom_node.models.metrics`);
+  (:mod:`dicom_node.training.metrics`);
 * segmentation (cases with pixel truth): pooled Dice and IoU (all voxels of all
   cases together, so false positives on negative cases count), mean Dice over
   the cases with a lesion, lesion sensitivity and false-positive lesions per
@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.models.data import Case, detect_layout, evaluation_cases
-from dicom_node.models.inputs import ImagingFunctions, InputSpec
-from dicom_node.models.metrics import LesionCounts, dice, lesion_counts, overlap_counts, study_metrics
-from dicom_node.models.plots import Example, plot_calibration, plot_examples, plot_roc
+from dicom_node.models.inputs import InputSpec
 from dicom_node.models.result import ModelResult
 from dicom_node.models.threshold import ThresholdModel
+from dicom_node.training.cases import Case
+from dicom_node.training.data import detect_layout, evaluation_cases
+from dicom_node.training.metrics import LesionCounts, dice, lesion_counts, overlap_counts, study_metrics
+from dicom_node.training.plots import Example, plot_calibration, plot_examples, plot_roc
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,6 @@ def evaluate(
     model_dir: str | Path,
     data: str | Path,
     *,
-    imaging: ImagingFunctions,
     splits: Sequence[str] | None = None,
     device: str | None = "auto",
     batch_size: int = 16,
@@ -186,7 +186,7 @@ def evaluate(
 
     model_dir, data = Path(model_dir), Path(data)
     loaded = load_model(model_dir)
-    runner = Runner(loaded, imaging, device=device, batch_size=batch_size)
+    runner = Runner(loaded, device=device, batch_size=batch_size)
 
     def predict(case: Case) -> ModelResult:
         if case.windowed is not None:
@@ -196,7 +196,7 @@ def evaluate(
     reports = [
         evaluate_cases(
             split,
-            evaluation_cases(data, loaded.card.input, imaging, split=split, seed=seed),
+            evaluation_cases(data, loaded.card.input, split=split, seed=seed),
             predict,
             decision_threshold=loaded.card.thresholds.decision,
             resamples=resamples,
@@ -222,7 +222,6 @@ def evaluate(
 def evaluate_threshold(
     data: str | Path,
     *,
-    imaging: ImagingFunctions,
     splits: Sequence[str] | None = None,
     seed: int = 0,
     resamples: int = 2000,
@@ -235,7 +234,7 @@ def evaluate_threshold(
     reports = [
         evaluate_cases(
             split,
-            evaluation_cases(data, spec, imaging, split=split, seed=seed),
+            evaluation_cases(data, spec, split=split, seed=seed),
             lambda case: model.predict(case.volume),
             decision_threshold=model.parameters.decision_threshold,
             resamples=resamples,
@@ -251,7 +250,6 @@ def evaluate_combination(
     segmenter_dir: str | Path,
     data: str | Path,
     *,
-    imaging: ImagingFunctions,
     rule: str = "gate",
     splits: Sequence[str] | None = None,
     device: str | None = "auto",
@@ -266,7 +264,7 @@ def evaluate_combination(
 
     data = Path(data)
     runners = [
-        Runner(load_model(directory), imaging, device=device, batch_size=batch_size)
+        Runner(load_model(directory), device=device, batch_size=batch_size)
         for directory in (classifier_dir, segmenter_dir)
     ]
     study_runner, lesion_runner = runners
@@ -282,7 +280,7 @@ def evaluate_combination(
     reports = [
         evaluate_cases(
             split,
-            evaluation_cases(data, study_runner.model.card.input, imaging, split=split, seed=seed),
+            evaluation_cases(data, study_runner.model.card.input, split=split, seed=seed),
             predict,
             decision_threshold=study_runner.model.card.thresholds.decision,
             resamples=resamples,

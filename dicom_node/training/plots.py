@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_node.models.metrics import calibration_bins, roc_auc, roc_curve
+from dicom_node.training.metrics import calibration_bins, roc_auc, roc_curve
 
 
 @dataclass(frozen=True)
