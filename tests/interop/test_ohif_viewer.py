@@ -15,6 +15,10 @@ in the page:
   volume; the negative study's SR opens without error too;
 * the key-image series shows its burned-in banner.
 
+The SEG and SR checks run twice: on the study as made here, and on the same
+study as an anonymised export sends it, without a Frame of Reference UID on
+the CT (the pipeline then gives our objects one derived from the series).
+
 What OHIF 3.13.2 does differently from what we mean is asserted as it is, so
 that a newer OHIF that changes it fails here and gets read: the Measurements
 panel lists only measurements it can turn back into its own tools ("tracked"),
@@ -36,8 +40,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tests.support.interop_objects import negative_case, write_results
+from tests.support.interop_objects import negative_case, without_frame_of_reference, write_results
 from tests.support.ohif_viewer import StudyInViewer, lesion_spheres, load_study, ohif_over_orthanc, open_pages
+from tests.support.outputs_fixtures import make_case
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -53,21 +58,34 @@ COVERAGE_REQUIRED = 0.6
 def viewer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Both studies in Orthanc, and what the viewer showed of each page."""
     workdir = tmp_path_factory.mktemp("ohif")
-    positive_results = write_results(workdir / "positive")
-    negative_results = write_results(workdir / "negative", negative_case())
+    written = {
+        "positive": write_results(workdir / "positive"),
+        "negative": write_results(workdir / "negative", negative_case()),
+        "export": write_results(workdir / "export", without_frame_of_reference(make_case(job_key="job-export"))),
+    }
     with ohif_over_orthanc(workdir) as (orthanc, server):
-        positive = load_study(orthanc, positive_results)
-        negative = load_study(orthanc, negative_results)
-        pages = [
-            {"name": "seg", "kind": "seg", "url": positive.url(positive.seg_series),
-             "spheres": lesion_spheres(positive_results)},
-            {"name": "sr", "kind": "sr", "url": positive.url(positive.sr_series),
-             "steps": len(positive_results.case.lesions) + 1},
+        studies = {name: load_study(orthanc, results) for name, results in written.items()}
+        pages = []
+        for name in ("positive", "export"):
+            study = studies[name]
+            pages += [
+                {"name": f"{name}-seg", "kind": "seg", "url": study.url(study.seg_series),
+                 "spheres": lesion_spheres(study.results)},
+                {"name": f"{name}-sr", "kind": "sr", "url": study.url(study.sr_series),
+                 "steps": len(study.results.case.lesions) + 1},
+            ]
+        positive, negative = studies["positive"], studies["negative"]
+        pages += [
             {"name": "key-images", "kind": "image", "url": positive.url(positive.key_image_series)},
             {"name": "negative-sr", "kind": "sr", "url": negative.url(negative.sr_series), "steps": 1},
         ]
         report = open_pages(server, pages, workdir / "screenshots")
-    return {"positive": positive, "negative": negative, "report": report}
+    return {**studies, "report": report}
+
+
+#: The positive study as made here, and the same as an anonymised export sends it: no Frame of
+#: Reference UID on the CT (our objects then carry one derived from the series).
+STUDIES = ("positive", "export")
 
 
 def _page(viewer: dict[str, Any], name: str) -> dict[str, Any]:
@@ -88,9 +106,10 @@ def _viewport_pixels(page: dict[str, Any]) -> np.ndarray:
     return image[top : top + round(box["height"] * ratio), left : left + round(box["width"] * ratio)]
 
 
-def test_the_ct_displays_with_the_seg_loaded(viewer: dict[str, Any]) -> None:
-    positive: StudyInViewer = viewer["positive"]
-    page = _page(viewer, "seg")
+@pytest.mark.parametrize("study", STUDIES)
+def test_the_ct_displays_with_the_seg_loaded(viewer: dict[str, Any], study: str) -> None:
+    positive: StudyInViewer = viewer[study]
+    page = _page(viewer, f"{study}-seg")
     assert page["confirmedHydration"], "OHIF did not offer to load the SEG ([data-cy=yes-hydrate-btn])"
     assert page["segmentationRepresentations"] >= 1
     shown = page["state"]["sopInstanceUid"]
@@ -107,9 +126,10 @@ def _circle(points: list[list[float]]) -> tuple[np.ndarray, float]:
     return centre, float(np.linalg.norm(xy - centre, axis=1).mean())
 
 
-def test_the_seg_colour_lies_inside_the_planted_lesions_and_not_outside(viewer: dict[str, Any]) -> None:
-    positive: StudyInViewer = viewer["positive"]
-    page = _page(viewer, "seg")
+@pytest.mark.parametrize("study", STUDIES)
+def test_the_seg_colour_lies_inside_the_planted_lesions_and_not_outside(viewer: dict[str, Any], study: str) -> None:
+    positive: StudyInViewer = viewer[study]
+    page = _page(viewer, f"{study}-seg")
     pixels = _viewport_pixels(page)
     red = (pixels[..., 0] - np.maximum(pixels[..., 1], pixels[..., 2])) > SEG_RED_MARGIN
     ratio = page["state"]["devicePixelRatio"]
@@ -139,9 +159,10 @@ def test_the_seg_colour_lies_inside_the_planted_lesions_and_not_outside(viewer: 
     )
 
 
-def test_our_sr_opens_without_error_and_shows_each_lesion_with_its_volume(viewer: dict[str, Any]) -> None:
-    positive: StudyInViewer = viewer["positive"]
-    page = _page(viewer, "sr")
+@pytest.mark.parametrize("study", STUDIES)
+def test_our_sr_opens_without_error_and_shows_each_lesion_with_its_volume(viewer: dict[str, Any], study: str) -> None:
+    positive: StudyInViewer = viewer[study]
+    page = _page(viewer, f"{study}-sr")
     assert page["errors"] == [], f"console errors while opening our SR: {page['errors']}"
     assert page["sr"] == {"measurements": len(positive.results.case.lesions)}, "one measurement per lesion"
     assert "Something went wrong" not in page["panelText"]
@@ -163,7 +184,7 @@ def test_ohif_lists_only_its_own_tracked_measurements_in_the_panel(viewer: dict[
     list them; we keep names every viewer can show. A newer OHIF that lists them fails here:
     then assert the lesions and volumes in the panel instead.
     """
-    page = _page(viewer, "sr")
+    page = _page(viewer, "positive-sr")
     assert page["openedPanel"]
     assert "Measurements (0)" in page["panelText"] and "No tracked measurements" in page["panelText"]
 

@@ -40,7 +40,7 @@ DRIVER = "drive_ohif.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 #: The whole browser run; the test's own bound (3 minutes) is above it.
-DRIVER_TIMEOUT_S = 150
+DRIVER_TIMEOUT_S = 160
 
 
 @dataclass(frozen=True)

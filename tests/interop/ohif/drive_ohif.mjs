@@ -176,7 +176,7 @@ async function segPage(page, item, result) {
   result.confirmedHydration = await clickIfPresent(page, '[data-cy="yes-hydrate-btn"]', 20000);
   result.openedPanel = await clickIfPresent(page, '[data-cy="panelSegmentation-btn"]', 5000);
   result.segmentationRepresentations = await poll(page, segmentationShown, null, READY_TIMEOUT_MS, "the SEG on the viewport");
-  await sleep(2000); // let the labelmap render after it is attached
+  await sleep(1000); // let the labelmap render after it is attached
   result.state = await page.evaluate(viewportState);
   result.outlines = await page.evaluate(lesionOutlines, item.spheres);
   result.panelText = await page.evaluate(() => document.body.innerText);
