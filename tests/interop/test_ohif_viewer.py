@@ -12,7 +12,10 @@ in the page:
   outlines are projected with cornerstone's own world-to-screen transform);
 * opening our SR raises no console error, and stepping through its
   measurements shows each lesion's outline on its key slice labelled with its
-  volume; the negative study's SR opens without error too;
+  volume; OHIF places each outline's points exactly where our pixel
+  coordinates say (DICOM's corner convention, no half-pixel shift);
+* the negative study's SR: OHIF 3.13.2 fails on a report without measurements
+  (a strict xfail, and a test that pins the one error);
 * the key-image series shows its burned-in banner.
 
 The SEG and SR checks run twice: on the study as made here, and on the same
@@ -35,6 +38,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -174,6 +178,40 @@ def test_our_sr_opens_without_error_and_shows_each_lesion_with_its_volume(viewer
         assert any(volume in label for label in labels), (
             f"lesion {lesion.segment_number}: no '{volume}' drawn on its key slice; OHIF drew {sorted(seen)}"
         )
+
+
+def _outline_mm(image: pydicom.Dataset, graphic_data: np.ndarray) -> np.ndarray:
+    """Our SCOORD (column, row) points in patient mm, with DICOM's convention: (0, 0) is the top
+    left corner of the top left pixel, whose centre, at Image Position (Patient), is (0.5, 0.5)."""
+    position = np.array([float(v) for v in image.ImagePositionPatient])
+    orientation = np.array([float(v) for v in image.ImageOrientationPatient])
+    row_spacing, column_spacing = (float(v) for v in image.PixelSpacing)
+    columns, rows = graphic_data[:, 0] - 0.5, graphic_data[:, 1] - 0.5
+    return (
+        position
+        + columns[:, None] * column_spacing * orientation[:3]
+        + rows[:, None] * row_spacing * orientation[3:]
+    )
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_ohif_places_each_outline_exactly_where_the_sr_puts_it(viewer: dict[str, Any], study: str) -> None:
+    """Pixel coordinates have two conventions in the wild (corner or centre at 0, 0); a
+    half-pixel shift would draw every outline off the lesion. OHIF follows DICOM's."""
+    shown: StudyInViewer = viewer[study]
+    page = _page(viewer, f"{study}-sr")
+    placed = {a["trackingUid"]: np.array(a["points"]) for a in page["annotations"] if a["tool"] == "DICOMSRDisplay"}
+    report = hd.sr.srread(shown.results.sr)
+    sources = {ds.SOPInstanceUID: ds for ds in shown.results.case.source_images}
+    groups = report.content.get_planar_roi_measurement_groups()
+    assert len(groups) == len(shown.results.case.lesions)
+    for group in groups:
+        region = group.roi
+        (selected,) = region.ContentSequence
+        image = sources[selected.ReferencedSOPSequence[0].ReferencedSOPInstanceUID]
+        expected = _outline_mm(image, region.value)
+        assert group.tracking_uid in placed, f"OHIF placed no outline for {group.tracking_identifier}"
+        np.testing.assert_allclose(placed[group.tracking_uid], expected, atol=1e-3)
 
 
 def test_ohif_lists_only_its_own_tracked_measurements_in_the_panel(viewer: dict[str, Any]) -> None:

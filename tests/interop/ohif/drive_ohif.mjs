@@ -11,7 +11,8 @@
 //            (cornerstone's own worldToCanvas, so the test compares like with like);
 //   "sr":    open the Measurements panel and step through the SR's measurements with the
 //            viewport's arrows ([data-cy="viewport-action-arrows-right"]), collecting the
-//            labels OHIF draws (SVG text) at each step;
+//            labels OHIF draws (SVG text) at each step, and the outlines' points in patient
+//            coordinates as OHIF placed them (cornerstone's annotation state);
 //   "image": just the displayed image.
 // For every page: the console errors and uncaught exceptions, the page's text when it did
 // not load, and one screenshot. Nothing here judges; the Python test does.
@@ -193,6 +194,14 @@ async function srPage(page, item, result) {
   }
   result.steps = steps;
   result.state = steps[0] ?? null;
+  // The outlines as OHIF placed them: cornerstone annotations with their points in patient mm.
+  result.annotations = await page.evaluate(() =>
+    window.cornerstoneTools.annotation.state.getAllAnnotations().map((annotation) => ({
+      tool: annotation.metadata?.toolName ?? null,
+      trackingUid: annotation.data?.TrackingUniqueIdentifier ?? null,
+      points: annotation.data?.handles?.points ?? [],
+    })),
+  );
   result.panelText = await page.evaluate(() => document.body.innerText);
 }
 
