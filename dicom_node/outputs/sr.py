@@ -252,7 +252,9 @@ def _lesion_groups(
             )
         if lesion.key_slice_index >= len(source_images):
             raise ValueError(f"lesion {lesion.segment_number}'s key slice is not one of the source images")
-    seg = hd.seg.Segmentation.from_dataset(segmentation, copy=False)
+    # The pipeline passes highdicom's own object; a Dataset read from a file is copied, not
+    # turned into a Segmentation in the caller's hands.
+    seg = hd.seg.Segmentation.from_dataset(segmentation, copy=not isinstance(segmentation, hd.seg.Segmentation))
     planar = [
         _planar_group(lesion, segments[lesion.segment_number], seg, source_images, algorithm_id)
         for lesion in lesions
