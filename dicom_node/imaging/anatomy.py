@@ -20,7 +20,9 @@ headers name no body part, and both come from one analysis of the skull:
 3. **Soft tissue inside.** Enclosed blocks that are mostly not bone and whose
    soft-tissue value lies in ``soft_tissue_hu`` (CSF, brain, blood, enhancing
    vessels) are candidates; air (sinuses, mastoid cells) and fat (orbits) are not.
-4. **One 3D space.** Candidates are eroded by ``break_mm`` in-plane, which
+4. **One 3D space.** Up to ``bridge_mm`` of slices without candidates between
+   slices with candidates (where a craniectomy begins, a corrupt slice) get
+   what their neighbours share. Candidates are eroded by ``break_mm`` in-plane, which
    breaks thin bridges (optic canals, a jugular foramen), the largest
    6-connected 3D component is kept, which leaves out the neck, face and
    orbits, and the component is dilated back within the candidates.
@@ -88,6 +90,8 @@ class AnatomyParameters:
     closing_mm: float = 8.0
     #: Bone both within this distance above and below a pixel closes it too (an opening seen on one slice only).
     z_closing_mm: float = 4.0
+    #: Slices with no space over at most this distance, between slices with space, get what both sides share.
+    bridge_mm: float = 10.0
     hull_min_coverage: float = 0.65
     break_mm: float = 4.0
     min_slice_area_mm2: float = 1000.0
@@ -343,11 +347,34 @@ def _candidates(coarse: CoarseSlices, parameters: AnatomyParameters) -> tuple[np
     return candidate, hull_slices
 
 
+def _bridge_empty_slices(candidate: np.ndarray, allowed: np.ndarray, max_gap: int) -> np.ndarray:
+    """Fill short runs of empty slices between non-empty ones with what their neighbours share.
+
+    A ring open too wide on a slice or two (where a craniectomy begins, a
+    missing or corrupt slice) would otherwise split the space in two, and the
+    largest component would keep only one part. The filled region is the
+    intersection of the nearest slices with space above and below, restricted
+    to soft tissue: the brain does not move much over ``max_gap`` slices.
+    """
+    present = candidate.any(axis=(1, 2))
+    filled = np.flatnonzero(present)
+    if filled.size < 2:
+        return candidate
+    out = candidate.copy()
+    for below, above in zip(filled[:-1], filled[1:], strict=True):
+        if 1 < above - below <= max_gap + 1:
+            shared = candidate[below] & candidate[above]
+            out[below + 1 : above] = shared & allowed[below + 1 : above]
+    return out
+
+
 def intracranial_space(volume: VolumeLike, parameters: AnatomyParameters | None = None) -> IntracranialSpace:
     """The intracranial space of ``volume`` (steps 1-5 of the module docstring)."""
     parameters = parameters or AnatomyParameters()
     coarse = summarise_slices(volume, parameters)
     candidate, hull_slices = _candidates(coarse, parameters)
+    bridge = max(1, round(parameters.bridge_mm / float(volume.spacing_mm[0])))
+    candidate = _bridge_empty_slices(candidate, coarse.soft & ~coarse.mostly_bone, bridge)
     break_rows = parameters.break_mm / coarse.block_mm[0]
     break_cols = parameters.break_mm / coarse.block_mm[1]
     core = largest_component(erode_in_plane(candidate, break_rows, break_cols))

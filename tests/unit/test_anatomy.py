@@ -154,3 +154,12 @@ def test_a_240_slice_512_study_takes_at_most_2_s_of_cpu():
     start = time.process_time()
     intracranial_space(study)
     assert time.process_time() - start <= 2.0
+
+
+def test_a_slice_whose_ring_is_lost_does_not_split_the_space():
+    spec, volume, truth = _phantom()
+    hu = volume.hu.copy()
+    hu[15][hu[15] > 300] = 40  # no bone on one mid slice (a corrupt slice, the edge of a defect)
+    mask = intracranial_space(CTVolume.from_array(hu, spacing_mm=volume.spacing_mm)).mask()
+    assert mask[15].sum() >= 0.9 * truth[15].sum()
+    assert _dice(mask, truth) >= 0.95
