@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
@@ -61,23 +61,13 @@ from dicom_node.imaging.morphology import (
     largest_component,
 )
 
+if TYPE_CHECKING:
+    from dicom_node.imaging.volume import CTVolume
+
 #: Work this many slices at a time on the full-resolution grid, to bound memory.
 _SLICES_PER_CHUNK = 16
 #: Angular bins (of 10 degrees) for how much of the turn around its centre a bone arc covers.
 _ANGLE_BINS = 36
-
-
-class VolumeLike(Protocol):
-    """What the analysis needs from a volume (:class:`~dicom_node.imaging.volume.CTVolume` has it)."""
-
-    @property
-    def hu(self) -> np.ndarray: ...  # (slices, rows, columns)
-
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]: ...  # (z, y, x)
-
-    @property
-    def affine(self) -> np.ndarray | None: ...  # (k, i, j, 1) -> patient mm (LPS)
 
 
 @dataclass(frozen=True)
@@ -183,7 +173,7 @@ def _close_across_slices(bone: np.ndarray, reach_slices: float) -> np.ndarray:
     return bone | (above & below)
 
 
-def summarise_slices(volume: VolumeLike, parameters: AnatomyParameters | None = None) -> CoarseSlices:
+def summarise_slices(volume: CTVolume, parameters: AnatomyParameters | None = None) -> CoarseSlices:
     """Steps 1 and 2 of the module docstring: the coarse grid and what each slice's closed ring encloses."""
     parameters = parameters or AnatomyParameters()
     hu = volume.hu
@@ -297,7 +287,7 @@ def _hull_fallback(coarse: CoarseSlices, k: int, parameters: AnatomyParameters) 
     return inside
 
 
-def _inferior_first(volume: VolumeLike) -> bool:
+def _inferior_first(volume: CTVolume) -> bool:
     """Is slice 0 the most inferior? True unless the affine says the slices run downwards."""
     affine = volume.affine
     return affine is None or float(affine[2, 0]) >= 0
@@ -318,16 +308,25 @@ class IntracranialSpace:
     ring_slices: np.ndarray
     hull_slices: np.ndarray
 
-    def mask(self, *, margin_mm: float = 0.0) -> np.ndarray:
-        """The space on the source grid (bool, the volume's shape), grown in-plane by ``margin_mm``."""
+    def mask(self, *, margin_mm: float = 0.0, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        """The space on the source grid (bool), grown in-plane by ``margin_mm``.
+
+        ``box`` (slices of the source grid with steps of 1, e.g. a prediction's
+        bounding box) limits the result to that part of the volume, so that a
+        1000-slice study does not need a full-size mask to check a few lesions.
+        """
         if margin_mm < 0:
             raise ValueError("margin_mm must not be negative")
-        coarse = self.coarse_mask
+        slices, rows, cols = self.source_shape
+        box = box or (slice(0, slices), slice(0, rows), slice(0, cols))
+        (z0, z1, _), (r0, r1, _), (c0, c1, _) = (b.indices(n) for b, n in zip(box, self.source_shape, strict=True))
+        fy, fx = self.factors
+        coarse = self.coarse_mask[z0:z1]
         if margin_mm > 0:
             coarse = dilate_in_plane(coarse, margin_mm / self.block_mm[0], margin_mm / self.block_mm[1])
-        _, rows, cols = self.source_shape
-        fy, fx = self.factors
-        return np.repeat(np.repeat(coarse, fy, axis=1), fx, axis=2)[:, :rows, :cols]
+        coarse = coarse[:, r0 // fy : -(-r1 // fy), c0 // fx : -(-c1 // fx)]
+        fine = np.repeat(np.repeat(coarse, fy, axis=1), fx, axis=2)
+        return fine[:, r0 % fy : r0 % fy + (r1 - r0), c0 % fx : c0 % fx + (c1 - c0)]
 
     def volume_ml(self, slice_spacing_mm: float) -> float:
         """The space's volume; ``slice_spacing_mm`` is the distance between slice planes."""
@@ -368,7 +367,7 @@ def _bridge_empty_slices(candidate: np.ndarray, allowed: np.ndarray, max_gap: in
     return out
 
 
-def intracranial_space(volume: VolumeLike, parameters: AnatomyParameters | None = None) -> IntracranialSpace:
+def intracranial_space(volume: CTVolume, parameters: AnatomyParameters | None = None) -> IntracranialSpace:
     """The intracranial space of ``volume`` (steps 1-5 of the module docstring)."""
     parameters = parameters or AnatomyParameters()
     coarse = summarise_slices(volume, parameters)
@@ -438,7 +437,7 @@ class HeadRule:
 
 
 def head_from_image(
-    volume: VolumeLike,
+    volume: CTVolume,
     parameters: AnatomyParameters | None = None,
     rule: HeadRule | None = None,
 ) -> HeadEvidence:
