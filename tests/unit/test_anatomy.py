@@ -56,6 +56,7 @@ def test_mask_matches_the_inside_of_the_skull_and_leaves_the_neck_out(overrides)
     mask = intracranial_space(volume).mask()
     assert _dice(mask, truth) >= 0.95
     assert not mask[_below_skull_base(spec)].any(), "the neck, pharynx and cord are outside the skull"
+    assert head_from_image(volume).is_head
     assert (mask & ~truth).sum() <= 0.01 * truth.sum()
 
 
@@ -64,6 +65,7 @@ def test_gantry_tilt():
     mask = intracranial_space(volume).mask()
     assert _dice(mask, truth) >= 0.95
     assert (mask & ~truth).sum() <= 0.01 * truth.sum()
+    assert head_from_image(volume).is_head
 
 
 def test_craniectomy_keeps_the_space_under_the_missing_bone():
