@@ -8,6 +8,8 @@ What it measures
     how many were dropped as outside the skull, and their volume. These stacks
     hold one spontaneous bleed each, so a dropped finding is a false one unless it
     overlaps the edema box of the slice (counted separately as "dropped in a box").
+    "After" counts the findings measured again after clipping, so a kept finding
+    that the skull's edge cuts in two counts twice.
 
 Run it from the top of the checkout (a few minutes on 2 CPU cores)::
 
@@ -17,6 +19,7 @@ Run it from the top of the checkout (a few minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -83,6 +86,11 @@ def main() -> None:
                 if not (voxels & kept_labels).any():
                     row["dropped_ml"] += finding.volume_ml
                     row["in_box"] += int((voxels & boxes).any())
+            print(
+                f"patient {patient} {kind}: {len(result.findings)} finding(s), {gated.gate.dropped} dropped",
+                file=sys.stderr,
+                flush=True,
+            )
     print(f"{len(patients)} PHE-SICH stacks; spacing assumed {PIXEL_MM} mm x {SLICE_MM} mm")
     print("| model | findings before | after | dropped | dropped mL | dropped in a box |")
     print("|---|---|---|---|---|---|")
