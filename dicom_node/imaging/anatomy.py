@@ -430,7 +430,12 @@ class HeadEvidence:
 
 @dataclass(frozen=True)
 class HeadRule:
-    """When the figures of :class:`HeadEvidence` make a head."""
+    """When the figures of :class:`HeadEvidence` make a head.
+
+    The field of view is reported but not a criterion: head protocols are
+    reconstructed from 180 to 500 mm, while the ring's own size (at most
+    ``ring_max_extent_mm`` inside) already tells a skull from a thorax or a pelvis.
+    """
 
     min_ring_fraction: float = 0.25
     max_z_coverage_mm: float = 400.0
