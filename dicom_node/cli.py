@@ -10,8 +10,10 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +55,7 @@ from dicom_node.ingest.scp import StorageSCP
 from dicom_node.jobs import queue, tick_lease
 from dicom_node.jobs.recovery import reclaim_at_startup
 from dicom_node.logs import configure_logging
-from dicom_node.metrics import Metrics, StateCollector, serve_http
+from dicom_node.metrics import ChildrenMetrics, Metrics, StateCollector, serve_http
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retention import run_retention
@@ -62,6 +64,7 @@ from dicom_node.scheduler import Worker, build_scheduler, release_ticks
 from dicom_node.send.echo import verify
 from dicom_node.send.outbox import cancel_pending, deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
+from dicom_node.supervisor import Supervisor, adopt_supervision, child_specs, is_supervised, listening_socket
 from dicom_node.training import commands as model_commands
 
 logger = logging.getLogger("dicom_node")
@@ -311,9 +314,20 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
     return ticks, worker, peers
 
 
-def _observability(reloadable: Reloadable, engine: Engine, store: InstanceStore, metrics: Metrics, port: int):  # type: ignore[no-untyped-def]
-    """Start /metrics, /health and the status page for this process; returns the function that stops them."""
-    settings = reloadable.settings
+def _observability(  # type: ignore[no-untyped-def]
+    current: Callable[[], Settings],
+    engine: Engine,
+    store: InstanceStore,
+    metrics: Metrics | ChildrenMetrics,
+    port: int,
+    more_problems: Callable[[], list[str]] = list,
+):
+    """Start /metrics, /health and the status page for this process; returns the function that stops them.
+
+    ``current`` gives the running settings, so that a reload that adds a destination
+    shows on the page at once.
+    """
+    settings = current()
     metrics.add_collector(
         StateCollector(
             studies_by_state=lambda: state.studies_by_state(engine),
@@ -325,14 +339,14 @@ def _observability(reloadable: Reloadable, engine: Engine, store: InstanceStore,
 
     def health() -> list[str]:
         problem = state.database_problem(engine)
-        return ([problem] if problem else []) + store.problems()
+        return ([problem] if problem else []) + store.problems() + more_problems()
 
     sessions = session_factory(engine)
 
     def page() -> bytes:
         # The running settings: a reload that adds a destination shows it at once.
         with sessions() as session:
-            return render_page(collect_page(engine, session, reloadable.settings))
+            return render_page(collect_page(engine, session, current()))
 
     address = f"{settings.observability.bind_address}:{port}"
     try:
@@ -378,6 +392,8 @@ def _model_device(worker: Worker) -> str:
 
 
 def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
+    """One process doing the work: listener, scheduler and worker, or some of them."""
+    supervised = adopt_supervision()  # a child of `run`: dies with it, serves no HTTP
     settings = _settings(config)
     reloadable = Reloadable(config, settings)
     engine = _engine_at_head(settings, config)
@@ -387,11 +403,12 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
     store.sweep_periodically(stop)
     metrics = Metrics()
     stops = []
-    if settings.observability.enabled:
+    if settings.observability.enabled and supervised is None:
         port = settings.observability.port if listener else settings.observability.worker_port
-        stops.append(_observability(reloadable, engine, store, metrics, port))
+        stops.append(_observability(lambda: reloadable.settings, engine, store, metrics, port))
     if listener:
         catalog = Catalog(engine, settings.storage.duplicate_policy)
+        stops.append(catalog.close)  # after the listener and the committer stopped (stops run in reverse)
         committer = GroupCommitter(catalog.record_batch)
         committer.start()
         stops.append(committer.stop)
@@ -399,7 +416,7 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
         reloadable.scp = StorageSCP(
             settings.node, store, catalog, committer, server_context(settings.tls), metrics, audit
         )
-        server = reloadable.scp.start()
+        server = reloadable.scp.start(supervised.listen_socket if supervised else None)
         stops.append(server.shutdown)
     if scheduler:
         ticks, reloadable.worker, reloadable.peers = _scheduler(settings, engine, store, stop, metrics)
@@ -414,6 +431,9 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
 
         stops.append(stop_ticks)
     logger.info(_startup_summary(config, settings, store, reloadable, listener=listener))
+    for role, running in (("listener", listener), ("worker", scheduler)):
+        if running:
+            logger.info(f"{role} ready")
     try:
         _wait_for_signal(stop, reloadable)
     finally:
@@ -423,16 +443,78 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
         engine.dispose()
 
 
+def _supervise(config: Path, *, worker: bool) -> None:
+    """Bind the port, run the listener processes (and the worker) as children, serve /metrics and /health.
+
+    See :mod:`dicom_node.supervisor` for the process model and what happens when a child exits.
+    """
+    settings = _settings(config)
+    engine = _engine_at_head(settings, config)
+    store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
+    store.prepare()
+    node = settings.node
+    try:
+        sock = listening_socket(node.bind_address, node.port)
+    except OSError as exc:
+        typer.echo(f"cannot listen on {node.bind_address}:{node.port}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from exc
+    metrics_dir = Path(tempfile.mkdtemp(prefix="dicom-node-metrics-"))
+    supervisor = Supervisor(child_specs(node.listener_processes, worker=worker), config.resolve(), sock, metrics_dir)
+    stops: list[Callable[[], None]] = []
+    status = 0
+    try:
+        supervisor.start()
+        if settings.observability.enabled:
+            children = ChildrenMetrics(metrics_dir)
+            stops.append(
+                _observability(lambda: settings, engine, store, children, settings.observability.port, supervisor.problems)
+            )
+        status = _supervise_until_signal(supervisor) or 0
+    finally:
+        logger.info("shutting down")
+        sock.close()  # the listeners keep their copies until they exit
+        supervisor.stop()
+        for halt in stops:
+            halt()
+        engine.dispose()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    if status:
+        raise typer.Exit(status)
+
+
+def _supervise_until_signal(supervisor: Supervisor) -> int | None:
+    """Watch the children until SIGTERM or SIGINT (None), or a child's fatal exit status; pass SIGHUP on."""
+    stop = threading.Event()
+    hangup = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hangup.set())
+    while not stop.wait(0.2):
+        if hangup.is_set():
+            hangup.clear()
+            supervisor.signal_all(signal.SIGHUP)
+        if (status := supervisor.check()) is not None:
+            return status
+    return None
+
+
 @app.command()
 def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run the embedded node in one process: listener, scheduler ticks and worker."""
-    _serve(config, listener=True, scheduler=True)
+    """Run the embedded node: one command and one config; the listener(s) and the worker run as
+    separate processes under it, so analysis never takes the CPU a C-STORE needs."""
+    _supervise(config, worker=True)
 
 
 @app.command()
 def scp(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run the DICOM listener only; a GPU crash in a worker never drops an association."""
-    _serve(config, listener=True, scheduler=False)
+    """Run the DICOM listener only; a GPU crash in a worker never drops an association.
+
+    With ``[node] listener_processes`` above 1, that many listener processes share the port.
+    """
+    if not is_supervised() and _settings(config).node.listener_processes > 1:
+        _supervise(config, worker=False)
+    else:
+        _serve(config, listener=True, scheduler=False)
 
 
 @app.command()

@@ -13,7 +13,10 @@ import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from pathlib import Path
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -51,6 +54,24 @@ class Metrics:
             "dicom_node_deliveries", "Delivery attempts, by destination and resulting state", ["destination", "state"],
             registry=self.registry,
         )
+
+    def add_collector(self, collector: Collector) -> None:
+        """Register a collector that reads shared state at scrape time."""
+        self.registry.register(collector)
+
+
+class ChildrenMetrics:
+    """What ``dicom-node run`` serves: its child processes' counters, summed.
+
+    Each child (listeners, worker) starts with ``PROMETHEUS_MULTIPROC_DIR`` set, so
+    prometheus_client writes its counters to files in ``directory``; this registry reads
+    and sums them at scrape time. Counters of a child that exited stay in the sum, so they
+    never go backwards when a child is restarted.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(self.registry, path=str(directory))
 
     def add_collector(self, collector: Collector) -> None:
         """Register a collector that reads shared state at scrape time."""
@@ -116,7 +137,7 @@ PAGE_HEADERS = {
 
 
 def serve_http(
-    metrics: Metrics, health: HealthCheck, *, address: str, port: int, page: StatusPage | None = None
+    metrics: Metrics | ChildrenMetrics, health: HealthCheck, *, address: str, port: int, page: StatusPage | None = None
 ) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Serve ``/metrics`` (Prometheus text format), ``/health`` (200 ready, 503 with reasons)
     and, when given, the read-only status ``page`` at ``/``. Every method but GET gets 405:

@@ -69,6 +69,8 @@ class NodeConfig:
     database_url: str | None = None
     max_pdu_size: int = 65536
     max_associations: int = 8
+    #: [node] listener_processes: listener processes sharing the port
+    listener_processes: int = 1
     #: (name, AE title, port, object kinds) of each destination on 127.0.0.1
     destinations: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
     lease_s: float = 20.0
@@ -115,6 +117,7 @@ ae_title = "{NODE_AE}"
 bind_address = "127.0.0.1"
 port = {self.port}
 max_associations = {self.max_associations}
+listener_processes = {self.listener_processes}
 acse_timeout_s = 10
 dimse_timeout_s = 30
 network_timeout_s = 30
