@@ -1,6 +1,6 @@
 """Make the README's picture of our results in OHIF: the SEG over the CT, and the SR's lesion outline.
 
-    PYTHONPATH=. .venv/bin/python -m tests.support.ohif_screenshot --output docs/images/ohif-results.png
+    PYTHONPATH=. .venv/bin/python -m tests.support.ohif_screenshot --output tests/figures/ohif-results.png
 
 It builds a synthetic positive study (256 x 256, two planted lesions) with the
 node's own builders, loads it into Orthanc, opens it in the pinned OHIF exactly
@@ -71,7 +71,7 @@ def make_screenshot(output: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("docs/images/ohif-results.png"))
+    parser.add_argument("--output", type=Path, default=Path("tests/figures/ohif-results.png"))
     written = make_screenshot(parser.parse_args().output)
     print(f"{written}: {written.stat().st_size // 1024} kB")
 
