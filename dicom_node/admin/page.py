@@ -101,6 +101,8 @@ def _study_row(study: StudyOverview, viewer_url: str | None) -> str:
     probability = f"{job.probability:.2f}" if job and job.probability is not None else "-"
     volume = f"{job.volume_ml:.1f} mL" if job and job.volume_ml is not None else "-"
     job_text = f"{job.id}: {_counts({job.state: 0})} ({job.attempts}/{job.max_attempts})" if job else "-"
+    if job and job.last_error and job.state != "succeeded":
+        job_text += f"<br><span class='muted'>{_e(job.last_error.splitlines()[0][:160])}</span>"
     deliveries = "<br>".join(f"{_e(d.destination)}: {_counts(d.by_state)}" for d in study.deliveries) or "-"
     return (
         "<tr>"

@@ -84,7 +84,9 @@ def job_lines(job: JobLine, *, now: datetime | None = None) -> list[str]:
             seconds = (job.lease_expires_at - now).total_seconds()
             left = f" (in {seconds:.0f} s)" if seconds >= 0 else f" (expired {-seconds:.0f} s ago: the lease scan reclaims it)"
         lines.append(f"  worker     {job.lease_owner}, lease until {utc(job.lease_expires_at)}{left}")
-    if job.last_error:
+    if job.last_error and job.state == "skipped":
+        lines.append(f"  reason     {job.last_error}")  # not applicable: an outcome, nothing to do
+    elif job.last_error:
         lines.append(f"  error      {job.last_error}")
         lines.append(f"  what to do {advice(job.last_error)}")
     if job.summary:
