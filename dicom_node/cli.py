@@ -470,10 +470,12 @@ def echo(
             raise typer.Exit(2)
         d = destinations[peer]
         called, host, port = d.ae_title, d.host, d.port
+        # As the sender will: over TLS when the destination wants it.
+        tls = client_context(settings.tls) if settings and d.tls else None
     else:
-        called, host, port = match["ae"], match["host"], int(match["port"])
+        called, host, port, tls = match["ae"], match["host"], int(match["port"]), None
     ours = calling_ae or (settings.node.ae_title if settings else "DICOMNODE")
-    result = verify(host, port, called_ae=called, calling_ae=ours, timeout_s=timeout)
+    result = verify(host, port, called_ae=called, calling_ae=ours, timeout_s=timeout, tls_context=tls)
     if not result.ok:
         typer.echo(result.reason + (f"; {result.hint}" if result.hint else ""), err=True)
         raise typer.Exit(1)
