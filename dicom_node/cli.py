@@ -34,6 +34,7 @@ from dicom_node.admin.text import (
     job_lines,
     study_detail_lines,
     study_line,
+    utc,
 )
 from dicom_node.conformance import write_conformance_statement
 from dicom_node.audit import AuditLog
@@ -590,9 +591,10 @@ def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
         typer.echo(line)
     for d in deliveries:
         why = f" ({d.last_error})" if d.last_error else ""
+        retry = f", next try {utc(d.next_attempt_at)}" if d.state.value == "pending" and d.attempts else ""
         typer.echo(
             f"  delivery   {d.kind:<10} {d.sop_instance_uid} -> {d.destination}: {d.state.value}, "
-            f"{d.attempts} attempt(s), last status {d.last_status or '-'}{why}"
+            f"{d.attempts} attempt(s){retry}, last status {d.last_status or '-'}{why}"
         )
 
 
