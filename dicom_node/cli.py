@@ -49,7 +49,7 @@ from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
-from dicom_node.errors import ConfigError, DicomNodeError
+from dicom_node.errors import ConfigError, DatabaseNotFoundError, DicomNodeError
 from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
@@ -106,7 +106,11 @@ def _settings(path: Path) -> Settings:
 
 def _engine_at_head(settings: Settings, config: Path) -> Engine:
     """The database, checked to be at our schema revision; never a new, empty one (see create_db_engine)."""
-    engine = create_db_engine(settings.database, create=False)
+    try:
+        engine = create_db_engine(settings.database, create=False)
+    except DatabaseNotFoundError as exc:  # the same exit status as a database at the wrong revision
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(3) from exc
     current = migrate.current_revision(engine)
     head = migrate.head_revision()
     if current != head:
