@@ -36,6 +36,7 @@ from dicom_node.admin.text import (
     job_lines,
     study_detail_lines,
     study_line,
+    utc,
 )
 from dicom_node.conformance import write_conformance_statement
 from dicom_node.audit import AuditLog
@@ -48,7 +49,7 @@ from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
-from dicom_node.errors import ConfigError, DicomNodeError
+from dicom_node.errors import ConfigError, DatabaseNotFoundError, DicomNodeError
 from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
@@ -105,7 +106,11 @@ def _settings(path: Path) -> Settings:
 
 def _engine_at_head(settings: Settings, config: Path) -> Engine:
     """The database, checked to be at our schema revision; never a new, empty one (see create_db_engine)."""
-    engine = create_db_engine(settings.database, create=False)
+    try:
+        engine = create_db_engine(settings.database, create=False)
+    except DatabaseNotFoundError as exc:  # the same exit status as a database at the wrong revision
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(3) from exc
     current = migrate.current_revision(engine)
     head = migrate.head_revision()
     if current != head:
@@ -548,10 +553,12 @@ def echo(
             raise typer.Exit(2)
         d = destinations[peer]
         called, host, port = d.ae_title, d.host, d.port
+        # As the sender will: over TLS when the destination wants it.
+        tls = client_context(settings.tls) if settings and d.tls else None
     else:
-        called, host, port = match["ae"], match["host"], int(match["port"])
+        called, host, port, tls = match["ae"], match["host"], int(match["port"]), None
     ours = calling_ae or (settings.node.ae_title if settings else "DICOMNODE")
-    result = verify(host, port, called_ae=called, calling_ae=ours, timeout_s=timeout)
+    result = verify(host, port, called_ae=called, calling_ae=ours, timeout_s=timeout, tls_context=tls)
     if not result.ok:
         typer.echo(result.reason + (f"; {result.hint}" if result.hint else ""), err=True)
         raise typer.Exit(1)
@@ -667,9 +674,10 @@ def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
         typer.echo(line)
     for d in deliveries:
         why = f" ({d.last_error})" if d.last_error else ""
+        retry = f", next try {utc(d.next_attempt_at)}" if d.state.value == "pending" and d.attempts else ""
         typer.echo(
             f"  delivery   {d.kind:<10} {d.sop_instance_uid} -> {d.destination}: {d.state.value}, "
-            f"{d.attempts} attempt(s), last status {d.last_status or '-'}{why}"
+            f"{d.attempts} attempt(s){retry}, last status {d.last_status or '-'}{why}"
         )
 
 

@@ -247,6 +247,7 @@ class DeliveryView:
     attempts: int
     last_status: str | None
     last_error: str | None
+    next_attempt_at: datetime | None = None
 
 
 def deliveries_of_job(session: Session, job_id: int) -> list[DeliveryView]:
@@ -257,7 +258,7 @@ def deliveries_of_job(session: Session, job_id: int) -> list[DeliveryView]:
         .order_by(Delivery.destination, OutputObject.id)
     ).all()
     return [
-        DeliveryView(d.id, kind, uid, d.destination, d.state, d.attempts, d.last_status, d.last_error)
+        DeliveryView(d.id, kind, uid, d.destination, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at)
         for d, kind, uid in rows
     ]
 
