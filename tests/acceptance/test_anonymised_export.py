@@ -16,6 +16,7 @@ OHIF's parsers; the stray slice must get its own clear outcome.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,10 +31,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicom_node.outputs.validate import run_dciodvfy
-from tests.interop.test_viewers import SCRIPT, _tool, viewer_dir  # noqa: F401 (viewer_dir is a fixture)
+from tests.support import npm
 from tests.support.anonymised_export import ExportCase, WrittenExport, corpus, send_folder, write_export
 from tests.support.example_node import ExampleNode, JobRow
-from tests.support.node import NODE_AE
+from tests.support.node import NODE_AE, REPO
 from tests.support.peers import Arrived, StoreSCP
 
 #: Both studies analysed on 2 CPU cores with the default models, and their results sent.
@@ -42,6 +43,9 @@ POLL_S = 0.5
 #: Job states after which nothing more happens without an operator.
 FINAL_STATES = {"succeeded", "dead", "cancelled", "skipped"}
 POSITIVE, NEGATIVE = corpus()
+#: OHIF's parsers, pinned, and the script that loads a SEG and an SR with them (see tests/interop/test_viewers.py).
+VIEWER_DIR = REPO / "tests" / "interop" / "viewer"
+OHIF_SCRIPT = "check_seg_sr.mjs"
 #: Node.js running OHIF's parsers over one SEG, one SR and 39 CT slices.
 OHIF_TIMEOUT_S = 120
 
@@ -208,11 +212,19 @@ def test_highdicom_reads_the_negative_report(loop: Loop) -> None:
     assert "Absent" in str(report.ContentSequence)
 
 
-def test_ohif_parsers_load_the_seg_and_sr(loop: Loop, viewer_dir: Path) -> None:  # noqa: F811
+@pytest.fixture(scope="module")
+def ohif_parsers() -> Path:
+    """The pinned npm packages, installed once into the cache, with the check script beside them."""
+    target = npm.locked_packages(VIEWER_DIR)
+    shutil.copy2(VIEWER_DIR / OHIF_SCRIPT, target / OHIF_SCRIPT)
+    return target
+
+
+def test_ohif_parsers_load_the_seg_and_sr(loop: Loop, ohif_parsers: Path) -> None:
     got = loop.arrived(POSITIVE.spec.study_instance_uid)
     ct = loop.written[POSITIVE.name].main
     completed = subprocess.run(
-        [_tool("node"), str(viewer_dir / SCRIPT), "--seg", str(got.segs[0]), "--sr", str(got.srs[0]), *map(str, ct)],
+        [npm.tool("node"), str(ohif_parsers / OHIF_SCRIPT), "--seg", str(got.segs[0]), "--sr", str(got.srs[0]), *map(str, ct)],
         capture_output=True, text=True, timeout=OHIF_TIMEOUT_S, check=False,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
