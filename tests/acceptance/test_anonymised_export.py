@@ -37,7 +37,11 @@ from tests.support.example_node import ExampleNode, JobRow
 from tests.support.node import NODE_AE, REPO
 from tests.support.peers import Arrived, StoreSCP
 
-#: Both studies analysed on 2 CPU cores with the default models, and their results sent.
+#: The first test sets the loop up: write the corpus, start the node, send, wait for RESULTS_TIMEOUT_S.
+pytestmark = [pytest.mark.dcmtk, pytest.mark.slow, pytest.mark.timeout(600)]
+
+#: Both studies analysed on 2 CPU cores with the default models, and their results sent
+#: (about 60 s on a quiet machine, 2 minutes under a load average of 10).
 RESULTS_TIMEOUT_S = 420.0
 POLL_S = 0.5
 #: Job states after which nothing more happens without an operator.
