@@ -129,6 +129,17 @@ def test_the_study_is_analysed_once_and_succeeds(loop: Loop, case: ExportCase) -
     assert job.warnings is None, "every object was built"
 
 
+@pytest.mark.parametrize("case", [POSITIVE, NEGATIVE], ids=lambda case: case.name)
+def test_the_image_decided_that_the_silent_header_is_a_head(loop: Loop, case: ExportCase) -> None:
+    """No header field names a body part, so the recorded reason names the image rule."""
+    decisions = [
+        json.loads(line)["message"]
+        for line in loop.node.log().splitlines()
+        if line.startswith("{") and case.spec.series_instance_uid in line and "series selection" in line
+    ]
+    assert decisions and all("head: image (skull ring" in message for message in decisions), decisions
+
+
 def test_the_stray_slice_gets_a_clear_outcome_not_a_failure(loop: Loop) -> None:
     assert POSITIVE.stray is not None
     job = loop.jobs[POSITIVE.stray.study_instance_uid]
