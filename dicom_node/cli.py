@@ -55,7 +55,14 @@ from dicom_node.retry import RetryPolicy
 from dicom_node.scheduler import Worker, build_scheduler, release_ticks
 from dicom_node.send.outbox import deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
-from dicom_node.supervisor import Supervisor, adopt_supervision, child_specs, is_supervised, listening_socket
+from dicom_node.supervisor import (
+    ChildSpec,
+    Supervisor,
+    adopt_supervision,
+    child_specs,
+    is_supervised,
+    listening_socket,
+)
 
 logger = logging.getLogger("dicom_node")
 
@@ -404,8 +411,13 @@ def _supervise(config: Path, *, worker: bool) -> None:
     supervisor = Supervisor(child_specs(node.listener_processes, worker=worker), config.resolve(), sock, metrics_dir)
     stops: list[Callable[[], None]] = []
     status = 0
+    engine.dispose()  # no pooled connection may cross the fork into the children
+
+    def run_forked(spec: ChildSpec) -> None:
+        _serve(config, listener=spec.command == "scp", scheduler=spec.command == "worker")
+
     try:
-        supervisor.start()
+        supervisor.start(run_forked)
         if settings.observability.enabled:
             children = ChildrenMetrics(metrics_dir)
             stops.append(
