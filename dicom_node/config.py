@@ -118,7 +118,7 @@ class NodeSettings(_Section):
     )
     max_associations: int = Field(default=10, ge=1, le=1000, description="per listener process")
     listener_processes: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=64,
         description="processes accepting on the port; each uses one CPU core at most (one GIL)",

@@ -325,7 +325,10 @@ def _association_policies(doc: _Document, settings: Settings) -> None:
     )
     doc.section(5, "Number of Associations")
     doc.text(
-        f"As SCP, at most {node.max_associations} concurrent associations (*configured*); one more "
+        f"As SCP, {node.listener_processes} listener process(es) (*configured*) accept on the same port, "
+        f"each at most {node.max_associations} concurrent associations (*configured*), "
+        f"{node.listener_processes * node.max_associations} in all; the operating system gives each new "
+        "association to one of them. One more than a process's limit "
         "is rejected with A-ASSOCIATE-RJ rejected-transient, service-provider (presentation), "
         f"local-limit-exceeded {_rejection(_REJECT_LIMIT)}. As SCU, one association at a time per "
         f"destination ({len(settings.destinations)} configured)."
@@ -523,7 +526,8 @@ def _configuration(doc: _Document, settings: Settings) -> None:
     doc.table(
         ("Parameter", "Value", "Setting"),
         [
-            ("Maximum concurrent associations (SCP)", node.max_associations, "node.max_associations"),
+            ("Maximum concurrent associations (SCP), per listener process", node.max_associations, "node.max_associations"),
+            ("Listener processes sharing the port (SCP)", node.listener_processes, "node.listener_processes"),
             ("ACSE timeout (SCP)", _seconds(node.acse_timeout_s), "node.acse_timeout_s"),
             ("DIMSE timeout (SCP)", _seconds(node.dimse_timeout_s), "node.dimse_timeout_s"),
             ("Network idle timeout (SCP)", _seconds(node.network_timeout_s), "node.network_timeout_s"),
