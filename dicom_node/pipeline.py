@@ -15,7 +15,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -51,7 +50,7 @@ from dicom_node.outputs import codes
 from dicom_node.outputs.seg import with_patient_study_type2
 from dicom_node.outputs.revision import EarlierReport, replacing_description
 from dicom_node.outputs.sources import prepare_sources
-from dicom_node.send.outbox import add_deliveries
+from dicom_node.send.outbox import WrittenObject
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +75,6 @@ class Model(Protocol):
 def model_key(model: Model) -> str:
     """The job key part naming the model version: a new version gets new jobs."""
     return f"{model.name}@{model.version}"
-
-
-@dataclass(frozen=True)
-class WrittenObject:
-    """An object the job created and wrote under the storage root."""
-
-    kind: str  # seg | sr | key_images
-    sop_class_uid: str
-    sop_instance_uid: str
-    path: str
 
 
 @dataclass
@@ -133,40 +122,6 @@ def load_study_input(session: Session, store: InstanceStore, job: ClaimedJob) ->
     if not paths:
         raise AnalysisError("the study has no stored instances")
     return StudyInput(job.study_instance_uid, dict(paths))
-
-
-def record_outputs(
-    session: Session,
-    job: ClaimedJob,
-    output: JobOutput,
-    *,
-    destinations: dict[str, list[str]],
-    now: datetime,
-) -> None:
-    """Insert the job's objects and one outbox row per (object, destination that wants its kind).
-
-    A re-run of the same job creates objects with the same UIDs: their rows are reused,
-    so a resend replaces rather than duplicates.
-    """
-    for obj in output.objects:
-        existing = session.scalars(
-            select(OutputObject).where(OutputObject.sop_instance_uid == obj.sop_instance_uid)
-        ).one_or_none()
-        if existing is None:
-            existing = OutputObject(
-                job_id=job.id,
-                kind=obj.kind,
-                sop_class_uid=obj.sop_class_uid,
-                sop_instance_uid=obj.sop_instance_uid,
-                path=obj.path,
-                created_at=now,
-            )
-            session.add(existing)
-            session.flush()
-        else:
-            existing.job_id, existing.path = job.id, obj.path
-        wanted = [name for name, kinds in destinations.items() if obj.kind in kinds]
-        add_deliveries(session, output_id=existing.id, destinations=wanted, now=now)
 
 
 def find_earlier_report(session: Session, store: InstanceStore, job: ClaimedJob) -> EarlierReport | None:
