@@ -216,7 +216,9 @@ class TLSSettings(_Section):
         return self
 
 
-OutputObject = Literal["seg", "sr", "key_images"]
+#: A kind of result object, as named in ``[[destinations]] objects`` (the rows of the objects
+#: themselves are :class:`dicom_node.db.models.OutputObject`).
+OutputKind = Literal["seg", "sr", "key_images"]
 
 
 class Destination(_Section):
@@ -227,7 +229,7 @@ class Destination(_Section):
     host: str
     port: Port
     tls: bool = False
-    objects: list[OutputObject] = Field(default_factory=lambda: ["seg", "sr", "key_images"])
+    objects: list[OutputKind] = Field(default_factory=lambda: ["seg", "sr", "key_images"])
 
 
 class SelectionSettings(_Section):

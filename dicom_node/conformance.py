@@ -33,7 +33,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from dicom_node import __version__
-from dicom_node.config import OutputObject, RetrySettings, Settings
+from dicom_node.config import OutputKind, RetrySettings, Settings
 from dicom_node.dicom.contexts import (
     ACCEPTED_TRANSFER_SYNTAXES,
     STORAGE_CLASSES,
@@ -61,7 +61,7 @@ _REJECT_LIMIT = (0x02, 0x03, 0x02)
 class CreatedObject:
     """An object kind the node creates and sends: its SOP class and configured series."""
 
-    kind: OutputObject  # as named in [[destinations]] objects
+    kind: OutputKind  # as named in [[destinations]] objects
     name: str
     sop_class_uid: UID
     series_number: int

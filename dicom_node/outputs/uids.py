@@ -22,7 +22,7 @@ MAX_UID_LENGTH = 64
 #: Fewer hash digits than this would make collisions between jobs plausible.
 MIN_HASH_DIGITS = 20
 
-#: The object kinds, spelled as in ``dicom_node.config.OutputObject``.
+#: The object kinds, spelled as in ``dicom_node.config.OutputKind``.
 SEG = "seg"
 SR = "sr"
 KEY_IMAGES = "key_images"
