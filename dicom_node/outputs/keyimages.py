@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.outputs import codes
-from dicom_node.outputs.seg import RESEARCH_USE_DISCLAIMER, Equipment, with_patient_study_type2
+from dicom_node.outputs.common import RESEARCH_USE_DISCLAIMER, Equipment, with_patient_study_type2
 from dicom_node.outputs.sr import LesionMeasurement, StudyAssessment
 
 #: Burned into every key image; ASCII only (see the module docstring).

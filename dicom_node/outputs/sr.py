@@ -52,7 +52,7 @@ from pydicom.uid import SegmentationStorage
 
 from dicom_node.outputs import codes
 from dicom_node.outputs.outline import outer_outline
-from dicom_node.outputs.seg import AlgorithmInfo, Equipment, with_patient_study_type2
+from dicom_node.outputs.common import AlgorithmInfo, Equipment, with_patient_study_type2
 
 #: Significant digits of the study probability, written as text (Qualitative Evaluations has no NUM row).
 PROBABILITY_DIGITS = 6
