@@ -47,7 +47,6 @@ from dicom_node.outputs import (
     device_observer_uid,
 )
 from dicom_node.outputs import codes
-from dicom_node.outputs.common import with_patient_study_type2
 from dicom_node.outputs.revision import EarlierReport, replacing_description
 from dicom_node.outputs.sources import prepare_sources
 from dicom_node.send.outbox import WrittenObject
@@ -457,7 +456,7 @@ class Pipeline:
         for verb, keywords in (("normalised", prepared.normalised), ("emptied", prepared.emptied)):
             if keywords:  # keywords only: the values are patient data
                 logger.info(f"source values {verb} in our objects: {', '.join(sorted(keywords))}", extra=context)
-        return [with_patient_study_type2(ds) for ds in prepared.images]
+        return prepared.images
 
 
 def _algorithm(result: ModelResult) -> AlgorithmInfo:

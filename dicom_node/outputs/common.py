@@ -9,6 +9,7 @@ They sit below :mod:`~dicom_node.outputs.seg`, :mod:`~dicom_node.outputs.sr` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -114,15 +115,15 @@ def with_patient_study_type2(source: Dataset) -> Dataset:
     and highdicom 0.28.2 then fails with AttributeError. Our objects must carry
     them (empty is what the standard asks for when the value is unknown). The
     caller's dataset is never modified.
+
+    Applied once, where the sources are prepared
+    (:func:`dicom_node.outputs.sources.prepare_sources`); the builders only check
+    (:func:`check_patient_study_type2`).
     """
-    missing = [keyword for keyword in PATIENT_STUDY_TYPE2 if keyword not in source]
-    charset = source.get("SpecificCharacterSet")
-    # PS3.3 C.12.1.1.2: an empty first value means the default repertoire, which ISO 2022
-    # code extension spells "ISO 2022 IR 6"; highdicom 0.28.2 refuses the empty spelling.
-    empty_first = isinstance(charset, list | tuple) or type(charset).__name__ == "MultiValue"
-    empty_first = empty_first and len(charset) > 1 and not str(charset[0]).strip()  # type: ignore[arg-type]
+    missing, empty_first = _incomplete(source)
     if not missing and not empty_first:
         return source
+    charset = source.get("SpecificCharacterSet")
     # Dataset(source) would share the caller's element dict: copy the mapping.
     completed = Dataset(dict(source.items()))
     if hasattr(source, "file_meta"):
@@ -132,3 +133,30 @@ def with_patient_study_type2(source: Dataset) -> Dataset:
     if empty_first:
         completed.SpecificCharacterSet = ["ISO 2022 IR 6", *list(charset)[1:]]  # type: ignore[arg-type]
     return completed
+
+
+def check_patient_study_type2(source_images: Sequence[Dataset]) -> None:
+    """Refuse sources that still need :func:`with_patient_study_type2`, naming what is missing.
+
+    highdicom copies the patient and study from a source image and fails with an
+    AttributeError on an absent Type 2 attribute; the builders say why instead.
+    """
+    for source in source_images:
+        missing, empty_first = _incomplete(source)
+        if missing or empty_first:
+            what = ", ".join(missing) if missing else "SpecificCharacterSet with an empty first value"
+            raise ValueError(
+                f"a source image lacks Type 2 patient/study attributes ({what}; PS3.3 C.7.1.1, C.7.2.1): "
+                "complete the sources with with_patient_study_type2 (prepare_sources does) first"
+            )
+
+
+def _incomplete(source: Dataset) -> tuple[list[str], bool]:
+    """The absent Type 2 keywords, and whether SpecificCharacterSet's first value is empty."""
+    missing = [keyword for keyword in PATIENT_STUDY_TYPE2 if keyword not in source]
+    charset = source.get("SpecificCharacterSet")
+    # PS3.3 C.12.1.1.2: an empty first value means the default repertoire, which ISO 2022
+    # code extension spells "ISO 2022 IR 6"; highdicom 0.28.2 refuses the empty spelling.
+    empty_first = isinstance(charset, list | tuple) or type(charset).__name__ == "MultiValue"
+    empty_first = empty_first and len(charset) > 1 and not str(charset[0]).strip()  # type: ignore[arg-type]
+    return missing, bool(empty_first)

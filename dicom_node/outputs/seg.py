@@ -34,7 +34,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.outputs import codes
-from dicom_node.outputs.common import RESEARCH_USE_DISCLAIMER, AlgorithmInfo, Equipment, with_patient_study_type2
+from dicom_node.outputs.common import RESEARCH_USE_DISCLAIMER, AlgorithmInfo, Equipment, check_patient_study_type2
 
 #: ContentLabel of the SEG (PS3.3 C.8.20.2; CS: upper case, at most 16 characters).
 CONTENT_LABEL = "ICH"
@@ -114,8 +114,9 @@ def build_segmentation(
     """
     _check_alignment(source_images, label_map)
     _check_segments(segments, label_map)
+    check_patient_study_type2(source_images[:1])  # highdicom copies the patient and study from the first
     segmentation = hd.seg.Segmentation(
-        source_images=[with_patient_study_type2(source_images[0]), *source_images[1:]],
+        source_images=list(source_images),
         pixel_array=_as_label_array(label_map),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[spec.to_description(algorithm) for spec in segments],
