@@ -255,6 +255,22 @@ class SelectionSettings(_Section):
         "(a stray slice, a partial scan); a head is about 150 mm",
     )
     head_regex: Regex = r"(?i)\b(head|brain|skull|cranial|cranium|neuro|kopf|cerebr\w*|ich)\b"
+    not_head_regex: Regex = Field(
+        default=(
+            r"(?i)\b(chest|thorax|thoracic|lung\w*|abdomen|abd|pelvis|spine|lumbar|cervical|neck|cardiac|heart"
+            r"|coronary|extremit\w*|knee|hip|shoulder|ankle|foot|hand|wrist|elbow|leg|arm|breast|liver|kidney"
+            r"|renal|colon|sinus\w*|dental|face|facial|maxillofacial|whole ?body|torso)\b"
+        ),
+        description="a header naming one of these body parts (and not the head) means the series is not a head",
+    )
+    head_check: Literal["header", "image", "header-or-image"] = Field(
+        default="header-or-image",
+        description=(
+            "header: the head must be named in BodyPartExamined, StudyDescription or SeriesDescription; "
+            "image: decided from the pixels (a skull ring on enough slices, a head's z extent); "
+            "header-or-image: the header decides when it names a body part, the image when it names none"
+        ),
+    )
     soft_tissue_kernel_regex: Regex = r"(?i)(soft|standard|brain|\bH[0-4]\d|\bJ[0-4]\d|\bFC[0-4]\d|UB|^B$|\bB[0-4]\d|\bQr[0-4]\d)"
     bone_kernel_regex: Regex = r"(?i)(bone|sharp|lung|edge|\bH[6-9]\d|\bJ[6-9]\d|\bB[6-9]\d|\bQr[6-9]\d|\bYC|\bFC[3-9][0-9])"
 

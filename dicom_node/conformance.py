@@ -626,11 +626,15 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "Observation context: the node as device observer. Procedure reported: LOINC 25045-6 "
             "\"CT unspecified body region\" (CID 100, which has no head CT code); every group's finding "
             "site is the brain.",
-            "Imaging Measurements holds, in the order of the template's rows, one measurement group "
-            "per lesion (TID 1411) referencing its segment in the SEG, with volume (ml), long axis "
-            "(mm), mean attenuation (HU) and the certainty of the finding; then always one "
-            "study-level group (TID 1501) with the qualitative evaluation \"Intracranial hemorrhage: "
-            "present/absent\" and the study probability.",
+            "Imaging Measurements holds, in the order of the template's rows, one TID 1410 group per "
+            "lesion with its outline (SCOORD \"Image Region\", a closed POLYLINE in pixel coordinates "
+            "on its key slice, SELECTED FROM that image), then one TID 1411 group per lesion "
+            "referencing its segment in the SEG, with volume (ml), long axis (mm), mean attenuation "
+            "(HU) and the certainty of the finding. Both groups of a lesion share its tracking "
+            "identifier and UID (those of its segment). A negative study has no Imaging Measurements.",
+            "Qualitative Evaluations (TID 1500 row 12) always holds the study-level call "
+            "\"Intracranial hemorrhage: present/absent\" (CODE) and the study probability (TEXT, "
+            "6 significant digits; this container has no NUM row).",
             "Preliminary Flag PRELIMINARY, Verification Flag UNVERIFIED: no person has signed it. "
             "The source images and the SEG are listed as evidence.",
         ]

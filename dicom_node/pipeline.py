@@ -29,6 +29,7 @@ from dicom_node.config import Settings
 from dicom_node.db.models import Instance, Job, JobState, OutputObject, Series, Study
 from dicom_node.dicom.storage import InstanceStore, result_path
 from dicom_node.errors import AnalysisError, NotApplicableError, SourceDataError, StorageError
+from dicom_node.imaging.anatomy import HeadEvidence, head_from_image
 from dicom_node.imaging.headers import check_headers
 from dicom_node.imaging.selection import SeriesCandidate, select_series
 from dicom_node.imaging.volume import CTVolume, assemble_volume
@@ -229,9 +230,23 @@ class Pipeline:
             reasons = "; ".join(f"{uid}: {why}" for uid, why in unusable.items())
             raise SourceDataError(f"no series qualifies for analysis (a header value is not usable: {reasons})")
         headers = {uid: datasets for uid, datasets in headers.items() if uid not in unusable}
+        volumes: dict[str, CTVolume] = {}
+
+        def assemble(uid: str) -> CTVolume:
+            if uid not in volumes:
+                try:
+                    volumes[uid] = assemble_volume(study.paths_by_series[uid], series_instance_uid=uid)
+                except UNUSABLE_HEADER as exc:
+                    raise SourceDataError(f"series {uid} cannot be assembled into a volume: {exc}") from exc
+            return volumes[uid]
+
+        def image_check(candidate: SeriesCandidate) -> HeadEvidence:
+            # A header naming no body part: the image decides (the volume is kept for the analysis).
+            return head_from_image(assemble(candidate.series_instance_uid))
+
         try:
             candidates = [SeriesCandidate.from_datasets(uid, datasets) for uid, datasets in headers.items()]
-            selection = select_series(candidates, self.settings.selection)
+            selection = select_series(candidates, self.settings.selection, image_check=image_check)
         except UNUSABLE_HEADER as exc:
             raise SourceDataError(f"a header value is not usable: {exc}") from exc
         for decision in selection.decisions:
@@ -244,10 +259,7 @@ class Pipeline:
             reasons += "".join(f"; {uid}: skipped: {why}" for uid, why in unusable.items())
             raise NotApplicableError(f"no series qualifies for analysis ({reasons})")
         chosen = selection.chosen.series_instance_uid
-        try:
-            volume = assemble_volume(study.paths_by_series[chosen], series_instance_uid=chosen)
-        except UNUSABLE_HEADER as exc:
-            raise SourceDataError(f"series {chosen} cannot be assembled into a volume: {exc}") from exc
+        volume = assemble(chosen)
         self._check_coverage(volume)
         by_uid = {str(ds.SOPInstanceUID): ds for ds in headers[chosen]}
         ordered = [by_uid[uid] for uid in volume.source_sop_instance_uids if uid is not None]

@@ -20,7 +20,9 @@ headers name no body part, and both come from one analysis of the skull:
 3. **Soft tissue inside.** Enclosed blocks that are mostly not bone and whose
    soft-tissue value lies in ``soft_tissue_hu`` (CSF, brain, blood, enhancing
    vessels) are candidates; air (sinuses, mastoid cells) and fat (orbits) are not.
-4. **One 3D space.** Candidates are eroded by ``break_mm`` in-plane, which
+4. **One 3D space.** Up to ``bridge_mm`` of slices without candidates between
+   slices with candidates (where a craniectomy begins, a corrupt slice) get
+   what their neighbours share. Candidates are eroded by ``break_mm`` in-plane, which
    breaks thin bridges (optic canals, a jugular foramen), the largest
    6-connected 3D component is kept, which leaves out the neck, face and
    orbits, and the component is dilated back within the candidates.
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
@@ -59,23 +61,13 @@ from dicom_node.imaging.morphology import (
     largest_component,
 )
 
+if TYPE_CHECKING:
+    from dicom_node.imaging.volume import CTVolume
+
 #: Work this many slices at a time on the full-resolution grid, to bound memory.
 _SLICES_PER_CHUNK = 16
 #: Angular bins (of 10 degrees) for how much of the turn around its centre a bone arc covers.
 _ANGLE_BINS = 36
-
-
-class VolumeLike(Protocol):
-    """What the analysis needs from a volume (:class:`~dicom_node.imaging.volume.CTVolume` has it)."""
-
-    @property
-    def hu(self) -> np.ndarray: ...  # (slices, rows, columns)
-
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]: ...  # (z, y, x)
-
-    @property
-    def affine(self) -> np.ndarray | None: ...  # (k, i, j, 1) -> patient mm (LPS)
 
 
 @dataclass(frozen=True)
@@ -88,6 +80,8 @@ class AnatomyParameters:
     closing_mm: float = 8.0
     #: Bone both within this distance above and below a pixel closes it too (an opening seen on one slice only).
     z_closing_mm: float = 4.0
+    #: Slices with no space over at most this distance, between slices with space, get what both sides share.
+    bridge_mm: float = 10.0
     hull_min_coverage: float = 0.65
     break_mm: float = 4.0
     min_slice_area_mm2: float = 1000.0
@@ -179,7 +173,7 @@ def _close_across_slices(bone: np.ndarray, reach_slices: float) -> np.ndarray:
     return bone | (above & below)
 
 
-def summarise_slices(volume: VolumeLike, parameters: AnatomyParameters | None = None) -> CoarseSlices:
+def summarise_slices(volume: CTVolume, parameters: AnatomyParameters | None = None) -> CoarseSlices:
     """Steps 1 and 2 of the module docstring: the coarse grid and what each slice's closed ring encloses."""
     parameters = parameters or AnatomyParameters()
     hu = volume.hu
@@ -293,7 +287,7 @@ def _hull_fallback(coarse: CoarseSlices, k: int, parameters: AnatomyParameters) 
     return inside
 
 
-def _inferior_first(volume: VolumeLike) -> bool:
+def _inferior_first(volume: CTVolume) -> bool:
     """Is slice 0 the most inferior? True unless the affine says the slices run downwards."""
     affine = volume.affine
     return affine is None or float(affine[2, 0]) >= 0
@@ -314,16 +308,25 @@ class IntracranialSpace:
     ring_slices: np.ndarray
     hull_slices: np.ndarray
 
-    def mask(self, *, margin_mm: float = 0.0) -> np.ndarray:
-        """The space on the source grid (bool, the volume's shape), grown in-plane by ``margin_mm``."""
+    def mask(self, *, margin_mm: float = 0.0, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        """The space on the source grid (bool), grown in-plane by ``margin_mm``.
+
+        ``box`` (slices of the source grid with steps of 1, e.g. a prediction's
+        bounding box) limits the result to that part of the volume, so that a
+        1000-slice study does not need a full-size mask to check a few lesions.
+        """
         if margin_mm < 0:
             raise ValueError("margin_mm must not be negative")
-        coarse = self.coarse_mask
+        slices, rows, cols = self.source_shape
+        box = box or (slice(0, slices), slice(0, rows), slice(0, cols))
+        (z0, z1, _), (r0, r1, _), (c0, c1, _) = (b.indices(n) for b, n in zip(box, self.source_shape, strict=True))
+        fy, fx = self.factors
+        coarse = self.coarse_mask[z0:z1]
         if margin_mm > 0:
             coarse = dilate_in_plane(coarse, margin_mm / self.block_mm[0], margin_mm / self.block_mm[1])
-        _, rows, cols = self.source_shape
-        fy, fx = self.factors
-        return np.repeat(np.repeat(coarse, fy, axis=1), fx, axis=2)[:, :rows, :cols]
+        coarse = coarse[:, r0 // fy : -(-r1 // fy), c0 // fx : -(-c1 // fx)]
+        fine = np.repeat(np.repeat(coarse, fy, axis=1), fx, axis=2)
+        return fine[:, r0 % fy : r0 % fy + (r1 - r0), c0 % fx : c0 % fx + (c1 - c0)]
 
     def volume_ml(self, slice_spacing_mm: float) -> float:
         """The space's volume; ``slice_spacing_mm`` is the distance between slice planes."""
@@ -343,11 +346,34 @@ def _candidates(coarse: CoarseSlices, parameters: AnatomyParameters) -> tuple[np
     return candidate, hull_slices
 
 
-def intracranial_space(volume: VolumeLike, parameters: AnatomyParameters | None = None) -> IntracranialSpace:
+def _bridge_empty_slices(candidate: np.ndarray, allowed: np.ndarray, max_gap: int) -> np.ndarray:
+    """Fill short runs of empty slices between non-empty ones with what their neighbours share.
+
+    A ring open too wide on a slice or two (where a craniectomy begins, a
+    missing or corrupt slice) would otherwise split the space in two, and the
+    largest component would keep only one part. The filled region is the
+    intersection of the nearest slices with space above and below, restricted
+    to soft tissue: the brain does not move much over ``max_gap`` slices.
+    """
+    present = candidate.any(axis=(1, 2))
+    filled = np.flatnonzero(present)
+    if filled.size < 2:
+        return candidate
+    out = candidate.copy()
+    for below, above in zip(filled[:-1], filled[1:], strict=True):
+        if 1 < above - below <= max_gap + 1:
+            shared = candidate[below] & candidate[above]
+            out[below + 1 : above] = shared & allowed[below + 1 : above]
+    return out
+
+
+def intracranial_space(volume: CTVolume, parameters: AnatomyParameters | None = None) -> IntracranialSpace:
     """The intracranial space of ``volume`` (steps 1-5 of the module docstring)."""
     parameters = parameters or AnatomyParameters()
     coarse = summarise_slices(volume, parameters)
     candidate, hull_slices = _candidates(coarse, parameters)
+    bridge = max(1, round(parameters.bridge_mm / float(volume.spacing_mm[0])))
+    candidate = _bridge_empty_slices(candidate, coarse.soft & ~coarse.mostly_bone, bridge)
     break_rows = parameters.break_mm / coarse.block_mm[0]
     break_cols = parameters.break_mm / coarse.block_mm[1]
     core = largest_component(erode_in_plane(candidate, break_rows, break_cols))
@@ -404,14 +430,19 @@ class HeadEvidence:
 
 @dataclass(frozen=True)
 class HeadRule:
-    """When the figures of :class:`HeadEvidence` make a head."""
+    """When the figures of :class:`HeadEvidence` make a head.
+
+    The field of view is reported but not a criterion: head protocols are
+    reconstructed from 180 to 500 mm, while the ring's own size (at most
+    ``ring_max_extent_mm`` inside) already tells a skull from a thorax or a pelvis.
+    """
 
     min_ring_fraction: float = 0.25
     max_z_coverage_mm: float = 400.0
 
 
 def head_from_image(
-    volume: VolumeLike,
+    volume: CTVolume,
     parameters: AnatomyParameters | None = None,
     rule: HeadRule | None = None,
 ) -> HeadEvidence:

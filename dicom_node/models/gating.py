@@ -33,14 +33,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from dicom_node.imaging.anatomy import AnatomyParameters, IntracranialSpace, intracranial_space
-from dicom_node.models.result import (
-    GateReport,
-    LesionFinding,
-    ModelKind,
-    ModelResult,
-    VolumeLike,
-    findings_from_labels,
-)
+from dicom_node.imaging.morphology import bounding_box
+from dicom_node.imaging.volume import CTVolume
+from dicom_node.models.result import GateReport, LesionFinding, ModelKind, ModelResult, findings_from_labels
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +60,7 @@ class GateParameters:
 
 def gate_result(
     result: ModelResult,
-    volume: VolumeLike,
+    volume: CTVolume,
     space: IntracranialSpace,
     parameters: GateParameters | None = None,
 ) -> ModelResult:
@@ -75,14 +70,18 @@ def gate_result(
         return _unchanged(result)
     if not space.coarse_mask.any():
         return _unchanged(result, skull_found=False)
-    inside = space.mask(margin_mm=parameters.margin_mm)
-    labels = result.label_map
     n = len(result.findings)
+    box = bounding_box(result.label_map != 0)
+    if box is None:  # findings without voxels: nothing to place
+        return _unchanged(result)
+    labels = result.label_map[box]
+    inside = space.mask(margin_mm=parameters.margin_mm, box=box)
     totals = np.bincount(labels.ravel(), minlength=n + 1)
     inside_counts = np.bincount(labels[inside], minlength=n + 1)
     keep = np.zeros(n + 1, dtype=bool)
     keep[1:] = inside_counts[1:] >= parameters.min_inside_fraction * totals[1:]
-    kept_map = np.where(keep[labels] & inside, labels, 0)
+    kept_map = np.zeros_like(result.label_map)
+    kept_map[box] = np.where(keep[labels] & inside, labels, 0)
     clipped = int(totals[1:][keep[1:]].sum() - inside_counts[1:][keep[1:]].sum())
     dropped = int(n - keep[1:].sum())
     confidences = {f.label: f.confidence for f in result.findings if f.confidence is not None}
@@ -124,7 +123,7 @@ class GatedModel:
         self.name: str = model.name  # type: ignore[attr-defined]
         self.version: str = model.version  # type: ignore[attr-defined]
 
-    def predict(self, volume: VolumeLike) -> ModelResult:
+    def predict(self, volume: CTVolume) -> ModelResult:
         """Run the model, then the gate; the report is on the result and in the log."""
         result = self.model.predict(volume)  # type: ignore[attr-defined]
         if result.model_kind not in _SEGMENTING or not result.findings:

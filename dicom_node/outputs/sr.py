@@ -29,8 +29,14 @@ Structure (PS3.16 TID 1500), as built by highdicom:
   content items and appended to the root container.
 
 A negative study gets Qualitative Evaluations only, which TID 1500 allows
-(one of rows 6, 10 or 12 is required). Count lesions by tracking UID, not by
-measurement group.
+(one of rows 6, 10 or 12 is required). OHIF 3.13.2 shows an error for such a
+report (its SR viewport reads a first measurement, whatever the containers).
+An empty Imaging Measurements container is not written: the
+@cornerstonejs/adapters TID 1500 reader would like one, but highdicom 0.28's
+group getters fail on it and an empty Content Sequence is a dciodvfy error. A
+shape invented for a negative study would tell the reader something the model
+did not find. Count lesions by tracking
+UID, not by measurement group.
 
 The report is PRELIMINARY and UNVERIFIED (PS3.3 C.17.2): no person has signed it.
 Source images and the SEG are recorded in the Current Requested Procedure
@@ -252,7 +258,9 @@ def _lesion_groups(
             )
         if lesion.key_slice_index >= len(source_images):
             raise ValueError(f"lesion {lesion.segment_number}'s key slice is not one of the source images")
-    seg = hd.seg.Segmentation.from_dataset(segmentation, copy=False)
+    # The pipeline passes highdicom's own object; a Dataset read from a file is copied, not
+    # turned into a Segmentation in the caller's hands.
+    seg = hd.seg.Segmentation.from_dataset(segmentation, copy=not isinstance(segmentation, hd.seg.Segmentation))
     planar = [
         _planar_group(lesion, segments[lesion.segment_number], seg, source_images, algorithm_id)
         for lesion in lesions

@@ -56,6 +56,7 @@ def test_mask_matches_the_inside_of_the_skull_and_leaves_the_neck_out(overrides)
     mask = intracranial_space(volume).mask()
     assert _dice(mask, truth) >= 0.95
     assert not mask[_below_skull_base(spec)].any(), "the neck, pharynx and cord are outside the skull"
+    assert head_from_image(volume).is_head
     assert (mask & ~truth).sum() <= 0.01 * truth.sum()
 
 
@@ -64,6 +65,7 @@ def test_gantry_tilt():
     mask = intracranial_space(volume).mask()
     assert _dice(mask, truth) >= 0.95
     assert (mask & ~truth).sum() <= 0.01 * truth.sum()
+    assert head_from_image(volume).is_head
 
 
 def test_craniectomy_keeps_the_space_under_the_missing_bone():
@@ -154,3 +156,33 @@ def test_a_240_slice_512_study_takes_at_most_2_s_of_cpu():
     start = time.process_time()
     intracranial_space(study)
     assert time.process_time() - start <= 2.0
+
+
+def test_a_slice_whose_ring_is_lost_does_not_split_the_space():
+    spec, volume, truth = _phantom()
+    hu = volume.hu.copy()
+    hu[15][hu[15] > 300] = 40  # no bone on one mid slice (a corrupt slice, the edge of a defect)
+    mask = intracranial_space(CTVolume.from_array(hu, spacing_mm=volume.spacing_mm)).mask()
+    assert mask[15].sum() >= 0.9 * truth[15].sum()
+    assert _dice(mask, truth) >= 0.95
+
+
+def test_a_box_of_the_mask_is_the_same_box_of_the_whole_mask():
+    _, volume, _ = _phantom(rows=250, columns=250)  # not a multiple of the block size
+    space = intracranial_space(volume)
+    assert space.factors == (2, 2)
+    for margin in (0.0, 5.0):
+        whole = space.mask(margin_mm=margin)
+        assert whole.shape == volume.hu.shape
+        for box in [(slice(3, 30), slice(17, 121), slice(0, 250)), (slice(10, 11), slice(101, 102), slice(33, 249))]:
+            np.testing.assert_array_equal(space.mask(margin_mm=margin, box=box), whole[box])
+
+
+@pytest.mark.parametrize("slices", [1, 2])
+def test_one_or_two_slices_and_blank_images(slices):
+    _, volume, truth = _phantom()
+    few = CTVolume.from_array(volume.hu[16 : 16 + slices].copy(), spacing_mm=volume.spacing_mm)
+    assert _dice(intracranial_space(few).mask(), truth[16 : 16 + slices]) >= 0.95
+    assert head_from_image(few).is_head
+    blank = CTVolume.from_array(np.full((slices, 64, 64), -1000, dtype=np.int16), spacing_mm=(5.0, 1.0, 1.0))
+    assert not intracranial_space(blank).mask().any() and not head_from_image(blank).is_head

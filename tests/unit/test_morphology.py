@@ -11,6 +11,7 @@ from dicom_node.imaging.morphology import (
     close_in_plane,
     dilate_in_plane,
     erode_in_plane,
+    farther_than,
     fill_holes_2d,
     label_components,
     largest_component,
@@ -148,3 +149,19 @@ def test_closing_bridges_a_gap_narrower_than_twice_the_radius_only():
     edge = np.zeros((1, 20, 20), dtype=bool)
     edge[0, :, 0] = True
     assert close_in_plane(edge, 3)[0, :, 0].all()
+
+
+def test_margin_is_an_exact_euclidean_erosion_with_anisotropic_pixels():
+    rng = np.random.default_rng(3)
+    inside = rng.random((2, 30, 40)) < 0.97
+    dy, dx, radius = 0.7, 0.5, 2.0
+    kept = farther_than(inside, dy, dx, radius)
+
+    outside = np.argwhere(~inside)
+    for k, i, j in np.ndindex(inside.shape):
+        same_slice = outside[outside[:, 0] == k]
+        distances = np.hypot((same_slice[:, 1] - i) * dy, (same_slice[:, 2] - j) * dx)
+        # The image border counts as outside: the nearest pixel beyond each edge.
+        border = min((i + 1) * dy, (30 - i) * dy, (j + 1) * dx, (40 - j) * dx)
+        expected = inside[k, i, j] and min(distances.min(initial=np.inf), border) > radius
+        assert kept[k, i, j] == expected, (k, i, j)

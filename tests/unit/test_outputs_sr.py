@@ -411,3 +411,16 @@ def test_building_a_report_is_fast(case: Case, segmentation: hd.seg.Segmentation
     started = time.perf_counter()
     _report(case, segmentation)
     assert time.perf_counter() - started < 2.0
+
+
+def test_a_seg_read_from_a_file_gives_the_same_outlines_and_is_left_as_read(
+    case: Case, segmentation: hd.seg.Segmentation, tmp_path: Path
+) -> None:
+    path = tmp_path / "seg.dcm"
+    segmentation.save_as(path, enforce_file_format=True)
+    read = pydicom.dcmread(path)
+    from_file = _content(_write_and_read(_report(case, read), tmp_path / "a.dcm")).get_planar_roi_measurement_groups()
+    built = _content(_write_and_read(_report(case, segmentation), tmp_path / "b.dcm")).get_planar_roi_measurement_groups()
+    for a, b in zip(from_file, built, strict=True):
+        np.testing.assert_array_equal(a.roi.value, b.roi.value)
+    assert not isinstance(read, hd.seg.Segmentation)
