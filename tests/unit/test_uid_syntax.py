@@ -51,3 +51,15 @@ def test_a_plain_uid_is_digits_and_dots_leading_zeros_tolerated() -> None:
     assert not is_plain_uid("../1.2")
     assert not is_plain_uid("1..2")
     assert not is_plain_uid("1" * 65)
+
+
+def test_the_configured_root_is_checked_by_the_same_rule() -> None:
+    from pydantic import ValidationError
+
+    from dicom_node.config import IdentitySettings
+
+    assert IdentitySettings(uid_root="1.2.826.0.1.3680043.10.999").uid_root == "1.2.826.0.1.3680043.10.999."
+    assert IdentitySettings(uid_root="1.2.826.0.1.3680043.10.999.").uid_root == "1.2.826.0.1.3680043.10.999."
+    for bad in ("1.02.3", "1..2", "1.2.3\n", "abc"):
+        with pytest.raises(ValidationError, match="dot-separated digits without leading zeros"):
+            IdentitySettings(uid_root=bad)
