@@ -61,7 +61,8 @@ from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retention import run_retention
 from dicom_node.retry import RetryPolicy
-from dicom_node.scheduler import Worker, build_scheduler, release_ticks
+from dicom_node.ticks import build_scheduler, release_ticks
+from dicom_node.worker import Worker
 from dicom_node.send.echo import verify
 from dicom_node.send.outbox import cancel_pending, deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
