@@ -61,11 +61,19 @@ from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retention import run_retention
 from dicom_node.retry import RetryPolicy
-from dicom_node.scheduler import Worker, build_scheduler, release_ticks
+from dicom_node.ticks import build_scheduler, release_ticks
+from dicom_node.worker import Worker
 from dicom_node.send.echo import verify
 from dicom_node.send.outbox import cancel_pending, deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
-from dicom_node.supervisor import Supervisor, adopt_supervision, child_specs, is_supervised, listening_socket
+from dicom_node.supervisor import (
+    ChildSpec,
+    Supervisor,
+    adopt_supervision,
+    child_specs,
+    is_supervised,
+    listening_socket,
+)
 from dicom_node.training import commands as model_commands
 
 logger = logging.getLogger("dicom_node")
@@ -467,8 +475,13 @@ def _supervise(config: Path, *, worker: bool) -> None:
     supervisor = Supervisor(child_specs(node.listener_processes, worker=worker), config.resolve(), sock, metrics_dir)
     stops: list[Callable[[], None]] = []
     status = 0
+    engine.dispose()  # no pooled connection may cross the fork into the children
+
+    def run_forked(spec: ChildSpec) -> None:
+        _serve(config, listener=spec.command == "scp", scheduler=spec.command == "worker")
+
     try:
-        supervisor.start()
+        supervisor.start(run_forked)
         if settings.observability.enabled:
             children = ChildrenMetrics(metrics_dir)
             stops.append(

@@ -58,7 +58,7 @@ from pydicom.uid import SegmentationStorage
 
 from dicom_node.outputs import codes
 from dicom_node.outputs.outline import outer_outline
-from dicom_node.outputs.seg import AlgorithmInfo, Equipment, with_patient_study_type2
+from dicom_node.outputs.common import AlgorithmInfo, Equipment, check_patient_study_type2
 
 #: Significant digits of the study probability, written as text (Qualitative Evaluations has no NUM row).
 PROBABILITY_DIGITS = 6
@@ -141,6 +141,7 @@ def build_report(
     """
     if not source_images:
         raise ValueError("the report needs the source images as evidence")
+    check_patient_study_type2(source_images[:1])  # highdicom copies the patient and study from the first
     algorithm_id = algorithm.to_template()
     groups = _lesion_groups(lesions, segmentation, source_images, algorithm_id)
     report = (
@@ -154,8 +155,7 @@ def build_report(
     )
     report[0].ContentSequence.append(_qualitative_evaluations(assessment, missing))
     evidence = [
-        with_patient_study_type2(source_images[0]),
-        *source_images[1:],
+        *source_images,
         *([segmentation] if segmentation is not None else []),
     ]
     return hd.sr.Comprehensive3DSR(

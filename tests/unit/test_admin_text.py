@@ -27,10 +27,10 @@ def test_a_running_job_shows_its_worker_and_when_the_lease_expires() -> None:
 
 def test_a_skipped_job_gives_its_reason_not_an_error() -> None:
     """`skipped` (not applicable) is an outcome: no "error", no "what to do"."""
-    skipped = replace(JOB, state="skipped", lease_owner=None, last_error="not a head CT (BodyPartExamined CHEST)")
+    skipped = replace(JOB, state="skipped", lease_owner=None, reason="not head: header says CHEST (BodyPartExamined)")
     lines = job_lines(skipped, now=NOW)
-    assert "  reason     not a head CT (BodyPartExamined CHEST)" in lines
+    assert "  skipped    not head: header says CHEST (BodyPartExamined)" in lines
     assert not any(line.startswith(("  error", "  what to do")) for line in lines)
-    dead = job_lines(replace(skipped, state="dead", last_error="no series qualifies for analysis (x)"), now=NOW)
+    dead = job_lines(replace(skipped, state="dead", reason=None, last_error="no series qualifies for analysis (x)"), now=NOW)
     assert "  error      no series qualifies for analysis (x)" in dead
     assert any(line.startswith("  what to do the study has no series the model can use") for line in dead)
