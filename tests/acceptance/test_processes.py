@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, func, select
 
 from dicom_node.db.models import Instance
-from tests.support.node import DCMTK_ENV, NODE_AE, NodeConfig, NodeProcess, echo_ok, wait_for
+from tests.support.node import DCMTK_ENV, NODE_AE, NodeConfig, NodeProcess, echo_ok, http_get, metric_value, wait_for
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
 STORESCU = "/usr/bin/storescu"
@@ -94,5 +94,25 @@ def test_a_crashed_worker_is_restarted_while_the_listener_answers(tmp_path: Path
         wait_for(lambda: children(node).get("worker", worker) != worker, 60, "a new worker")
         assert "worker exited with status -9; restarting it" in node.log()
         assert echo_ok(config_port)
+    finally:
+        assert node.stop() == 0
+
+
+def test_scp_with_two_listener_processes_supervises_them_and_counts_both(tmp_path: Path) -> None:
+    """The split deployment's listener unit: `scp` becomes the supervisor, without a worker."""
+    config = NodeConfig(workdir=tmp_path / "node", listener_processes=2)
+    node = NodeProcess(config, command="scp").start()
+    try:
+        wait_for(lambda: sorted(children(node)) == ["listener 1", "listener 2"], 30, "two listeners and no worker")
+        write_series(SeriesSpec(n_slices=5, rows=128, columns=128), tmp_path / "s")
+        done = subprocess.run(
+            [STORESCU, "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1", str(config.port), str(tmp_path / "s"), "+sd"],
+            capture_output=True, env=DCMTK_ENV, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        status, body = http_get(config.metrics_port, "/metrics")
+        assert status == 200
+        assert metric_value(body, 'dicom_node_instances_received_total{outcome="stored"}') == 5
+        assert http_get(config.metrics_port, "/health") == (200, "ready\n")
     finally:
         assert node.stop() == 0

@@ -183,6 +183,7 @@ class DicomNodeReceiver:
     study_uids: list[str]
     name: str = "dicom-node"
     listener_processes: int = 1
+    max_pdu_size: int = 1048576  # the product default
     #: a series to analyse while the timed send runs (the ``busy`` scenario), and its model
     busy_series: Path | None = None
     busy_model: str = "classifier+unet"
@@ -200,6 +201,7 @@ class DicomNodeReceiver:
         else:  # the job's study must complete soon; the timed study must not (it keeps arriving)
             config = NodeConfig(workdir=self.workdir, quiet_period_s=2.0, scan_interval_s=0.5, model=self.busy_model)
         config.listener_processes = self.listener_processes
+        config.max_pdu_size = self.max_pdu_size
         self.node = NodeProcess(config)  # kept before start() so stop() can reap a slow start
         try:
             self.node.start(timeout_s=START_TIMEOUT_S)
@@ -472,6 +474,7 @@ def make_receiver(
             study_uids,
             name=name,
             listener_processes=args.listener_processes if scenario == "four" else 1,
+            max_pdu_size=args.max_pdu,
             busy_series=busy_series if name == "dicom-node busy" else None,
             busy_model=args.busy_model,
         )
@@ -677,6 +680,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--listener-processes", type=int, default=2, help="dicom-node's [node] listener_processes in 'four'")
+    parser.add_argument(
+        "--max-pdu", type=int, default=1048576, help="dicom-node's [node] max_pdu_size (the product default; 0: unlimited)"
+    )
     parser.add_argument("--busy-model", default="classifier+unet", help="[analysis] model of the job in 'busy'")
     parser.add_argument("--profile", type=Path, help="record each dicom-node run with py-spy into this folder")
     parser.add_argument("--profile-gil", action="store_true", help="with --profile: only the thread holding the GIL")

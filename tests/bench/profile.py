@@ -66,7 +66,10 @@ def read_samples(path: Path) -> dict[str, Counter[str]]:
         if not stack or not count.isdigit():
             continue
         chain = _PROCESS.findall(stack.split(";thread", 1)[0])
-        process = f"{chain[-1][1]} (pid {chain[-1][0]})" if chain else "node"
+        # Children forked at boot keep the supervisor's command line: the pid tells them apart,
+        # and their categories tell a listener (pynetdicom, catalog) from the worker.
+        process = f"pid {chain[-1][0]} ({'the supervisor' if len(chain) == 1 else f'child of pid {chain[-2][0]}'}, " \
+            f"command line '{chain[-1][1]}')" if chain else "node"
         by_process[process][categorise(stack)] += int(count)
     return by_process
 
