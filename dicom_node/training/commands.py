@@ -5,6 +5,7 @@ torch is imported when a command runs, not when the CLI starts.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -41,6 +42,10 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(help="Per epoch, all positive slices and this many negatives per positive, drawn afresh."),
         ] = None,
+        init: Annotated[
+            Path | None,
+            typer.Option(help="Start from these weights (same kind, architecture, input), e.g. to fine-tune."),
+        ] = None,
         name: Annotated[str | None, typer.Option(help="Model name for the card (default ich-KIND).")] = None,
         version: Annotated[str, typer.Option(help="Model version for the card.")] = "1.0.0",
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
@@ -65,6 +70,7 @@ def register(app: typer.Typer) -> None:
             loss=loss,
             threads=threads,
             negatives_per_positive=negatives_per_positive,
+            init=init,
             name=name,
             version=version,
             command=shlex.join(["dicom-node", *sys.argv[1:]]),
@@ -73,6 +79,22 @@ def register(app: typer.Typer) -> None:
             f"{kind}: best epoch {summary.best_epoch}, score {summary.best_score:.4f}, "
             f"{summary.duration_s:.0f} s -> {out}"
         )
+
+    @app.command("calibrate")
+    def calibrate_command(
+        model: Annotated[Path, typer.Option("--model", help="Segmenter model directory (card + weights).")],
+        data: Annotated[Path, typer.Option("--data", help="Whole stacks with voxel truth (PHE-SICH, NIfTI, DICOM).")],
+        split: Annotated[str, typer.Option(help="Split of the stacks to fit on.")] = "val",
+        seed: Annotated[int, typer.Option(help="Seed of the split (as in training).")] = 0,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+        log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    ) -> None:
+        """Fit the model's study decision on whole stacks and write it into its card."""
+        from dicom_node.training.calibrate import calibrate
+
+        configure_logging(log_level.upper(), "text")
+        decision = calibrate(model, data, split=split, seed=seed, device=device)
+        typer.echo(json.dumps(decision.to_json(), indent=2))
 
     @app.command("evaluate")
     def evaluate_command(
