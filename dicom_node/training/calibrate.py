@@ -7,7 +7,10 @@ skull base, vertex, venous sinus). A two-feature logistic regression (IRLS with
 a small ridge, numpy only) gives :class:`~dicom_node.models.combine.StudyDecision`.
 Its threshold is the lowest of 0.5, 0.55, ... 0.95 that keeps false-positive
 findings at or below :data:`TARGET_FP_PER_PATIENT` on these stacks (0.95 when
-none does). The decision is written into the model card.
+none does). The decision is written into the model card, with the
+whole-study figures of these stacks before and after it (in-sample) and a
+two-fold cross-fit by patient (fit on one half, count on the other), the
+honest estimate of what the decision does on stacks it was not fitted on.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.models.combine import StudyDecision
+from dicom_node.models.combine import StudyDecision, decide_study
 from dicom_node.training.cases import Case
 from dicom_node.training.data import evaluation_cases
+from dicom_node.training.whole_study import WholeStudyFigures
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +92,27 @@ def choose_threshold(examples: FindingExamples, beta: np.ndarray) -> float:
     return _THRESHOLDS[-1]
 
 
+def cross_fit(examples: FindingExamples) -> dict[str, float]:
+    """Two folds by patient (even/odd): per fold, fit on the other; pooled counts of the held-out findings."""
+    false = kept = true = 0
+    for fold in (0, 1):
+        held = examples.patient % 2 == fold
+        beta = fit_logistic(examples.features[~held], examples.labels[~held])
+        fitted = FindingExamples(
+            examples.features[~held], examples.labels[~held], examples.patient[~held], (examples.patients + 1 - fold) // 2
+        )
+        threshold = choose_threshold(fitted, beta)
+        x = np.hstack([np.ones((int(held.sum()), 1)), examples.features[held]])
+        accepted = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -60, 60))) >= threshold
+        false += int((accepted & (examples.labels[held] == 0)).sum())
+        kept += int((accepted & (examples.labels[held] == 1)).sum())
+        true += int((examples.labels[held] == 1).sum())
+    return {
+        "false_positive_findings_per_patient": false / max(examples.patients, 1),
+        "true_findings_kept": kept / true if true else float("nan"),
+    }
+
+
 def calibrate(
     model_dir: str | Path,
     data: str | Path,
@@ -96,8 +121,11 @@ def calibrate(
     seed: int = 0,
     device: str | None = "auto",
     batch_size: int = 16,
-) -> StudyDecision:
-    """Fit the study decision of the segmenter in ``model_dir`` on ``data``'s stacks and save it in the card."""
+) -> tuple[StudyDecision, dict[str, Any]]:
+    """Fit the study decision of the segmenter in ``model_dir`` on ``data``'s stacks and save it in the card.
+
+    Returns the decision and the figures written with it (see the module docstring).
+    """
     from dicom_node.models.registry import load_model
     from dicom_node.models.runner import Runner
 
@@ -105,11 +133,12 @@ def calibrate(
     loaded = load_model(model_dir)
     undecided = replace(loaded, card=replace(loaded.card, study_decision=None))
     runner = Runner(undecided, device=device, batch_size=batch_size)
-    results = []
+    results, cases = [], []
     for case in evaluation_cases(data, loaded.card.input, split=split, seed=seed):
         if case.truth is None or case.truth.shape[0] < 2:
             continue
         results.append((_predict(runner, case), case.truth))
+        cases.append(case)
     if not results:
         raise ValueError(f"{data} split {split!r} has no whole stacks with voxel truth to calibrate on")
     examples = finding_examples(results)
@@ -122,9 +151,21 @@ def calibrate(
         fitted_on=f"{data} split {split} (seed {seed}): {examples.patients} stacks, {len(examples.labels)} findings, "
         f"{int(examples.labels.sum())} touching clot",
     )
-    replace(loaded.card, study_decision=decision).save(model_dir)
+    before, after = WholeStudyFigures(), WholeStudyFigures()
+    for case, (result, truth) in zip(cases, results, strict=True):
+        brain = np.clip(case.volume.hu.astype(np.float32) / 80.0, 0.0, 1.0)
+        before.add(case.key, result, truth, brain)
+        after.add(case.key, decide_study(result, decision, case.volume), truth, brain)
+    figures = {
+        "data": f"{data} split {split} (seed {seed})",
+        "before": before.metrics(),
+        "after_in_sample": after.metrics(),
+        "cross_fit_two_folds": cross_fit(examples),
+    }
+    card = replace(loaded.card, study_decision=decision).with_metrics({"study_decision_calibration": figures})
+    card.save(model_dir)
     logger.info("study decision fitted: %s", decision.fitted_on, extra={"path": str(model_dir)})
-    return decision
+    return decision, figures
 
 
 def _predict(runner: Any, case: Case) -> Any:

@@ -93,8 +93,8 @@ def register(app: typer.Typer) -> None:
         from dicom_node.training.calibrate import calibrate
 
         configure_logging(log_level.upper(), "text")
-        decision = calibrate(model, data, split=split, seed=seed, device=device)
-        typer.echo(json.dumps(decision.to_json(), indent=2))
+        decision, figures = calibrate(model, data, split=split, seed=seed, device=device)
+        typer.echo(json.dumps({"study_decision": decision.to_json(), **figures}, indent=2))
 
     @app.command("evaluate")
     def evaluate_command(

@@ -120,3 +120,18 @@ def test_whole_study_figures_count_false_positives_by_patient_and_level():
     per_slice = 2 * 22 * 24 / (24 * 24 + 22 * 24)
     assert m["dice_mean_positive_slices"] == pytest.approx((3 * per_slice + 3 * 1.0) / 6)
     assert len(figures.worst) == 1 and "p1 slice 0/30" in figures.worst[0].example.title
+
+
+def test_cross_fitting_counts_every_held_out_finding_once():
+    from dicom_node.training.calibrate import cross_fit
+
+    results = []
+    for k in range(8):
+        mask, probability, truth = _stack(20)
+        if k % 3 == 0:
+            mask[19, 40:48, 40:48] = True  # a larger false positive on some stacks
+            probability[19, 40:48, 40:48] = 0.7
+        results.append((_result(mask, probability), truth))
+    figures = cross_fit(finding_examples(results))
+    assert 0.0 <= figures["false_positive_findings_per_patient"] <= 2.0
+    assert figures["true_findings_kept"] == 1.0
