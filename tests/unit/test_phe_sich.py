@@ -165,3 +165,17 @@ def test_on_the_real_folder_the_derivation_agrees_with_boxes_and_rings():
             if clot.any():  # hyperdense (parenchyma reads 30 HU), up to filled holes
                 assert np.median(stack.hu[k][clot]) > 38 and (stack.hu[k][clot] > 38).mean() > 0.9
     assert boxed > 20 and found / boxed >= 0.9
+
+
+def test_two_folders_train_together_each_split_by_its_own_rule(tiny_phe: Path, tmp_path_factory):
+    from dicom_node.training.data import load_training_sets
+    from tests.support.models import write_tiny_kaggle
+
+    kaggle = write_tiny_kaggle(tmp_path_factory.mktemp("kaggle") / "headct")
+    spec = InputSpec(size=(64, 64))
+    joined = load_training_sets([kaggle, tiny_phe], spec, seed=0)
+    alone = [load_training_data(p, spec, seed=0) for p in (kaggle, tiny_phe)]
+    assert len(joined.train) == sum(len(a.train) for a in alone)
+    assert joined.train.keys == alone[0].train.keys + alone[1].train.keys
+    assert [f["layout"] for f in joined.description["folders"]] == ["kaggle", "phe-sich"]
+    assert not set(joined.train.groups) & set(joined.val.groups)
