@@ -10,54 +10,69 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
-from pynetdicom import AE
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import __version__
+from dicom_node.admin import overview
+from dicom_node.admin.destinations import destination_health
+from dicom_node.admin.page import collect as collect_page, render as render_page
+from dicom_node.admin.text import (
+    STUDY_HEADER,
+    destination_lines,
+    error_lines,
+    job_lines,
+    study_detail_lines,
+    study_line,
+)
 from dicom_node.conformance import write_conformance_statement
 from dicom_node.audit import AuditLog
-from dicom_node.config import Settings, load_settings
+from dicom_node.config import CONFIG_ENV, Settings, load_settings
+from dicom_node.effective_config import effective_settings, environment_overrides, render as render_settings
 from dicom_node.db import migrate
 from dicom_node.db.clock import database_now
 from dicom_node.db.models import JobState
 from dicom_node.db import state
-from dicom_node.db.session import create_db_engine, session_factory
-from dicom_node.dicom.contexts import VERIFICATION_CLASS
+from dicom_node.db.session import create_db_engine, describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
 from dicom_node.errors import ConfigError, DicomNodeError
-from dicom_node.ingest.catalog import Catalog, study_summaries
+from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
 from dicom_node.jobs import queue, tick_lease
+from dicom_node.jobs.recovery import reclaim_at_startup
 from dicom_node.logs import configure_logging
-from dicom_node.metrics import Metrics, StateCollector, serve_http
+from dicom_node.metrics import ChildrenMetrics, Metrics, StateCollector, serve_http
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retention import run_retention
 from dicom_node.retry import RetryPolicy
 from dicom_node.scheduler import Worker, build_scheduler, release_ticks
-from dicom_node.send.outbox import deliveries_of_job, requeue_job_outputs, serve_outbox
+from dicom_node.send.echo import verify
+from dicom_node.send.outbox import cancel_pending, deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
+from dicom_node.supervisor import Supervisor, adopt_supervision, child_specs, is_supervised, listening_socket
 from dicom_node.training import commands as model_commands
 
 logger = logging.getLogger("dicom_node")
 
 app = typer.Typer(help="dicom-node: a DICOM AI node for head CT. Research use only.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Analysis jobs: list, show, retry, cancel.", no_args_is_help=True)
-config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Analysis jobs: list, show, retry, cancel; pending deliveries.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration: check a file, show the effective settings.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(jobs_app, name="jobs")
@@ -65,7 +80,7 @@ app.add_typer(jobs_app, name="jobs")
 DEFAULT_CONFIG = Path("config/dicom-node.toml")
 ConfigOption = Annotated[
     Path,
-    typer.Option("--config", "-c", envvar="DICOM_NODE_CONFIG", help="Settings file (TOML)."),
+    typer.Option("--config", "-c", envvar=CONFIG_ENV, help=f"Settings file (TOML); or set {CONFIG_ENV}."),
 ]
 
 
@@ -88,14 +103,16 @@ def _settings(path: Path) -> Settings:
     return settings
 
 
-def _engine_at_head(settings: Settings) -> Engine:
-    engine = create_db_engine(settings.database)
+def _engine_at_head(settings: Settings, config: Path) -> Engine:
+    """The database, checked to be at our schema revision; never a new, empty one (see create_db_engine)."""
+    engine = create_db_engine(settings.database, create=False)
     current = migrate.current_revision(engine)
     head = migrate.head_revision()
     if current != head:
         typer.echo(
-            f"database is at revision {current or '(empty)'}, expected {head}: "
-            "run `dicom-node db upgrade` first",
+            f"database {describe_database(settings.database.url)} is at revision {current or '(empty)'}, "
+            f"expected {head}: if this is the node's database, run `dicom-node db upgrade --config {config}`; "
+            f"if not, give the node's settings with --config or {CONFIG_ENV}",
             err=True,
         )
         raise typer.Exit(3)
@@ -195,19 +212,22 @@ def _missing_packages(settings: Settings) -> list[str]:
 
 def _model(settings: Settings) -> Model:
     """The configured model. Trained kinds import torch here, in the worker, never in the listener."""
+    from dicom_node.models.gating import GatedModel  # scipy: only the worker needs it
+
     analysis = settings.analysis
     if analysis.model == "threshold":
-        return ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml))
+        return GatedModel(ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml)))  # type: ignore[return-value]
     if problems := _missing_packages(settings):
         raise ConfigError(problems)  # exit status 2: systemd does not restart into the same error
     from dicom_node.models.combine import CombinedModel
     from dicom_node.models.registry import load_model, shipped_model_dir
     from dicom_node.models.runner import Runner
 
-    def runner(kind: str, directory: Path | None) -> Runner:
+    def runner(kind: str, directory: Path | None) -> GatedModel:
         loaded = load_model(directory or shipped_model_dir(kind), kind=kind)
         device = None if analysis.device == "auto" else analysis.device
-        return Runner(loaded, device=device, batch_size=analysis.batch_size)
+        # Every kind's findings are restricted to the intracranial space.
+        return GatedModel(Runner(loaded, device=device, batch_size=analysis.batch_size))
 
     directories = {"unet": analysis.unet_dir, "maskrcnn": analysis.maskrcnn_dir}
     if "+" not in analysis.model:
@@ -294,8 +314,20 @@ def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: t
     return ticks, worker, peers
 
 
-def _observability(settings: Settings, engine: Engine, store: InstanceStore, metrics: Metrics, port: int):  # type: ignore[no-untyped-def]
-    """Start /metrics and /health for this process; returns the function that stops them."""
+def _observability(  # type: ignore[no-untyped-def]
+    current: Callable[[], Settings],
+    engine: Engine,
+    store: InstanceStore,
+    metrics: Metrics | ChildrenMetrics,
+    port: int,
+    more_problems: Callable[[], list[str]] = list,
+):
+    """Start /metrics, /health and the status page for this process; returns the function that stops them.
+
+    ``current`` gives the running settings, so that a reload that adds a destination
+    shows on the page at once.
+    """
+    settings = current()
     metrics.add_collector(
         StateCollector(
             studies_by_state=lambda: state.studies_by_state(engine),
@@ -307,33 +339,76 @@ def _observability(settings: Settings, engine: Engine, store: InstanceStore, met
 
     def health() -> list[str]:
         problem = state.database_problem(engine)
-        return ([problem] if problem else []) + store.problems()
+        return ([problem] if problem else []) + store.problems() + more_problems()
+
+    sessions = session_factory(engine)
+
+    def page() -> bytes:
+        # The running settings: a reload that adds a destination shows it at once.
+        with sessions() as session:
+            return render_page(collect_page(engine, session, current()))
 
     address = f"{settings.observability.bind_address}:{port}"
     try:
-        server, _ = serve_http(metrics, health, address=settings.observability.bind_address, port=port)
+        server, _ = serve_http(
+            metrics,
+            health,
+            address=settings.observability.bind_address,
+            port=port,
+            page=page if settings.observability.status_page else None,
+        )
     except OSError as exc:  # e.g. a second worker on this host: run on, without metrics
         logger.error(f"metrics and health not served: {exc.strerror}", extra={"peer_address": address})
         return lambda: None
-    logger.info("metrics and health", extra={"peer_address": address})
+    logger.info("metrics, health and status page", extra={"peer_address": address})
     return server.shutdown
 
 
+def _startup_summary(config: Path, settings: Settings, store: InstanceStore, reloadable: Reloadable, *, listener: bool) -> str:
+    """One line that answers "which files, which database, which model" when reading a log later."""
+    parts = [f"config {config.resolve()}", f"database {describe_database(settings.database.url)}"]
+    parts.append(f"storage {store.root.resolve()} ({store.free_bytes() / 2**30:.1f} GiB free)")
+    if listener:
+        parts.append(f"listening as {settings.node.ae_title} on {settings.node.bind_address}:{settings.node.port}")
+    if reloadable.worker is not None:
+        parts.append(f"model {settings.analysis.model} on {_model_device(reloadable.worker)}")
+        names = ", ".join(d.name for d in settings.destinations) or "none (results are kept, not sent)"
+        parts.append(f"destinations {names}")
+    if settings.observability.enabled:
+        port = settings.observability.port if listener else settings.observability.worker_port
+        parts.append(f"status page http://{settings.observability.bind_address}:{port}/")
+    return "started: " + "; ".join(parts)
+
+
+def _model_device(worker: Worker) -> str:
+    """The device the loaded model runs on (the threshold baseline runs on the CPU, with numpy)."""
+    model = getattr(worker.run_job, "__self__", None)
+    model = getattr(model, "model", None)
+    for part in (model, getattr(model, "classifier", None)):
+        device = getattr(part, "device", None)
+        if device is not None:
+            return str(device)
+    return "cpu"
+
+
 def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
+    """One process doing the work: listener, scheduler and worker, or some of them."""
+    supervised = adopt_supervision()  # a child of `run`: dies with it, serves no HTTP
     settings = _settings(config)
     reloadable = Reloadable(config, settings)
-    engine = _engine_at_head(settings)
+    engine = _engine_at_head(settings, config)
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     store.prepare()
     stop = threading.Event()
     store.sweep_periodically(stop)
     metrics = Metrics()
     stops = []
-    if settings.observability.enabled:
+    if settings.observability.enabled and supervised is None:
         port = settings.observability.port if listener else settings.observability.worker_port
-        stops.append(_observability(settings, engine, store, metrics, port))
+        stops.append(_observability(lambda: reloadable.settings, engine, store, metrics, port))
     if listener:
         catalog = Catalog(engine, settings.storage.duplicate_policy)
+        stops.append(catalog.close)  # after the listener and the committer stopped (stops run in reverse)
         committer = GroupCommitter(catalog.record_batch)
         committer.start()
         stops.append(committer.stop)
@@ -341,18 +416,24 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
         reloadable.scp = StorageSCP(
             settings.node, store, catalog, committer, server_context(settings.tls), metrics, audit
         )
-        server = reloadable.scp.start()
+        server = reloadable.scp.start(supervised.listen_socket if supervised else None)
         stops.append(server.shutdown)
     if scheduler:
         ticks, reloadable.worker, reloadable.peers = _scheduler(settings, engine, store, stop, metrics)
-        ticks.start()
         owner = reloadable.worker.owner
+        # Before the first claim: what a dead process of this host held runs again now, not after its lease.
+        reclaim_at_startup(session_factory(engine), owner=owner, policy=RetryPolicy.from_settings(settings.jobs.retry))
+        ticks.start()
 
         def stop_ticks() -> None:
             ticks.shutdown(wait=True)
             release_ticks(session_factory(engine), owner)
 
         stops.append(stop_ticks)
+    logger.info(_startup_summary(config, settings, store, reloadable, listener=listener))
+    for role, running in (("listener", listener), ("worker", scheduler)):
+        if running:
+            logger.info(f"{role} ready")
     try:
         _wait_for_signal(stop, reloadable)
     finally:
@@ -362,16 +443,78 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
         engine.dispose()
 
 
+def _supervise(config: Path, *, worker: bool) -> None:
+    """Bind the port, run the listener processes (and the worker) as children, serve /metrics and /health.
+
+    See :mod:`dicom_node.supervisor` for the process model and what happens when a child exits.
+    """
+    settings = _settings(config)
+    engine = _engine_at_head(settings, config)
+    store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
+    store.prepare()
+    node = settings.node
+    try:
+        sock = listening_socket(node.bind_address, node.port)
+    except OSError as exc:
+        typer.echo(f"cannot listen on {node.bind_address}:{node.port}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from exc
+    metrics_dir = Path(tempfile.mkdtemp(prefix="dicom-node-metrics-"))
+    supervisor = Supervisor(child_specs(node.listener_processes, worker=worker), config.resolve(), sock, metrics_dir)
+    stops: list[Callable[[], None]] = []
+    status = 0
+    try:
+        supervisor.start()
+        if settings.observability.enabled:
+            children = ChildrenMetrics(metrics_dir)
+            stops.append(
+                _observability(lambda: settings, engine, store, children, settings.observability.port, supervisor.problems)
+            )
+        status = _supervise_until_signal(supervisor) or 0
+    finally:
+        logger.info("shutting down")
+        sock.close()  # the listeners keep their copies until they exit
+        supervisor.stop()
+        for halt in stops:
+            halt()
+        engine.dispose()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    if status:
+        raise typer.Exit(status)
+
+
+def _supervise_until_signal(supervisor: Supervisor) -> int | None:
+    """Watch the children until SIGTERM or SIGINT (None), or a child's fatal exit status; pass SIGHUP on."""
+    stop = threading.Event()
+    hangup = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hangup.set())
+    while not stop.wait(0.2):
+        if hangup.is_set():
+            hangup.clear()
+            supervisor.signal_all(signal.SIGHUP)
+        if (status := supervisor.check()) is not None:
+            return status
+    return None
+
+
 @app.command()
 def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run the embedded node in one process: listener, scheduler ticks and worker."""
-    _serve(config, listener=True, scheduler=True)
+    """Run the embedded node: one command and one config; the listener(s) and the worker run as
+    separate processes under it, so analysis never takes the CPU a C-STORE needs."""
+    _supervise(config, worker=True)
 
 
 @app.command()
 def scp(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run the DICOM listener only; a GPU crash in a worker never drops an association."""
-    _serve(config, listener=True, scheduler=False)
+    """Run the DICOM listener only; a GPU crash in a worker never drops an association.
+
+    With ``[node] listener_processes`` above 1, that many listener processes share the port.
+    """
+    if not is_supervised() and _settings(config).node.listener_processes > 1:
+        _supervise(config, worker=False)
+    else:
+        _serve(config, listener=True, scheduler=False)
 
 
 @app.command()
@@ -385,68 +528,91 @@ _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
 @app.command()
 def echo(
-    peer: Annotated[str, typer.Argument(help="AE@HOST:PORT of the peer to verify.")],
-    calling_ae: Annotated[str, typer.Option(help="Our calling AE title.")] = "DICOMNODE",
+    peer: Annotated[str, typer.Argument(help="AE@HOST:PORT of the peer, or the name of a configured destination.")],
+    calling_ae: Annotated[
+        str | None, typer.Option(help="Our calling AE title (default: [node] ae_title, else DICOMNODE).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the peer.")] = 10.0,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", envvar=CONFIG_ENV, help="Settings file, for destination names and our AE title.")
+    ] = None,
 ) -> None:
-    """Send a C-ECHO and report the peer's status (exit 0 on success)."""
+    """Send a C-ECHO and report the peer's status (exit 0 on success), or why it failed."""
+    settings = _settings(config) if config is not None else None
     match = _PEER.match(peer)
     if match is None:
-        typer.echo("peer must look like AE@HOST:PORT", err=True)
-        raise typer.Exit(2)
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(VERIFICATION_CLASS)
-    assoc = ae.associate(match["host"], int(match["port"]), ae_title=match["ae"])
-    if not assoc.is_established:
-        typer.echo(f"association with {peer} failed (rejected, aborted or unreachable)", err=True)
+        destinations = {d.name: d for d in settings.destinations} if settings else {}
+        if peer not in destinations:
+            known = f"; configured destinations: {', '.join(destinations)}" if destinations else ""
+            typer.echo(f"peer {peer!r} must look like AE@HOST:PORT or name a configured destination{known}", err=True)
+            raise typer.Exit(2)
+        d = destinations[peer]
+        called, host, port = d.ae_title, d.host, d.port
+    else:
+        called, host, port = match["ae"], match["host"], int(match["port"])
+    ours = calling_ae or (settings.node.ae_title if settings else "DICOMNODE")
+    result = verify(host, port, called_ae=called, calling_ae=ours, timeout_s=timeout)
+    if not result.ok:
+        typer.echo(result.reason + (f"; {result.hint}" if result.hint else ""), err=True)
         raise typer.Exit(1)
-    status = assoc.send_c_echo()
-    assoc.release()
-    code = getattr(status, "Status", None)
-    if code != 0x0000:
-        typer.echo(f"C-ECHO to {peer} failed: status {code!r}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"C-ECHO to {peer}: success")
+    typer.echo(result.reason)
 
 
 @app.command()
 def status(
+    study_instance_uid: Annotated[
+        str | None, typer.Argument(help="One study in full: its jobs, the AI call and its deliveries.")
+    ] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     limit: Annotated[int, typer.Option(help="How many studies to list.")] = 50,
 ) -> None:
-    """At a glance: queue depth, destinations, the last errors, and recent studies."""
+    """At a glance: jobs, destinations, the last errors, and the recent studies with the AI call."""
     settings = _settings(config)
-    engine = _engine_at_head(settings)
+    engine = _engine_at_head(settings, config)
+    sessions = session_factory(engine)
+    if study_instance_uid is not None:
+        _study_status(sessions, study_instance_uid)
+        return
     jobs = state.jobs_by_state(engine)
     typer.echo("JOBS         " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"))
-    outbox = state.deliveries_by_state(engine)
-    names = sorted({d.name for d in settings.destinations} | {name for name, _ in outbox})
-    for name in names:
-        counts = ", ".join(f"{n} {s}" for (dest, s), n in sorted(outbox.items()) if dest == name) or "nothing yet"
-        configured = "" if name in {d.name for d in settings.destinations} else " (not configured)"
-        typer.echo(f"DESTINATION  {name}{configured}: {counts}")
-    with session_factory(engine)() as session:
+    with sessions() as session:
+        for line in destination_lines(destination_health(session, list(settings.destinations))):
+            typer.echo(line)
         ticks = tick_lease.holders(session)
         now = database_now(session)
+        studies = overview.recent_studies(session, limit)
     for name, (owner, until) in sorted(ticks.items()):
         held = f"{owner} until {until:%H:%M:%S} UTC" if owner and until and until > now else "free (no live holder)"
         typer.echo(f"TICK         {name}: {held}")
-    for what, why in state.recent_errors(engine):
-        typer.echo(f"ERROR        {what}: {why.splitlines()[0][:160]}")
-    with session_factory(engine)() as session:
-        rows = study_summaries(session, limit)
+    for line in error_lines(state.recent_errors(engine)):
+        typer.echo(line)
     typer.echo("")
-    header = f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  GEN  SERIES  INSTANCES  LAST RECEIVED (UTC)  COMPLETED"
-    typer.echo(header)
-    for row in rows:
-        completed = f"{row.completed_at:%Y-%m-%d %H:%M:%S} ({row.completion_reason})" if row.completed_at else "-"
-        typer.echo(
-            f"{row.study_instance_uid:<64}  {row.state.value:<9}  {row.generation:>3}  "
-            f"{row.series_count:>6}  {row.instance_count:>9}  {row.last_received_at:%Y-%m-%d %H:%M:%S}  {completed}"
-        )
-    if not rows:
+    typer.echo(STUDY_HEADER)
+    for study in studies:
+        typer.echo(study_line(study))
+    if not studies:
         typer.echo("(no studies received yet)")
+    if settings.observability.enabled and settings.observability.status_page:
+        o = settings.observability
+        typer.echo(f"\nweb page: http://{o.bind_address}:{o.port}/ (while the node runs)")
+
+
+def _study_status(sessions: sessionmaker[Session], study_instance_uid: str) -> None:
+    with sessions() as session:
+        detail = overview.study_detail(session, study_instance_uid)
+        similar = overview.similar_study_uids(session, study_instance_uid) if detail is None else []
+        now = database_now(session)
+    if detail is None:
+        _unknown_study(study_instance_uid, similar)
+    for line in study_detail_lines(detail, now=now):
+        typer.echo(line)
+
+
+def _unknown_study(study_instance_uid: str, similar: list[str]) -> NoReturn:
+    """Say that the study is unknown here, and what might be meant; exit 1."""
+    hint = f"; did you mean {' or '.join(similar)}?" if similar else "; `dicom-node status` lists the recent studies"
+    typer.echo(f"no study {study_instance_uid} was received by this node (this database){hint}", err=True)
+    raise typer.Exit(1)
 
 
 def _now(sessions: sessionmaker[Session]) -> datetime:
@@ -457,22 +623,24 @@ def _now(sessions: sessionmaker[Session]) -> datetime:
 
 def _sessions(config: Path):  # type: ignore[no-untyped-def]
     settings = _settings(config)
-    return settings, session_factory(_engine_at_head(settings))
+    return settings, session_factory(_engine_at_head(settings, config))
 
 
 @jobs_app.command("list")
 def jobs_list(
     config: ConfigOption = DEFAULT_CONFIG,
     state: Annotated[JobState | None, typer.Option(help="Only jobs in this state.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Only the jobs of this Study Instance UID.")] = None,
     limit: Annotated[int, typer.Option(help="How many jobs to list.")] = 50,
 ) -> None:
     """The newest jobs first: state, attempts and the last error."""
     _, sessions = _sessions(config)
     with sessions() as session:
-        jobs = queue.list_jobs(session, limit=limit, state=state)
+        jobs = queue.list_jobs(session, limit=limit, state=state, study_instance_uid=study)
     typer.echo(f"{'ID':>6}  {'STATE':<10}  {'TRY':>5}  {'STUDY INSTANCE UID':<64}  GEN  MODEL / LAST ERROR")
     for job in jobs:
-        detail = job.last_error.splitlines()[0][:80] if job.last_error else job.model_key
+        problem = job.last_error or job.reason or (job.warnings[0] if job.warnings else None)
+        detail = problem.splitlines()[0][:80] if problem else job.model_key
         typer.echo(
             f"{job.id:>6}  {job.state.value:<10}  {job.attempts:>2}/{job.max_attempts:<2}  "
             f"{job.study_instance_uid:<64}  {job.study_generation:>3}  {detail}"
@@ -483,32 +651,45 @@ def jobs_list(
 
 @jobs_app.command("show")
 def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """One job in full: why it failed, what it found, where each result went."""
+    """One job in full: times (UTC), the lease, why it failed, what it found, where each result went."""
     _, sessions = _sessions(config)
     with sessions() as session:
-        job = queue.get_job(session, job_id)
-        deliveries = deliveries_of_job(session, job_id) if job else []
-    if job is None:
-        typer.echo(f"no job {job_id}", err=True)
+        found = overview.job_by_id(session, job_id)
+        deliveries = deliveries_of_job(session, job_id) if found else []
+        now = database_now(session)
+    if found is None:
+        typer.echo(f"no job {job_id}: `dicom-node jobs list` shows the jobs there are", err=True)
         raise typer.Exit(1)
-    typer.echo(f"job {job.id}: {job.state.value}, attempt {job.attempts} of {job.max_attempts}")
-    typer.echo(f"  study      {job.study_instance_uid} (generation {job.study_generation})")
-    typer.echo(f"  model      {job.model_key}")
-    typer.echo(f"  created    {job.created_at:%Y-%m-%d %H:%M:%S} UTC; finished {job.finished_at or '-'}")
-    if job.state == JobState.QUEUED and job.attempts:
-        typer.echo(f"  next try   {job.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC")
-    if job.lease_owner:
-        typer.echo(f"  worker     {job.lease_owner}")
-    if job.last_error:
-        typer.echo(f"  error      {job.last_error}")
-    if job.summary:
-        typer.echo(f"  result     {job.summary}")
+    job, study_instance_uid = found
+    lines = job_lines(job, now=now)
+    lines.insert(1, f"  study      {study_instance_uid} (generation {job.study_generation})")
+    for line in lines:
+        typer.echo(line)
     for d in deliveries:
         why = f" ({d.last_error})" if d.last_error else ""
         typer.echo(
             f"  delivery   {d.kind:<10} {d.sop_instance_uid} -> {d.destination}: {d.state.value}, "
             f"{d.attempts} attempt(s), last status {d.last_status or '-'}{why}"
         )
+
+
+@jobs_app.command("cancel-deliveries")
+def jobs_cancel_deliveries(
+    to: Annotated[str, typer.Option("--to", help="The destination whose pending deliveries to drop.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Drop every pending delivery to one destination (e.g. one removed from the configuration)."""
+    settings, sessions = _sessions(config)
+    with sessions.begin() as session:
+        count = cancel_pending(session, destination=to, now=database_now(session))
+        waiting = state.destinations_with_pending(session)
+    if count == 0:
+        others = f"; destinations with pending deliveries: {', '.join(waiting)}" if waiting else ""
+        typer.echo(f"no pending delivery to {to!r}{others}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{count} pending deliveries to {to} cancelled")
+    if to in {d.name for d in settings.destinations}:
+        typer.echo(f"note: {to} is still configured, so new results will be queued for it", err=True)
 
 
 def _job_transition(config: Path, job_id: int, change: Callable[..., bool], done: str, refused: str) -> None:
@@ -524,8 +705,8 @@ def _job_transition(config: Path, job_id: int, change: Callable[..., bool], done
 
 @jobs_app.command("retry")
 def jobs_retry(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run a dead, cancelled or finished job again (attempts start over)."""
-    _job_transition(config, job_id, queue.retry_now, "queued", "dead, cancelled or succeeded")
+    """Run a dead, cancelled, skipped or finished job again (attempts start over)."""
+    _job_transition(config, job_id, queue.retry_now, "queued", "dead, cancelled, skipped or succeeded")
 
 
 @jobs_app.command("cancel")
@@ -538,23 +719,44 @@ def jobs_cancel(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
 def resend(
     study_instance_uid: Annotated[str, typer.Argument(help="The study whose latest results to send again.")],
     config: ConfigOption = DEFAULT_CONFIG,
-    to: Annotated[str | None, typer.Option("--to", help="Only this destination (by name).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Only this destination (default: every configured one).")] = None,
 ) -> None:
     """Send a study's latest results again; same UIDs, so destinations replace, never duplicate."""
     settings, sessions = _sessions(config)
-    destinations = {d.name: list(d.objects) for d in settings.destinations if to in (None, d.name)}
-    if not destinations:
-        typer.echo(f"no configured destination named {to!r}", err=True)
+    configured = {d.name: list(d.objects) for d in settings.destinations}
+    if not configured:
+        typer.echo(
+            f"no destination is configured in {config}: add a [[destinations]] entry "
+            "(name, ae_title, host, port), restart or reload the node, then resend",
+            err=True,
+        )
         raise typer.Exit(2)
+    if to is not None and to not in configured:
+        typer.echo(f"no configured destination named {to!r} in {config}; configured: {', '.join(configured)}", err=True)
+        raise typer.Exit(2)
+    destinations = {name: kinds for name, kinds in configured.items() if to in (None, name)}
     with sessions.begin() as session:
         job_id = queue.latest_succeeded_job(session, study_instance_uid)
         if job_id is None:
-            typer.echo(f"no successful job for study {study_instance_uid}", err=True)
-            raise typer.Exit(1)
+            _no_results(session, study_instance_uid)
         count = requeue_job_outputs(
             session, job_id=job_id, destinations=destinations, now=database_now(session)
         )
     typer.echo(f"{count} deliveries of job {job_id} queued for {', '.join(destinations)}")
+
+
+def _no_results(session: Session, study_instance_uid: str) -> NoReturn:
+    """Why a study has nothing to resend: unknown here, or no job has succeeded yet."""
+    detail = overview.study_detail(session, study_instance_uid)
+    if detail is None:
+        _unknown_study(study_instance_uid, overview.similar_study_uids(session, study_instance_uid))
+    latest = detail.jobs[0] if detail.jobs else None
+    why = f"its latest job {latest.id} is {latest.state}" if latest else "it has no job yet (it completes after the quiet period)"
+    typer.echo(
+        f"study {study_instance_uid} has no results to send: {why}; see `dicom-node status {study_instance_uid}`",
+        err=True,
+    )
+    raise typer.Exit(1)
 
 
 @app.command("retention")
@@ -570,7 +772,7 @@ def retention_command(
             typer.echo("retention is disabled ([retention] enabled = false): nothing deleted", err=True)
             raise typer.Exit(1)
         typer.echo("retention is disabled ([retention] enabled = false); if it were enabled:")
-    engine = _engine_at_head(settings)
+    engine = _engine_at_head(settings, config)
     sessions = session_factory(engine)
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
     items = run_retention(
@@ -605,14 +807,18 @@ def db_upgrade(
 
 
 @config_app.command("check")
-def config_check(path: Annotated[Path, typer.Argument(help="Settings file to check.")]) -> None:
+def config_check(
+    path: Annotated[Path | None, typer.Argument(help="Settings file to check (default: --config).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
     """Validate a settings file and print every problem at once (exit 1 if any)."""
+    path = path or config
     try:
         settings = load_settings(path)
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(problem)
-        overrides = sorted(name for name in os.environ if name.upper().startswith("DICOM_NODE_") and "__" in name)
+        overrides = sorted(environment_overrides(os.environ).values())
         where = f"{path} or the environment ({', '.join(overrides)})" if overrides else str(path)
         typer.echo(f"{len(exc.problems)} problem(s) in {where}")
         raise typer.Exit(1) from exc
@@ -620,6 +826,17 @@ def config_check(path: Annotated[Path, typer.Argument(help="Settings file to che
     for missing in _missing_packages(settings):
         typer.echo(f"warning: {missing}; a worker on this host would refuse to start")
     typer.echo(f"{path}: OK")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Print the effective settings: every key, its value (secrets masked) and its source."""
+    settings = _settings(config)
+    overrides = sorted(environment_overrides(os.environ).values())
+    typer.echo(f"# settings file: {config.resolve()}")
+    typer.echo(f"# environment overrides: {', '.join(overrides) or 'none'}")
+    typer.echo(f"# database: {describe_database(settings.database.url)}")
+    typer.echo(render_settings(effective_settings(config, settings)), nl=False)
 
 
 @app.command()
@@ -636,6 +853,25 @@ def conformance(
         typer.echo(text, nl=False)
     else:
         typer.echo(f"conformance statement written to {output}", err=True)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the series into (created if needed).")],
+    positive: Annotated[
+        bool, typer.Option("--positive/--negative", help="With a planted 7 mL bleed (default), or without.")
+    ] = True,
+    slices: Annotated[int, typer.Option(help="Number of 5 mm slices.", min=8, max=200)] = 40,
+) -> None:
+    """Write a synthetic head CT series (no patient data) to try the node with."""
+    from dicom_node.demo import write_demo_study
+
+    written = write_demo_study(out_dir, positive=positive, n_slices=slices)
+    typer.echo(
+        f"{len(written.paths)} CT images written to {out_dir} (study {written.study_instance_uid}, "
+        f"{'planted bleed of %.1f mL' % written.lesion_ml if positive else 'no bleed'}); send them with e.g.\n"
+        f"  TCP_NODELAY=1 /usr/bin/storescu -aet STORESCU -aec DICOMNODE 127.0.0.1 11112 +sd {out_dir}"
+    )
 
 
 @app.command()

@@ -9,6 +9,7 @@ config file (``DICOM_NODE_DATABASE__URL``, ``DICOM_NODE_TLS__PRIVATE_KEY_PASSWOR
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import tomllib
@@ -29,6 +30,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from dicom_node.errors import ConfigError
 
 ENV_PREFIX = "DICOM_NODE_"
+#: The environment variable every command reads its settings file from when --config is not given.
+CONFIG_ENV = "DICOM_NODE_CONFIG"
 
 
 def _check_ae_title(value: str) -> str:
@@ -113,7 +116,13 @@ class NodeSettings(_Section):
     require_called_ae_title: bool = Field(
         default=True, description="refuse associations addressed to another AE title"
     )
-    max_associations: int = Field(default=10, ge=1, le=1000)
+    max_associations: int = Field(default=10, ge=1, le=1000, description="per listener process")
+    listener_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes accepting on the port; each uses one CPU core at most (one GIL)",
+    )
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
@@ -236,7 +245,29 @@ class SelectionSettings(_Section):
     min_slice_thickness_mm: float = Field(default=0.4, ge=0)
     max_slice_thickness_mm: float = Field(default=6.0, gt=0)
     min_slices: int = Field(default=1, ge=1)
+    min_coverage_mm: float = Field(
+        default=60.0,
+        ge=0,
+        description="a chosen series covering less along the head's axis is skipped as too small to analyse "
+        "(a stray slice, a partial scan); a head is about 150 mm",
+    )
     head_regex: Regex = r"(?i)\b(head|brain|skull|cranial|cranium|neuro|kopf|cerebr\w*|ich)\b"
+    not_head_regex: Regex = Field(
+        default=(
+            r"(?i)\b(chest|thorax|thoracic|lung\w*|abdomen|abd|pelvis|spine|lumbar|cervical|neck|cardiac|heart"
+            r"|coronary|extremit\w*|knee|hip|shoulder|ankle|foot|hand|wrist|elbow|leg|arm|breast|liver|kidney"
+            r"|renal|colon|sinus\w*|dental|face|facial|maxillofacial|whole ?body|torso)\b"
+        ),
+        description="a header naming one of these body parts (and not the head) means the series is not a head",
+    )
+    head_check: Literal["header", "image", "header-or-image"] = Field(
+        default="header-or-image",
+        description=(
+            "header: the head must be named in BodyPartExamined, StudyDescription or SeriesDescription; "
+            "image: decided from the pixels (a skull ring on enough slices, a head's z extent); "
+            "header-or-image: the header decides when it names a body part, the image when it names none"
+        ),
+    )
     soft_tissue_kernel_regex: Regex = r"(?i)(soft|standard|brain|\bH[0-4]\d|\bJ[0-4]\d|\bFC[0-4]\d|UB|^B$|\bB[0-4]\d|\bQr[0-4]\d)"
     bone_kernel_regex: Regex = r"(?i)(bone|sharp|lung|edge|\bH[6-9]\d|\bJ[6-9]\d|\bB[6-9]\d|\bQr[6-9]\d|\bYC|\bFC[3-9][0-9])"
 
@@ -338,12 +369,27 @@ class OutputSettings(_Section):
 
 
 class ObservabilitySettings(_Section):
-    """The Prometheus /metrics and /health endpoint of each process (loopback by default)."""
+    """The Prometheus /metrics and /health endpoints and the status page of each process (loopback by default)."""
 
     enabled: bool = True
     bind_address: str = "127.0.0.1"
     port: Port = Field(default=9110, description="for `run` and `scp`")
     worker_port: Port = Field(default=9111, description="for `worker`, which may run beside `scp`")
+    status_page: bool = Field(default=True, description="serve the read-only status page at / beside /metrics")
+    viewer_url: str | None = Field(
+        default=None,
+        description="link each study on the status page to a viewer, e.g. "
+        "http://viewer.example/viewer?StudyInstanceUIDs={study_uid}",
+    )
+
+    @model_validator(mode="after")
+    def _viewer_template(self) -> ObservabilitySettings:
+        if self.viewer_url is not None:
+            if "{study_uid}" not in self.viewer_url:
+                raise ValueError("viewer_url must contain {study_uid}, where the study's UID goes")
+            if not self.viewer_url.startswith(("http://", "https://")):
+                raise ValueError("viewer_url must be an http:// or https:// URL")
+        return self
 
 
 class RetentionSettings(_Section):
@@ -429,15 +475,52 @@ def _format_location(loc: tuple[Any, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section holding ``loc``'s last key accepts (empty when it cannot be told)."""
+    model: Any = Settings
+    for item in loc[:-1]:
+        if isinstance(item, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(item)
+        if field is None:
+            return []
+        annotation = field.annotation
+        # list[Destination] and Destination | None: look through to the section class
+        for inner in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                model = inner
+                break
+        else:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _unknown_key_message(loc: tuple[Any, ...]) -> str:
+    """'unknown key', with the closest accepted key of that section when one is close enough."""
+    if not loc or not isinstance(loc[-1], str):
+        return "unknown key"
+    close = difflib.get_close_matches(loc[-1], _known_keys(loc), n=1, cutoff=0.6)
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+
+
 def validation_problems(exc: ValidationError) -> list[str]:
     """One line per problem, each starting with the dotted key it concerns."""
     problems = []
     for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = _unknown_key_message(tuple(error["loc"]))
         problems.append(f"{_format_location(error['loc'])}: {message}")
     return problems
+
+
+def _config_hint(path: Path) -> str:
+    """What to do when the settings file is not where we looked (a relative default, say)."""
+    where = path if path.is_absolute() else f"{path} in {Path.cwd()}"
+    return (
+        f"; looked for {where}: give the file with --config PATH "
+        f"or set {CONFIG_ENV}=PATH (e.g. /etc/dicom-node/dicom-node.toml)"
+    )
 
 
 def load_settings(path: Path | str) -> Settings:
@@ -449,7 +532,7 @@ def load_settings(path: Path | str) -> Settings:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}{_config_hint(path)}"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
     try:

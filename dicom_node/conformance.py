@@ -556,14 +556,17 @@ def _character_sets(doc: _Document, settings: Settings) -> None:
         "(0008,0005). The text attributes the series selection reads (Series Description, Body "
         "Part Examined, ...) are decoded with pydicom, which supports the single-byte, ISO 2022 "
         "and UTF-8 character sets of PS3.3 C.12.1.1.2. Patient names and IDs are never logged.",
-        "The objects the node creates copy the patient and study attributes, and the Specific "
-        "Character Set, of their source images. The text the node writes itself (series "
-        "descriptions, manufacturer, coded concepts, captions) "
+        "The objects the node creates copy the patient and study attributes of their source "
+        "images, decoded with the source's character set (an empty or unknown Specific Character "
+        "Set is read as the default repertoire). They are written in the default repertoire when "
+        "every value is ASCII, else in UTF-8 (ISO_IR 192); the source's own Specific Character "
+        "Set is not copied, since an empty or unknown one would make the object invalid. The "
+        "text the node writes itself (series descriptions, manufacturer, coded concepts, "
+        "captions) "
         + (
             "uses the default repertoire (ISO-IR 6) only."
             if ascii_only
-            else "includes configured text outside the default repertoire, which must be "
-            "representable in the source images' character set."
+            else "includes configured text outside the default repertoire, so those objects are UTF-8."
         ),
     )
 
@@ -613,6 +616,18 @@ def _annexes(doc: _Document, settings: Settings) -> None:
         f"Manufacturer's Model Name `{identity.manufacturer_model_name}` (*configured*). Each "
         "carries Content Qualification RESEARCH and \"RESEARCH USE ONLY - NOT FOR DIAGNOSTIC "
         "USE\" (Content Description or Image Comments).",
+        "Values copied from the source images are checked against their value representation "
+        "(PS3.5 6.2) first. Trailing spaces and control characters are removed, SH, LO and PN "
+        "values longer than the VR allows are cut to its length, CS values are upper-cased, a DS "
+        "is re-formatted to 16 characters; a value whose meaning cannot be kept (a date that is "
+        "not YYYYMMDD, a number that is not one) is copied empty, as the standard asks for an "
+        "unknown Type 2 value. UIDs are copied exactly as received, even malformed ones, because "
+        "they tie the objects to the study. Private attributes are never copied.",
+        "A source series without a Frame of Reference UID (common in anonymised exports) is given "
+        f"one derived from its Series Instance UID under `{identity.uid_root.rstrip('.')}`: the "
+        "SEG's Frame of Reference and its plane positions (those of the source images) refer to it, "
+        "and every analysis of that series, of every generation, uses the same one. The source "
+        "images' positions are trusted to share one frame, as a single series' positions do.",
     )
     doc.table(
         ("Object", "SOP Class", "Series Number", "Series Description"),
@@ -660,6 +675,27 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "One image per lesion (its key slice in a brain window, the outline burned in, "
             "measurements in a caption) and one summary image, each with the banner "
             "\"AI RESULT - NOT FOR DIAGNOSTIC USE\" in its pixels.",
+        ]
+    )
+    doc.section(3, "Incomplete, Replacing and Withheld Results")
+    coverage = settings.selection.min_coverage_mm
+    doc.bullets(
+        [
+            "Each object is built on its own. When the source data makes one impossible (e.g. the "
+            "SEG), the others are still sent; the SR's study-level group (TID 1501) then holds a "
+            "TEXT item (UMLS C0034375 \"Qualitative Evaluations\") per missing object saying "
+            "what is missing and why, and lesion groups that would reference the missing SEG are "
+            "replaced by their figures in such a text item.",
+            "A study that receives new instances after its results were sent is analysed again "
+            "as a whole. The new objects are in new series; their Series Description says "
+            "\"(replaces ...)\" with the date of the results they replace, and the new SR's "
+            "Predecessor Documents Sequence references the earlier SR.",
+            "No object is sent for a study that is not for this analysis: no series qualifies "
+            "(modality, image type, orientation, body part), or the chosen series covers less "
+            f"than {coverage:g} mm (`selection.min_coverage_mm`, *configured*). The job ends "
+            "`skipped` with the reason. An SR stating \"not analysed\" would file a report "
+            "about the head in the record of whichever patient a stray slice or a non-head "
+            "study belongs to.",
         ]
     )
     doc.section(2, "Data Dictionary of Private Attributes")

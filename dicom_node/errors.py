@@ -49,9 +49,32 @@ class DatabaseUnavailableError(DicomNodeError):
     """The database refused or dropped the connection."""
 
 
+class DatabaseNotFoundError(DatabaseUnavailableError):
+    """A command that only reads found no database where the settings point (it creates none)."""
+
+
 class AnalysisError(DicomNodeError):
     """A study cannot be analysed as it is (no eligible series, an unusable volume).
 
     Retrying cannot help, so the job goes straight to the dead letter with this reason.
     """
 
+
+
+class SourceDataError(AnalysisError):
+    """The source data cannot make a valid object (a builder's ValueError, an impossible
+    geometry, a header value of the wrong kind).
+
+    Permanent, like every :class:`AnalysisError`: the same data fails the same way on
+    every attempt, so the job is dead at once with this reason instead of being retried.
+    Database, storage and peer errors are not this: they pass, and are retried.
+    """
+
+
+class NotApplicableError(DicomNodeError):
+    """The study is not one this analysis is for: no series qualifies (not a head, not
+    axial CT, only SEG/SR), or the chosen series covers too little to analyse.
+
+    Not a failure: the job ends ``skipped`` with this reason, is not retried, and is not
+    counted among failures. No result object is sent for it.
+    """

@@ -1,4 +1,4 @@
-"""Prometheus metrics and the health endpoint, served on a loopback port.
+"""Prometheus metrics, the health endpoint and the status page, served on a loopback port.
 
 One :class:`Metrics` object per process holds its own registry (no module globals): the
 listener and the worker count what they do, and gauges that describe shared state
@@ -13,7 +13,10 @@ import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from pathlib import Path
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -40,6 +43,10 @@ class Metrics:
         self.failures = Counter(
             "dicom_node_failures", "Refusals and failures, by stage and reason", ["stage", "reason"], registry=self.registry
         )
+        self.skipped = Counter(
+            "dicom_node_jobs_skipped", "Jobs ended 'skipped': the study is not for this analysis (not failures)",
+            registry=self.registry,
+        )
         self.stage_seconds = Histogram(
             "dicom_node_job_stage_seconds", "Duration of job stages", ["stage"], buckets=STAGE_BUCKETS, registry=self.registry
         )
@@ -47,6 +54,24 @@ class Metrics:
             "dicom_node_deliveries", "Delivery attempts, by destination and resulting state", ["destination", "state"],
             registry=self.registry,
         )
+
+    def add_collector(self, collector: Collector) -> None:
+        """Register a collector that reads shared state at scrape time."""
+        self.registry.register(collector)
+
+
+class ChildrenMetrics:
+    """What ``dicom-node run`` serves: its child processes' counters, summed.
+
+    Each child (listeners, worker) starts with ``PROMETHEUS_MULTIPROC_DIR`` set, so
+    prometheus_client writes its counters to files in ``directory``; this registry reads
+    and sums them at scrape time. Counters of a child that exited stay in the sum, so they
+    never go backwards when a child is restarted.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(self.registry, path=str(directory))
 
     def add_collector(self, collector: Collector) -> None:
         """Register a collector that reads shared state at scrape time."""
@@ -98,15 +123,29 @@ class StateCollector(Collector):
 
 
 HealthCheck = Callable[[], list[str]]
+#: Renders the status page (HTML bytes); None serves no page at ``/``.
+StatusPage = Callable[[], bytes]
+
+#: Headers of the status page: no script, no framing, nothing cached (it shows live state).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 def serve_http(
-    metrics: Metrics, health: HealthCheck, *, address: str, port: int
+    metrics: Metrics | ChildrenMetrics, health: HealthCheck, *, address: str, port: int, page: StatusPage | None = None
 ) -> tuple[ThreadingHTTPServer, threading.Thread]:
-    """Serve ``/metrics`` (Prometheus text format) and ``/health`` (200 ready, 503 with reasons)."""
+    """Serve ``/metrics`` (Prometheus text format), ``/health`` (200 ready, 503 with reasons)
+    and, when given, the read-only status ``page`` at ``/``. Every method but GET gets 405:
+    nothing here changes state, so nothing here accepts a request that could."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+            headers: dict[str, str] = {}
             if self.path == "/metrics":
                 body, status, content_type = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
             elif self.path == "/health":
@@ -114,13 +153,42 @@ def serve_http(
                 status = 503 if problems else 200
                 body = ("not ready: " + "; ".join(problems) if problems else "ready").encode() + b"\n"
                 content_type = "text/plain; charset=utf-8"
+            elif page is not None and self.path in ("/", "/index.html"):
+                body, status, content_type, headers = self._page()
             else:
                 body, status, content_type = b"not found\n", 404, "text/plain; charset=utf-8"
+            self._answer(status, body, content_type, headers)
+
+        def _page(self) -> tuple[bytes, int, str, dict[str, str]]:
+            assert page is not None
+            try:
+                return page(), 200, "text/html; charset=utf-8", PAGE_HEADERS
+            except Exception as exc:  # the database away: say so, and keep serving /health
+                logger.warning(f"status page unavailable: {exc.__class__.__name__}")
+                body = f"status page unavailable ({exc.__class__.__name__}); see /health and the log\n".encode()
+                return body, 503, "text/plain; charset=utf-8", {}
+
+        def _answer(self, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _refuse(self) -> None:
+            self.send_response(405)
+            self.send_header("Allow", "GET")
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            body = b"method not allowed: this server is read-only (GET)\n"
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _refuse  # noqa: N815
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base
             return  # scrapes every few seconds would flood the log

@@ -12,12 +12,12 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydicom import dcmread
@@ -27,9 +27,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import __version__
 from dicom_node.config import Settings
-from dicom_node.db.models import Instance, OutputObject, Series, Study
+from dicom_node.db.models import Instance, Job, JobState, OutputObject, Series, Study
 from dicom_node.dicom.storage import InstanceStore, result_path
-from dicom_node.errors import AnalysisError
+from dicom_node.errors import AnalysisError, NotApplicableError, SourceDataError, StorageError
+from dicom_node.imaging.anatomy import HeadEvidence, head_from_image
 from dicom_node.imaging.headers import check_headers
 from dicom_node.imaging.selection import SeriesCandidate, select_series
 from dicom_node.imaging.volume import CTVolume, assemble_volume
@@ -49,9 +50,13 @@ from dicom_node.outputs import (
 )
 from dicom_node.outputs import codes
 from dicom_node.outputs.seg import with_patient_study_type2
+from dicom_node.outputs.revision import EarlierReport, replacing_description
+from dicom_node.outputs.sources import prepare_sources
 from dicom_node.send.outbox import add_deliveries
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 #: What pydicom and numpy raise on header values that are not numbers or have the wrong count
@@ -91,6 +96,19 @@ class JobOutput:
     objects: list[WrittenObject]
     summary: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: What the results lack and why (an object that could not be built); shown by ``jobs show``.
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuiltObjects:
+    """The objects a job could build, in delivery order, and a line for each one it could not."""
+
+    objects: list[tuple[str, Dataset]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.objects]
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,36 @@ def record_outputs(
         add_deliveries(session, output_id=existing.id, destinations=wanted, now=now)
 
 
+def find_earlier_report(session: Session, store: InstanceStore, job: ClaimedJob) -> EarlierReport | None:
+    """The SR of the newest earlier generation of the job's study that succeeded, if any.
+
+    Its Series Instance UID is read from the stored file (the row holds the instance's
+    UIDs only); when retention has deleted the file there is nothing left to reference.
+    """
+    row = session.execute(
+        select(OutputObject.sop_class_uid, OutputObject.sop_instance_uid, OutputObject.path, OutputObject.created_at)
+        .join(Job, Job.id == OutputObject.job_id)
+        .where(
+            Job.study_id == job.study_id,
+            Job.study_generation < job.study_generation,
+            Job.state == JobState.SUCCEEDED,
+            OutputObject.kind == "sr",
+        )
+        .order_by(Job.study_generation.desc(), OutputObject.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    try:
+        header = dcmread(store.absolute(row.path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except (OSError, StorageError) as exc:
+        logger.warning(f"earlier report not referenced: {exc.__class__.__name__}", extra={"job_id": job.id})
+        return None
+    return EarlierReport(
+        job.study_instance_uid, str(header.SeriesInstanceUID), row.sop_class_uid, row.sop_instance_uid, row.created_at
+    )
+
+
 @contextmanager
 def _stage(timings: dict[str, float], name: str, context: dict[str, Any]) -> Iterator[None]:
     start = time.perf_counter()
@@ -160,6 +208,38 @@ def _stage(timings: dict[str, float], name: str, context: dict[str, Any]) -> Ite
     finally:
         timings[name] = round(time.perf_counter() - start, 3)
         logger.info(f"stage {name} done", extra={**context, "stage": name, "duration_s": timings[name]})
+
+
+@dataclass(frozen=True)
+class _BuildInputs:
+    """What every object builder of one job takes: aligned arrays, sources, who made it."""
+
+    uids: JobUids
+    sources: list[Dataset]
+    label_map: np.ndarray
+    hu: np.ndarray
+    algorithm: AlgorithmInfo
+    equipment: Equipment
+    assessment: StudyAssessment
+    lesions: list[LesionMeasurement]
+    algorithm_text: str
+    replaces: EarlierReport | None = None
+
+    def description(self, configured: str) -> str:
+        """The configured series description, saying "replaces" when this is a later generation."""
+        if self.replaces is None:
+            return configured
+        return replacing_description(configured, self.replaces.created_at)
+
+
+def _lesions_without_seg(lesions: list[LesionMeasurement]) -> str:
+    """The SR's lesion groups reference SEG segments (TID 1411): without the SEG they cannot
+    be encoded, so their figures are stated in words instead of being lost."""
+    figures = ", ".join(
+        f"lesion {lesion.segment_number} {lesion.volume_ml:.1f} mL, {lesion.longest_axial_diameter_mm:.1f} mm"
+        for lesion in lesions
+    )
+    return f"lesion measurement groups omitted (they reference the SEG): {figures}"
 
 
 class Pipeline:
@@ -186,13 +266,27 @@ class Pipeline:
                 logger.info(f"series skipped: {exc}", extra={"series_instance_uid": uid, "stage": "select"})
         if len(unusable) == len(headers):
             reasons = "; ".join(f"{uid}: {why}" for uid, why in unusable.items())
-            raise AnalysisError(f"no series qualifies for analysis (a header value is not usable: {reasons})")
+            raise SourceDataError(f"no series qualifies for analysis (a header value is not usable: {reasons})")
         headers = {uid: datasets for uid, datasets in headers.items() if uid not in unusable}
+        volumes: dict[str, CTVolume] = {}
+
+        def assemble(uid: str) -> CTVolume:
+            if uid not in volumes:
+                try:
+                    volumes[uid] = assemble_volume(study.paths_by_series[uid], series_instance_uid=uid)
+                except UNUSABLE_HEADER as exc:
+                    raise SourceDataError(f"series {uid} cannot be assembled into a volume: {exc}") from exc
+            return volumes[uid]
+
+        def image_check(candidate: SeriesCandidate) -> HeadEvidence:
+            # A header naming no body part: the image decides (the volume is kept for the analysis).
+            return head_from_image(assemble(candidate.series_instance_uid))
+
         try:
             candidates = [SeriesCandidate.from_datasets(uid, datasets) for uid, datasets in headers.items()]
-            selection = select_series(candidates, self.settings.selection)
+            selection = select_series(candidates, self.settings.selection, image_check=image_check)
         except UNUSABLE_HEADER as exc:
-            raise AnalysisError(f"a header value is not usable: {exc}") from exc
+            raise SourceDataError(f"a header value is not usable: {exc}") from exc
         for decision in selection.decisions:
             logger.info(
                 f"series selection: {'; '.join(decision.reasons)}",  # each reason says chosen or skipped
@@ -200,15 +294,26 @@ class Pipeline:
             )
         if selection.chosen is None:
             reasons = "; ".join(f"{d.series_instance_uid}: {', '.join(d.reasons)}" for d in selection.decisions)
-            raise AnalysisError(f"no series qualifies for analysis ({reasons})")
+            reasons += "".join(f"; {uid}: skipped: {why}" for uid, why in unusable.items())
+            raise NotApplicableError(f"no series qualifies for analysis ({reasons})")
         chosen = selection.chosen.series_instance_uid
-        try:
-            volume = assemble_volume(study.paths_by_series[chosen], series_instance_uid=chosen)
-        except UNUSABLE_HEADER as exc:
-            raise AnalysisError(f"series {chosen} cannot be assembled into a volume: {exc}") from exc
+        volume = assemble(chosen)
+        self._check_coverage(volume)
         by_uid = {str(ds.SOPInstanceUID): ds for ds in headers[chosen]}
         ordered = [by_uid[uid] for uid in volume.source_sop_instance_uids if uid is not None]
         return volume, ordered
+
+    def _check_coverage(self, volume: CTVolume) -> None:
+        """A series too short to hold a head (a stray slice, a partial scan) is not analysed:
+        a model would see a fragment, and a result on it would mislead more than none."""
+        needed = self.settings.selection.min_coverage_mm
+        slices = sum(uid is not None for uid in volume.source_sop_instance_uids)
+        covered = volume.hu.shape[0] * volume.spacing_mm[0]  # each slice stands for one spacing
+        if covered < needed:
+            raise NotApplicableError(
+                f"{slices} slice{'s' if slices != 1 else ''} covering {covered:.4g} mm; "
+                f"at least {needed:g} mm needed (selection.min_coverage_mm)"
+            )
 
     def run(self, job: ClaimedJob) -> JobOutput:
         """load -> infer -> build -> write; raises AnalysisError for studies we cannot analyse."""
@@ -217,24 +322,28 @@ class Pipeline:
         with _stage(timings, "load", context):
             with self.sessions() as session:
                 study = load_study_input(session, self.store, job)
+                earlier = find_earlier_report(session, self.store, job) if job.study_generation > 1 else None
             volume, headers = self.select_and_load(study)
         with _stage(timings, "infer", context):
             result = self.model.predict(volume)
         with _stage(timings, "build", context):
-            datasets = self.build(job, volume, headers, result)
+            built = self.build(job, volume, headers, result, replaces=earlier)
         with _stage(timings, "write", context):
-            objects = [self._write(kind, ds) for kind, ds in datasets]
+            objects = [self._write(kind, ds) for kind, ds in built.objects]
         summary = {
             "hemorrhage": result.positive,
             "probability": round(float(result.study_probability), 4),
             "lesions": len(result.findings),
             "total_volume_ml": round(sum(f.volume_ml for f in result.findings), 2),
+            "findings_outside_skull_dropped": result.gate.dropped if result.gate else None,
             "series_instance_uid": volume.series_instance_uid,
             "slices": int(volume.hu.shape[0]),
             "model": model_key(self.model),
             "timings_s": timings,
         }
-        return JobOutput(objects=objects, summary=summary, timings_s=timings)
+        if built.missing:
+            summary["missing"] = built.missing
+        return JobOutput(objects=objects, summary=summary, timings_s=timings, warnings=built.missing)
 
     def _write(self, kind: str, dataset: Dataset) -> WrittenObject:
         relative = result_path(
@@ -262,18 +371,69 @@ class Pipeline:
         return f"{job.study_instance_uid}|{job.study_id}|{job.study_generation}|{job.model_key}|{digest}"
 
     def build(
-        self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult
-    ) -> list[tuple[str, Dataset]]:
+        self,
+        job: ClaimedJob,
+        volume: CTVolume,
+        headers: list[Dataset],
+        result: ModelResult,
+        *,
+        replaces: EarlierReport | None = None,
+    ) -> BuiltObjects:
         """The SEG, SR and key images for ``result``, every UID derived from the job.
 
         Slices the volume interpolated (a missing source slice) have no source image,
         so they are dropped here: the SEG stays frame-aligned with real images only.
+
+        Each object is built on its own: when the source data makes one impossible (a
+        builder's ValueError), the others still go, and the SR says what is missing and
+        why. When none can be built the job fails with :class:`SourceDataError`
+        (permanent: the same data fails the same way again).
+
+        ``replaces`` is the earlier generation's report, when late images reopened the
+        study: the new SR names it as predecessor and every series description says so.
         """
-        settings, out = self.settings, self.settings.outputs
-        uids = JobUids(settings.identity.uid_root, self.job_key(job))
+        inputs = self._build_inputs(job, volume, headers, result, replaces)
+        built = BuiltObjects()
+        context = {"job_id": job.id, "study_instance_uid": job.study_instance_uid, "stage": "build"}
+        segmentation = None
+        if inputs.lesions or self.settings.outputs.send_empty_seg:
+            segmentation = self._attempt(built, "seg", "segmentation (SEG)", context, lambda: self._seg(inputs, result))
+        key_images = self._attempt(built, "key_images", "key images", context, lambda: self._key_images(inputs))
+        if segmentation is None and inputs.lesions:
+            built.missing.append(_lesions_without_seg(inputs.lesions))
+        report = self._attempt(
+            built, "sr", "report (SR)", context, lambda: self._report(inputs, segmentation, built.missing)
+        )
+        if segmentation is not None:
+            built.objects.append(("seg", segmentation))
+        if report is not None:
+            built.objects.append(("sr", report))
+        built.objects.extend(("key_images", image) for image in key_images or [])
+        if not built.objects:
+            raise SourceDataError("no result object could be built: " + "; ".join(built.missing))
+        return built
+
+    @staticmethod
+    def _attempt(built: BuiltObjects, kind: str, name: str, context: dict[str, Any], make: Callable[[], T]) -> T | None:
+        """``make()``, or None with a line in ``built.missing`` when the source data refuses it."""
+        try:
+            return make()
+        except UNUSABLE_HEADER as exc:
+            logger.warning(f"{name} not created: {exc}", extra={**context, "object": kind}, exc_info=True)
+            built.missing.append(f"{name} not created: {exc}")
+            return None
+
+    def _build_inputs(
+        self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult,
+        replaces: EarlierReport | None,
+    ) -> _BuildInputs:
+        settings = self.settings
         keep = [k for k, uid in enumerate(volume.source_sop_instance_uids) if uid is not None]
-        label_map, hu = result.label_map[keep], volume.hu[keep]
-        sources = [with_patient_study_type2(ds) for ds in headers]
+        label_map = result.label_map[keep]
+        try:
+            sources = self._sources(job, headers)
+        except UNUSABLE_HEADER as exc:
+            raise SourceDataError(f"the source headers cannot be copied into our objects: {exc}") from exc
         algorithm = AlgorithmInfo(
             result.model_name,
             result.model_version,
@@ -286,7 +446,6 @@ class Pipeline:
             device_serial_number=settings.identity.device_serial_number,
             institution_name=settings.identity.institution_name,
         )
-        assessment = StudyAssessment(result.positive, float(result.study_probability))
         lesions = [
             LesionMeasurement(
                 segment_number=f.label,
@@ -298,55 +457,81 @@ class Pipeline:
             )
             for f in result.findings
         ]
-        objects: list[tuple[str, Dataset]] = []
-        segmentation = None
-        if lesions or out.send_empty_seg:
-            segments = [SegmentSpec(f.label, f"ICH lesion {f.label}", uids.tracking(f.label)) for f in result.findings]
-            if not segments:  # a negative study, by request: one empty segment, no broken SEG
-                segments = [SegmentSpec(1, "ICH", uids.tracking(1))]
-            segmentation = build_segmentation(
-                source_images=sources,
-                label_map=label_map,
-                segments=segments,
-                algorithm=algorithm,
-                equipment=equipment,
-                series_instance_uid=uids.series("seg"),
-                series_number=out.seg_series_number,
-                series_description=out.seg_series_description,
-                sop_instance_uid=uids.instance("seg"),
-                dimension_organization_uid=uids.dimension_organization("seg"),
-            )
-            objects.append(("seg", segmentation))
-        report = build_report(
-            source_images=sources,
-            assessment=assessment,
-            lesions=lesions if segmentation is not None else [],
-            segmentation=segmentation,
+        return _BuildInputs(
+            uids=JobUids(settings.identity.uid_root, self.job_key(job)),
+            sources=sources,
+            label_map=label_map,
+            hu=volume.hu[keep],
             algorithm=algorithm,
             equipment=equipment,
-            device_observer_uid=device_observer_uid(settings.identity.uid_root),
-            study_tracking_uid=uids.study_tracking(),
+            assessment=StudyAssessment(result.positive, float(result.study_probability)),
+            lesions=lesions,
+            algorithm_text=f"{result.model_name} {result.model_version}",
+            replaces=replaces,
+        )
+
+    def _seg(self, inputs: _BuildInputs, result: ModelResult) -> Dataset:
+        out, uids = self.settings.outputs, inputs.uids
+        segments = [SegmentSpec(f.label, f"ICH lesion {f.label}", uids.tracking(f.label)) for f in result.findings]
+        if not segments:  # a negative study, by request: one empty segment, no broken SEG
+            segments = [SegmentSpec(1, "ICH", uids.tracking(1))]
+        return build_segmentation(
+            source_images=inputs.sources,
+            label_map=inputs.label_map,
+            segments=segments,
+            algorithm=inputs.algorithm,
+            equipment=inputs.equipment,
+            series_instance_uid=uids.series("seg"),
+            series_number=out.seg_series_number,
+            series_description=inputs.description(out.seg_series_description),
+            sop_instance_uid=uids.instance("seg"),
+            dimension_organization_uid=uids.dimension_organization("seg"),
+        )
+
+    def _report(self, inputs: _BuildInputs, segmentation: Dataset | None, missing: list[str]) -> Dataset:
+        out, uids = self.settings.outputs, inputs.uids
+        return build_report(
+            source_images=inputs.sources,
+            assessment=inputs.assessment,
+            lesions=inputs.lesions if segmentation is not None else [],
+            segmentation=segmentation,
+            algorithm=inputs.algorithm,
+            equipment=inputs.equipment,
+            device_observer_uid=device_observer_uid(self.settings.identity.uid_root),
             series_instance_uid=uids.series("sr"),
             series_number=out.sr_series_number,
-            series_description=out.sr_series_description,
+            series_description=inputs.description(out.sr_series_description),
             sop_instance_uid=uids.instance("sr"),
+            missing=missing,
+            previous_versions=[inputs.replaces.as_previous_version()] if inputs.replaces else [],
         )
-        objects.append(("sr", report))
-        key_images = build_key_images(
-            source_images=sources,
-            hu_volume=hu,
-            label_map=label_map,
-            lesions=lesions,
-            assessment=assessment,
-            equipment=equipment,
-            algorithm_text=f"{result.model_name} {result.model_version}",
+
+    def _key_images(self, inputs: _BuildInputs) -> list[Dataset]:
+        out, uids = self.settings.outputs, inputs.uids
+        return build_key_images(
+            source_images=inputs.sources,
+            hu_volume=inputs.hu,
+            label_map=inputs.label_map,
+            lesions=inputs.lesions,
+            assessment=inputs.assessment,
+            equipment=inputs.equipment,
+            algorithm_text=inputs.algorithm_text,
             series_instance_uid=uids.series("key_images"),
             series_number=out.key_images_series_number,
-            series_description=out.key_images_series_description,
-            sop_instance_uids=[uids.instance("key_images", n) for n in range(1, len(lesions) + 2)],
+            series_description=inputs.description(out.key_images_series_description),
+            sop_instance_uids=[uids.instance("key_images", n) for n in range(1, len(inputs.lesions) + 2)],
         )
-        objects.extend(("key_images", image) for image in key_images)
-        return objects
+
+    def _sources(self, job: ClaimedJob, headers: list[Dataset]) -> list[Dataset]:
+        """The headers made fit to copy (see :mod:`dicom_node.outputs.sources`); logs what changed."""
+        prepared = prepare_sources(headers, uid_root=self.settings.identity.uid_root)
+        context = {"job_id": job.id, "study_instance_uid": job.study_instance_uid, "stage": "build"}
+        if prepared.frame_of_reference_derived:
+            logger.info("source series has no FrameOfReferenceUID: using one derived from its series UID", extra=context)
+        for verb, keywords in (("normalised", prepared.normalised), ("emptied", prepared.emptied)):
+            if keywords:  # keywords only: the values are patient data
+                logger.info(f"source values {verb} in our objects: {', '.join(sorted(keywords))}", extra=context)
+        return [with_patient_study_type2(ds) for ds in prepared.images]
 
 
 def _key_slice(label_map: np.ndarray, label: int, keep: list[int], diameter_slice: int) -> int:

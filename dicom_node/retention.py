@@ -1,7 +1,8 @@
 """Retention: delete what we received and what we produced, some days after delivery.
 
 Never before: a study is eligible only when it is complete, no job of it is queued or
-running, its latest job succeeded, and every delivery of that job's objects was sent.
+running, its latest job succeeded, and every delivery of that job's objects was sent; or
+its latest job was skipped (not for this analysis, nothing to send), counted from then.
 The clock starts at the last successful delivery (or at the job's end when no
 destination wanted anything). When the results go first (``results_days`` shorter than
 ``received_days``), that time is kept on the study, so the instances still wait their
@@ -43,6 +44,8 @@ def _delivered_at(session: Session, study: Study) -> datetime | None:
     if not jobs or any(job.state in (JobState.QUEUED, JobState.RUNNING) for job in jobs):
         return None
     latest = max(jobs, key=lambda job: (job.study_generation, job.id))
+    if latest.state == JobState.SKIPPED and latest.finished_at is not None:
+        return latest.finished_at  # not for this analysis: nothing to deliver, the clock starts now
     if latest.state != JobState.SUCCEEDED or latest.finished_at is None:
         return None
     states = session.execute(

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,12 +31,13 @@ from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.db.clock import database_now
 from dicom_node.db.models import JobState
-from dicom_node.errors import AnalysisError
+from dicom_node.errors import AnalysisError, NotApplicableError
 from dicom_node.ingest.completion import CompletedStudy, CompletionRule, complete_due_studies
 from dicom_node.jobs import queue, tick_lease
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.metrics import Metrics
 from dicom_node.pipeline import JobOutput, record_outputs
+from dicom_node.process import process_owner
 from dicom_node.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -96,11 +94,6 @@ RunJob = Callable[[ClaimedJob], JobOutput]
 #: A holder that stopped renewing loses a tick after this many of its intervals (at least MIN_TICK_LEASE).
 TICK_LEASE_INTERVALS = 3
 MIN_TICK_LEASE = timedelta(seconds=10)
-
-
-def process_owner() -> str:
-    """This process's name in leases and claims: host, pid and a random part (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -214,7 +207,9 @@ class Worker:
         beat.start()
         try:
             output = self.run_job(job)
-        except AnalysisError as exc:
+        except NotApplicableError as exc:  # not a failure: nothing to count, nothing to retry
+            return self._skip(job, str(exc), context=context)
+        except AnalysisError as exc:  # SourceDataError included: the data fails the same way every time
             self._count_failure(exc)
             return self._fail(job, f"{exc}", permanent=True, context=context)
         except Exception as exc:  # any failure of one study must not stop the worker
@@ -229,12 +224,14 @@ class Worker:
             return None
         with self.sessions.begin() as session:
             now = database_now(session)
-            if not queue.succeed(session, job, summary=json.dumps(output.summary), now=now):
+            if not queue.succeed(session, job, summary=json.dumps(output.summary), now=now, warnings=output.warnings):
                 session.rollback()
                 logger.warning("job no longer ours at the end; results discarded", extra=context)
                 return None
             record_outputs(session, job, output, destinations=self.destinations, now=now)
         logger.info(f"job succeeded: {output.summary}", extra={**context, "stage": "record"})
+        for warning in output.warnings:
+            logger.warning(f"job results incomplete: {warning}", extra={**context, "stage": "build"})
         if not any(self.destinations.values()):
             logger.warning(
                 "no destination wants these results: they are kept, not sent "
@@ -258,11 +255,27 @@ class Worker:
             self.metrics.failures.labels("job", type(exc).__name__).inc()
 
     def _fail(self, job: ClaimedJob, error: str, *, permanent: bool, context: dict[str, object]) -> JobState | None:
-        policy = RetryPolicy(1, self.policy.initial_delay, self.policy.backoff_factor, self.policy.max_delay) if permanent else self.policy
         with self.sessions.begin() as session:
-            state = queue.fail(session, job, error=error, policy=policy, now=database_now(session))
+            state = queue.fail(session, job, error=error, policy=self.policy, now=database_now(session), permanent=permanent)
         logger.warning(f"job failed ({state}): {error}", extra={**context, "stage": "dispatch", "reason": error[:200]})
         return state
+
+
+    def _skip(self, job: ClaimedJob, reason: str, *, context: dict[str, object]) -> JobState | None:
+        """The study is not for this analysis: the job ends skipped, and no result is sent.
+
+        No SR either: for a stray slice of another patient, or a chest CT, a report about
+        intracranial hemorrhage in that patient's record is noise, not information.
+        """
+        with self.sessions.begin() as session:
+            skipped = queue.skip(session, job, reason=reason, summary=None, now=database_now(session))
+        if not skipped:
+            logger.warning("job no longer ours at the end; outcome discarded", extra=context)
+            return None
+        logger.info(f"job skipped: {reason}", extra={**context, "stage": "select", "reason": reason[:200]})
+        if self.metrics is not None:
+            self.metrics.skipped.inc()
+        return JobState.SKIPPED
 
 
 def build_scheduler(

@@ -60,6 +60,7 @@ def start_node(
     def stop() -> None:
         server.shutdown()
         committer.stop()
+        catalog.close()
         engine.dispose()
 
     return RunningNode(config, sessions, store, config.port), stop

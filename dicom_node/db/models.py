@@ -136,6 +136,7 @@ class JobState(StrEnum):
     DEAD = "dead"  # gave up after the last attempt; last_error says why
     CANCELLED = "cancelled"  # cancelled by an operator
     SUPERSEDED = "superseded"  # the study was reopened; a newer job replaces this one
+    SKIPPED = "skipped"  # not applicable (too little coverage, not a head); reason says why; not a failure
 
 
 class Job(Base):
@@ -160,6 +161,10 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[str | None] = mapped_column(Text)  # JSON: call, probability, lesions
+    #: What a succeeded job's results lack and why (an object that could not be built), one per line.
+    warnings: Mapped[str | None] = mapped_column(Text)
+    #: Why a skipped job was not analysed ("1 slice covering 5 mm; at least 60 mm needed").
+    reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import DatabaseSettings
+from dicom_node.errors import DatabaseNotFoundError
 
 #: Seconds to wait for a PostgreSQL connection before the attempt counts as failed.
 POSTGRESQL_CONNECT_TIMEOUT_S = 10
@@ -30,12 +31,34 @@ def _sqlite_pragmas(busy_timeout_ms: int):  # type: ignore[no-untyped-def]
     return on_connect
 
 
-def create_db_engine(settings: DatabaseSettings) -> Engine:
-    """An engine for ``settings.url``; SQLite gets WAL, synchronous=FULL and a busy timeout."""
+def describe_database(url_text: str) -> str:
+    """The database as messages name it: a SQLite file by its absolute path, a server by its
+    URL without the password (a relative SQLite path depends on the directory a command runs in)."""
+    url = make_url(url_text)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return f"SQLite file {Path(url.database).resolve()}"
+    return url.render_as_string(hide_password=True)
+
+
+def create_db_engine(settings: DatabaseSettings, *, create: bool = True) -> Engine:
+    """An engine for ``settings.url``; SQLite gets WAL, synchronous=FULL and a busy timeout.
+
+    ``create=False`` is for commands that only look or act on existing rows (``status``,
+    ``jobs``, ``resend``): a missing SQLite file is then an error that names the path,
+    instead of a new, empty database (and folder) wherever the command happened to run.
+    """
     url = make_url(settings.url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(url.database)
+            if not create and not path.is_file():
+                relative = "" if path.is_absolute() else " (a relative path: relative to the directory the command runs in)"
+                raise DatabaseNotFoundError(
+                    f"no database at {describe_database(settings.url)}{relative}, from [database] url = "
+                    f"{settings.url!r}: give the node's settings with --config or DICOM_NODE_CONFIG, "
+                    "or create the database with `dicom-node db upgrade --config PATH`"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
             echo=settings.echo,

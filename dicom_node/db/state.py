@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select
+from dataclasses import dataclass
 
-from dicom_node.db.models import Delivery, Job, Study, TickLease
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import Delivery, Job, OutputObject, Study, TickLease
 
 
 def studies_by_state(engine: Engine) -> dict[str, int]:
@@ -41,24 +44,56 @@ def database_problem(engine: Engine) -> str | None:
     return None
 
 
-def recent_errors(engine: Engine, limit: int = 5) -> list[tuple[str, str]]:
-    """The latest job and delivery errors, newest first, as (what, why) pairs."""
+@dataclass(frozen=True)
+class RecentError:
+    """A job's or a delivery's last error, and whose it is."""
+
+    what: str  # "job 7 (dead)" or "delivery 12 to pacs (pending)"
+    why: str
+    delivery: bool
+    study_instance_uid: str
+
+
+def recent_errors(engine: Engine, limit: int = 5) -> list[RecentError]:
+    """The latest job and delivery errors, newest first."""
     with engine.connect() as connection:
         jobs = connection.execute(
-            select(Job.id, Job.state, Job.last_error)
+            select(Job.id, Job.state, Job.last_error, Study.study_instance_uid)
+            .join(Study, Study.id == Job.study_id)
             .where(Job.last_error.is_not(None))
             .order_by(Job.id.desc())
             .limit(limit)
         ).all()
         deliveries = connection.execute(
-            select(Delivery.id, Delivery.destination, Delivery.state, Delivery.last_error)
+            select(Delivery.id, Delivery.destination, Delivery.state, Delivery.last_error, Study.study_instance_uid)
+            .join(OutputObject, OutputObject.id == Delivery.output_id)
+            .join(Job, Job.id == OutputObject.job_id)
+            .join(Study, Study.id == Job.study_id)
             .where(Delivery.last_error.is_not(None), Delivery.state != "sent")
             .order_by(Delivery.id.desc())
             .limit(limit)
         ).all()
-    errors = [(f"job {row.id} ({_value(row.state)})", row.last_error) for row in jobs]
-    errors += [(f"delivery {row.id} to {row.destination} ({_value(row.state)})", row.last_error) for row in deliveries]
+    errors = [
+        RecentError(f"job {row.id} ({_value(row.state)})", row.last_error, False, row.study_instance_uid)
+        for row in jobs
+    ]
+    errors += [
+        RecentError(
+            f"delivery {row.id} to {row.destination} ({_value(row.state)})",
+            row.last_error,
+            True,
+            row.study_instance_uid,
+        )
+        for row in deliveries
+    ]
     return errors
+
+
+def destinations_with_pending(session: Session) -> list[str]:
+    """Names that pending deliveries wait for, configured or not."""
+    return sorted(
+        session.execute(select(Delivery.destination).where(Delivery.state == "pending").distinct()).scalars()
+    )
 
 
 def _value(state: object) -> str:

@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 
+from dicom_node.imaging.morphology import largest_component
 from dicom_node.imaging.windows import BRAIN, Window, stack_windows
 
 Order = Literal["linear", "nearest"]
@@ -132,35 +133,6 @@ def _sample(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, *, order: Ord
     return out.astype(np.result_type(image.dtype, np.float32), copy=False)
 
 
-def _largest_component_2d(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of a small 2D mask.
-
-    Min-label propagation: simple and fast on a thumbnail of at most 128x128.
-    (models/result.py has a run-based labelling for large 3D masks, but the
-    layer contract keeps imaging and models from importing each other.)
-    """
-    height, width = mask.shape
-    sentinel = height * width
-    labels = np.where(mask, np.arange(height * width).reshape(height, width), sentinel)
-    while True:
-        padded = np.pad(labels, 1, constant_values=sentinel)
-        neighbours = np.minimum.reduce(
-            [
-                padded[1:-1, 1:-1],
-                padded[:-2, 1:-1],
-                padded[2:, 1:-1],
-                padded[1:-1, :-2],
-                padded[1:-1, 2:],
-            ]
-        )
-        updated = np.where(mask, neighbours, sentinel)
-        if np.array_equal(updated, labels):
-            break
-        labels = updated
-    values, counts = np.unique(labels[mask], return_counts=True)
-    return labels == values[np.argmax(counts)]
-
-
 def find_head(brain: np.ndarray, *, threshold: float = DEFAULT_HEAD_THRESHOLD) -> tuple[int, int, int, int] | None:
     """Bounding box ``(row0, col0, row_end, col_end)`` (end exclusive) of the head.
 
@@ -183,7 +155,7 @@ def find_head(brain: np.ndarray, *, threshold: float = DEFAULT_HEAD_THRESHOLD) -
     padded = np.zeros((math.ceil(height / factor) * factor, math.ceil(width / factor) * factor), dtype=bool)
     padded[:height, :width] = mask
     thumbnail = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).any(axis=(1, 3))
-    largest = _largest_component_2d(thumbnail)
+    largest = largest_component(thumbnail)
     thumb_rows = np.flatnonzero(largest.any(axis=1))
     thumb_cols = np.flatnonzero(largest.any(axis=0))
     # Back to full resolution: the exact extent of the mask inside the

@@ -7,23 +7,37 @@ by the rules in :class:`dicom_node.config.SelectionSettings` and records, for
 every series, the reasons it was chosen or skipped. Those reasons end up in the
 database and in the SR, so that a surprising pick can be explained later.
 
-Selection reads headers only (``dcmread(..., stop_before_pixels=True)``), never
-pixel data.
+Selection reads headers (``dcmread(..., stop_before_pixels=True)``), and pixels in
+one case only: whether a series shows a head. Anonymisers blank BodyPartExamined
+and the descriptions, so with ``head_check = "header-or-image"`` (the default) a
+series whose header names no body part is checked from its image
+(:func:`dicom_node.imaging.anatomy.head_from_image`), through a callable the
+caller passes, which assembles the volume. That check runs lazily, in rank
+order, until one series proves to be a head, so a study pays for it at most
+once when its best series is a head. A header that names the head, or another
+body part, still decides on its own.
 """
 
 from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicom_node.config import SelectionSettings
+
+if TYPE_CHECKING:
+    from dicom_node.imaging.anatomy import HeadEvidence
+
+#: Decides from a series' pixels whether it shows a head (the caller assembles the volume).
+ImageHeadCheck = Callable[["SeriesCandidate"], "HeadEvidence"]
 
 #: |normal . z| above this counts as axial: about 25 degrees, which admits any
 #: real gantry tilt but rejects coronal and sagittal reformats.
@@ -186,12 +200,47 @@ def classify_kernel(candidate: SeriesCandidate, rules: SelectionSettings) -> Ker
     return KernelClass.UNKNOWN
 
 
+@dataclass(frozen=True)
+class HeaderHead:
+    """What the header says about the body part: head (True), another part (False) or nothing (None)."""
+
+    is_head: bool | None
+    reason: str
+
+
+def head_from_header(candidate: SeriesCandidate, rules: SelectionSettings) -> HeaderHead:
+    """The head named in BodyPartExamined, StudyDescription or SeriesDescription; else another body part; else silence.
+
+    The head wins over another part anywhere ("CTA HEAD NECK" is a head); a
+    field is read in that order and the first that decides is quoted.
+    """
+    fields = (
+        ("BodyPartExamined", candidate.body_part_examined),
+        ("StudyDescription", candidate.study_description),
+        ("SeriesDescription", candidate.series_description),
+    )
+    for keyword, text in fields:
+        if text and re.search(rules.head_regex, text):
+            return HeaderHead(True, f"head: header {keyword}={text}")
+    for keyword, text in fields:
+        if text and re.search(rules.not_head_regex, text):
+            return HeaderHead(False, f"not head: header says {text} ({keyword})")
+    return HeaderHead(None, "the header names no body part")
+
+
+def _needs_image(header: HeaderHead, rules: SelectionSettings) -> bool:
+    return rules.head_check == "image" or (rules.head_check == "header-or-image" and header.is_head is None)
+
+
 def rule_violations(candidate: SeriesCandidate, rules: SelectionSettings) -> list[str]:
     """Every rule the series breaks, one sentence each; empty when it is eligible.
 
     All rules are checked (not just the first that fails) so the recorded reasons
     tell the whole story. Besides the configured rules there is one fixed rule:
     the slices must be axial, because every model is trained on axial slices.
+    The head rule here is the header's part of ``head_check``; a series the
+    header is silent about (or every series, with ``"image"``) is left to the
+    image check in :func:`select_series`.
     """
     problems: list[str] = []
     if candidate.modality.upper() not in {m.upper() for m in rules.modalities}:
@@ -217,9 +266,11 @@ def rule_violations(candidate: SeriesCandidate, rules: SelectionSettings) -> lis
         )
     if candidate.n_instances < rules.min_slices:
         problems.append(f"{candidate.n_instances} slice(s), fewer than the minimum {rules.min_slices}")
-    texts = (candidate.body_part_examined, candidate.study_description, candidate.series_description)
-    if not any(text and re.search(rules.head_regex, text) for text in texts):
+    header = head_from_header(candidate, rules)
+    if rules.head_check == "header" and header.is_head is None:
         problems.append("neither BodyPartExamined, StudyDescription nor SeriesDescription names the head")
+    elif rules.head_check != "image" and header.is_head is False:
+        problems.append(header.reason)
     if candidate.slice_normal_z_cosine is None:
         problems.append("ImageOrientationPatient absent: orientation unknown")
     elif candidate.slice_normal_z_cosine < _AXIAL_MIN_COSINE:
@@ -237,7 +288,11 @@ def _describe(candidate: SeriesCandidate, kernel: KernelClass) -> str:
     )
 
 
-def select_series(candidates: Iterable[SeriesCandidate], rules: SelectionSettings) -> SelectionResult:
+def select_series(
+    candidates: Iterable[SeriesCandidate],
+    rules: SelectionSettings,
+    image_check: ImageHeadCheck | None = None,
+) -> SelectionResult:
     """Choose the one series to analyse; record why each series was chosen or skipped.
 
     A series is eligible when it breaks none of :func:`rule_violations`. Among
@@ -248,6 +303,12 @@ def select_series(candidates: Iterable[SeriesCandidate], rules: SelectionSetting
     3. more slices first (more coverage at equal thickness);
     4. lower SeriesNumber first (the scanner's primary reconstruction usually comes first);
     5. SeriesInstanceUID, only to make the choice deterministic.
+
+    The chosen series is the best-ranked one that is a head: by its header, or,
+    where ``head_check`` leaves it to the image, by ``image_check``, called in
+    rank order until a head is found. Without ``image_check`` such a series
+    cannot be chosen (its reason says so). Every decision records which rule
+    decided the head ("head: header ...", "head: image (...)", "not head: ...").
     """
     candidates = list(candidates)
     uids = [c.series_instance_uid for c in candidates]
@@ -270,38 +331,52 @@ def select_series(candidates: Iterable[SeriesCandidate], rules: SelectionSetting
         else:
             eligible.append((candidate, classify_kernel(candidate, rules)))
 
-    def sort_key(item: tuple[SeriesCandidate, KernelClass]) -> tuple:
-        candidate, kernel = item
-        thickness = candidate.effective_thickness_mm
-        return (
-            kernel.value,
-            thickness if thickness is not None else float("inf"),
-            -candidate.n_instances,
-            candidate.series_number if candidate.series_number is not None else float("inf"),
-            candidate.series_instance_uid,
-        )
-
-    ranked = sorted(eligible, key=sort_key)
+    ranked = sorted(eligible, key=_rank_key)
     decisions: list[SeriesDecision] = []
+    chosen: tuple[SeriesCandidate, KernelClass] | None = None
     for rank, (candidate, kernel) in enumerate(ranked, start=1):
         description = _describe(candidate, kernel)
-        if rank == 1:
-            reason = f"chosen: passes every rule; ranked first of {len(ranked)} eligible ({description})"
-        else:
-            best_candidate, best_kernel = ranked[0]
-            reason = (
-                f"skipped: passes every rule but ranked {rank} of {len(ranked)} ({description}); "
-                f"series {best_candidate.series_instance_uid} ranks higher "
-                f"({_describe(best_candidate, best_kernel)})"
+        where = f"ranked {rank} of {len(ranked)} eligible ({description})"
+        if chosen is not None:
+            best, best_kernel = chosen
+            reasons = (
+                f"skipped: passes every rule but {where}; series {best.series_instance_uid} "
+                f"ranks higher ({_describe(best, best_kernel)})",
             )
-        decisions.append(
-            SeriesDecision(
-                series_instance_uid=candidate.series_instance_uid,
-                selected=rank == 1,
-                eligible=True,
-                reasons=(reason,),
-                rank=rank,
-            )
-        )
+            decisions.append(SeriesDecision(candidate.series_instance_uid, False, True, reasons, rank))
+            continue
+        is_head, head_reason = _head_decision(candidate, rules, image_check)
+        if not is_head:
+            decisions.append(SeriesDecision(candidate.series_instance_uid, False, False, (f"skipped: {head_reason}",)))
+            continue
+        chosen = (candidate, kernel)
+        reasons = (f"chosen: passes every rule; {where}", head_reason)
+        decisions.append(SeriesDecision(candidate.series_instance_uid, True, True, reasons, rank))
     decisions.extend(skipped)
-    return SelectionResult(chosen=ranked[0][0] if ranked else None, decisions=tuple(decisions))
+    return SelectionResult(chosen=chosen[0] if chosen else None, decisions=tuple(decisions))
+
+
+def _rank_key(item: tuple[SeriesCandidate, KernelClass]) -> tuple:
+    candidate, kernel = item
+    thickness = candidate.effective_thickness_mm
+    return (
+        kernel.value,
+        thickness if thickness is not None else float("inf"),
+        -candidate.n_instances,
+        candidate.series_number if candidate.series_number is not None else float("inf"),
+        candidate.series_instance_uid,
+    )
+
+
+def _head_decision(
+    candidate: SeriesCandidate, rules: SelectionSettings, image_check: ImageHeadCheck | None
+) -> tuple[bool, str]:
+    """Is this eligible series a head, and the reason that says which rule decided."""
+    header = head_from_header(candidate, rules)
+    if not _needs_image(header, rules):
+        return bool(header.is_head), header.reason
+    if image_check is None:
+        return False, f"body part unknown: {header.reason} and no image check was available"
+    evidence = image_check(candidate)
+    verdict = "head" if evidence.is_head else "not head"
+    return evidence.is_head, f"{verdict}: image ({evidence.describe()})"

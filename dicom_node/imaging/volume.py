@@ -368,7 +368,7 @@ def assemble_volume(
     if frame_of_reference_uid is None:
         warnings.append(
             "FrameOfReferenceUID is absent: positions are assumed to share one frame of reference; "
-            "outputs referencing this series will carry no frame of reference from it"
+            "our objects use a Frame of Reference UID derived from the series UID"
         )
 
     row_cosines, column_cosines = orientation[:3], orientation[3:]

@@ -1,11 +1,12 @@
 """What we learn from a received dataset before storing it, and the checks it must pass.
 
-The dataset is parsed once, with large values deferred (they stay on disk), only to
-read its identifiers; then its element headers are walked once more to prove the byte
-stream is complete: pydicom accepts a truncated final element, a cut element header
-and a missing sequence delimiter silently, so every top-level element's declared
-length is checked against the file size, and the last element must end where the
-file ends.
+The file is read in one pass over its element headers (values above a few kB, pixel data
+mostly, are skipped, not read): the few identifiers we record are kept as they go by, and
+the same pass proves the byte stream is complete. pydicom accepts a truncated final
+element, a cut element header and a missing sequence delimiter silently, so every
+top-level element's declared length is checked against the file size, and the last
+element must end where the file ends. (Before, ``dcmread`` parsed the file and a second
+walk checked it: two passes over every header of every instance.)
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator, read_preamble
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node.errors import (
@@ -49,38 +52,66 @@ class ReceivedInstance:
     size_bytes: int = 0
 
 
-def _read(path: Path) -> Dataset:
-    try:
-        return dcmread(path, defer_size=DEFER_BYTES)
-    except Exception as exc:  # pydicom raises many exception types on hostile bytes
-        raise UnreadableDatasetError(f"cannot parse dataset: {type(exc).__name__}") from exc
+#: The elements we record; everything else is only checked for completeness.
+WANTED_TAGS = frozenset(
+    Tag(keyword)
+    for keyword in (
+        "SpecificCharacterSet",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "Modality",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "InstanceNumber",
+    )
+)
+_TRANSFER_SYNTAX_TAG = Tag("TransferSyntaxUID")
 
 
 def _not_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag.group != 2
 
 
-def _check_complete(ds: Dataset, path: Path) -> None:
-    """The top-level elements must end exactly where the file ends.
+def _unreadable(exc: Exception) -> UnreadableDatasetError:
+    # pydicom raises many exception types on hostile bytes: all of them mean the same here
+    return UnreadableDatasetError(f"cannot parse dataset: {type(exc).__name__}")
 
-    Two checks on the element headers (values are skipped, not read): every defined
-    length fits inside the file, and nothing follows the last complete element.
-    pydicom stops silently when fewer than 8 bytes are left, so a stream cut inside
-    an element header would otherwise pass for a complete, shorter data set.
+
+def _read_deflated(path: Path) -> Dataset:
+    """A deflated data set: pydicom inflates it in memory; a truncated stream raises."""
+    try:
+        return dcmread(path, defer_size=DEFER_BYTES)
+    except Exception as exc:
+        raise _unreadable(exc) from exc
+
+
+def _scan(path: Path) -> tuple[Dataset, str]:
+    """One pass over the file: the wanted elements and the transfer syntax; raises if incomplete.
+
+    Two checks on the element headers: every defined length fits inside the file, and
+    nothing follows the last complete element. pydicom stops silently when fewer than 8
+    bytes are left, so a stream cut inside an element header would otherwise pass for a
+    complete, shorter data set.
     """
-    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return  # inflated in memory by pydicom; a truncated deflate stream already raised
-    implicit = ds.file_meta.get("TransferSyntaxUID") == ImplicitVRLittleEndian
     size = path.stat().st_size
+    wanted: dict[BaseTag, RawDataElement] = {}
     try:
         with path.open("rb") as fp:
             read_preamble(fp, False)
             end = fp.tell()
-            for _ in data_element_generator(fp, False, True, stop_when=_not_file_meta):
-                end = fp.tell()
+            meta: dict[BaseTag, Any] = {}
+            for raw in data_element_generator(fp, False, True, stop_when=_not_file_meta):
+                meta[raw.tag] = raw
+                end = fp.tell()  # not after the loop: a cut header leaves fp at the end of the file
             fp.seek(end)
+            syntax_raw = meta.get(_TRANSFER_SYNTAX_TAG)
+            syntax = bytes(syntax_raw.value or b"").decode("ascii", "replace").strip("\x00 ") if syntax_raw else ""
+            if syntax == DeflatedExplicitVRLittleEndian:
+                return _read_deflated(path), syntax
             first = fp.read(6)
             fp.seek(end)
+            implicit = syntax == ImplicitVRLittleEndian
             if len(first) == 6:  # as pydicom does: the first VR tells the encoding actually used
                 implicit = not (0x40 < first[4] < 0x5B and 0x40 < first[5] < 0x5B)
             for element in data_element_generator(fp, implicit, True, defer_size=DEFER_BYTES):
@@ -89,15 +120,20 @@ def _check_complete(ds: Dataset, path: Path) -> None:
                     raise UnreadableDatasetError(
                         f"dataset truncated: element {element.tag} declares {length} bytes"
                     )
+                if element.tag in WANTED_TAGS:
+                    wanted[element.tag] = element  # type: ignore[assignment]
                 end = fp.tell()
     except UnreadableDatasetError:
         raise
-    except Exception as exc:  # the same hostile bytes dcmread read, walked again
-        raise UnreadableDatasetError(f"cannot parse dataset: {type(exc).__name__}") from exc
+    except Exception as exc:
+        raise _unreadable(exc) from exc
     if end != size:
         raise UnreadableDatasetError(
             f"dataset truncated: {size - end} byte(s) after the last complete element"
         )
+    ds = Dataset(wanted)
+    ds.set_original_encoding(implicit, True)
+    return ds, syntax
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
@@ -141,8 +177,7 @@ def read_received(
     The C-STORE command's Affected SOP Class/Instance UIDs must equal the dataset's
     (PS3.4 B.2.3: otherwise the data set does not match the SOP class).
     """
-    ds = _read(path)
-    _check_complete(ds, path)
+    ds, transfer_syntax = _scan(path)
     study = _uid(ds, "StudyInstanceUID")
     series = _uid(ds, "SeriesInstanceUID")
     sop_instance = _uid(ds, "SOPInstanceUID")
@@ -158,7 +193,7 @@ def read_received(
         series_instance_uid=series,
         sop_instance_uid=sop_instance,
         sop_class_uid=sop_class,
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        transfer_syntax_uid=transfer_syntax,
         modality=_text_or_none(ds, "Modality", 16),
         series_number=_int_or_none(ds, "SeriesNumber"),
         instance_number=_int_or_none(ds, "InstanceNumber"),

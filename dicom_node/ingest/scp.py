@@ -17,6 +17,7 @@ committed. Every refusal carries a specific status and an Error Comment:
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from collections import Counter
@@ -27,7 +28,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import NodeSettings
@@ -79,6 +80,41 @@ def status_for(error: DicomNodeError) -> int:
     if isinstance(error, InvalidInstanceError):
         return CANNOT_UNDERSTAND
     return OUT_OF_RESOURCES
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """A server that accepts on a listening socket its supervisor bound and shares with other processes.
+
+    pynetdicom binds its own socket; ``AE.make_server(server_class=..., shared_socket=...)``
+    (public API: extra keywords go to the class) lets us hand it one instead. The socket is
+    non-blocking: when another listener process takes a connection first, ``accept`` fails
+    at once with EAGAIN (socketserver ignores that OSError) instead of blocking this
+    process's accept loop, and its shutdown, for the network time-out.
+    """
+
+    def __init__(self, *args: Any, shared_socket: socket.socket, **kwargs: Any) -> None:
+        self._shared_socket = shared_socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        self.socket.close()  # the unbound one TCPServer made for us
+        self.socket = self._shared_socket
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Already listening: the supervisor called listen()."""
+
+    def server_close(self) -> None:
+        """Close our descriptor only. pynetdicom also calls ``shutdown(SHUT_RDWR)``, which on
+        a shared listening socket would stop every listener process, not just this one."""
+        self.socket.close()
+
+    def shutdown(self) -> None:
+        """Stop accepting, then close; pynetdicom's version also unregisters the server from
+        the AE's list of servers it started, which ``make_server`` never added it to."""
+        super(AssociationServer, self).shutdown()  # socketserver's: stop serve_forever
+        self.server_close()
 
 
 def _peer(assoc: Association) -> dict[str, Any]:
@@ -142,18 +178,30 @@ class StorageSCP:
             (evt.EVT_ABORTED, self.on_closed),
         ]
 
-    def start(self) -> ThreadedAssociationServer:
-        """Start listening in background threads; returns the server to shut down later."""
+    def start(self, listen_socket: socket.socket | None = None) -> ThreadedAssociationServer:
+        """Start listening in background threads; returns the server to shut down later.
+
+        With ``listen_socket`` (a listener process of ``dicom-node run``), accept on that
+        socket, shared with the other listener processes, instead of binding the port.
+        """
         # Stream each incoming data set to a file instead of holding it in memory,
         # so a large multi-frame instance costs disk, not RAM.
         _config.STORE_RECV_CHUNKED_DATASET = True
         ae = self.application_entity()
-        server = ae.start_server(
-            (self.settings.bind_address, self.settings.port),
-            block=False,
-            evt_handlers=self.handlers(),
-            ssl_context=self.ssl_context,
-        )
+        address = (self.settings.bind_address, self.settings.port)
+        if listen_socket is None:
+            server = ae.start_server(
+                address, block=False, evt_handlers=self.handlers(), ssl_context=self.ssl_context
+            )
+        else:
+            server = ae.make_server(
+                address,
+                evt_handlers=self.handlers(),
+                ssl_context=self.ssl_context,
+                server_class=SharedSocketServer,
+                shared_socket=listen_socket,
+            )
+            threading.Thread(target=server.serve_forever, name="acceptor", daemon=True).start()
         logger.info(
             "listening",
             extra={"called_ae_title": self.settings.ae_title, "peer_address": f"{self.settings.bind_address}:{self.settings.port}"},

@@ -9,6 +9,7 @@ statement runs without the locking clause.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,6 +21,8 @@ from dicom_node.db.models import Job, JobState, Study, StudyState
 from dicom_node.retry import RetryPolicy
 
 OPEN_STATES = (JobState.QUEUED, JobState.RUNNING)
+#: Final states an operator may run again (``jobs retry``).
+FINISHED_STATES = (JobState.DEAD, JobState.CANCELLED, JobState.SUCCEEDED, JobState.SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -134,13 +137,39 @@ def heartbeat(session: Session, job: ClaimedJob, *, lease: timedelta, now: datet
     return result.rowcount == 1
 
 
-def succeed(session: Session, job: ClaimedJob, *, summary: str, now: datetime) -> bool:
-    """Mark the job done; False (and nothing changes) if the lease was lost meanwhile."""
+def succeed(session: Session, job: ClaimedJob, *, summary: str, now: datetime, warnings: Sequence[str] = ()) -> bool:
+    """Mark the job done; False (and nothing changes) if the lease was lost meanwhile.
+
+    ``warnings`` say what the results lack and why (an object that could not be built):
+    the job still succeeded, since the rest of its results go out.
+    """
     result = session.execute(
         update(Job)
         .where(_held(job))
         .values(
             state=JobState.SUCCEEDED,
+            summary=summary,
+            warnings="\n".join(warnings) or None,
+            last_error=None,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def skip(session: Session, job: ClaimedJob, *, reason: str, summary: str | None, now: datetime) -> bool:
+    """The study is not for this analysis (too small, not a head): a final outcome, not a failure.
+
+    Not retried and not dead: nothing went wrong, and running it again would decide the same.
+    """
+    result = session.execute(
+        update(Job)
+        .where(_held(job))
+        .values(
+            state=JobState.SKIPPED,
+            reason=reason[:4000],
             summary=summary,
             last_error=None,
             finished_at=now,
@@ -151,15 +180,28 @@ def succeed(session: Session, job: ClaimedJob, *, summary: str, now: datetime) -
     return result.rowcount == 1
 
 
-def fail(session: Session, job: ClaimedJob, *, error: str, policy: RetryPolicy, now: datetime) -> JobState | None:
-    """Record a failed attempt: queue a retry after the backoff, or dead-letter it.
+def _after_failure(attempts: int, max_attempts: int, policy: RetryPolicy, *, permanent: bool, now: datetime,
+                   retry_at: datetime | None = None) -> dict[str, object]:
+    """The one place that decides requeue or dead letter after a failed attempt.
+
+    A permanent failure (the source data cannot be analysed as sent) is dead at once:
+    another attempt would fail the same way. A transient one is retried after the
+    backoff until the job's or the policy's attempts run out.
+    """
+    if permanent or policy.gives_up_after(attempts) or attempts >= max_attempts:
+        return {"state": JobState.DEAD, "finished_at": now}
+    return {"state": JobState.QUEUED, "next_attempt_at": retry_at or now + policy.delay_after(attempts)}
+
+
+def fail(
+    session: Session, job: ClaimedJob, *, error: str, policy: RetryPolicy, now: datetime, permanent: bool = False
+) -> JobState | None:
+    """Record a failed attempt: queue a retry after the backoff, or dead-letter it
+    (at once when ``permanent``).
 
     Returns the new state, or None if the job was no longer ours.
     """
-    if policy.gives_up_after(job.attempts) or job.attempts >= job.max_attempts:
-        values = {"state": JobState.DEAD, "finished_at": now}
-    else:
-        values = {"state": JobState.QUEUED, "next_attempt_at": now + policy.delay_after(job.attempts)}
+    values = _after_failure(job.attempts, job.max_attempts, policy, permanent=permanent, now=now)
     result = session.execute(
         update(Job)
         .where(_held(job))
@@ -178,10 +220,8 @@ def reap_expired_leases(session: Session, *, policy: RetryPolicy, now: datetime)
     reaped = []
     for row in expired:
         reason = f"lease of worker {row.lease_owner} expired (worker lost)"
-        if policy.gives_up_after(row.attempts) or row.attempts >= row.max_attempts:
-            values = {"state": JobState.DEAD, "finished_at": now}
-        else:
-            values = {"state": JobState.QUEUED, "next_attempt_at": now}
+        # A lost worker is no fault of the study: it is queued again at once, not after a backoff.
+        values = _after_failure(row.attempts, row.max_attempts, policy, permanent=False, now=now, retry_at=now)
         done = session.execute(
             update(Job)
             .where(Job.id == row.id, Job.state == JobState.RUNNING, Job.lease_owner == row.lease_owner)
@@ -193,10 +233,10 @@ def reap_expired_leases(session: Session, *, policy: RetryPolicy, now: datetime)
 
 
 def retry_now(session: Session, job_id: int, *, now: datetime) -> bool:
-    """Operator retry: a finished job (dead, cancelled, succeeded) runs again, attempts reset."""
+    """Operator retry: a finished job (dead, cancelled, succeeded, skipped) runs again, attempts reset."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state.in_((JobState.DEAD, JobState.CANCELLED, JobState.SUCCEEDED)))
+        .where(Job.id == job_id, Job.state.in_(FINISHED_STATES))
         .values(state=JobState.QUEUED, attempts=0, next_attempt_at=now, finished_at=None)
     )
     return result.rowcount == 1
@@ -228,6 +268,8 @@ class JobView:
     lease_owner: str | None
     last_error: str | None
     summary: str | None
+    warnings: list[str]
+    reason: str | None
     created_at: datetime
     finished_at: datetime | None
 
@@ -245,16 +287,22 @@ def _view(job: Job, study_uid: str) -> JobView:
         lease_owner=job.lease_owner,
         last_error=job.last_error,
         summary=job.summary,
+        warnings=job.warnings.splitlines() if job.warnings else [],
+        reason=job.reason,
         created_at=job.created_at,
         finished_at=job.finished_at,
     )
 
 
-def list_jobs(session: Session, *, limit: int = 50, state: JobState | None = None) -> list[JobView]:
-    """The newest jobs first, optionally of one state."""
+def list_jobs(
+    session: Session, *, limit: int = 50, state: JobState | None = None, study_instance_uid: str | None = None
+) -> list[JobView]:
+    """The newest jobs first, optionally of one state or one study."""
     query = select(Job, Study.study_instance_uid).join(Study, Study.id == Job.study_id)
     if state is not None:
         query = query.where(Job.state == state)
+    if study_instance_uid is not None:
+        query = query.where(Study.study_instance_uid == study_instance_uid)
     rows = session.execute(query.order_by(Job.id.desc()).limit(limit)).all()
     return [_view(job, uid) for job, uid in rows]
 

@@ -119,6 +119,7 @@ def decide_study(result: ModelResult, decision: StudyDecision, volume: VolumeLik
         study_probability=probability,
         decision_threshold=decision.threshold,
         slice_probabilities=result.slice_probabilities,
+        gate=result.gate,
     )
 
 
@@ -148,6 +149,7 @@ def combine(study: ModelResult, lesions: ModelResult, *, rule: str = "gate") -> 
         study_probability=probability,
         decision_threshold=study.decision_threshold,
         slice_probabilities=study.slice_probabilities,
+        gate=lesions.gate,
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dicom_node.imaging.geometry import CropResize, prepare_hu, prepare_windowed
-from dicom_node.models.result import fill_holes_2d, label_components
+from dicom_node.imaging.morphology import fill_holes_2d, label_components
 
 #: Window names a card may list; the imaging layer checks them again when windowing.
 KNOWN_WINDOWS = ("brain", "subdural", "bone")

@@ -11,30 +11,24 @@ instance label map, a thresholded probability map) into findings with the same
 post-processing for every model: in-plane hole filling, 3D connected components,
 removal of components below a minimum volume, and the measurements.
 
-Connected components are computed here in numpy rather than with
-``scipy.ndimage.label`` because scipy is not a dependency of the node. The
-labelling works on runs (maximal stretches of foreground along the last axis):
-a head CT has a few runs per image row, so the union-find runs over tens of
-thousands of runs instead of millions of voxels, and every step is vectorised.
-
-The volume is described by the :class:`VolumeLike` protocol because two kinds
-of volume are measured: :class:`dicom_node.imaging.volume.CTVolume` (DICOM) and
-the training readers' pseudo-volumes of PNG and NIfTI data, which have no
-DICOM provenance.
+Connected components and hole filling come from
+:mod:`dicom_node.imaging.morphology`, the one module for region operations.
+The volume is described by the :class:`VolumeLike` protocol, which
+:class:`dicom_node.imaging.volume.CTVolume` and the training readers'
+pseudo-volumes of PNG and NIfTI data satisfy.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
-#: Fill holes a chunk of this many slices at a time, to bound temporary memory.
-_SLICES_PER_CHUNK = 32
+from dicom_node.imaging.morphology import bounding_box, fill_holes_2d, label_components
 
 
 class VolumeLike(Protocol):
@@ -89,6 +83,16 @@ class LabelledFindings(NamedTuple):
     findings: tuple[LesionFinding, ...]
 
 
+@dataclass(frozen=True)
+class GateReport:
+    """What the intracranial gate (:mod:`dicom_node.models.gating`) did to a result's findings."""
+
+    kept: int
+    dropped: int  # mostly outside the skull
+    clipped_voxels: int  # voxels of kept findings that lay outside
+    skull_found: bool = True  # False: no intracranial space found, nothing was gated
+
+
 @dataclass(frozen=True, eq=False)
 class ModelResult:
     """The common output of every model; ``positive`` follows from the probability."""
@@ -101,6 +105,7 @@ class ModelResult:
     study_probability: float
     decision_threshold: float
     slice_probabilities: np.ndarray | None = None
+    gate: GateReport | None = None  # None: the result did not pass the intracranial gate
 
     def __post_init__(self) -> None:
         if self.label_map.ndim != 3:
@@ -125,200 +130,6 @@ class ModelResult:
     def positive(self) -> bool:
         """The study-level call: probability at or above the model's decision threshold."""
         return self.study_probability >= self.decision_threshold
-
-
-#: Find runs this many voxels at a time, to bound the temporary int8 copies.
-_VOXELS_PER_RUN_CHUNK = 1 << 22
-
-
-@dataclass(frozen=True)
-class _Runs:
-    """The foreground runs of an array along its last axis, in raster order."""
-
-    leading: tuple[int, ...]  # the shape without the last axis
-    width: int  # the length of the last axis
-    line: np.ndarray  # flat index of the run's line in the leading shape
-    start: np.ndarray  # first voxel of the run
-    end: np.ndarray  # one past its last voxel
-
-    @classmethod
-    def of(cls, mask: np.ndarray) -> _Runs:
-        width = mask.shape[-1]
-        lines = mask.reshape(-1, width)
-        per_chunk = max(1, _VOXELS_PER_RUN_CHUNK // (width + 2))
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for first in range(0, lines.shape[0], per_chunk):
-            chunk = lines[first : first + per_chunk]
-            padded = np.zeros((chunk.shape[0], width + 2), dtype=np.int8)
-            padded[:, 1:-1] = chunk
-            edges = np.diff(padded, axis=1)
-            start_line, start = np.nonzero(edges == 1)
-            _, end = np.nonzero(edges == -1)
-            parts.append((start_line + first, start, end))
-        line, start, end = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        return cls(leading=tuple(mask.shape[:-1]), width=width, line=line, start=start, end=end)
-
-    @property
-    def n_lines(self) -> int:
-        return int(np.prod(self.leading, dtype=np.int64))
-
-    def components(self, connect_axes: Sequence[int] | None) -> tuple[np.ndarray, int]:
-        """A component number (1..n, raster order of first run) for every run, and n."""
-        n_runs = self.line.size
-        if n_runs == 0:
-            return np.zeros(0, dtype=np.int32), 0
-        leading, width = self.leading, self.width
-        axes = range(len(leading)) if connect_axes is None else connect_axes
-        if any(not 0 <= a < len(leading) for a in axes):
-            raise ValueError("connect_axes must name axes other than the last one")
-        # One global ordering of runs by (line, position), for searchsorted.
-        key_stride = width + 2
-        start_key = self.line * key_stride + self.start
-        end_key = self.line * key_stride + self.end
-        line_strides = np.cumprod((1,) + leading[::-1])[:-1][::-1]
-        line_coords = np.unravel_index(self.line, leading)
-
-        sources: list[np.ndarray] = []
-        targets: list[np.ndarray] = []
-        for axis in axes:
-            runs = np.flatnonzero(line_coords[axis] < leading[axis] - 1)
-            target_line = self.line[runs] + line_strides[axis]
-            # The runs of the next line along ``axis`` that overlap [start, end)
-            # form a contiguous range of the ordering: [lo, hi).
-            lo = np.searchsorted(end_key, target_line * key_stride + self.start[runs], side="right")
-            hi = np.searchsorted(start_key, target_line * key_stride + self.end[runs], side="left")
-            counts = np.maximum(hi - lo, 0)
-            total = int(counts.sum())
-            if total == 0:
-                continue
-            sources.append(np.repeat(runs, counts))
-            offsets = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-            targets.append(np.arange(total) + offsets)
-
-        parent = np.arange(n_runs)
-        if sources:
-            a = np.concatenate(sources)
-            b = np.concatenate(targets)
-            # Union-find, vectorised: hook every root to the smallest root it
-            # touches, then compress paths fully, until every edge joins equal roots.
-            while True:
-                root_a, root_b = parent[a], parent[b]
-                differ = root_a != root_b
-                if not differ.any():
-                    break
-                low = np.minimum(root_a[differ], root_b[differ])
-                np.minimum.at(parent, root_a[differ], low)
-                np.minimum.at(parent, root_b[differ], low)
-                while True:
-                    grand = parent[parent]
-                    if np.array_equal(grand, parent):
-                        break
-                    parent = grand
-        roots, run_labels = np.unique(parent, return_inverse=True)
-        return run_labels.astype(np.int32) + 1, int(roots.size)
-
-    def paint(self, values: np.ndarray, dtype: type, where: np.ndarray | None = None) -> np.ndarray:
-        """An array of the mask's shape holding ``values[r]`` on run ``r`` (0 elsewhere).
-
-        Differences at run starts and ends, then one cumulative sum per line:
-        no per-voxel index arrays, which would cost 8 bytes per voxel.
-        """
-        line, start, end = self.line, self.start, self.end
-        if where is not None:
-            line, start, end, values = line[where], start[where], end[where], values[where]
-        painted = np.zeros((self.n_lines, self.width), dtype=dtype)
-        painted[line, start] = values
-        inside = end < self.width  # a run reaching the line's end needs no closing step
-        painted[line[inside], end[inside]] -= values[inside]
-        np.cumsum(painted, axis=1, out=painted)
-        return painted.reshape(self.leading + (self.width,))
-
-
-def label_components(
-    mask: np.ndarray, *, connect_axes: Sequence[int] | None = None
-) -> tuple[np.ndarray, int]:
-    """Face-connected components of a boolean array: (int32 labels 1..n, n).
-
-    Labels are numbered in raster order of each component's first voxel.
-    ``connect_axes`` lists the axes, other than the last one, along which
-    neighbours connect (default: all, i.e. 6-connectivity in 3D). Pass ``(1,)``
-    for a ``(slices, rows, cols)`` stack to label each slice on its own.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim < 1:
-        raise ValueError("mask must have at least one dimension")
-    if mask.ndim == 1:
-        mask2 = mask[None]
-        labels, n = label_components(mask2, connect_axes=())
-        return labels[0], n
-    runs = _Runs.of(mask)
-    run_labels, n = runs.components(connect_axes)
-    return runs.paint(run_labels, np.int32), n
-
-
-def _bounding_slices(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
-    """The smallest box holding every True voxel, widened by ``pad``; None if empty."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other))
-        if present.size == 0:
-            return None
-        box.append(slice(max(0, present[0] - pad), min(mask.shape[axis], present[-1] + 1 + pad)))
-    return tuple(box)
-
-
-def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
-    """Fill the holes of each slice of a ``(slices, rows, cols)`` mask (or one 2D mask).
-
-    A hole is background that cannot reach the slice's border through
-    background (4-connectivity). Done per slice because what matters is what
-    the reader sees enclosed on an axial image, and because a head's openings
-    (foramen magnum) would make 3D filling leak.
-    """
-    squeeze = mask.ndim == 2
-    mask3 = np.asarray(mask, dtype=bool)[None] if squeeze else np.asarray(mask, dtype=bool)
-    if mask3.ndim != 3:
-        raise ValueError("fill_holes_2d takes (rows, cols) or (slices, rows, cols)")
-    filled = mask3.copy()
-    box = _bounding_slices(mask3.any(axis=0), pad=1)
-    if box is not None:
-        rows, cols = box
-        for first in range(0, mask3.shape[0], _SLICES_PER_CHUNK):
-            chunk = slice(first, first + _SLICES_PER_CHUNK)
-            background = _Runs.of(~mask3[chunk, rows, cols])
-            run_labels, n = background.components(connect_axes=(1,))
-            # Background touching the box's border is outside (the box is padded
-            # by one pixel, or is the image border itself).
-            row = np.unravel_index(background.line, background.leading)[1]
-            touches = (row == 0) | (row == background.leading[1] - 1)
-            touches |= (background.start == 0) | (background.end == background.width)
-            outside = np.zeros(n + 1, dtype=bool)
-            outside[run_labels[touches]] = True
-            holes = ~outside[run_labels]
-            if holes.any():
-                ones = np.ones(run_labels.size, dtype=np.int8)
-                filled[chunk, rows, cols] |= background.paint(ones, np.int8, where=holes).view(bool)
-    return filled[0] if squeeze else filled
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest face-connected component of a boolean array (all False if empty).
-
-    Chosen from the runs' lengths and painted as booleans, so that no int32
-    label image of the whole (possibly 1000-slice) mask is ever made.
-    """
-    out = np.zeros(mask.shape, dtype=bool)
-    box = _bounding_slices(np.asarray(mask, dtype=bool))
-    if box is None:
-        return out
-    runs = _Runs.of(np.asarray(mask[box], dtype=bool))
-    run_labels, n = runs.components(connect_axes=None)
-    sizes = np.bincount(run_labels, weights=runs.end - runs.start, minlength=n + 1)
-    largest = int(np.argmax(sizes[1:])) + 1
-    ones = np.ones(run_labels.size, dtype=np.int8)
-    out[box] = runs.paint(ones, np.int8, where=run_labels == largest).view(bool)
-    return out
 
 
 def _feret_diameter_mm(rows: np.ndarray, cols: np.ndarray, dy: float, dx: float) -> float:
@@ -412,7 +223,7 @@ def findings_from_labels(
     if fill_holes:
         mask = fill_holes_2d(mask)
     out = np.zeros(label_map.shape, dtype=np.uint8)
-    box = _bounding_slices(mask)
+    box = bounding_box(mask)
     if box is None:
         return LabelledFindings(label_map=out, findings=())
 

@@ -37,14 +37,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dicom_node.models.result import (
-    ModelKind,
-    ModelResult,
-    VolumeLike,
-    fill_holes_2d,
-    findings_from_labels,
-    largest_component,
-)
+from dicom_node.imaging.morphology import farther_than, fill_holes_2d, largest_component
+from dicom_node.models.result import ModelKind, ModelResult, VolumeLike, findings_from_labels
 
 #: Work this many slices at a time in the slice-wise steps, to bound temporary memory.
 _SLICES_PER_CHUNK = 16
@@ -75,34 +69,6 @@ class ThresholdParameters:
             raise ValueError("decision_threshold must be in (0, 1]")
 
 
-def _farther_than(inside: np.ndarray, dy: float, dx: float, radius_mm: float) -> np.ndarray:
-    """True where ``inside`` voxels are more than ``radius_mm`` (in-plane, Euclidean) from outside.
-
-    An exact erosion by a disc, done as boolean tests: first each pixel's
-    distance to the nearest outside pixel in its own column (two cumulative
-    scans); then a pixel is kept when, for every column offset ``o`` within the
-    radius, the outside pixels of column ``j + o`` are farther than
-    ``sqrt(r^2 - (o dx)^2)`` vertically. Beyond the image border counts as outside.
-    """
-    _, rows, cols = inside.shape
-    index_type = np.int16 if rows < np.iinfo(np.int16).max else np.int32
-    index = np.arange(rows, dtype=index_type)[None, :, None]
-    last_outside = np.where(inside, index_type(-1), index)
-    np.maximum.accumulate(last_outside, axis=1, out=last_outside)
-    next_outside = np.where(inside, index_type(rows), index)[:, ::-1]
-    np.minimum.accumulate(next_outside, axis=1, out=next_outside)
-    vertical = np.minimum(index - last_outside, next_outside[:, ::-1] - index)
-    del last_outside, next_outside
-    kept = vertical > radius_mm / dy
-    for offset in range(1, min(int(radius_mm // dx), cols - 1) + 1):
-        reach = math.sqrt(max(radius_mm**2 - (offset * dx) ** 2, 0.0)) / dy
-        kept[:, :, offset:] &= vertical[:, :, :-offset] > reach
-        kept[:, :, :-offset] &= vertical[:, :, offset:] > reach
-        kept[:, :, :offset] = False
-        kept[:, :, -offset:] = False
-    return kept
-
-
 def _smooth_in_plane(hu: np.ndarray) -> np.ndarray:
     """3x3 in-plane mean (edges repeated), float32."""
     padded = np.pad(hu.astype(np.float32), ((0, 0), (1, 1), (1, 1)), mode="edge")
@@ -124,7 +90,7 @@ def intracranial_mask(volume: VolumeLike, *, parameters: ThresholdParameters) ->
         return cavity
     for first in range(0, hu.shape[0], _SLICES_PER_CHUNK):
         part = cavity[first : first + _SLICES_PER_CHUNK]
-        part[...] = _farther_than(part, dy, dx, parameters.margin_mm)
+        part[...] = farther_than(part, dy, dx, parameters.margin_mm)
     return cavity
 
 

@@ -2,9 +2,9 @@
 
 Every code is taken from the code dictionaries that ship with pydicom (the
 same tables highdicom uses, generated from PS3.16), so that value, scheme and
-meaning are the standard's and never typed by hand. The one exception is the
-UCUM unit for millilitres, which those dictionaries do not hold; it is spelled
-out below with the reason.
+meaning are the standard's and never typed by hand. The two exceptions are the
+UCUM unit for millilitres and TID 1500's "Qualitative Evaluations" container,
+which those dictionaries do not hold; they are spelled out below with the reason.
 
 Choices worth knowing (each checked against the dictionaries, PS3.16 CIDs in
 brackets):
@@ -62,13 +62,19 @@ CT_UNSPECIFIED_BODY_REGION: Code = codes.cid100.CTUnspecifiedBodyRegion
 PRESENT: Code = codes.SCT.Present
 ABSENT: Code = codes.SCT.Absent
 
-#: Measurement concepts of a lesion (TID 1411) and of the study (TID 1501).
+#: Measurement concepts of a lesion (TID 1410, TID 1411) and the name of the study probability.
 VOLUME: Code = codes.SCT.Volume
 LONG_AXIS: Code = codes.SCT.LongAxis
 ATTENUATION_COEFFICIENT: Code = codes.DCM.AttenuationCoefficient
 MEAN: Code = codes.SCT.Mean
 CERTAINTY_OF_FINDING: Code = codes.DCM.CertaintyOfFinding
 PROBABILITY: Code = codes.DCM.Probability
+
+#: TID 1500 row 12, the container of the study-level call. pydicom's
+#: dictionaries do not hold this UMLS concept; the code is the one PS3.16
+#: TID 1500 gives for the row.
+#: Its TEXT rows also say which result object is missing, and why.
+QUALITATIVE_EVALUATIONS: Code = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 #: UCUM units. pydicom's dictionaries have no plain millilitre (only compound
 #: units such as ml/min); "mL" is the UCUM case-sensitive symbol for it.

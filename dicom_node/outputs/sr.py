@@ -4,21 +4,33 @@ Structure (PS3.16 TID 1500), as built by highdicom:
 
 * observation context (TID 1001/1002/1004): the node as a device observer;
 * procedure reported: LOINC "CT unspecified body region" (CID 100; see codes);
-* Imaging Measurements, in the order of TID 1500's rows (row 8, TID 1411, before
-  row 9, TID 1501; PS3.16 chapter 6: an order-significant template's items are
-  encoded in row order):
-  - one group per lesion (TID 1411) that references its segment in our SEG
-    (TID 1411 "Referenced Segment") and holds volume (mL), long axis (mm), mean
-    attenuation (HU) and certainty of finding (unit "1");
-  - always one study-level group (TID 1501), last: the qualitative evaluation
-    "Intracranial hemorrhage: Present/Absent" and the study probability (unit "1").
+* Imaging Measurements (row 6), in the order of TID 1500's rows (PS3.16
+  chapter 6: an order-significant template's items are encoded in row order),
+  two groups per lesion that share the lesion's tracking identifier and UID
+  (the segment's), because they describe one finding:
+  - first every lesion's TID 1410 planar group (row 7): an "Image Region"
+    SCOORD, a closed POLYLINE round the lesion's pixels on its key slice (the
+    slice of the long axis, which the key images show), SELECTED FROM that CT
+    image, with the finding type and site but no measurement;
+  - then every lesion's TID 1411 volumetric group (row 8): it references the
+    lesion's segment in our SEG and holds the measurements, each once: volume
+    (mL), long axis (mm), mean attenuation (HU) and certainty of finding
+    (unit "1").
+  Viewers display an SR through the spatial coordinates of its groups: OHIF
+  merges the groups that share a tracking UID and draws the outline labelled
+  with the numbers of both, so the lesion appears once, with its volume. Had
+  the outline group repeated the numbers, OHIF would list each twice;
+* Qualitative Evaluations (row 12): the study-level call, "Intracranial
+  hemorrhage: Present/Absent" (row 13, CODE), and the study probability as
+  text (row 14: the container has no NUM row). It sits outside Imaging
+  Measurements because a viewer expects a shape in every measurement group
+  there (OHIF 3.13 crashed on a study group without one). highdicom 0.28
+  builds only Imaging Measurements, so this container is made of highdicom
+  content items and appended to the root container.
 
-A negative study gets the study-level group only. TID 1500 requires content in
-Imaging Measurements, Derived Imaging Measurements or Qualitative Evaluations;
-highdicom 0.28 implements only Imaging Measurements, so the study-level
-statement is a TID 1501 group there, which is also where a viewer lists it next
-to the lesion groups. Readers find it by its template (TID 1501) or tracking
-identifier, not by position.
+A negative study gets Qualitative Evaluations only, which TID 1500 allows
+(one of rows 6, 10 or 12 is required). Count lesions by tracking UID, not by
+measurement group.
 
 The report is PRELIMINARY and UNVERIFIED (PS3.3 C.17.2): no person has signed it.
 Source images and the SEG are recorded in the Current Requested Procedure
@@ -32,14 +44,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
+import numpy as np
+from highdicom.sr.templates import DEFAULT_LANGUAGE
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as sr_codes
 from pydicom.uid import SegmentationStorage
 
 from dicom_node.outputs import codes
+from dicom_node.outputs.outline import outer_outline
 from dicom_node.outputs.seg import AlgorithmInfo, Equipment, with_patient_study_type2
 
-#: Human-readable tracking identifier of the study-level group (TID 4108).
-STUDY_TRACKING_ID = "ICH study assessment"
+#: Significant digits of the study probability, written as text (Qualitative Evaluations has no NUM row).
+PROBABILITY_DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -94,33 +110,43 @@ def build_report(
     algorithm: AlgorithmInfo,
     equipment: Equipment,
     device_observer_uid: str,
-    study_tracking_uid: str,
     series_instance_uid: str,
     series_number: int,
     series_description: str,
     sop_instance_uid: str,
     instance_number: int = 1,
+    missing: Sequence[str] = (),
+    previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of one study, referencing ``segmentation`` for each lesion.
 
-    Each lesion group takes its tracking identifier and UID, and its finding
-    type, from the segment it references, so the SR and the SEG name a lesion
-    the same way and a subtype coded in the SEG is reported as such. Lesions
+    Each lesion's groups take their tracking identifier and UID, and their
+    finding type, from the segment they reference, so the SR and the SEG name
+    a lesion the same way and a subtype coded in the SEG is reported as such.
+    The outline is traced from the SEG's own frame of that segment on the key
+    slice, so the drawing and the overlay agree pixel for pixel. Lesions
     therefore need the SEG; a negative study may pass ``segmentation=None``.
+
+    ``missing`` are sentences saying which result object could not be made and
+    why; each becomes a TEXT item of the study-level Qualitative Evaluations
+    container, so the reader of the report learns it too.
+    ``previous_versions`` are the earlier reports of this study that this one
+    replaces (their UIDs suffice): the Predecessor Documents Sequence names them.
     """
     if not source_images:
         raise ValueError("the report needs the source images as evidence")
     algorithm_id = algorithm.to_template()
-    groups: list[
-        hd.sr.MeasurementsAndQualitativeEvaluations
-        | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    ] = [*_lesion_groups(lesions, segmentation, source_images, algorithm_id)]
-    groups.append(_study_group(assessment, algorithm_id, study_tracking_uid))
-    report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(equipment, device_observer_uid),
-        procedure_reported=codes.CT_UNSPECIFIED_BODY_REGION,
-        imaging_measurements=groups,
+    groups = _lesion_groups(lesions, segmentation, source_images, algorithm_id)
+    report = (
+        hd.sr.MeasurementReport(
+            observation_context=_observation_context(equipment, device_observer_uid),
+            procedure_reported=codes.CT_UNSPECIFIED_BODY_REGION,
+            imaging_measurements=groups,
+        )
+        if groups
+        else _report_without_measurements(equipment, device_observer_uid)
     )
+    report[0].ContentSequence.append(_qualitative_evaluations(assessment, missing))
     evidence = [
         with_patient_study_type2(source_images[0]),
         *source_images[1:],
@@ -139,7 +165,68 @@ def build_report(
         is_complete=True,
         is_final=False,
         is_verified=False,
+        previous_versions=list(previous_versions) or None,
     )
+
+
+def _report_without_measurements(equipment: Equipment, device_observer_uid: str) -> hd.sr.ContentSequence:
+    """Rows 1-4 of TID 1500 (title, language, observation context, procedure) and nothing else.
+
+    highdicom 0.28's MeasurementReport insists on at least one Imaging
+    Measurements group; a negative study has none (its call goes to
+    Qualitative Evaluations), so its root container is made here with the
+    same content items highdicom would use.
+    """
+    root = hd.sr.ContainerContentItem(name=sr_codes.cid7021.ImagingMeasurementReport, template_id="1500")
+    root.ContentSequence = hd.sr.ContentSequence(
+        [
+            *hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE),
+            *_observation_context(equipment, device_observer_uid),
+            hd.sr.CodeContentItem(
+                name=sr_codes.DCM.ProcedureReported,
+                value=codes.CT_UNSPECIFIED_BODY_REGION,
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+            ),
+        ]
+    )
+    return hd.sr.ContentSequence([root], is_root=True)
+
+
+def _qualitative_evaluations(assessment: StudyAssessment, missing: Sequence[str] = ()) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: the study-level call (row 13, CODE) and its probability (row 14, TEXT).
+
+    The probability is text because this container has no NUM row; it is
+    written with the concept "Probability" so that it is still found by name.
+    Each sentence of ``missing`` (a result object that could not be made, and
+    why) follows as another row 14 TEXT item.
+    """
+    presence = codes.PRESENT if assessment.hemorrhage_present else codes.ABSENT
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.CodeContentItem(
+                name=codes.INTRACRANIAL_HEMORRHAGE,
+                value=presence,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            ),
+            hd.sr.TextContentItem(
+                name=codes.PROBABILITY,
+                value=f"{assessment.probability:.{PROBABILITY_DIGITS}g}",
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            ),
+            *(
+                hd.sr.TextContentItem(
+                    name=codes.QUALITATIVE_EVALUATIONS,
+                    value=sentence,
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
+                for sentence in missing
+            ),
+        ]
+    )
+    return container
 
 
 def _lesion_groups(
@@ -147,22 +234,36 @@ def _lesion_groups(
     segmentation: Dataset | None,
     source_images: Sequence[Dataset],
     algorithm_id: hd.sr.AlgorithmIdentification,
-) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
-    """One TID 1411 group per lesion, each bound to its segment of ``segmentation``."""
+) -> list[
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+]:
+    """Every lesion's TID 1410 outline group, then every lesion's TID 1411 segment group (row order)."""
     if not lesions:
         return []
     if segmentation is None:
         raise ValueError("lesion groups (TID 1411) reference a SEG segment: pass the segmentation")
     segments = _segments_by_number(segmentation, source_images)
-    groups = []
     for lesion in lesions:
-        segment = segments.get(lesion.segment_number)
-        if segment is None:
+        if lesion.segment_number not in segments:
             raise ValueError(f"lesion {lesion.segment_number} has no segment of that number in the SEG")
-        groups.append(
-            _lesion_group(lesion, segment, segmentation, source_images[0].SeriesInstanceUID, algorithm_id)
+        if "TrackingUID" not in segments[lesion.segment_number] or "TrackingID" not in segments[lesion.segment_number]:
+            raise ValueError(
+                f"segment {lesion.segment_number} has no TrackingID/TrackingUID: build the SEG from SegmentSpecs"
+            )
+        if lesion.key_slice_index >= len(source_images):
+            raise ValueError(f"lesion {lesion.segment_number}'s key slice is not one of the source images")
+    seg = hd.seg.Segmentation.from_dataset(segmentation, copy=False)
+    planar = [
+        _planar_group(lesion, segments[lesion.segment_number], seg, source_images, algorithm_id)
+        for lesion in lesions
+    ]
+    volumetric = [
+        _volumetric_group(
+            lesion, segments[lesion.segment_number], segmentation, source_images[0].SeriesInstanceUID, algorithm_id
         )
-    return groups
+        for lesion in lesions
+    ]
+    return [*planar, *volumetric]
 
 
 def _segments_by_number(segmentation: Dataset, source_images: Sequence[Dataset]) -> dict[int, Dataset]:
@@ -191,33 +292,53 @@ def _observation_context(equipment: Equipment, device_observer_uid: str) -> hd.s
     )
 
 
-def _study_group(
-    assessment: StudyAssessment,
+def _tracking(segment: Dataset) -> hd.sr.TrackingIdentifier:
+    """The lesion's tracking identifier and UID, the segment's: both of its groups are one finding."""
+    return hd.sr.TrackingIdentifier(uid=segment.TrackingUID, identifier=segment.TrackingID)
+
+
+def _planar_group(
+    lesion: LesionMeasurement,
+    segment: Dataset,
+    segmentation: hd.seg.Segmentation,
+    source_images: Sequence[Dataset],
     algorithm_id: hd.sr.AlgorithmIdentification,
-    study_tracking_uid: str,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501: "Intracranial hemorrhage: Present/Absent" and the study probability."""
-    presence = codes.PRESENT if assessment.hemorrhage_present else codes.ABSENT
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=study_tracking_uid, identifier=STUDY_TRACKING_ID),
-        finding_type=codes.INTRACRANIAL_HEMORRHAGE,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 for one lesion: its outline on the key slice, SELECTED FROM that image.
+
+    No measurement: they are in the lesion's TID 1411 group, under the same
+    tracking UID, so that each number is stated once.
+    """
+    image = source_images[lesion.key_slice_index]
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=outer_outline(_segment_mask(segmentation, lesion, image.SOPInstanceUID)),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=image.SOPClassUID, referenced_sop_instance_uid=image.SOPInstanceUID
+        ),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(segment),
+        referenced_region=region,
+        finding_type=hd.sr.CodedConcept.from_dataset(segment.SegmentedPropertyTypeCodeSequence[0]),
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         algorithm_id=algorithm_id,
         finding_sites=[hd.sr.FindingSite(codes.BRAIN)],
-        measurements=[
-            hd.sr.Measurement(
-                name=codes.PROBABILITY,
-                value=assessment.probability,
-                unit=codes.NO_UNITS,
-                algorithm_id=algorithm_id,
-            )
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=codes.INTRACRANIAL_HEMORRHAGE, value=presence)
-        ],
     )
 
 
-def _lesion_group(
+def _segment_mask(segmentation: hd.seg.Segmentation, lesion: LesionMeasurement, sop_instance_uid: str) -> np.ndarray:
+    """The lesion's segment on one source image, read from the SEG (an empty frame if it has none there)."""
+    pixels = segmentation.get_pixels_by_source_instance(
+        source_sop_instance_uids=[sop_instance_uid], segment_numbers=[lesion.segment_number]
+    )
+    mask = pixels[0, :, :, 0] > 0
+    if not mask.any():
+        raise ValueError(f"lesion {lesion.segment_number} has no voxel on its key slice {lesion.key_slice_index}")
+    return mask
+
+
+def _volumetric_group(
     lesion: LesionMeasurement,
     segment: Dataset,
     segmentation: Dataset,
@@ -225,10 +346,6 @@ def _lesion_group(
     algorithm_id: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     """TID 1411 for one lesion, referencing its segment (not ``from_segmentation``: see NOTES.md)."""
-    if "TrackingUID" not in segment or "TrackingID" not in segment:
-        raise ValueError(
-            f"segment {lesion.segment_number} has no TrackingID/TrackingUID: build the SEG from SegmentSpecs"
-        )
     referenced_segment = hd.sr.ReferencedSegment(
         sop_class_uid=segmentation.SOPClassUID,
         sop_instance_uid=segmentation.SOPInstanceUID,
@@ -236,7 +353,7 @@ def _lesion_group(
         source_series=hd.sr.SourceSeriesForSegmentation(source_series_instance_uid),
     )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.TrackingUID, identifier=segment.TrackingID),
+        tracking_identifier=_tracking(segment),
         referenced_segment=referenced_segment,
         finding_type=hd.sr.CodedConcept.from_dataset(segment.SegmentedPropertyTypeCodeSequence[0]),
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,

@@ -115,6 +115,12 @@ class JobUids:
             raise ValueError("segment numbers start at 1 (PS3.3 C.8.20.2)")
         return derived_uid(self.uid_root, self.job_key, "tracking", str(segment_number))
 
-    def study_tracking(self) -> str:
-        """Tracking UID of the study-level measurement group of the SR."""
-        return derived_uid(self.uid_root, self.job_key, "tracking", "study")
+
+def frame_of_reference_uid(uid_root: str, series_instance_uid: str) -> str:
+    """The Frame of Reference UID we give a source series that was sent without one.
+
+    Derived from the series alone (not the job), so every job and generation of
+    that series, and each of its objects (SEG, SR, key images), names the same
+    frame of reference: the one the series' own positions were measured in.
+    """
+    return derived_uid(uid_root, "frame-of-reference", series_instance_uid)

@@ -206,8 +206,13 @@ def serve_outbox(
             if result.stored:
                 sent.setdefault(delivery.study_instance_uid, []).append(delivery.sop_instance_uid)
             else:
+                peer = peers[name]
+                if state == DeliveryState.DEAD:
+                    then = f"given up after {delivery.attempts + 1} attempts (`dicom-node resend` sends it again)"
+                else:
+                    then = f"next try at {now + policy.delay_after(delivery.attempts + 1):%Y-%m-%d %H:%M:%S} UTC"
                 logger.warning(
-                    f"delivery failed: {result.detail}",
+                    f"delivery to {name} ({peer.ae_title}@{peer.host}:{peer.port}) failed: {result.detail}; {then}",
                     extra={"destination": name, "sop_instance_uid": delivery.sop_instance_uid},
                 )
 
@@ -277,3 +282,26 @@ def requeue_job_outputs(
                 .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, last_error=None)
             ).rowcount
     return count
+
+
+def cancel_pending(session: Session, *, destination: str, now: datetime) -> int:
+    """Cancel every pending delivery to ``destination``; returns how many.
+
+    For a destination removed from the configuration: its rows would otherwise wait
+    forever (the outbox serves only configured names) and show in ``status``. A claim
+    held by a sender right now loses to this: the sender's record finds the row no
+    longer pending and records nothing.
+    """
+    return int(
+        session.execute(
+            update(Delivery)
+            .where(Delivery.destination == destination, Delivery.state == DeliveryState.PENDING)
+            .values(
+                state=DeliveryState.CANCELLED,
+                claimed_by=None,
+                claimed_until=None,
+                last_error=f"cancelled by an operator at {now:%Y-%m-%d %H:%M:%S} UTC",
+            )
+        ).rowcount
+        or 0
+    )

@@ -142,13 +142,14 @@ def send(
         peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
     )
     if not assoc.is_established:
+        where = f"{peer.ae_title}@{peer.host}:{peer.port}"  # what to check, named in the error
         if assoc.is_rejected:
-            why = "association rejected"
+            why = f"association rejected by {where}"
         elif assoc.rejected_contexts and not assoc.accepted_contexts:
             # pynetdicom aborts an association in which the peer accepted nothing.
-            why = "presentation context refused by the peer"
+            why = f"presentation context refused by the peer {where}"
         else:
-            why = "association aborted or peer unreachable"
+            why = f"association aborted or peer unreachable ({where})"
         for item in items:
             emit(SendResult(item.key, False, None, why))
         return results

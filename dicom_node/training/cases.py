@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dicom_node.models.inputs import InputSpec, ModelSlice, slice_from_hu
-from dicom_node.models.result import label_components
+from dicom_node.imaging.morphology import label_components
 
 #: One training slice: (model slice, model-size instance map, label, annotated, key, group).
 SliceItem = tuple[ModelSlice, np.ndarray, int, bool, str, str]

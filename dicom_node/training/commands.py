@@ -108,6 +108,9 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="Slices per inference batch.")] = 16,
         write_card: Annotated[bool, typer.Option(help="Write the figures and plots into the model directory.")] = True,
         seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of NIfTI/DICOM splits.")] = 0,
+        gate: Annotated[
+            bool, typer.Option("--gate", help="Restrict findings to the intracranial space first, as the node does.")
+        ] = False,
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Evaluate a model (or the threshold baseline) and print a table of its figures."""
@@ -120,8 +123,8 @@ def register(app: typer.Typer) -> None:
         if model is not None:
             report = evaluate(
                 model, data, splits=chosen, device=device, batch_size=batch_size,
-                write_card=write_card, seed=seed,
+                write_card=write_card, seed=seed, gate=gate,
             )
         else:
-            report = evaluate_threshold(data, splits=chosen, seed=seed)
+            report = evaluate_threshold(data, splits=chosen, seed=seed, gate=gate)
         typer.echo(format_table(report))

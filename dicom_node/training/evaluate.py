@@ -198,8 +198,13 @@ def evaluate(
     write_card: bool = True,
     seed: int = 0,
     resamples: int = 2000,
+    gate: bool = False,
 ) -> EvaluationReport:
-    """Evaluate the model in ``model_dir`` on ``data``; write figures and plots into its directory."""
+    """Evaluate the model in ``model_dir`` on ``data``; write figures and plots into its directory.
+
+    ``gate``: restrict the findings to the intracranial space first
+    (:mod:`dicom_node.models.gating`), as the node does.
+    """
     from dicom_node.models.registry import load_model
     from dicom_node.models.runner import Runner
 
@@ -212,6 +217,8 @@ def evaluate(
             return runner.predict_windowed(case.windowed, case.volume)
         return runner.predict(case.volume)
 
+    if gate:
+        predict = _gated(predict)
     reports = [
         evaluate_cases(
             split,
@@ -223,7 +230,7 @@ def evaluate(
         )
         for split in (splits or _default_splits(data))
     ]
-    report = EvaluationReport(model=str(model_dir), data=str(data), splits=reports)
+    report = EvaluationReport(model=str(model_dir) + (" (gated)" if gate else ""), data=str(data), splits=reports)
     if write_card:
         report.files = write_figures(report, model_dir, loaded.card.name)
         card = loaded.card.with_metrics(
@@ -245,23 +252,38 @@ def evaluate_threshold(
     seed: int = 0,
     resamples: int = 2000,
     model: ThresholdModel | None = None,
+    gate: bool = False,
 ) -> EvaluationReport:
     """Evaluate the HU threshold baseline the same way (PNG data get pseudo-HU, see data.pseudo_hu)."""
     data = Path(data)
-    model = model or ThresholdModel()
+    baseline = model or ThresholdModel()
     spec = InputSpec()
+    predict: Predict = lambda case: baseline.predict(case.volume)  # noqa: E731
+    if gate:
+        predict = _gated(predict)
     reports = [
         evaluate_cases(
             split,
             evaluation_cases(data, spec, split=split, seed=seed),
-            lambda case: model.predict(case.volume),
-            decision_threshold=model.parameters.decision_threshold,
+            predict,
+            decision_threshold=baseline.parameters.decision_threshold,
             resamples=resamples,
             seed=seed,
         )
         for split in (splits or _default_splits(data))
     ]
-    return EvaluationReport(model="threshold", data=str(data), splits=reports)
+    return EvaluationReport(model="threshold" + (" (gated)" if gate else ""), data=str(data), splits=reports)
+
+
+def _gated(predict: Predict) -> Predict:
+    """``predict`` followed by the intracranial gate, with the space found on the case's own volume."""
+    from dicom_node.imaging.anatomy import intracranial_space
+    from dicom_node.models.gating import gate_result
+
+    def gated(case: Case) -> ModelResult:
+        return gate_result(predict(case), case.volume, intracranial_space(case.volume))
+
+    return gated
 
 
 def evaluate_combination(

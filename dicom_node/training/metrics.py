@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_node.models.result import label_components
+from dicom_node.imaging.morphology import label_components
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dicom_node.imaging.morphology import fill_holes_2d, label_components
 from dicom_node.models.inputs import InputSpec
-from dicom_node.models.result import fill_holes_2d, label_components
 from dicom_node.training.cases import Case, PseudoVolume, SliceSet, volume_slices
 
 #: The 8-bit window most stacks have, in HU (lower, upper); see the module docstring.

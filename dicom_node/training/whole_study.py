@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.models.result import ModelResult, label_components
+from dicom_node.imaging.morphology import label_components
+from dicom_node.models.result import ModelResult
 from dicom_node.training.plots import Example
 
 LEVELS = ("lower", "middle", "upper")

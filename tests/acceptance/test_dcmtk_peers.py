@@ -132,7 +132,7 @@ def test_synthetic_300_slice_head_ct_is_stored_and_completes(running: NodeProces
     status = cli("status", "--config", str(running.config.workdir / "dicom-node.toml"))
     assert re.search(rf"{re.escape(spec.study_instance_uid)}\s+complete\s+1\s+1\s+300\b", status.stdout), status.stdout
     pid = running.process.pid if running.process else -1
-    assert re.search(rf"^TICK\s+completion: [^:]+:{pid}:\w+ until", status.stdout, re.MULTILINE), status.stdout
+    assert re.search(rf"^TICK\s+completion: [^:]+:\d+:{pid}:\w+ until", status.stdout, re.MULTILINE), status.stdout
     # Logs and paths carry UIDs, never the patient's name or ID.
     log = running.log()
     assert spec.study_instance_uid in log

@@ -80,8 +80,8 @@ class Deployment:
         return [self.listener, *[w for w in self.workers if w is not self.listener]]
 
     def by_owner(self, owner: str) -> NodeProcess:
-        """The process whose lease or claim ``owner`` ("host:pid:random") is."""
-        pid = int(owner.split(":")[1])
+        """The process whose lease or claim ``owner`` ("host:pid-namespace:pid:random") is."""
+        pid = int(owner.split(":")[2])
         for process in self.processes():
             assert process.process is not None
             if process.process.pid == pid:

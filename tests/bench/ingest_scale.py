@@ -543,6 +543,7 @@ def catalog_rate(config_path: Path, records: int) -> float:
                 raise BenchmarkError(f"the catalog refused a probe instance: {result!r}")
         return records / (time.perf_counter() - started)
     finally:
+        catalog.close()
         engine.dispose()
 
 

@@ -216,7 +216,9 @@ def study_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ru
         worker.run_available()
         with running.sessions() as session:
             rows = session.execute(
-                select(Study.study_instance_uid, Job.state, Job.last_error, Job.started_at, Job.finished_at)
+                # a skipped job's reason stands where a dead job's error does
+                select(Study.study_instance_uid, Job.state, func.coalesce(Job.reason, Job.last_error), Job.started_at,
+                       Job.finished_at)
                 .join(Job, Job.study_id == Study.id)
             ).all()
         for uid, _, _, started_at, finished_at in rows:

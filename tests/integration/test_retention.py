@@ -114,3 +114,19 @@ def test_a_file_that_cannot_be_deleted_is_reported_and_the_rest_go(
     with node.sessions() as session:
         assert session.scalars(select(AuditEvent.event)).all() == ["deleted"]
     assert any("could not delete 1 file(s)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_skipped_study_is_deleted_after_the_period_from_its_skip(node: RunningNode, tmp_path: Path) -> None:
+    """A stray slice, a chest CT: nothing is ever sent, so waiting for a delivery would keep it forever."""
+    spec = SeriesSpec(n_slices=1, rows=64, columns=64)
+    assert [status_code(s) for s in store_files(node.port, write_series(spec, tmp_path / "s"))] == [0]
+    with node.sessions.begin() as session:
+        study = session.scalars(select(Study)).one()
+        study.state = StudyState.COMPLETE
+        session.add(Job(study_id=study.id, study_generation=1, model_key="m@1", state=JobState.SKIPPED,
+                        max_attempts=1, reason="1 slice covering 5 mm; at least 60 mm needed",
+                        finished_at=utcnow() - timedelta(days=2)))
+    assert _run(node, dry_run=False) == []
+    [item] = _run(node, dry_run=False, later=timedelta(days=6))
+    assert (item.study_instance_uid, item.instances, item.delete_study) == (spec.study_instance_uid, 1, True)
+    assert node.stored_files() == []

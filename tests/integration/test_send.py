@@ -57,8 +57,12 @@ def test_send_to_storescp_stores_every_file(storescp: StoreSCP, files: list[Path
 
 
 def test_peer_down_fails_every_item(files: list[Path]) -> None:
-    results = send(_peer(free_port()), [SendItem(1, files[0])])
-    assert [(r.stored, r.detail) for r in results] == [(False, "association aborted or peer unreachable")]
+    port = free_port()
+    results = send(_peer(port), [SendItem(1, files[0])])
+    # The error names the peer, so the administrator knows which host and port to check.
+    assert [(r.stored, r.detail) for r in results] == [
+        (False, f"association aborted or peer unreachable (DEST@127.0.0.1:{port})")
+    ]
 
 
 def test_failure_status_is_a_failure_and_warning_is_stored(files: list[Path]) -> None:
@@ -85,7 +89,7 @@ def test_refused_sop_class_is_a_failure(files: list[Path]) -> None:
         [result] = send(_peer(port), [SendItem(1, files[0])])
     finally:
         server.shutdown()
-    assert (result.stored, result.detail) == (False, "presentation context refused by the peer")
+    assert (result.stored, result.detail) == (False, f"presentation context refused by the peer DEST@127.0.0.1:{port}")
 
 
 # --- the outbox -------------------------------------------------------------------------

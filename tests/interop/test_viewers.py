@@ -12,8 +12,9 @@ functions it calls). Here we compare that with what we wrote:
 * every SEG frame names its CT slice and carries that slice's position, one
   frame per slice and segment;
 * the SR's lesion groups come back with our volume, long axis, mean HU and
-  certainty, their units, and the segment they reference; the study group with
-  the probability and Present/Absent.
+  certainty, their units, in each lesion's segment group with the segment it
+  references; its outline group has the closed POLYLINE on the key slice; the
+  study call (Qualitative Evaluations) with Present/Absent and the probability.
 
 The npm packages are installed once into a cache outside the checkout (keyed
 on package.json): ``$DICOM_NODE_NPM_CACHE`` or ``~/.cache/dicom-node/viewer-npm``.
@@ -228,19 +229,30 @@ def _measurements(group: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {m["name"]["meaning"]: m for m in group["measurements"]}
 
 
+def _study_call(report: dict[str, Any]) -> tuple[str, float]:
+    by_name = {item["name"]["meaning"]: item for item in report["studyCall"]}
+    return by_name["Intracranial hemorrhage (disorder)"]["code"]["meaning"], float(by_name["Probability"]["text"])
+
+
 def test_the_sr_measurements_read_back_as_written(positive: WrittenResults, positive_read: dict[str, Any]) -> None:
     report = positive_read["report"]
     assert report["templateIdentifier"] == "1500"
     assert (report["completionFlag"], report["verificationFlag"]) == ("COMPLETE", "UNVERIFIED")
-    groups = {group["trackingIdentifier"]: group for group in report["groups"]}
-    assert len(groups) == len(positive.case.lesions) + 1
+    assert len(report["groups"]) == 2 * len(positive.case.lesions)
     approx = {"rel": NUMBER_RELATIVE_TOLERANCE}
     for lesion in positive.case.lesions:
         n = lesion.segment_number
-        group = groups[f"ICH {n}"]
-        assert group["trackingUid"] == positive.case.uids.tracking(n)
-        assert group["referencedSegment"] == {"sopInstanceUid": positive.case.uids.instance(SEG), "segmentNumber": n}
-        measured = _measurements(group)
+        groups = [group for group in report["groups"] if group["trackingIdentifier"] == f"ICH {n}"]
+        (outline,) = [group for group in groups if group["region"] is not None]
+        (segment,) = [group for group in groups if group["referencedSegment"] is not None]
+        assert outline["trackingUid"] == segment["trackingUid"] == positive.case.uids.tracking(n)
+        assert segment["referencedSegment"] == {"sopInstanceUid": positive.case.uids.instance(SEG), "segmentNumber": n}
+        region = outline["region"]
+        assert (region["name"]["meaning"], region["graphicType"]) == ("Image Region", "POLYLINE")
+        assert region["referencedSopInstanceUid"] == positive.case.source_images[lesion.key_slice_index].SOPInstanceUID
+        assert region["graphicData"][:2] == region["graphicData"][-2:], "the outline is closed"
+        assert outline["measurements"] == []
+        measured = _measurements(segment)
         assert measured["Volume"]["value"] == pytest.approx(lesion.volume_ml, **approx)
         assert measured["Volume"]["unit"]["value"] == "mL"
         assert measured["Long axis"]["value"] == pytest.approx(lesion.longest_axial_diameter_mm, **approx)
@@ -249,9 +261,9 @@ def test_the_sr_measurements_read_back_as_written(positive: WrittenResults, posi
         assert measured["Attenuation Coefficient"]["unit"]["value"] == "[hnsf'U]"
         assert measured["Attenuation Coefficient"]["derivation"]["meaning"] == "Mean"
         assert measured["Certainty of Finding"]["value"] == pytest.approx(lesion.confidence, **approx)
-    study = groups["ICH study assessment"]
-    assert _measurements(study)["Probability"]["value"] == pytest.approx(positive.case.assessment.probability, **approx)
-    assert [e["value"]["meaning"] for e in study["qualitativeEvaluations"]] == ["Present"]
+    presence, probability = _study_call(report)
+    assert presence == "Present"
+    assert probability == pytest.approx(positive.case.assessment.probability, rel=1e-6)
 
 
 def test_a_negative_study_loads_as_an_empty_segment_and_an_absent_finding(
@@ -263,5 +275,5 @@ def test_a_negative_study_loads_as_an_empty_segment_and_an_absent_finding(
     assert len(segmentation["labelmap"]) == len(negative.ct)
     assert [(s["segmentNumber"], s["voxelCount"]) for s in segmentation["segments"]] == [(1, 0)]
     report = negative_read["report"]
-    assert [group["trackingIdentifier"] for group in report["groups"]] == ["ICH study assessment"]
-    assert [e["value"]["meaning"] for e in report["groups"][0]["qualitativeEvaluations"]] == ["Absent"]
+    assert report["groups"] == []
+    assert _study_call(report) == ("Absent", pytest.approx(negative.case.assessment.probability, rel=1e-6))

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+import pytest
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from dicom_node.config import DatabaseSettings
 from dicom_node.db import migrate
@@ -72,4 +74,44 @@ def test_concurrent_upgrades_on_postgresql_both_succeed(postgres_url: str, tmp_p
     assert all(code == 0 for code, _ in outcomes), outcomes
     engine = create_db_engine(DatabaseSettings(url=postgres_url))
     _assert_schema_matches_models(engine)
+    engine.dispose()
+
+
+def _insert_job(connection, study_id: int, generation: int, state: str) -> None:  # type: ignore[no-untyped-def]
+    connection.execute(
+        text(
+            "INSERT INTO job (study_id, study_generation, model_key, state, attempts, max_attempts, "
+            "next_attempt_at, created_at) VALUES (:study, :generation, 'm@1', :state, 0, 3, "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        ),
+        {"study": study_id, "generation": generation, "state": state},
+    )
+
+
+def _check_job_state_constraint(engine: Engine) -> None:
+    """0007 widens the job state's CHECK constraint for 'skipped', and only for it."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO study (study_instance_uid, state, generation, opened_at, last_received_at, created_at) "
+                "VALUES ('1.2.3', 'complete', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        study_id = connection.execute(text("SELECT id FROM study")).scalar_one()
+        _insert_job(connection, study_id, 1, "skipped")
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        _insert_job(connection, study_id, 2, "not-a-state")
+
+
+def test_skipped_jobs_pass_the_state_constraint_on_sqlite(tmp_path: Path) -> None:
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'm.db'}"))
+    migrate.upgrade(engine)
+    _check_job_state_constraint(engine)
+    engine.dispose()
+
+
+def test_skipped_jobs_pass_the_state_constraint_on_postgresql(postgres_url: str) -> None:
+    engine = create_db_engine(DatabaseSettings(url=postgres_url))
+    migrate.upgrade(engine)
+    _check_job_state_constraint(engine)
     engine.dispose()

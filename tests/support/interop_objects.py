@@ -128,7 +128,6 @@ def _report(case: Case, segmentation: Dataset | None) -> Dataset:
         algorithm=ALGORITHM,
         equipment=EQUIPMENT,
         device_observer_uid=device_observer_uid(UID_ROOT),
-        study_tracking_uid=case.uids.study_tracking(),
         series_instance_uid=case.uids.series(SR),
         series_number=9002,
         series_description="AI ICH REPORT - RESEARCH USE ONLY",

@@ -69,6 +69,8 @@ class NodeConfig:
     database_url: str | None = None
     max_pdu_size: int = 65536
     max_associations: int = 8
+    #: [node] listener_processes: listener processes sharing the port
+    listener_processes: int = 1
     #: (name, AE title, port, object kinds) of each destination on 127.0.0.1
     destinations: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
     lease_s: float = 20.0
@@ -83,6 +85,9 @@ class NodeConfig:
     device: str = "auto"
     metrics_port: int = field(default_factory=free_port)
     worker_metrics_port: int = field(default_factory=free_port)
+    #: The phantoms of most tests are a few slices, for speed on 2 cores: far below a head's
+    #: coverage. The coverage rule (selection.min_coverage_mm, 60 mm by default) has its own tests.
+    min_coverage_mm: float = 0.0
     extra: str = ""
     #: the storage root, when not ``workdir/storage`` (shared by several processes, or on its own disk)
     storage_dir: Path | None = None
@@ -112,6 +117,7 @@ ae_title = "{NODE_AE}"
 bind_address = "127.0.0.1"
 port = {self.port}
 max_associations = {self.max_associations}
+listener_processes = {self.listener_processes}
 acse_timeout_s = 10
 dimse_timeout_s = 30
 network_timeout_s = 30
@@ -154,6 +160,9 @@ max_delay_s = 5
 
 [outputs]
 send_empty_seg = {toml_value(self.send_empty_seg)}
+
+[selection]
+min_coverage_mm = {self.min_coverage_mm}
 
 [analysis]
 model = {toml_value(self.model)}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_node.models.result import fill_holes_2d, largest_component
+from dicom_node.imaging.morphology import fill_holes_2d, largest_component
 from dicom_node.training.phe_sich import PheSich, PheStack, _dilate, estimate_window, measure_window
 
 TILE = 192

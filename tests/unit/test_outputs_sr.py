@@ -68,7 +68,6 @@ def _report(
         algorithm=ALGORITHM,
         equipment=EQUIPMENT,
         device_observer_uid=device_observer_uid(UID_ROOT),
-        study_tracking_uid=case.uids.study_tracking(),
         series_instance_uid=case.uids.series(SR),
         series_number=9002,
         series_description="AI ICH REPORT - RESEARCH USE ONLY",
@@ -158,19 +157,24 @@ def test_the_device_is_the_observer_and_the_procedure_is_a_ct_from_cid_100(
     assert attributes.model_name == EQUIPMENT.manufacturer_model_name
 
 
-def test_the_study_group_states_present_and_the_probability(
+def _study_call(report: hd.sr.Comprehensive3DSR) -> tuple[Code, float]:
+    """(Present/Absent, probability) from TID 1500 "Qualitative Evaluations" (row 12)."""
+    (container,) = find_content_items(_content(report)[0], name=codes.QUALITATIVE_EVALUATIONS)
+    (call,) = find_content_items(container, name=codes.INTRACRANIAL_HEMORRHAGE)
+    (probability,) = find_content_items(container, name=codes.PROBABILITY)
+    assert probability.ValueType == "TEXT"
+    return call.value, float(probability.value)
+
+
+def test_the_study_call_is_a_qualitative_evaluation_outside_any_measurement_group(
     case: Case, written: tuple[Path, hd.sr.Comprehensive3DSR]
 ) -> None:
+    """A viewer expects a shape in every measurement group; the study call has none (issue 14)."""
     _, report = written
-    groups = _content(report).get_image_measurement_groups()
-    assert len(groups) == 1
-    group = groups[0]
-    assert group.tracking_uid == case.uids.study_tracking()
-    evaluations = group.get_qualitative_evaluations(name=codes.INTRACRANIAL_HEMORRHAGE)
-    assert [e.value for e in evaluations] == [codes.PRESENT]
-    probability = _measurement(group, codes.PROBABILITY)
-    assert probability.value == pytest.approx(case.assessment.probability)
-    assert probability.unit == codes.NO_UNITS
+    assert _content(report).get_image_measurement_groups() == []
+    present, probability = _study_call(report)
+    assert present == codes.PRESENT
+    assert probability == pytest.approx(case.assessment.probability, rel=1e-6)
 
 
 def test_one_volumetric_group_per_lesion_with_values_and_units(
@@ -197,16 +201,73 @@ def test_one_volumetric_group_per_lesion_with_values_and_units(
         assert _measurement(group, codes.ATTENUATION_COEFFICIENT).derivation == codes.MEAN
 
 
-def test_groups_follow_the_template_rows_lesions_then_the_study(
+def test_groups_follow_the_template_rows_outlines_then_segments(
     case: Case, written: tuple[Path, hd.sr.Comprehensive3DSR]
 ) -> None:
-    """TID 1500 row 8 (TID 1411) before row 9 (TID 1501): PS3.16 chapter 6, order significant."""
+    """TID 1500 row 7 (TID 1410) before row 8 (TID 1411): PS3.16 chapter 6, order significant."""
     _, report = written
     imaging_measurements = next(
         item for item in report.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
     )
     templates = [group.ContentTemplateSequence[0].TemplateIdentifier for group in imaging_measurements.ContentSequence]
-    assert templates == ["1411"] * len(case.lesions) + ["1501"]
+    assert templates == ["1410"] * len(case.lesions) + ["1411"] * len(case.lesions)
+    root_items = [item.ConceptNameCodeSequence[0].CodeValue for item in report.ContentSequence]
+    assert root_items[-2:] == ["126010", "C0034375"], "Imaging Measurements (row 6) before Qualitative Evaluations"
+
+
+def test_every_lesion_has_both_groups_under_its_tracking_uid(
+    case: Case, written: tuple[Path, hd.sr.Comprehensive3DSR]
+) -> None:
+    """The outline group and the segment group of a lesion are one finding: same identifier and UID.
+
+    Each number is stated once, in the segment group (OHIF merges groups by
+    tracking UID and would list a repeated number twice).
+    """
+    _, report = written
+    content = _content(report)
+    planar = content.get_planar_roi_measurement_groups()
+    volumetric = content.get_volumetric_roi_measurement_groups()
+    for spec, outline, segment in zip(case.segments, planar, volumetric, strict=True):
+        assert outline.tracking_uid == segment.tracking_uid == spec.tracking_uid
+        assert outline.finding_type == segment.finding_type == codes.INTRACRANIAL_HEMORRHAGE
+        assert outline.get_measurements() == []
+        assert len(segment.get_measurements()) == 4
+
+
+def _pixels_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Which pixel centres (c + 0.5, r + 0.5) lie inside a closed polygon (even-odd rule)."""
+    rows, columns = np.mgrid[0 : shape[0], 0 : shape[1]]
+    x, y = columns + 0.5, rows + 0.5
+    inside = np.zeros(shape, dtype=bool)
+    for (x0, y0), (x1, y1) in zip(polygon[:-1], polygon[1:], strict=True):
+        if y0 == y1:
+            continue
+        crosses = (y0 > y) != (y1 > y)
+        x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < x_at)
+    return inside
+
+
+def test_each_outline_encloses_exactly_the_lesion_on_its_key_slice(
+    case: Case, written: tuple[Path, hd.sr.Comprehensive3DSR]
+) -> None:
+    _, report = written
+    groups = _content(report).get_planar_roi_measurement_groups()
+    for lesion, group in zip(case.lesions, groups, strict=True):
+        region = group.roi
+        assert region is not None
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        polygon = region.value
+        np.testing.assert_array_equal(polygon[0], polygon[-1])  # closed (PS3.3 C.18.6.1.2)
+        key = case.source_images[lesion.key_slice_index]
+        (source,) = region.ContentSequence
+        assert source.RelationshipType == "SELECTED FROM"
+        assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == key.SOPInstanceUID
+        assert source.ReferencedSOPSequence[0].ReferencedSOPClassUID == key.SOPClassUID
+        lesion_pixels = case.label_map[lesion.key_slice_index] == lesion.segment_number
+        inside = _pixels_inside(polygon, lesion_pixels.shape)
+        # The synthetic lesions are convex blobs without holes: the outline holds them exactly.
+        assert np.array_equal(inside, lesion_pixels)
 
 
 def test_each_lesion_group_references_its_seg_segment(
@@ -245,16 +306,16 @@ def test_dciodvfy_finds_no_error(written: tuple[Path, hd.sr.Comprehensive3DSR]) 
     assert_valid(written[0])
 
 
-def test_a_negative_report_states_absent_and_has_no_lesion_group(tmp_path: Path) -> None:
+def test_a_negative_report_states_absent_and_has_no_measurement_group(tmp_path: Path) -> None:
     negative = make_case(lesions=(), job_key="job-negative")
     path = tmp_path / "negative.dcm"
     report = _write_and_read(_report(negative, None), path)
     content = _content(report)
     assert content.get_volumetric_roi_measurement_groups() == []
-    (group,) = content.get_image_measurement_groups()
-    evaluations = group.get_qualitative_evaluations(name=codes.INTRACRANIAL_HEMORRHAGE)
-    assert [e.value for e in evaluations] == [codes.ABSENT]
-    assert _measurement(group, codes.PROBABILITY).value == pytest.approx(0.04)
+    assert content.get_planar_roi_measurement_groups() == []
+    assert content.get_image_measurement_groups() == []
+    assert not any(item.ConceptNameCodeSequence[0].CodeValue == "126010" for item in report.ContentSequence)
+    assert _study_call(report) == (codes.ABSENT, pytest.approx(0.04))
     assert_valid(path)
 
 
@@ -294,8 +355,9 @@ def test_a_subtype_coded_in_the_seg_is_the_finding_type(case: Case, tmp_path: Pa
     subtype = library_codes.SCT.Hemorrhage
     segments = [case.segments[0], dataclasses.replace(case.segments[1], property_type=subtype)]
     report = _write_and_read(_report(case, _segmentation(case, segments)), tmp_path / "subtype.dcm")
-    groups = _content(report).get_volumetric_roi_measurement_groups()
-    assert [g.finding_type for g in groups] == [codes.INTRACRANIAL_HEMORRHAGE, subtype]
+    content = _content(report)
+    for groups in (content.get_planar_roi_measurement_groups(), content.get_volumetric_roi_measurement_groups()):
+        assert [g.finding_type for g in groups] == [codes.INTRACRANIAL_HEMORRHAGE, subtype]
 
 
 def test_sources_without_some_type2_attributes_still_give_valid_objects(tmp_path: Path) -> None:
@@ -328,6 +390,9 @@ def test_inputs_that_break_a_rule_are_refused(case: Case, segmentation: hd.seg.S
     other_study = make_case(job_key="other")
     with pytest.raises(ValueError, match="same study"):
         _report(case, _segmentation(other_study))
+    off_slice = (dataclasses.replace(case.lesions[0], key_slice_index=0),)
+    with pytest.raises(ValueError, match="no voxel on its key slice"):
+        _report(case, segmentation, off_slice)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         StudyAssessment(hemorrhage_present=True, probability=1.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -91,7 +91,6 @@ def test_job_uids_are_distinct_per_object_and_stable_per_job() -> None:
         first.dimension_organization(SEG),
         first.tracking(1),
         first.tracking(2),
-        first.study_tracking(),
         device_observer_uid(ROOT),
     ]
     assert len(set(made)) == len(made)

@@ -1,105 +1,13 @@
-"""The common result type, connected components, hole filling and lesion measurements."""
+"""The common result type and the lesion measurements."""
 
 from __future__ import annotations
-
-from collections import deque
 
 import numpy as np
 import pytest
 
 from dicom_node.imaging.volume import CTVolume, assemble_volume
-from dicom_node.models.result import (
-    ModelKind,
-    ModelResult,
-    fill_holes_2d,
-    findings_from_labels,
-    label_components,
-    largest_component,
-)
+from dicom_node.models.result import ModelKind, ModelResult, findings_from_labels
 from tests.support.synthetic_ct import Lesion, SeriesSpec, head_volume, lesion_volume_ml, series_datasets
-
-
-def reference_labels(mask: np.ndarray) -> np.ndarray:
-    """Breadth-first face-connected labelling, voxel by voxel: slow but obviously right."""
-    labels = np.zeros(mask.shape, dtype=int)
-    current = 0
-    for start in zip(*np.nonzero(mask)):
-        if labels[start]:
-            continue
-        current += 1
-        labels[start] = current
-        queue = deque([start])
-        while queue:
-            voxel = queue.popleft()
-            for axis in range(mask.ndim):
-                for step in (-1, 1):
-                    neighbour = list(voxel)
-                    neighbour[axis] += step
-                    neighbour = tuple(neighbour)
-                    if 0 <= neighbour[axis] < mask.shape[axis] and mask[neighbour] and not labels[neighbour]:
-                        labels[neighbour] = current
-                        queue.append(neighbour)
-    return labels
-
-
-@pytest.mark.parametrize("shape", [(40,), (17, 23), (6, 9, 11), (3, 4, 5, 6)])
-@pytest.mark.parametrize("density", [0.3, 0.55])
-def test_labelling_matches_a_breadth_first_reference(shape, density):
-    mask = np.random.default_rng(sum(shape)).random(shape) < density
-    labels, n = label_components(mask)
-    expected = reference_labels(mask)
-    assert n == expected.max()
-    # Same numbering: both count components in raster order of their first voxel.
-    np.testing.assert_array_equal(labels, expected)
-
-
-def test_labelling_empty_and_full():
-    labels, n = label_components(np.zeros((3, 4, 5), dtype=bool))
-    assert n == 0 and not labels.any()
-    labels, n = label_components(np.ones((3, 4, 5), dtype=bool))
-    assert n == 1 and (labels == 1).all()
-
-
-def test_labelling_slice_by_slice():
-    mask = np.ones((3, 4, 4), dtype=bool)
-    labels, n = label_components(mask, connect_axes=(1,))
-    assert n == 3
-    assert [set(np.unique(s)) for s in labels] == [{1}, {2}, {3}]
-
-
-def test_fill_holes_fills_enclosed_background_only():
-    ring = np.zeros((9, 9), dtype=bool)
-    ring[2:7, 2:7] = True
-    ring[3:6, 3:6] = False
-    filled = fill_holes_2d(ring)
-    assert filled[2:7, 2:7].all() and filled.sum() == 25
-
-    open_ring = ring.copy()
-    open_ring[4, 6] = False  # a gap to the outside
-    assert fill_holes_2d(open_ring).sum() == open_ring.sum()
-
-    at_border = np.zeros((5, 5), dtype=bool)
-    at_border[:, 1] = at_border[:, 3] = True
-    at_border[0, 2] = True  # column 2 is open to the bottom border
-    assert fill_holes_2d(at_border).sum() == at_border.sum()
-
-
-def test_fill_holes_works_per_slice():
-    stack = np.zeros((3, 7, 7), dtype=bool)
-    stack[1, 1:6, 1:6] = True
-    stack[1, 3, 3] = False
-    stack[0, 3, 3] = True
-    filled = fill_holes_2d(stack)
-    assert filled[1, 3, 3]
-    assert filled[0].sum() == 1 and filled[2].sum() == 0
-
-
-def test_largest_component():
-    mask = np.zeros((4, 10, 10), dtype=bool)
-    mask[0, 0:2, 0:2] = True
-    mask[2:4, 5:9, 5:9] = True
-    np.testing.assert_array_equal(largest_component(mask), np.pad(np.ones((2, 4, 4), bool), ((2, 0), (5, 1), (5, 1))))
-    assert not largest_component(np.zeros((2, 2), dtype=bool)).any()
 
 
 @pytest.fixture(scope="module")

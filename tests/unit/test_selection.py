@@ -7,10 +7,12 @@ from dataclasses import replace
 import pytest
 
 from dicom_node.config import SelectionSettings
+from dicom_node.imaging.anatomy import HeadEvidence
 from dicom_node.imaging.selection import (
     KernelClass,
     SeriesCandidate,
     classify_kernel,
+    head_from_header,
     rule_violations,
     select_series,
 )
@@ -96,10 +98,94 @@ def test_min_slices():
 
 
 def test_head_regex_on_any_of_three_descriptions():
+    header_only = SelectionSettings(head_check="header")
     no_head = dict(body_part_examined="CHEST", study_description="CT THORAX", series_description="Lung 1mm")
-    assert "names the head" in rule_violations(candidate(**no_head), RULES)[0]
+    assert rule_violations(candidate(**no_head), RULES) == ["not head: header says CHEST (BodyPartExamined)"]
+    assert rule_violations(candidate(**no_head), header_only) == ["not head: header says CHEST (BodyPartExamined)"]
     for field in no_head:
         assert rule_violations(candidate(**{**no_head, field: "BRAIN"}), RULES) == []
+
+
+def test_a_silent_header_is_left_to_the_image_unless_the_header_must_decide():
+    silent = candidate(body_part_examined="", study_description="", series_description="C+ 0.625 STND")
+    assert head_from_header(silent, RULES).is_head is None
+    assert rule_violations(silent, RULES) == []
+    assert rule_violations(silent, SelectionSettings(head_check="header")) == [
+        "neither BodyPartExamined, StudyDescription nor SeriesDescription names the head"
+    ]
+    # With "image" even a header naming another part is left to the image.
+    assert rule_violations(candidate(body_part_examined="CHEST"), SelectionSettings(head_check="image")) == []
+
+
+def test_the_head_wins_over_another_body_part_in_the_header():
+    verdict = head_from_header(candidate(body_part_examined="", study_description="CTA HEAD NECK"), RULES)
+    assert (verdict.is_head, verdict.reason) == (True, "head: header StudyDescription=CTA HEAD NECK")
+    assert head_from_header(candidate(), RULES).reason == "head: header BodyPartExamined=HEAD"
+
+
+def _evidence(is_head: bool, rings: int = 30, slices: int = 32) -> HeadEvidence:
+    return HeadEvidence(is_head=is_head, ring_slices=rings, n_slices=slices, field_of_view_mm=230.0, z_coverage_mm=160.0)
+
+
+class _Checks:
+    """An image check that answers from a table and counts its calls."""
+
+    def __init__(self, answers: dict[str, HeadEvidence]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    def __call__(self, c: SeriesCandidate) -> HeadEvidence:
+        self.calls.append(c.series_instance_uid)
+        return self.answers[c.series_instance_uid]
+
+
+SILENT = dict(body_part_examined="", study_description="", series_description="")
+
+
+def test_the_image_decides_when_the_header_is_silent_and_the_reason_says_so():
+    thin = candidate(series_instance_uid="1.1", slice_thickness_mm=1.0, **SILENT)
+    thick = candidate(series_instance_uid="1.2", slice_thickness_mm=5.0, **SILENT)
+    checks = _Checks({"1.1": _evidence(False, rings=0), "1.2": _evidence(True)})
+    result = select_series([thin, thick], RULES, image_check=checks)
+    assert result.chosen == thick
+    assert checks.calls == ["1.1", "1.2"]
+    assert result.decision_for("1.1").reasons == (
+        "skipped: not head: image (skull ring on 0/32 slices, 230 mm FOV, 160 mm z)",
+    )
+    chosen = result.decision_for("1.2").reasons
+    assert chosen[0].startswith("chosen: passes every rule; ranked 2 of 2 eligible")
+    assert chosen[1] == "head: image (skull ring on 30/32 slices, 230 mm FOV, 160 mm z)"
+
+
+def test_the_image_is_checked_lazily_and_never_when_the_header_decides():
+    named = candidate(series_instance_uid="1.1", slice_thickness_mm=5.0)
+    silent = candidate(series_instance_uid="1.2", slice_thickness_mm=1.0, **SILENT)
+    silent_too = candidate(series_instance_uid="1.3", slice_thickness_mm=2.0, **SILENT)
+    checks = _Checks({"1.2": _evidence(True), "1.3": _evidence(True)})
+    result = select_series([named, silent, silent_too], RULES, image_check=checks)
+    assert result.chosen == silent and checks.calls == ["1.2"]
+    assert "ranks higher" in result.decision_for("1.3").reasons[0]
+    chest = candidate(series_instance_uid="1.4", body_part_examined="CHEST", study_description="CT CHEST", series_description="")
+    checks = _Checks({})
+    result = select_series([chest], RULES, image_check=checks)
+    assert result.chosen is None and checks.calls == []
+    assert result.decision_for("1.4").reasons == ("skipped: not head: header says CHEST (BodyPartExamined)",)
+
+
+def test_with_image_only_the_image_overrules_the_header():
+    rules = SelectionSettings(head_check="image")
+    labelled_head = candidate(series_instance_uid="1.1")
+    result = select_series([labelled_head], rules, image_check=_Checks({"1.1": _evidence(False, rings=1)}))
+    assert result.chosen is None
+    assert result.decision_for("1.1").reasons[0].startswith("skipped: not head: image (skull ring on 1/32")
+
+
+def test_without_an_image_check_a_silent_series_is_not_chosen():
+    result = select_series([candidate(series_instance_uid="1.1", **SILENT)], RULES)
+    assert result.chosen is None
+    assert result.decision_for("1.1").reasons == (
+        "skipped: body part unknown: the header names no body part and no image check was available",
+    )
 
 
 def test_reformats_that_are_not_axial_are_skipped():

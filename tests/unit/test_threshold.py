@@ -110,21 +110,3 @@ def test_probability_is_a_transparent_function_of_volume():
 def test_parameters_are_checked(overrides, message):
     with pytest.raises(ValueError, match=message):
         ThresholdParameters(**overrides)
-
-
-def test_margin_is_an_exact_euclidean_erosion_with_anisotropic_pixels():
-    from dicom_node.models.threshold import _farther_than
-
-    rng = np.random.default_rng(3)
-    inside = rng.random((2, 30, 40)) < 0.97
-    dy, dx, radius = 0.7, 0.5, 2.0
-    kept = _farther_than(inside, dy, dx, radius)
-
-    outside = np.argwhere(~inside)
-    for k, i, j in np.ndindex(inside.shape):
-        same_slice = outside[outside[:, 0] == k]
-        distances = np.hypot((same_slice[:, 1] - i) * dy, (same_slice[:, 2] - j) * dx)
-        # The image border counts as outside: the nearest pixel beyond each edge.
-        border = min((i + 1) * dy, (30 - i) * dy, (j + 1) * dx, (40 - j) * dx)
-        expected = inside[k, i, j] and min(distances.min(initial=np.inf), border) > radius
-        assert kept[k, i, j] == expected, (k, i, j)

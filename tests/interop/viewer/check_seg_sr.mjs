@@ -15,10 +15,11 @@
 //
 // SR: dcmjs reads and naturalizes the file; the adapter's TID 1500 reader,
 // adaptersSR.Cornerstone3D.MeasurementReport.generateToolState, walks it (template
-// 1500, Imaging Measurements, Measurement Group, Tracking Identifier / UID). Our groups
-// have no SCOORD, so no drawing tool claims them; they come back through the reader's
-// getToolClass hook with a small adapter that reads the NUM, CODE and segment
-// references of a group, which is what OHIF shows for a group without coordinates.
+// 1500, Imaging Measurements, Measurement Group, Tracking Identifier / UID). Every group
+// comes back through the reader's getToolClass hook with a small adapter that reads its
+// NUM, CODE, SCOORD and segment references (no cornerstone drawing tool claims an
+// "Image Region" outline written by another program). The study call sits in TID 1500
+// "Qualitative Evaluations", outside any group: it is read from the naturalized dataset.
 //
 // Library log lines go to stderr; stdout carries only the JSON.
 
@@ -181,9 +182,9 @@ function codeOf(item) {
 // CODE items of a group that are not qualitative evaluations (TID 1501/1411 context rows).
 const NOT_EVALUATIONS = new Set(["Finding", "Finding Site", "Finding category", "Algorithm Family"]);
 
-// The adapter handed to MeasurementReport.generateToolState for groups without SCOORD.
-const nonGeometricGroupAdapter = {
-  toolType: "NonGeometricMeasurementGroup",
+// The adapter handed to MeasurementReport.generateToolState for every group.
+const measurementGroupAdapter = {
+  toolType: "MeasurementGroupReader",
   getMeasurementData(measurementGroup, _sopInstanceUidToImageIdMap, _metadata, trackingIdentifier) {
     const items = asArray(measurementGroup.ContentSequence);
     const named = (meaning) => items.filter((item) => first(item.ConceptNameCodeSequence)?.CodeMeaning === meaning);
@@ -203,6 +204,8 @@ const nonGeometricGroupAdapter = {
       });
     const referencedSegment = first(named("Referenced Segment"));
     const referencedSop = first(referencedSegment?.ReferencedSOPSequence);
+    const region = first(items.filter((item) => item.ValueType === "SCOORD"));
+    const selectedFrom = first(asArray(region?.ContentSequence).filter((child) => child.RelationshipType === "SELECTED FROM"));
     return {
       trackingIdentifier,
       finding: codeOf(first(named("Finding"))?.ConceptCodeSequence),
@@ -211,6 +214,14 @@ const nonGeometricGroupAdapter = {
         .filter((item) => item.ValueType === "CODE")
         .filter((item) => !NOT_EVALUATIONS.has(first(item.ConceptNameCodeSequence)?.CodeMeaning))
         .map((item) => ({ name: codeOf(item.ConceptNameCodeSequence), value: codeOf(item.ConceptCodeSequence) })),
+      region: region
+        ? {
+            name: codeOf(region.ConceptNameCodeSequence),
+            graphicType: region.GraphicType,
+            graphicData: Array.from(asArray(region.GraphicData), Number),
+            referencedSopInstanceUid: first(selectedFrom?.ReferencedSOPSequence)?.ReferencedSOPInstanceUID ?? null,
+          }
+        : null,
       referencedSegment: referencedSop
         ? {
             sopInstanceUid: referencedSop.ReferencedSOPInstanceUID,
@@ -227,20 +238,34 @@ function readReport(srPath, imageIds) {
     imageIds.map((imageId) => [core.metaData.get("generalImageModule", imageId).sopInstanceUID, imageId]),
   );
   const MeasurementReport = adaptersSR.Cornerstone3D.MeasurementReport;
-  const toolState = MeasurementReport.generateToolState(sr, sopInstanceUidToImageIdMap, core.metaData, {
-    getToolClass: (measurementGroup) => {
-      const items = asArray(measurementGroup.ContentSequence);
-      const spatial = items.some((item) => ["SCOORD", "SCOORD3D"].includes(item.ValueType));
-      return spatial ? undefined : nonGeometricGroupAdapter;
-    },
-  });
-  const groups = (toolState[nonGeometricGroupAdapter.toolType] ?? []).map((measurement) => ({
+  // A negative study's report has no Imaging Measurements container (TID 1500 row 6 is
+  // optional when row 12 is present). The adapter's reader assumes one and throws;
+  // OHIF's own SR loader, which displays the report, returns no measurements instead.
+  const hasImagingMeasurements = asArray(sr.ContentSequence).some(
+    (item) => first(item.ConceptNameCodeSequence)?.CodeMeaning === "Imaging Measurements",
+  );
+  const toolState = hasImagingMeasurements
+    ? MeasurementReport.generateToolState(sr, sopInstanceUidToImageIdMap, core.metaData, {
+        getToolClass: () => measurementGroupAdapter,
+      })
+    : {};
+  const groups = (toolState[measurementGroupAdapter.toolType] ?? []).map((measurement) => ({
     trackingIdentifier: measurement.trackingIdentifier,
     trackingUid: measurement.TrackingUniqueIdentifier ?? null,
     finding: measurement.finding,
     measurements: measurement.measurements,
     qualitativeEvaluations: measurement.qualitativeEvaluations,
+    region: measurement.region,
     referencedSegment: measurement.referencedSegment,
+  }));
+  const qualitative = first(asArray(sr.ContentSequence).filter(
+    (item) => first(item.ConceptNameCodeSequence)?.CodeMeaning === "Qualitative Evaluations",
+  ));
+  const studyCall = asArray(qualitative?.ContentSequence).map((item) => ({
+    name: codeOf(item.ConceptNameCodeSequence),
+    valueType: item.ValueType,
+    code: item.ValueType === "CODE" ? codeOf(item.ConceptCodeSequence) : null,
+    text: item.ValueType === "TEXT" ? item.TextValue : null,
   }));
   return {
     sopClassUid: sr.SOPClassUID,
@@ -249,6 +274,7 @@ function readReport(srPath, imageIds) {
     verificationFlag: sr.VerificationFlag,
     toolTypes: Object.keys(toolState),
     groups,
+    studyCall,
   };
 }
 

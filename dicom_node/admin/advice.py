@@ -1,0 +1,33 @@
+"""The next step for an error an administrator reads in ``status``, ``jobs show`` or the web page.
+
+The errors themselves are written where they happen (the pipeline, the sender); this
+table only adds what to do about the usual ones, matched on their stable wording.
+"""
+
+from __future__ import annotations
+
+#: (words in the error, what to do), first match wins.
+ADVICE: tuple[tuple[str, str], ...] = (
+    ("no series qualifies", "the study has no series the model can use (reasons above); nothing to do unless a series was misjudged: check [selection]"),
+    ("cannot be assembled", "the series is incomplete or inconsistent; have the PACS send it again, then `dicom-node jobs retry ID`"),
+    ("lease of worker", "the worker stopped mid-job (crash, kill or host lost); the job is retried by itself"),
+    ("association rejected", "the destination refused us: check its AE title in [[destinations]] and that it accepts our AE title ([node] ae_title)"),
+    ("presentation context refused", "the destination does not accept this kind of object: enable SEG/SR/Secondary Capture there, or drop it from the destination's objects"),
+    ("unreachable", "the destination did not answer: check that it runs and its host and port; deliveries retry by themselves"),
+    ("aborted", "the destination dropped the association: check its log; deliveries retry by themselves"),
+    ("failure 0xA7", "the destination is out of resources (disk full?); deliveries retry by themselves"),
+    ("failure 0x", "the destination refused the object (status above): check its log, then `dicom-node resend STUDY_UID`"),
+    ("needs PyTorch", "install the inference extra (pip install -e '.[inference]') or set [analysis] model = \"threshold\""),
+)
+
+DEFAULT_JOB = "see `dicom-node jobs show ID`; `dicom-node jobs retry ID` runs it again"
+DEFAULT_DELIVERY = "see `dicom-node status STUDY_UID`; `dicom-node resend STUDY_UID` sends again"
+
+
+def advice(error: str, *, delivery: bool = False) -> str:
+    """What to do about ``error`` (a job's or a delivery's last error)."""
+    lowered = error.lower()
+    for words, step in ADVICE:
+        if words.lower() in lowered:
+            return step
+    return DEFAULT_DELIVERY if delivery else DEFAULT_JOB

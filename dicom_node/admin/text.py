@@ -1,0 +1,123 @@
+"""The plain-text views of ``dicom-node status`` and ``dicom-node jobs show``.
+
+Lines, not printing: the commands print them, tests read them. Times are UTC (the
+database's clock), written out in full so that a line pasted into a ticket is unambiguous.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from dicom_node.admin.advice import advice
+from dicom_node.admin.destinations import DestinationHealth
+from dicom_node.admin.overview import JobLine, StudyDetail, StudyOverview
+from dicom_node.db.state import RecentError
+
+
+def utc(value: datetime | None) -> str:
+    """``2026-12-03 20:41:07 UTC``, or ``-``."""
+    return f"{value:%Y-%m-%d %H:%M:%S} UTC" if value else "-"
+
+
+def _short(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S}" if value else "-"
+
+
+def destination_lines(destinations: list[DestinationHealth]) -> list[str]:
+    """One line per destination: address, health, counts; and its latest problem with the next step."""
+    if not destinations:
+        return ["DESTINATION  none configured: results are kept, not sent (add a [[destinations]] entry)"]
+    lines = []
+    for d in destinations:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(d.by_state.items())) or "nothing yet"
+        where = d.address or "not configured (`dicom-node jobs cancel-deliveries --to NAME` drops what waits)"
+        lines.append(f"DESTINATION  {d.name} ({where}): {d.verdict}; {counts}; last sent {_short(d.last_sent_at)}")
+        if d.last_error:
+            next_try = f"; next try {utc(d.next_attempt_at)}" if d.next_attempt_at else ""
+            lines.append(f"             last problem: {d.last_error.splitlines()[0][:160]}{next_try}")
+            lines.append(f"             what to do: {advice(d.last_error, delivery=True)}")
+    return lines
+
+
+def error_lines(errors: list[RecentError]) -> list[str]:
+    lines = []
+    for error in errors:
+        first = error.why.splitlines()[0][:160] if error.why else ""
+        lines.append(f"ERROR        {error.what}, study {error.study_instance_uid}: {first}")
+        lines.append(f"             what to do: {advice(error.why, delivery=error.delivery)}")
+    return lines
+
+
+STUDY_HEADER = (
+    f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  GEN  SERIES  INSTANCES  {'LAST RECEIVED (UTC)':<19}  "
+    f"{'JOB':>5}  {'JOB STATE':<10}  {'CALL':<8}  {'PROB':>5}  {'VOLUME':>9}  DELIVERY"
+)
+
+
+def study_line(study: StudyOverview) -> str:
+    """One study: received, its latest job, the AI call and where its results are."""
+    s, job = study.study, study.job
+    probability = f"{job.probability:.2f}" if job and job.probability is not None else "-"
+    volume = f"{job.volume_ml:.1f} mL" if job and job.volume_ml is not None else "-"
+    return (
+        f"{s.study_instance_uid:<64}  {s.state.value:<9}  {s.generation:>3}  {s.series_count:>6}  "
+        f"{s.instance_count:>9}  {_short(s.last_received_at):<19}  "
+        f"{job.id if job else '-':>5}  {job.state if job else '-':<10}  {job.call if job else '-':<8}  "
+        f"{probability:>5}  {volume:>9}  {study.delivery_text}"
+    )
+
+
+def job_lines(job: JobLine, *, now: datetime | None = None) -> list[str]:
+    """A job in full: times in UTC, the lease and its expiry, the error with the next step, the result."""
+    lines = [
+        f"job {job.id}: {job.state}, attempt {job.attempts} of {job.max_attempts}",
+        f"  model      {job.model_key}",
+        f"  queued     {utc(job.created_at)}",
+        f"  started    {utc(job.started_at)}",
+        f"  finished   {utc(job.finished_at)}",
+    ]
+    if job.state == "queued" and job.attempts:
+        lines.append(f"  next try   {utc(job.next_attempt_at)}")
+    if job.lease_owner:
+        left = ""
+        if now is not None and job.lease_expires_at is not None:
+            seconds = (job.lease_expires_at - now).total_seconds()
+            left = f" (in {seconds:.0f} s)" if seconds >= 0 else f" (expired {-seconds:.0f} s ago: the lease scan reclaims it)"
+        lines.append(f"  worker     {job.lease_owner}, lease until {utc(job.lease_expires_at)}{left}")
+    if job.reason:
+        lines.append(f"  skipped    {job.reason}")
+    if job.last_error:
+        lines.append(f"  error      {job.last_error}")
+        lines.append(f"  what to do {advice(job.last_error)}")
+    lines.extend(f"  warning    {warning}" for warning in job.warnings)
+    if job.summary:
+        call = f"{job.call}, probability {job.probability}, volume {job.volume_ml} mL, {job.summary.get('lesions', '?')} lesion(s)"
+        lines.append(f"  result     {call}")
+        stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in job.stage_seconds.items())
+        if stages:
+            lines.append(f"  stages     {stages}")
+        if "series_instance_uid" in job.summary:
+            lines.append(f"  series     {job.summary['series_instance_uid']} ({job.summary.get('slices', '?')} slices)")
+    return lines
+
+
+def study_detail_lines(detail: StudyDetail, *, now: datetime | None = None) -> list[str]:
+    """``dicom-node status STUDY_UID``: the study, each job (newest first) and its deliveries."""
+    s = detail.overview.study
+    completed = f"{utc(s.completed_at)} ({s.completion_reason})" if s.completed_at else "not yet"
+    lines = [
+        f"study {s.study_instance_uid}",
+        f"  state      {s.state.value}, generation {s.generation}",
+        f"  received   {s.series_count} series, {s.instance_count} instances; last {utc(s.last_received_at)}",
+        f"  complete   {completed}",
+    ]
+    if not detail.jobs:
+        lines.append("  no job yet: a job is queued when the study completes")
+    for job in detail.jobs:
+        lines.append("")
+        lines.extend(job_lines(job, now=now))
+        for d in detail.deliveries.get(job.id, []):
+            lines.append(f"  delivery   {d.destination}: {d.text}")
+            if d.last_error:
+                lines.append(f"             last problem: {d.last_error.splitlines()[0][:160]}")
+    return lines

@@ -1,0 +1,241 @@
+"""One command, several processes: ``dicom-node run`` supervises its listeners and its worker.
+
+Why processes and not threads: a listener's threads and the worker's share one GIL in one
+process, so model loading, preprocessing and the scheduler ticks delay every C-STORE
+response, and one listener process uses about one core whatever the number of
+associations. The supervisor keeps the embedded default one command and one config:
+
+- It binds the DICOM port once and hands the listening socket to ``[node]
+  listener_processes`` listener processes (pre-fork, as web servers do): they all accept
+  on it, the kernel gives each connection to one of them, and the first idle one takes
+  it. A second node started on the same port still fails to bind, which ``SO_REUSEPORT``
+  would have allowed silently.
+- ``run`` adds one worker process (ticks, jobs, outbox) at a lower CPU priority (nice
+  +10), so analysis yields the CPU to reception.
+- It serves ``/metrics`` (the children's counters, summed through prometheus_client's
+  multiprocess mode) and ``/health`` (database, storage, and every child running).
+
+Children die with their parent: each asks the kernel for SIGKILL when the parent dies
+(``PR_SET_PDEATHSIG``), so a ``kill -9`` of the unit leaves no orphan holding the port or
+a job, exactly as when everything ran in one process. A child that exits on its own is
+restarted after a pause (1 s, doubling up to 30 s, back to 1 s after a minute of running);
+an association it held is aborted and the PACS resends what was not acknowledged. A
+child that exits with a configuration error (2) or an unmigrated database (3) stops the
+whole node with that status: a restart cannot help, and systemd does not restart into it.
+SIGTERM and SIGINT stop the children (listeners first, then the worker) and wait for them;
+SIGHUP is passed on, and each child reloads its own part of the configuration.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Set in a child's environment: the supervisor's pid (the child dies with it).
+SUPERVISOR_PID_ENV = "DICOM_NODE_SUPERVISOR_PID"
+#: Set for a listener child: the number of the inherited listening socket's file descriptor.
+LISTEN_FD_ENV = "DICOM_NODE_LISTEN_FD"
+#: Set for a child that should run at a lower CPU priority: the increment for ``os.nice``.
+NICE_ENV = "DICOM_NODE_NICE"
+#: prometheus_client's multiprocess mode: children write their counters under this folder.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Exit statuses that a restart cannot fix: configuration (2), database not migrated (3).
+FATAL_EXIT_STATUSES = (2, 3)
+#: The worker's CPU priority below the listeners' (analysis yields to reception).
+WORKER_NICE = 10
+FIRST_RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
+#: A child that ran this long before exiting is restarted after the first delay again.
+STABLE_AFTER_S = 60.0
+STOP_TIMEOUT_S = 60.0
+#: Linux prctl option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One process the supervisor keeps running."""
+
+    name: str  # in logs: "listener 1", "worker"
+    command: str  # the dicom-node command it runs: "scp" or "worker"
+    nice: int = 0
+
+
+def child_specs(listener_processes: int, *, worker: bool) -> list[ChildSpec]:
+    """The listeners, then (for ``run``) the worker."""
+    specs = [ChildSpec(f"listener {i}", "scp") for i in range(1, listener_processes + 1)]
+    if worker:
+        specs.append(ChildSpec("worker", "worker", nice=WORKER_NICE))
+    return specs
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    delay_s: float = FIRST_RESTART_DELAY_S
+
+
+@dataclass
+class Supervisor:
+    """Starts the children, restarts the ones that exit, passes signals on, stops them."""
+
+    specs: list[ChildSpec]
+    config: Path
+    listen_socket: socket.socket | None
+    metrics_dir: Path
+    clock: Callable[[], float] = time.monotonic
+    _children: list[_Child] = field(default_factory=list, init=False)
+
+    def start(self) -> None:
+        self._children = [_Child(spec) for spec in self.specs]
+        for child in self._children:
+            self._launch(child)
+
+    def _launch(self, child: _Child) -> None:
+        env = {
+            **os.environ,
+            SUPERVISOR_PID_ENV: str(os.getpid()),
+            METRICS_DIR_ENV: str(self.metrics_dir),
+            NICE_ENV: str(child.spec.nice),
+        }
+        pass_fds: tuple[int, ...] = ()
+        if child.spec.command == "scp" and self.listen_socket is not None:
+            env[LISTEN_FD_ENV] = str(self.listen_socket.fileno())
+            pass_fds = (self.listen_socket.fileno(),)
+        # Always from the main thread: PR_SET_PDEATHSIG fires when the thread that forked
+        # the child ends, and the main thread lives as long as the supervisor.
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node", child.spec.command, "--config", str(self.config)],
+            env=env,
+            pass_fds=pass_fds,
+        )
+        child.started_at = self.clock()
+        child.restart_at = None
+        logger.info(f"{child.spec.name} started (pid {child.process.pid})")
+
+    def check(self) -> int | None:
+        """Reap children that exited and restart those that are due; a fatal exit status, or None."""
+        now = self.clock()
+        for child in self._children:
+            if child.process is not None and (status := child.process.poll()) is not None:
+                child.process = None
+                if status in FATAL_EXIT_STATUSES:
+                    logger.error(f"{child.spec.name} exited with status {status}: stopping the node (see its messages above)")
+                    return status
+                if now - child.started_at >= STABLE_AFTER_S:
+                    child.delay_s = FIRST_RESTART_DELAY_S
+                child.restart_at = now + child.delay_s
+                logger.error(f"{child.spec.name} exited with status {status}; restarting it in {child.delay_s:.0f} s")
+                child.delay_s = min(child.delay_s * 2, MAX_RESTART_DELAY_S)
+            elif child.process is None and child.restart_at is not None and now >= child.restart_at:
+                self._launch(child)
+        return None
+
+    def problems(self) -> list[str]:
+        """Children not running now (for ``/health``)."""
+        return [f"{child.spec.name} not running" for child in self._children if child.process is None]
+
+    def signal_all(self, signum: int) -> None:
+        for child in self._children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signum)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM the listeners, then the worker; SIGKILL whoever outlives ``timeout_s``.
+
+        Listeners first: the last instances are recorded before the worker's ticks stop.
+        """
+        for command in ("scp", "worker"):
+            group = [c.process for c in self._children if c.spec.command == command and c.process is not None]
+            for process in group:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            deadline = self.clock() + timeout_s
+            for process in group:
+                try:
+                    process.wait(timeout=max(0.0, deadline - self.clock()))
+                except subprocess.TimeoutExpired:
+                    logger.error(f"pid {process.pid} did not stop within {timeout_s:.0f} s: killing it")
+                    process.kill()
+                    process.wait()
+        for child in self._children:
+            child.process = None
+            child.restart_at = None
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """What a child learns from its supervisor."""
+
+    listen_socket: socket.socket | None
+
+
+def is_supervised() -> bool:
+    """True in a child of :class:`Supervisor` (before :func:`adopt_supervision`)."""
+    return SUPERVISOR_PID_ENV in os.environ
+
+
+def adopt_supervision() -> Supervised | None:
+    """In a child of :class:`Supervisor`: die with the parent, take the priority and socket given.
+
+    None when this process was not started by a supervisor. The variables are removed from
+    the environment so that nothing this process starts takes them for its own.
+    """
+    parent = os.environ.pop(SUPERVISOR_PID_ENV, None)
+    fd = os.environ.pop(LISTEN_FD_ENV, None)
+    nice = int(os.environ.pop(NICE_ENV, "0") or 0)
+    if parent is None:
+        return None
+    _die_with_parent(int(parent))
+    if nice:
+        os.nice(nice)
+    return Supervised(listen_socket=socket.socket(fileno=int(fd)) if fd else None)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux for SIGKILL when the parent dies; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (AttributeError, OSError) as exc:  # not Linux: the child may outlive a killed parent
+        logger.warning(f"this child will not die with its supervisor: {exc}")
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        sys.exit(1)
+
+
+def listening_socket(address: str, port: int, *, retry_for_s: float = 5.0) -> socket.socket:
+    """Bind and listen on ``address:port`` for the listener processes to share.
+
+    A node restarted at once after ``kill -9`` may find the port still held for a moment by
+    its dying children (they get SIGKILL when the parent dies): retry briefly.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    deadline = time.monotonic() + retry_for_s
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+            sock.listen(socket.SOMAXCONN)
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)

@@ -1,0 +1,202 @@
+"""The commands an administrator meets in the first hour, through the CLI, with what they say.
+
+Rows are written directly into a migrated database where a running node is not the
+point (a dead job, a running job with its lease, deliveries left for a removed
+destination); the status page test runs a real node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from dicom_node.config import load_settings
+from dicom_node.db import migrate
+from dicom_node.db.models import (
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    OutputObject,
+    Study,
+    StudyState,
+    utcnow,
+)
+from dicom_node.db.session import create_db_engine, session_factory
+from tests.conftest import RunningNode
+from tests.support.node import NodeConfig, cli, free_port
+
+STUDY = "1.2.826.0.1.3680043.10.1476.99.1001"
+RUNNING_STUDY = "1.2.826.0.1.3680043.10.1476.99.1002"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A node with one destination, a succeeded job (with one delivery left for a removed
+    destination), a dead job, and a running job under a lease."""
+    path = NodeConfig(workdir=tmp_path, destinations=[("pacs", "PACS", 11999, ["seg", "sr", "key_images"])]).write()
+    engine = create_db_engine(load_settings(path).database)
+    migrate.upgrade(engine)
+    now = utcnow()
+    with session_factory(engine).begin() as session:
+        studies = {}
+        for uid in (STUDY, RUNNING_STUDY, STUDY + ".9"):
+            studies[uid] = Study(study_instance_uid=uid, state=StudyState.COMPLETE, generation=1,
+                                 opened_at=now, last_received_at=now, completed_at=now, completion_reason="quiet")
+            session.add(studies[uid])
+        session.flush()
+        summary = {"hemorrhage": True, "probability": 0.91, "lesions": 1, "total_volume_ml": 7.08,
+                   "timings_s": {"load": 0.3, "infer": 1.2}}
+        done = Job(study_id=studies[STUDY].id, study_generation=1, model_key="m@1", state=JobState.SUCCEEDED,
+                   attempts=1, max_attempts=3, summary=json.dumps(summary), created_at=now, finished_at=now)
+        dead = Job(study_id=studies[STUDY + ".9"].id, study_generation=1, model_key="m@1", state=JobState.DEAD,
+                   attempts=1, max_attempts=3, last_error="no series qualifies for analysis (1.2.3: modality MR)")
+        running = Job(study_id=studies[RUNNING_STUDY].id, study_generation=1, model_key="m@1", state=JobState.RUNNING,
+                      attempts=1, max_attempts=3, lease_owner="otherhost:4026531836:4242:cafe0001",
+                      started_at=now, lease_expires_at=now + timedelta(seconds=590))
+        session.add_all([done, dead, running])
+        session.flush()
+        output = OutputObject(job_id=done.id, kind="sr", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+                              sop_instance_uid=STUDY + ".5", path="results/x.dcm")
+        session.add(output)
+        session.flush()
+        session.add_all([
+            Delivery(output_id=output.id, destination="pacs", state=DeliveryState.SENT, attempts=1, sent_at=now),
+            Delivery(output_id=output.id, destination="oldpacs", state=DeliveryState.PENDING, attempts=4,
+                     last_error="association aborted or peer unreachable (OLD@10.0.0.9:104)"),
+        ])
+    engine.dispose()
+    return path
+
+
+def test_status_shows_the_call_the_volume_and_the_delivery_of_each_study(config: Path) -> None:
+    out = cli("status", "--config", str(config)).stdout
+    line = next(line for line in out.splitlines() if line.startswith(STUDY + " "))
+    assert "succeeded" in line and "positive" in line and "0.91" in line and "7.1 mL" in line, line
+    assert "oldpacs: 1 pending; pacs: 1 sent" in line, line
+    dead = next(line for line in out.splitlines() if line.startswith(STUDY + ".9 "))
+    assert "dead" in dead
+    # A destination removed from the configuration still shows, with how to drop what waits for it.
+    assert "DESTINATION  oldpacs (not configured (`dicom-node jobs cancel-deliveries --to NAME`" in out, out
+    assert "DESTINATION  pacs (PACS@127.0.0.1:11999): ok; 1 sent" in out, out
+    # Every error comes with what to do.
+    assert "no series qualifies" in out and "what to do: the study has no series the model can use" in out
+
+
+def test_status_of_one_study_shows_its_jobs_and_deliveries(config: Path) -> None:
+    out = cli("status", STUDY, "--config", str(config)).stdout
+    assert f"study {STUDY}" in out and "complete, generation 1" in out
+    assert "result     positive, probability 0.91, volume 7.08 mL, 1 lesion(s)" in out
+    assert "stages     load 0.30 s, infer 1.20 s" in out
+    assert "delivery   oldpacs: 1 pending" in out and "last problem: association aborted or peer unreachable (OLD@10.0.0.9:104)" in out
+    unknown = cli("status", STUDY + ".77", "--config", str(config))
+    assert unknown.returncode == 1
+    assert f"no study {STUDY}.77 was received by this node" in unknown.stderr, unknown.stderr
+
+
+def test_jobs_show_gives_utc_times_and_the_lease_expiry(config: Path) -> None:
+    listed = cli("jobs", "list", "--study", RUNNING_STUDY, "--config", str(config)).stdout
+    rows = [line for line in listed.splitlines()[1:] if line.strip()]
+    assert len(rows) == 1 and RUNNING_STUDY in rows[0] and "running" in rows[0], listed
+    job_id = rows[0].split()[0]
+    out = cli("jobs", "show", job_id, "--config", str(config)).stdout
+    assert f"study      {RUNNING_STUDY}" in out
+    assert "started    20" in out and out.count(" UTC") >= 3
+    line = next(line for line in out.splitlines() if line.startswith("  worker"))
+    assert "otherhost:4026531836:4242:cafe0001, lease until 20" in line and " UTC (in " in line, line
+    missing = cli("jobs", "show", "999", "--config", str(config))
+    assert missing.returncode == 1 and "`dicom-node jobs list`" in missing.stderr
+
+
+def test_resend_says_what_is_wrong_and_what_to_do(config: Path, tmp_path: Path) -> None:
+    unknown = cli("resend", STUDY + ".8", "--config", str(config))
+    assert unknown.returncode == 1
+    assert f"no study {STUDY}.8 was received by this node" in unknown.stderr
+    assert f"did you mean {STUDY}" in unknown.stderr, unknown.stderr
+    dead = cli("resend", STUDY + ".9", "--config", str(config))
+    assert dead.returncode == 1 and "has no results to send: its latest job 2 is dead" in dead.stderr, dead.stderr
+    wrong = cli("resend", STUDY, "--to", "nosuch", "--config", str(config))
+    assert wrong.returncode == 2
+    assert f"no configured destination named 'nosuch' in {config}; configured: pacs" in wrong.stderr
+    # As the README prints it: no --to sends to every configured destination.
+    ok = cli("resend", STUDY, "--config", str(config))
+    assert ok.returncode == 0 and ok.stdout.strip() == "1 deliveries of job 1 queued for pacs", ok.stdout + ok.stderr
+    bare = NodeConfig(workdir=tmp_path / "bare", database_url=load_settings(config).database.url).write()
+    none = cli("resend", STUDY, "--config", str(bare))
+    assert none.returncode == 2 and "no destination is configured" in none.stderr and "[[destinations]]" in none.stderr
+
+
+def test_pending_deliveries_of_a_removed_destination_can_be_cancelled(config: Path) -> None:
+    nothing = cli("jobs", "cancel-deliveries", "--to", "nosuch", "--config", str(config))
+    assert nothing.returncode == 1
+    assert "no pending delivery to 'nosuch'; destinations with pending deliveries: oldpacs" in nothing.stderr
+    done = cli("jobs", "cancel-deliveries", "--to", "oldpacs", "--config", str(config))
+    assert done.returncode == 0 and done.stdout.strip() == "1 pending deliveries to oldpacs cancelled"
+    status = cli("status", "--config", str(config)).stdout
+    assert "oldpacs: 1 cancelled" in status and "1 pending" not in status
+
+
+def test_read_only_commands_never_create_a_database(tmp_path: Path) -> None:
+    config = NodeConfig(workdir=tmp_path / "node").write()
+    database = tmp_path / "node" / "node.db"
+    for command in (("status",), ("jobs", "list"), ("jobs", "show", "1"), ("resend", STUDY)):
+        result = cli(*command, "--config", str(config))
+        assert result.returncode == 1, (command, result.stderr)
+        assert f"no database at SQLite file {database}" in result.stderr, result.stderr
+        assert "dicom-node db upgrade --config PATH" in result.stderr
+    assert not database.exists()
+    # An empty file (another database, or one never migrated) is named with its path.
+    database.touch()
+    empty = cli("status", "--config", str(config))
+    assert empty.returncode == 3
+    assert f"database SQLite file {database} is at revision (empty)" in empty.stderr
+    assert f"run `dicom-node db upgrade --config {config}`" in empty.stderr and "DICOM_NODE_CONFIG" in empty.stderr
+
+
+def test_status_reads_the_settings_file_from_the_environment(config: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "DICOM_NODE_CONFIG": str(config)}
+    result = cli("status", env=env)
+    assert result.returncode == 0 and STUDY in result.stdout
+
+
+def test_demo_writes_a_positive_or_negative_head_ct(tmp_path: Path) -> None:
+    positive = cli("demo", str(tmp_path / "pos"), "--slices", "12")
+    assert positive.returncode == 0, positive.stderr
+    assert "12 CT images written" in positive.stdout and "planted bleed of" in positive.stdout
+    negative = cli("demo", "--negative", str(tmp_path / "neg"), "--slices", "12")
+    assert negative.returncode == 0 and "no bleed" in negative.stdout
+    pos = [dcmread(p) for p in sorted((tmp_path / "pos").iterdir())]
+    neg = [dcmread(p) for p in sorted((tmp_path / "neg").iterdir())]
+    assert len(pos) == len(neg) == 12 and {ds.Modality for ds in pos} == {"CT"}
+    assert pos[0].StudyInstanceUID != neg[0].StudyInstanceUID
+    # Acute blood is planted at +65 HU, between brain (+35) and bone (+1000).
+    blood = lambda series: sum(int((abs(ds.pixel_array.astype(int) - 1024 - 65) <= 12).sum()) for ds in series)  # noqa: E731
+    assert blood(pos) > 1000 and blood(neg) < 50, (blood(pos), blood(neg))
+
+
+def test_echo_says_why_it_failed_and_what_to_try(node: RunningNode, tmp_path: Path) -> None:
+    """Against a real listener: an unknown calling AE title is rejected with the reason, and
+    the hint names --calling-ae; with an allowed one the same command succeeds."""
+    peer = f"DICOMNODE@127.0.0.1:{node.port}"
+    rejected = cli("echo", peer, "--calling-ae", "NOBODY", "--timeout", "5")
+    assert rejected.returncode == 1
+    assert f"association rejected by {peer}: Rejected Permanent, by the Service User: Calling AE title not recognised" in rejected.stderr, rejected.stderr
+    assert "try --calling-ae" in rejected.stderr and "'NOBODY'" in rejected.stderr
+    ok = cli("echo", peer, "--calling-ae", "ECHOSCU")
+    assert ok.returncode == 0 and ok.stdout.strip() == f"C-ECHO to {peer}: success"
+    closed = free_port()
+    unreachable = cli("echo", f"X@127.0.0.1:{closed}", "--timeout", "3")
+    assert unreachable.returncode == 1 and f"could not connect to 127.0.0.1:{closed}" in unreachable.stderr
+    # A configured destination by its name, calling with [node] ae_title from --config.
+    config = NodeConfig(workdir=tmp_path / "n", destinations=[("self", "DICOMNODE", node.port, ["sr"])]).write()
+    by_name = cli("echo", "self", "--config", str(config))
+    assert by_name.returncode == 1 and "our calling AE title 'DICOMNODE'" in by_name.stderr, by_name.stderr
+    unknown = cli("echo", "nosuch", "--config", str(config))
+    assert unknown.returncode == 2 and "configured destinations: self" in unknown.stderr

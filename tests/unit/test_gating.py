@@ -1,0 +1,161 @@
+"""The intracranial gate: findings outside the skull dropped, extra-axial bleeds on the inner table kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicom_node.imaging.anatomy import intracranial_space
+from dicom_node.imaging.volume import CTVolume
+from dicom_node.models.combine import combine
+from dicom_node.models.gating import GatedModel, GateParameters, gate_result
+from dicom_node.models.result import ModelKind, ModelResult, findings_from_labels
+from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
+from tests.support.synthetic_ct import Anatomy, Lesion, SeriesSpec, anatomical_volume
+
+SPEC = SeriesSpec(n_slices=34, rows=256, columns=256, pixel_spacing_mm=(0.9, 0.9), anatomy=Anatomy())
+
+
+@pytest.fixture(scope="module")
+def head() -> tuple[CTVolume, np.ndarray, dict[str, np.ndarray]]:
+    hu, _, truth = anatomical_volume(SPEC)
+    volume = CTVolume.from_array(hu, spacing_mm=(SPEC.slice_thickness_mm, *SPEC.pixel_spacing_mm))
+    z = (np.arange(SPEC.n_slices) - (SPEC.n_slices - 1) / 2.0) * SPEC.slice_thickness_mm
+    y = (np.arange(SPEC.rows) - (SPEC.rows - 1) / 2.0) * SPEC.pixel_spacing_mm[0]
+    x = (np.arange(SPEC.columns) - (SPEC.columns - 1) / 2.0) * SPEC.pixel_spacing_mm[1]
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+
+    def ball(cx: float, cy: float, cz: float, r: float) -> np.ndarray:
+        return (xx - cx) ** 2 + (yy - cy) ** 2 + (zz - cz) ** 2 <= r**2
+
+    # Epidural: a lens on the inner table of the left convexity (x = +68 mm there at z = 0),
+    # reaching 1 mm into the bone as a model's contour does.
+    inner_x = 68.0 * np.sqrt(np.clip(1 - (yy / 85.0) ** 2 - (zz / 78.0) ** 2, 0, None))
+    epidural = (xx > inner_x - 7.0) & (xx < inner_x + 1.0) & (np.abs(yy) < 25) & (np.abs(zz) < 15)
+    blobs = {
+        "brain": ball(-20.0, 10.0, 10.0, 10.0),
+        "epidural": epidural,
+        "pharynx": ball(0.0, -15.0, -65.0, 9.0),  # in the neck, below the skull base
+        "scalp": ball(0.0, -94.0, 20.0, 4.0),  # in front of the frontal bone
+    }
+    return volume, truth, blobs
+
+
+def _result(volume: CTVolume, blobs: dict[str, np.ndarray], kind: ModelKind, names: list[str]) -> ModelResult:
+    raw = np.zeros(volume.hu.shape, dtype=np.uint8)
+    scores = {}
+    for i, name in enumerate(names, start=1):
+        raw[blobs[name]] = i
+        scores[i] = 0.5 + 0.1 * i
+    measured = findings_from_labels(raw, volume, confidences=scores, fill_holes=False)
+    return ModelResult(
+        model_kind=kind,
+        model_name="test",
+        model_version="1",
+        label_map=measured.label_map,
+        findings=measured.findings,
+        study_probability=max(f.confidence for f in measured.findings),
+        decision_threshold=0.5,
+    )
+
+
+@pytest.mark.parametrize("kind", [ModelKind.UNET, ModelKind.MASKRCNN, ModelKind.THRESHOLD])
+def test_extracranial_findings_are_dropped_and_the_epidural_kept(head, kind):
+    volume, truth, blobs = head
+    result = _result(volume, blobs, kind, ["brain", "epidural", "pharynx", "scalp"])
+    assert len(result.findings) == 4
+    gated = gate_result(result, volume, intracranial_space(volume))
+    assert gated.gate is not None
+    assert (gated.gate.kept, gated.gate.dropped) == (2, 2)
+    kept = gated.label_map != 0
+    assert not (kept & blobs["pharynx"]).any() and not (kept & blobs["scalp"]).any()
+    assert (kept & blobs["brain"]).sum() == blobs["brain"].sum()
+    # The epidural is kept where it lies inside the skull; the model's overshoot into bone may be clipped.
+    assert (kept & blobs["epidural"] & truth).sum() == (blobs["epidural"] & truth).sum()
+    assert gated.gate.clipped_voxels <= (blobs["epidural"] & ~truth).sum()
+    # Measured again: the findings describe the kept voxels, numbered 1..n by size.
+    assert sum(f.voxel_count for f in gated.findings) == int(kept.sum())
+    assert [f.label for f in gated.findings] == [1, 2]
+    assert gated.positive
+
+
+def test_a_result_with_every_finding_outside_becomes_negative(head):
+    volume, _, blobs = head
+    result = _result(volume, blobs, ModelKind.UNET, ["pharynx", "scalp"])
+    assert result.positive
+    gated = gate_result(result, volume, intracranial_space(volume))
+    assert gated.findings == () and not gated.label_map.any()
+    assert gated.study_probability == 0.0 and not gated.positive
+    assert gated.gate.dropped == 2
+
+
+def test_a_finding_mostly_inside_is_clipped_not_dropped(head):
+    volume, truth, blobs = head
+    # A ball astride the vertex of the skull: most of it inside.
+    z = (np.arange(SPEC.n_slices) - (SPEC.n_slices - 1) / 2.0) * SPEC.slice_thickness_mm
+    astride = blobs["brain"].copy()
+    astride[:] = False
+    astride[(z > 55) & (z < 80)] = truth[(z > 55) & (z < 80)]
+    astride[(z >= 80) & (z < 86), 120:136, 120:136] = True  # into the bone cap above
+    result = _result(volume, {"astride": astride}, ModelKind.MASKRCNN, ["astride"])
+    gated = gate_result(result, volume, intracranial_space(volume), GateParameters(margin_mm=0.0))
+    assert gated.gate.kept == 1 and gated.gate.clipped_voxels > 0
+    assert not (gated.label_map.astype(bool) & (np.arange(SPEC.n_slices) >= np.searchsorted(z, 80))[:, None, None]).any()
+
+
+def test_a_classifier_result_and_a_skull_less_image_pass_unchanged(head):
+    volume, _, blobs = head
+    classifier = ModelResult(
+        model_kind=ModelKind.CLASSIFIER,
+        model_name="c",
+        model_version="1",
+        label_map=np.zeros(volume.hu.shape, dtype=np.uint8),
+        findings=(),
+        study_probability=0.9,
+        decision_threshold=0.5,
+    )
+    gated = gate_result(classifier, volume, intracranial_space(volume))
+    assert gated.study_probability == 0.9 and gated.gate.dropped == 0
+    # No skull (all soft tissue): nothing can be told apart; the findings stay, and the report says why.
+    blank = CTVolume.from_array(np.full(volume.hu.shape, 40, dtype=np.int16), spacing_mm=volume.spacing_mm)
+    lesions = _result(blank, blobs, ModelKind.UNET, ["pharynx"])
+    passed = gate_result(lesions, blank, intracranial_space(blank))
+    assert len(passed.findings) == 1 and passed.gate.skull_found is False
+
+
+def test_combined_results_keep_the_classifier_call_and_the_gated_lesions(head):
+    volume, _, blobs = head
+    study = ModelResult(
+        model_kind=ModelKind.CLASSIFIER,
+        model_name="c",
+        model_version="1",
+        label_map=np.zeros(volume.hu.shape, dtype=np.uint8),
+        findings=(),
+        study_probability=0.9,
+        decision_threshold=0.5,
+    )
+    lesions = gate_result(_result(volume, blobs, ModelKind.UNET, ["brain", "pharynx"]), volume, intracranial_space(volume))
+    combined = combine(study, lesions)
+    assert combined.positive and len(combined.findings) == 1 and combined.gate.dropped == 1
+
+
+def test_gated_model_runs_any_model_and_keeps_its_name():
+    spec = SeriesSpec(
+        n_slices=34, rows=192, columns=192, pixel_spacing_mm=(1.2, 1.2), anatomy=Anatomy(),
+        lesions=[Lesion(center_mm=(25.0, 0.0, 10.0), radius_mm=9.0)],
+    )
+    hu, planted, _ = anatomical_volume(spec)
+    volume = CTVolume.from_array(hu, spacing_mm=(spec.slice_thickness_mm, *spec.pixel_spacing_mm))
+    model = GatedModel(ThresholdModel(ThresholdParameters()))
+    assert (model.name, model.version) == (model.model.name, model.model.version)
+    result = model.predict(volume)
+    assert result.gate is not None and result.gate.kept >= 1
+    largest = result.label_map == 1
+    assert (largest & planted).sum() >= 0.5 * planted.sum()
+
+
+def test_gate_parameters_are_checked():
+    with pytest.raises(ValueError, match="margin_mm"):
+        GateParameters(margin_mm=-1)
+    with pytest.raises(ValueError, match="min_inside_fraction"):
+        GateParameters(min_inside_fraction=0)
