@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from dicom_node.imaging.anatomy import intracranial_space
 from dicom_node.models.combine import StudyDecision, decide_study
+from dicom_node.models.gating import gate_result
 from dicom_node.training.cases import Case
 from dicom_node.training.data import evaluation_cases
 from dicom_node.training.whole_study import WholeStudyFigures
@@ -121,10 +123,13 @@ def calibrate(
     seed: int = 0,
     device: str | None = "auto",
     batch_size: int = 16,
+    gate: bool = False,
 ) -> tuple[StudyDecision, dict[str, Any]]:
     """Fit the study decision of the segmenter in ``model_dir`` on ``data``'s stacks and save it in the card.
 
-    Returns the decision and the figures written with it (see the module docstring).
+    ``gate``: fit on findings restricted to the intracranial space, as the node
+    reports them when it gates. Returns the decision and the figures written
+    with it (see the module docstring).
     """
     from dicom_node.models.registry import load_model
     from dicom_node.models.runner import Runner
@@ -137,7 +142,10 @@ def calibrate(
     for case in evaluation_cases(data, loaded.card.input, split=split, seed=seed):
         if case.truth is None or case.truth.shape[0] < 2:
             continue
-        results.append((_predict(runner, case), case.truth))
+        result = _predict(runner, case)
+        if gate:
+            result = gate_result(result, case.volume, intracranial_space(case.volume))
+        results.append((result, case.truth))
         cases.append(case)
     if not results:
         raise ValueError(f"{data} split {split!r} has no whole stacks with voxel truth to calibrate on")
@@ -157,7 +165,7 @@ def calibrate(
         before.add(case.key, result, truth, brain)
         after.add(case.key, decide_study(result, decision, case.volume), truth, brain)
     figures = {
-        "data": f"{data} split {split} (seed {seed})",
+        "data": f"{data} split {split} (seed {seed})" + (", findings gated to the intracranial space" if gate else ""),
         "before": before.metrics(),
         "after_in_sample": after.metrics(),
         "cross_fit_two_folds": cross_fit(examples),

@@ -87,13 +87,14 @@ def register(app: typer.Typer) -> None:
         split: Annotated[str, typer.Option(help="Split of the stacks to fit on.")] = "val",
         seed: Annotated[int, typer.Option(help="Seed of the split (as in training).")] = 0,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+        gate: Annotated[bool, typer.Option("--gate", help="Fit on findings gated to the intracranial space.")] = False,
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Fit the model's study decision on whole stacks and write it into its card."""
         from dicom_node.training.calibrate import calibrate
 
         configure_logging(log_level.upper(), "text")
-        decision, figures = calibrate(model, data, split=split, seed=seed, device=device)
+        decision, figures = calibrate(model, data, split=split, seed=seed, device=device, gate=gate)
         typer.echo(json.dumps({"study_decision": decision.to_json(), **figures}, indent=2))
 
     @app.command("evaluate")
