@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_node.imaging.morphology import fill_holes_2d, largest_component
-from dicom_node.training.phe_sich import PheSich, PheStack, _dilate, estimate_window, measure_window
+from dicom_node.imaging.morphology import erode_in_plane, fill_holes_2d, largest_component
+from dicom_node.training.phe_sich import PheSich, PheStack, estimate_window, measure_window
 
 TILE = 192
 
@@ -56,7 +56,7 @@ def _intracranial(hu: np.ndarray) -> np.ndarray:
     """A rough brain mask for reading the window: inside the largest bone ring, eroded. (Check only.)"""
     bone = hu >= 1000
     inside = fill_holes_2d(largest_component(bone)) & ~bone if bone.any() else np.zeros_like(bone)
-    return ~_dilate(~inside, 6)
+    return erode_in_plane(inside[None], 6)[0]
 
 
 def main() -> None:
