@@ -36,6 +36,7 @@ from dicom_node.admin.text import (
     job_lines,
     study_detail_lines,
     study_line,
+    utc,
 )
 from dicom_node.conformance import write_conformance_statement
 from dicom_node.audit import AuditLog
@@ -48,7 +49,7 @@ from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
-from dicom_node.errors import ConfigError, DicomNodeError
+from dicom_node.errors import ConfigError, DatabaseNotFoundError, DicomNodeError
 from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
@@ -60,11 +61,19 @@ from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.pipeline import Model, Pipeline, model_key
 from dicom_node.retention import run_retention
 from dicom_node.retry import RetryPolicy
-from dicom_node.scheduler import Worker, build_scheduler, release_ticks
+from dicom_node.ticks import build_scheduler, release_ticks
+from dicom_node.worker import Worker
 from dicom_node.send.echo import verify
 from dicom_node.send.outbox import cancel_pending, deliveries_of_job, requeue_job_outputs, serve_outbox
 from dicom_node.send.scu import Peer
-from dicom_node.supervisor import Supervisor, adopt_supervision, child_specs, is_supervised, listening_socket
+from dicom_node.supervisor import (
+    ChildSpec,
+    Supervisor,
+    adopt_supervision,
+    child_specs,
+    is_supervised,
+    listening_socket,
+)
 from dicom_node.training import commands as model_commands
 
 logger = logging.getLogger("dicom_node")
@@ -105,7 +114,11 @@ def _settings(path: Path) -> Settings:
 
 def _engine_at_head(settings: Settings, config: Path) -> Engine:
     """The database, checked to be at our schema revision; never a new, empty one (see create_db_engine)."""
-    engine = create_db_engine(settings.database, create=False)
+    try:
+        engine = create_db_engine(settings.database, create=False)
+    except DatabaseNotFoundError as exc:  # the same exit status as a database at the wrong revision
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(3) from exc
     current = migrate.current_revision(engine)
     head = migrate.head_revision()
     if current != head:
@@ -462,8 +475,13 @@ def _supervise(config: Path, *, worker: bool) -> None:
     supervisor = Supervisor(child_specs(node.listener_processes, worker=worker), config.resolve(), sock, metrics_dir)
     stops: list[Callable[[], None]] = []
     status = 0
+    engine.dispose()  # no pooled connection may cross the fork into the children
+
+    def run_forked(spec: ChildSpec) -> None:
+        _serve(config, listener=spec.command == "scp", scheduler=spec.command == "worker")
+
     try:
-        supervisor.start()
+        supervisor.start(run_forked)
         if settings.observability.enabled:
             children = ChildrenMetrics(metrics_dir)
             stops.append(
@@ -548,10 +566,12 @@ def echo(
             raise typer.Exit(2)
         d = destinations[peer]
         called, host, port = d.ae_title, d.host, d.port
+        # As the sender will: over TLS when the destination wants it.
+        tls = client_context(settings.tls) if settings and d.tls else None
     else:
-        called, host, port = match["ae"], match["host"], int(match["port"])
+        called, host, port, tls = match["ae"], match["host"], int(match["port"]), None
     ours = calling_ae or (settings.node.ae_title if settings else "DICOMNODE")
-    result = verify(host, port, called_ae=called, calling_ae=ours, timeout_s=timeout)
+    result = verify(host, port, called_ae=called, calling_ae=ours, timeout_s=timeout, tls_context=tls)
     if not result.ok:
         typer.echo(result.reason + (f"; {result.hint}" if result.hint else ""), err=True)
         raise typer.Exit(1)
@@ -667,9 +687,10 @@ def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
         typer.echo(line)
     for d in deliveries:
         why = f" ({d.last_error})" if d.last_error else ""
+        retry = f", next try {utc(d.next_attempt_at)}" if d.state.value == "pending" and d.attempts else ""
         typer.echo(
             f"  delivery   {d.kind:<10} {d.sop_instance_uid} -> {d.destination}: {d.state.value}, "
-            f"{d.attempts} attempt(s), last status {d.last_status or '-'}{why}"
+            f"{d.attempts} attempt(s){retry}, last status {d.last_status or '-'}{why}"
         )
 
 

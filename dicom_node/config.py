@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicom_node.errors import ConfigError
+from dicom_node.uid_syntax import is_valid_uid_root
 
 ENV_PREFIX = "DICOM_NODE_"
 #: The environment variable every command reads its settings file from when --config is not given.
@@ -48,7 +49,7 @@ def _check_ae_title(value: str) -> str:
 
 def _check_uid_root(value: str) -> str:
     """A UID root: dot-separated numeric components, no leading zeros, short enough to extend."""
-    if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*", value):
+    if not is_valid_uid_root(value):
         raise ValueError("a UID root is dot-separated digits without leading zeros (PS3.5 9.1)")
     if len(value) > 40:
         raise ValueError("a UID root longer than 40 characters leaves too little room for suffixes")
@@ -118,7 +119,7 @@ class NodeSettings(_Section):
     )
     max_associations: int = Field(default=10, ge=1, le=1000, description="per listener process")
     listener_processes: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=64,
         description="processes accepting on the port; each uses one CPU core at most (one GIL)",
@@ -216,7 +217,9 @@ class TLSSettings(_Section):
         return self
 
 
-OutputObject = Literal["seg", "sr", "key_images"]
+#: A kind of result object, as named in ``[[destinations]] objects`` (the rows of the objects
+#: themselves are :class:`dicom_node.db.models.OutputObject`).
+OutputKind = Literal["seg", "sr", "key_images"]
 
 
 class Destination(_Section):
@@ -227,7 +230,7 @@ class Destination(_Section):
     host: str
     port: Port
     tls: bool = False
-    objects: list[OutputObject] = Field(default_factory=lambda: ["seg", "sr", "key_images"])
+    objects: list[OutputKind] = Field(default_factory=lambda: ["seg", "sr", "key_images"])
 
 
 class SelectionSettings(_Section):

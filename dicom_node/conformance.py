@@ -5,9 +5,9 @@ from what the node runs on, so that the two cannot disagree:
 
 * the presentation contexts from the one table in :mod:`dicom_node.dicom.contexts`
   (the listener's supported contexts come from it too);
-* the C-STORE statuses from :mod:`dicom_node.ingest.scp` (its constants, and the reasons
-  in its docstring), and the warning statuses the sender accepts from
-  :mod:`dicom_node.send.scu`;
+* the C-STORE statuses, the association rejections and the warning statuses the sender
+  accepts from the one status table in :mod:`dicom_node.dicom.statuses` (which the
+  listener and the sender use, and which is built on pynetdicom's);
 * the implementation class UID, version name and default PDU size from pynetdicom, read
   at run time, so that upgrading pynetdicom changes the statement;
 * AE title, port, callers, timeouts, TLS, destinations and output series from the settings.
@@ -33,7 +33,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from dicom_node import __version__
-from dicom_node.config import OutputObject, RetrySettings, Settings
+from dicom_node.config import OutputKind, RetrySettings, Settings
 from dicom_node.dicom.contexts import (
     ACCEPTED_TRANSFER_SYNTAXES,
     STORAGE_CLASSES,
@@ -41,27 +41,23 @@ from dicom_node.dicom.contexts import (
     VERIFICATION_TRANSFER_SYNTAXES,
     Role,
 )
-from dicom_node.ingest import scp
-from dicom_node.ingest.scp import (
-    CANNOT_UNDERSTAND,
-    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+from dicom_node.dicom.statuses import (
     OUT_OF_RESOURCES,
+    REJECT_CALLED_AE,
     REJECT_CALLING_AE,
+    REJECT_LIMIT,
+    STORE_REFUSALS,
     SUCCESS,
+    named_storage_warnings,
 )
-from dicom_node.send.scu import WARNING_STATUSES, proposed_transfer_syntaxes
-
-#: A-ASSOCIATE-RJ (result, source, reason) that pynetdicom sends for a wrong called AE
-#: title, and for one association more than the maximum (PS3.8 9.3.4).
-_REJECT_CALLED_AE = (0x01, 0x01, 0x07)
-_REJECT_LIMIT = (0x02, 0x03, 0x02)
+from dicom_node.send.scu import proposed_transfer_syntaxes
 
 
 @dataclass(frozen=True)
 class CreatedObject:
     """An object kind the node creates and sends: its SOP class and configured series."""
 
-    kind: OutputObject  # as named in [[destinations]] objects
+    kind: OutputKind  # as named in [[destinations]] objects
     name: str
     sop_class_uid: UID
     series_number: int
@@ -114,31 +110,6 @@ def created_transfer_syntax() -> UID:
     in the first (uncompressed, which every viewer decodes).
     """
     return ACCEPTED_TRANSFER_SYNTAXES[0]
-
-
-def documented_statuses() -> dict[int, str]:
-    """The refusal statuses of the table in :mod:`dicom_node.ingest.scp`'s docstring.
-
-    The listener's docstring explains each status next to the code that returns it;
-    reading it here keeps one wording. Raises ``RuntimeError`` when one of the listener's
-    refusal constants is missing from that table, so a new status cannot go unstated.
-    """
-    statuses: dict[int, str] = {}
-    current: int | None = None
-    for line in (scp.__doc__ or "").splitlines():
-        match = re.match(r"^0x([0-9A-Fa-f]{4})\s+(\S.*)$", line)
-        if match:
-            current = int(match[1], 16)
-            statuses[current] = match[2].strip()
-        elif current is not None and line.startswith(" ") and line.strip():
-            statuses[current] += " " + line.strip()
-        else:
-            current = None
-    missing = {OUT_OF_RESOURCES, DATASET_DOES_NOT_MATCH_SOP_CLASS, CANNOT_UNDERSTAND} - statuses.keys()
-    if missing:
-        codes = ", ".join(f"0x{code:04X}" for code in sorted(missing))
-        raise RuntimeError(f"status(es) {codes} missing from the table in dicom_node.ingest.scp's docstring")
-    return statuses
 
 
 def _uid_name(uid: str) -> str:
@@ -325,9 +296,12 @@ def _association_policies(doc: _Document, settings: Settings) -> None:
     )
     doc.section(5, "Number of Associations")
     doc.text(
-        f"As SCP, at most {node.max_associations} concurrent associations (*configured*); one more "
+        f"As SCP, {node.listener_processes} listener process(es) (*configured*) accept on the same port, "
+        f"each at most {node.max_associations} concurrent associations (*configured*), "
+        f"{node.listener_processes * node.max_associations} in all; the operating system gives each new "
+        "association to one of them. One more than a process's limit "
         "is rejected with A-ASSOCIATE-RJ rejected-transient, service-provider (presentation), "
-        f"local-limit-exceeded {_rejection(_REJECT_LIMIT)}. As SCU, one association at a time per "
+        f"local-limit-exceeded {_rejection(REJECT_LIMIT)}. As SCU, one association at a time per "
         f"destination ({len(settings.destinations)} configured)."
     )
     doc.section(5, "Asynchronous Nature")
@@ -376,7 +350,7 @@ def _initiation(doc: _Document, settings: Settings) -> None:
         "**SOP specific conformance (Storage SCU).** An object counts as sent only when the "
         "destination returns a success or warning status for it:",
     )
-    warnings = ", ".join(f"0x{code:04X}" for code in sorted(WARNING_STATUSES))
+    warnings = ", ".join(f"0x{code:04X}" for code in named_storage_warnings()) + " and any other warning"
     doc.table(
         ("Status", "Meaning", "Behaviour"),
         [
@@ -399,7 +373,6 @@ def _initiation(doc: _Document, settings: Settings) -> None:
 
 def _acceptance(doc: _Document, settings: Settings) -> None:
     node = settings.node
-    statuses = documented_statuses()
     doc.section(4, "Association Acceptance Policy")
     doc.section(5, "Activity: Receive Images")
     callers = (
@@ -411,7 +384,7 @@ def _acceptance(doc: _Document, settings: Settings) -> None:
     )
     called = (
         f"An association addressed to a called AE title other than `{node.ae_title}` is rejected "
-        f"{_rejection(_REJECT_CALLED_AE)}."
+        f"{_rejection(REJECT_CALLED_AE)}."
         if node.require_called_ae_title
         else "Any called AE title is accepted."
     )
@@ -462,9 +435,7 @@ def _acceptance(doc: _Document, settings: Settings) -> None:
         "and its database row committed. C-STORE response statuses:",
     )
     rows = [(f"0x{SUCCESS:04X}", "Success", "stored durably and recorded, or a duplicate (see above)")]
-    for code in (OUT_OF_RESOURCES, DATASET_DOES_NOT_MATCH_SOP_CLASS, CANNOT_UNDERSTAND):
-        service_status, _, meaning = statuses[code].partition(": ")
-        rows.append((f"0x{code:04X}", service_status, meaning))
+    rows += [(f"0x{r.code:04X}", r.service_status, r.description()) for r in STORE_REFUSALS]
     doc.table(("Status", "Service Status", "Further Meaning"), rows)
     doc.text(
         f"0x{OUT_OF_RESOURCES:04X} is returned while free disk space is below "
@@ -523,7 +494,8 @@ def _configuration(doc: _Document, settings: Settings) -> None:
     doc.table(
         ("Parameter", "Value", "Setting"),
         [
-            ("Maximum concurrent associations (SCP)", node.max_associations, "node.max_associations"),
+            ("Maximum concurrent associations (SCP), per listener process", node.max_associations, "node.max_associations"),
+            ("Listener processes sharing the port (SCP)", node.listener_processes, "node.listener_processes"),
             ("ACSE timeout (SCP)", _seconds(node.acse_timeout_s), "node.acse_timeout_s"),
             ("DIMSE timeout (SCP)", _seconds(node.dimse_timeout_s), "node.dimse_timeout_s"),
             ("Network idle timeout (SCP)", _seconds(node.network_timeout_s), "node.network_timeout_s"),
@@ -658,11 +630,15 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "Observation context: the node as device observer. Procedure reported: LOINC 25045-6 "
             "\"CT unspecified body region\" (CID 100, which has no head CT code); every group's finding "
             "site is the brain.",
-            "Imaging Measurements holds, in the order of the template's rows, one measurement group "
-            "per lesion (TID 1411) referencing its segment in the SEG, with volume (ml), long axis "
-            "(mm), mean attenuation (HU) and the certainty of the finding; then always one "
-            "study-level group (TID 1501) with the qualitative evaluation \"Intracranial hemorrhage: "
-            "present/absent\" and the study probability.",
+            "Imaging Measurements holds, in the order of the template's rows, one TID 1410 group per "
+            "lesion with its outline (SCOORD \"Image Region\", a closed POLYLINE in pixel coordinates "
+            "on its key slice, SELECTED FROM that image), then one TID 1411 group per lesion "
+            "referencing its segment in the SEG, with volume (ml), long axis (mm), mean attenuation "
+            "(HU) and the certainty of the finding. Both groups of a lesion share its tracking "
+            "identifier and UID (those of its segment). A negative study has no Imaging Measurements.",
+            "Qualitative Evaluations (TID 1500 row 12) always holds the study-level call "
+            "\"Intracranial hemorrhage: present/absent\" (CODE) and the study probability (TEXT, "
+            "6 significant digits; this container has no NUM row).",
             "Preliminary Flag PRELIMINARY, Verification Flag UNVERIFIED: no person has signed it. "
             "The source images and the SEG are listed as evidence.",
         ]

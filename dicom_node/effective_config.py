@@ -36,11 +36,18 @@ class SettingLine:
 
 
 def environment_overrides(environ: Mapping[str, str]) -> dict[str, str]:
-    """Dotted key -> variable name for every ``DICOM_NODE_<SECTION>__<KEY>`` set."""
+    """Dotted key -> variable name for every ``DICOM_NODE_<SECTION>__<KEY>`` set.
+
+    Only names of a settings section count: ``DICOM_NODE_CONFIG`` names the file, and
+    other ``DICOM_NODE_*`` variables (a test's knobs, say) are not settings at all.
+    """
     found = {}
     for name in environ:
-        if name.upper().startswith(ENV_PREFIX) and name.upper() != CONFIG_ENV:
-            found[name[len(ENV_PREFIX) :].lower().replace("__", ".")] = name
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if key.split(".", 1)[0] in Settings.model_fields:
+            found[key] = name
     return found
 
 

@@ -15,7 +15,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -49,10 +48,9 @@ from dicom_node.outputs import (
     device_observer_uid,
 )
 from dicom_node.outputs import codes
-from dicom_node.outputs.seg import with_patient_study_type2
 from dicom_node.outputs.revision import EarlierReport, replacing_description
 from dicom_node.outputs.sources import prepare_sources
-from dicom_node.send.outbox import add_deliveries
+from dicom_node.send.outbox import WrittenObject
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +77,6 @@ def model_key(model: Model) -> str:
     return f"{model.name}@{model.version}"
 
 
-@dataclass(frozen=True)
-class WrittenObject:
-    """An object the job created and wrote under the storage root."""
-
-    kind: str  # seg | sr | key_images
-    sop_class_uid: str
-    sop_instance_uid: str
-    path: str
-
-
 @dataclass
 class JobOutput:
     """What a job produced, and a summary for ``jobs show``."""
@@ -109,6 +97,14 @@ class BuiltObjects:
 
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.objects]
+
+    def add(self, segmentation: Dataset | None, report: Dataset | None, key_images: list[Dataset] | None) -> None:
+        """The objects that could be built, in delivery order: SEG, SR (which references it), key images."""
+        if segmentation is not None:
+            self.objects.append(("seg", segmentation))
+        if report is not None:
+            self.objects.append(("sr", report))
+        self.objects.extend(("key_images", image) for image in key_images or [])
 
 
 @dataclass(frozen=True)
@@ -134,40 +130,6 @@ def load_study_input(session: Session, store: InstanceStore, job: ClaimedJob) ->
     if not paths:
         raise AnalysisError("the study has no stored instances")
     return StudyInput(job.study_instance_uid, dict(paths))
-
-
-def record_outputs(
-    session: Session,
-    job: ClaimedJob,
-    output: JobOutput,
-    *,
-    destinations: dict[str, list[str]],
-    now: datetime,
-) -> None:
-    """Insert the job's objects and one outbox row per (object, destination that wants its kind).
-
-    A re-run of the same job creates objects with the same UIDs: their rows are reused,
-    so a resend replaces rather than duplicates.
-    """
-    for obj in output.objects:
-        existing = session.scalars(
-            select(OutputObject).where(OutputObject.sop_instance_uid == obj.sop_instance_uid)
-        ).one_or_none()
-        if existing is None:
-            existing = OutputObject(
-                job_id=job.id,
-                kind=obj.kind,
-                sop_class_uid=obj.sop_class_uid,
-                sop_instance_uid=obj.sop_instance_uid,
-                path=obj.path,
-                created_at=now,
-            )
-            session.add(existing)
-            session.flush()
-        else:
-            existing.job_id, existing.path = job.id, obj.path
-        wanted = [name for name, kinds in destinations.items() if obj.kind in kinds]
-        add_deliveries(session, output_id=existing.id, destinations=wanted, now=now)
 
 
 def find_earlier_report(session: Session, store: InstanceStore, job: ClaimedJob) -> EarlierReport | None:
@@ -404,11 +366,7 @@ class Pipeline:
         report = self._attempt(
             built, "sr", "report (SR)", context, lambda: self._report(inputs, segmentation, built.missing)
         )
-        if segmentation is not None:
-            built.objects.append(("seg", segmentation))
-        if report is not None:
-            built.objects.append(("sr", report))
-        built.objects.extend(("key_images", image) for image in key_images or [])
+        built.add(segmentation, report, key_images)
         if not built.objects:
             raise SourceDataError("no result object could be built: " + "; ".join(built.missing))
         return built
@@ -427,45 +385,24 @@ class Pipeline:
         self, job: ClaimedJob, volume: CTVolume, headers: list[Dataset], result: ModelResult,
         replaces: EarlierReport | None,
     ) -> _BuildInputs:
-        settings = self.settings
+        """What every builder takes, on the slices that have a source image (``keep``)."""
         keep = [k for k, uid in enumerate(volume.source_sop_instance_uids) if uid is not None]
         label_map = result.label_map[keep]
         try:
             sources = self._sources(job, headers)
         except UNUSABLE_HEADER as exc:
             raise SourceDataError(f"the source headers cannot be copied into our objects: {exc}") from exc
-        algorithm = AlgorithmInfo(
-            result.model_name,
-            result.model_version,
-            codes.MORPHOLOGICAL_OPERATIONS if result.model_kind is ModelKind.THRESHOLD else codes.ARTIFICIAL_INTELLIGENCE,
-        )
-        equipment = Equipment(
-            manufacturer=settings.identity.manufacturer,
-            manufacturer_model_name=settings.identity.manufacturer_model_name,
-            software_versions=f"dicom-node {__version__}; {model_key(self.model)}",
-            device_serial_number=settings.identity.device_serial_number,
-            institution_name=settings.identity.institution_name,
-        )
-        lesions = [
-            LesionMeasurement(
-                segment_number=f.label,
-                volume_ml=f.volume_ml,
-                longest_axial_diameter_mm=f.longest_axial_diameter_mm,
-                mean_hu=f.mean_hu,
-                confidence=f.confidence,
-                key_slice_index=_key_slice(label_map, f.label, keep, f.diameter_slice_index),
-            )
-            for f in result.findings
-        ]
         return _BuildInputs(
-            uids=JobUids(settings.identity.uid_root, self.job_key(job)),
+            uids=JobUids(self.settings.identity.uid_root, self.job_key(job)),
             sources=sources,
             label_map=label_map,
             hu=volume.hu[keep],
-            algorithm=algorithm,
-            equipment=equipment,
+            algorithm=_algorithm(result),
+            equipment=Equipment.from_identity(
+                self.settings.identity, software_versions=f"dicom-node {__version__}; {model_key(self.model)}"
+            ),
             assessment=StudyAssessment(result.positive, float(result.study_probability)),
-            lesions=lesions,
+            lesions=_lesion_measurements(result, label_map, keep),
             algorithm_text=f"{result.model_name} {result.model_version}",
             replaces=replaces,
         )
@@ -531,7 +468,28 @@ class Pipeline:
         for verb, keywords in (("normalised", prepared.normalised), ("emptied", prepared.emptied)):
             if keywords:  # keywords only: the values are patient data
                 logger.info(f"source values {verb} in our objects: {', '.join(sorted(keywords))}", extra=context)
-        return [with_patient_study_type2(ds) for ds in prepared.images]
+        return prepared.images
+
+
+def _algorithm(result: ModelResult) -> AlgorithmInfo:
+    """The model as the objects name it; the HU threshold baseline is a morphological operation."""
+    family = codes.MORPHOLOGICAL_OPERATIONS if result.model_kind is ModelKind.THRESHOLD else codes.ARTIFICIAL_INTELLIGENCE
+    return AlgorithmInfo(result.model_name, result.model_version, family)
+
+
+def _lesion_measurements(result: ModelResult, label_map: np.ndarray, keep: list[int]) -> list[LesionMeasurement]:
+    """The SR's and key images' figures for each finding, its key slice among the kept slices."""
+    return [
+        LesionMeasurement(
+            segment_number=f.label,
+            volume_ml=f.volume_ml,
+            longest_axial_diameter_mm=f.longest_axial_diameter_mm,
+            mean_hu=f.mean_hu,
+            confidence=f.confidence,
+            key_slice_index=_key_slice(label_map, f.label, keep, f.diameter_slice_index),
+        )
+        for f in result.findings
+    ]
 
 
 def _key_slice(label_map: np.ndarray, label: int, keep: list[int], diameter_slice: int) -> int:

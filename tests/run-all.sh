@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh Debian machine, then run it.
-#   - Debian packages (only those missing): DCMTK, dicom3tools, Orthanc
+#   - Debian packages (only those missing): DCMTK, dicom3tools, Orthanc, Chromium (the OHIF
+#     viewer test drives it headless; npm's puppeteer-core downloads no browser of its own)
 #   - a virtual environment at .venv with dicom-node installed editable plus test extras
 # Extra arguments are passed to pytest (e.g. tests/unit -x).
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v /usr/sbin/Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 [ -e /usr/share/java/pixelmed.jar ] || need_apt+=(pixelmed-apps)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)

@@ -45,15 +45,18 @@ def destination_health(session: Session, destinations: list[Destination]) -> lis
     last_sent = dict(
         session.execute(select(Delivery.destination, func.max(Delivery.sent_at)).group_by(Delivery.destination)).all()
     )
+    # The latest failed row of each destination: one per name, however long the backlog.
+    latest = (
+        select(func.max(Delivery.id))
+        .where(Delivery.last_error.is_not(None), Delivery.state.in_((DeliveryState.PENDING, DeliveryState.DEAD)))
+        .group_by(Delivery.destination)
+    )
     failing = {
         row.destination: row
         for row in session.execute(
-            select(Delivery.destination, Delivery.last_error, Delivery.next_attempt_at, Delivery.state)
-            .where(
-                Delivery.last_error.is_not(None),
-                Delivery.state.in_((DeliveryState.PENDING, DeliveryState.DEAD)),
+            select(Delivery.destination, Delivery.last_error, Delivery.next_attempt_at, Delivery.state).where(
+                Delivery.id.in_(latest)
             )
-            .order_by(Delivery.id)
         ).all()
     }
     configured = {d.name: f"{d.ae_title}@{d.host}:{d.port}" for d in destinations}

@@ -138,14 +138,16 @@ def delivery_counts(session: Session, job_ids: Iterable[int]) -> dict[int, list[
     if not ids:
         return {}
     rows = session.execute(
-        select(OutputObject.job_id, Delivery.destination, Delivery.state, func.count(), func.max(Delivery.id))
+        select(OutputObject.job_id, Delivery.destination, Delivery.state, func.count())
         .join(OutputObject, OutputObject.id == Delivery.output_id)
         .where(OutputObject.job_id.in_(ids))
         .group_by(OutputObject.job_id, Delivery.destination, Delivery.state)
     ).all()
-    errors = dict(
-        session.execute(
-            select(Delivery.destination, Delivery.last_error)
+    # The latest error of each (job, destination), in id order so the newest wins.
+    errors = {
+        (job_id, destination): error
+        for job_id, destination, error in session.execute(
+            select(OutputObject.job_id, Delivery.destination, Delivery.last_error)
             .join(OutputObject, OutputObject.id == Delivery.output_id)
             .where(
                 OutputObject.job_id.in_(ids),
@@ -154,15 +156,12 @@ def delivery_counts(session: Session, job_ids: Iterable[int]) -> dict[int, list[
             )
             .order_by(Delivery.id)
         ).all()
-    )
+    }
     grouped: dict[int, dict[str, dict[str, int]]] = {}
-    for job_id, destination, state, count, _ in rows:
+    for job_id, destination, state, count in rows:
         grouped.setdefault(job_id, {}).setdefault(destination, {})[str(getattr(state, "value", state))] = int(count)
     return {
-        job_id: [
-            DeliveryCounts(name, states, errors.get(name) if set(states) - {"sent", "cancelled"} else None)
-            for name, states in sorted(by_destination.items())
-        ]
+        job_id: [DeliveryCounts(name, states, errors.get((job_id, name))) for name, states in sorted(by_destination.items())]
         for job_id, by_destination in grouped.items()
     }
 

@@ -88,11 +88,13 @@ def _stages(study: StudyOverview) -> str:
     return (stages + "<br>" if stages else "") + f'<span class="muted">{times}</span>'
 
 
+def _state(name: str, count: int | None = None) -> str:
+    """A state as a coloured word (the stylesheet has a class per state), with its count."""
+    return f'<span class="{_e(name)}">{"" if count is None else f"{count} "}{_e(name)}</span>'
+
+
 def _counts(by_state: dict[str, int]) -> str:
-    """States as coloured words, with their counts (a zero count shows the word alone)."""
-    return " ".join(
-        f'<span class="{_e(k)}">{f"{n} " if n else ""}{_e(k)}</span>' for k, n in sorted(by_state.items())
-    )
+    return " ".join(_state(k, n) for k, n in sorted(by_state.items()))
 
 
 def _study_row(study: StudyOverview, viewer_url: str | None) -> str:
@@ -100,7 +102,9 @@ def _study_row(study: StudyOverview, viewer_url: str | None) -> str:
     call = job.call if job else "-"
     probability = f"{job.probability:.2f}" if job and job.probability is not None else "-"
     volume = f"{job.volume_ml:.1f} mL" if job and job.volume_ml is not None else "-"
-    job_text = f"{job.id}: {_counts({job.state: 0})} ({job.attempts}/{job.max_attempts})" if job else "-"
+    job_text = f"{job.id}: {_state(job.state)} ({job.attempts}/{job.max_attempts})" if job else "-"
+    if job and job.last_error and job.state != "succeeded":
+        job_text += f"<br><span class='muted'>{_e(job.last_error.splitlines()[0][:160])}</span>"
     deliveries = "<br>".join(f"{_e(d.destination)}: {_counts(d.by_state)}" for d in study.deliveries) or "-"
     return (
         "<tr>"

@@ -44,6 +44,10 @@ def database_problem(engine: Engine) -> str | None:
     return None
 
 
+#: Job states whose recorded reason is not an error to act on.
+NOT_ERRORS = ("skipped", "succeeded")
+
+
 @dataclass(frozen=True)
 class RecentError:
     """A job's or a delivery's last error, and whose it is."""
@@ -60,7 +64,8 @@ def recent_errors(engine: Engine, limit: int = 5) -> list[RecentError]:
         jobs = connection.execute(
             select(Job.id, Job.state, Job.last_error, Study.study_instance_uid)
             .join(Study, Study.id == Job.study_id)
-            .where(Job.last_error.is_not(None))
+            # A skipped job (not applicable: not a head, too small) is an outcome, not an error.
+            .where(Job.last_error.is_not(None), Job.state.not_in(NOT_ERRORS))
             .order_by(Job.id.desc())
             .limit(limit)
         ).all()

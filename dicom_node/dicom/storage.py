@@ -21,7 +21,6 @@ import errno
 import hashlib
 import logging
 import os
-import re
 import shutil
 import socket
 import stat
@@ -33,10 +32,10 @@ from pathlib import Path, PurePosixPath
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import DiskFullError, StorageError
+from dicom_node.uid_syntax import is_plain_uid
 
 logger = logging.getLogger(__name__)
 
-_PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 INCOMING_DIR = ".incoming"
 #: A temporary file older than this is left from a crash on some host, whatever its name says.
 STALE_AFTER_S = 24 * 3600
@@ -50,7 +49,7 @@ def path_component(uid: str) -> str:
 
     Hashed names start with ``x`` so they can never equal a plain UID.
     """
-    if len(uid) <= 64 and _PLAIN_UID.fullmatch(uid):
+    if is_plain_uid(uid):
         return uid
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 

@@ -306,14 +306,70 @@ def assemble_volume(
 
     Paths are read twice, headers first (to sort and check) then pixels one file
     at a time into a preallocated array, so that memory is the volume plus one
-    frame.
+    frame. The steps: read the headers, check they describe one stack, order the
+    slices on the normal and place them on the acquired grid, decode the pixels.
     """
     if max_gap_slices < 0:
         raise ValueError("max_gap_slices must not be negative")
     if not 0 <= max_missing_fraction < 1:
         raise ValueError("max_missing_fraction must be in [0, 1)")
     warnings: list[str] = []
+    slices, excluded = _read_series(sources, series_instance_uid, warnings)
+    plane = _check_plane(slices, warnings)
+    slices, positions, along = _order(slices, plane.normal)
+    if len(slices) == 1:
+        grid = _single_slice_grid(slices[0].header, plane.normal)
+    else:
+        grid = _stack_grid(
+            positions, along, plane.normal, warnings,
+            max_gap_slices=max_gap_slices, max_missing_fraction=max_missing_fraction, spacing_rtol=spacing_rtol,
+        )
+    hu = _decode_slices(slices, grid.indices, plane.rows, plane.columns)
+    volume = _volume(slices, plane, grid, hu, positions[0], series_instance_uid, warnings, excluded)
+    for warning in warnings:
+        logger.warning(
+            "volume assembly: %s",
+            warning,
+            extra={"series_instance_uid": series_instance_uid, "stage": "volume"},
+        )
+    return volume
 
+
+@dataclass(frozen=True)
+class _Plane:
+    """What every slice of the series shares: matrix, orientation, pixel spacing, frame of reference."""
+
+    rows: int
+    columns: int
+    orientation: np.ndarray  # ImageOrientationPatient: row cosines, then column cosines
+    pixel_spacing: np.ndarray  # (between rows, between columns)
+    frame_of_reference_uid: str | None
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Row cosines x column cosines, normalised: the direction slices are ordered along."""
+        normal = np.cross(self.orientation[:3], self.orientation[3:])
+        return normal / np.linalg.norm(normal)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Where the ordered slices sit on the acquired grid, and the step from one slice to the next."""
+
+    indices: np.ndarray  # grid index of each ordered slice; gaps are the missing ones
+    step: np.ndarray  # patient-space vector between neighbouring slices (sheared when tilted)
+    spacing_z: float  # distance between slice planes along the normal
+    tilt_deg: float = 0.0
+
+    @property
+    def n_total(self) -> int:
+        return int(self.indices[-1]) + 1
+
+
+def _read_series(
+    sources: Sequence[Source], series_instance_uid: str, warnings: list[str]
+) -> tuple[list[_Slice], list[str]]:
+    """Read: the headers of the series' instances, each SOP Instance UID once; others excluded."""
     slices: list[_Slice] = []
     excluded: list[str] = []
     seen: set[str] = set()
@@ -337,7 +393,11 @@ def assemble_volume(
         warnings.append(f"{duplicates} duplicate instance(s) (same SOP Instance UID) were read once")
     if not slices:
         raise ValueError(f"no instance of series {series_instance_uid} among the sources")
+    return slices, excluded
 
+
+def _check_plane(slices: list[_Slice], warnings: list[str]) -> _Plane:
+    """Check: one frame per instance, and one matrix, orientation, pixel spacing and frame of reference."""
     first = slices[0].header
     for s in slices:
         if int(s.header.get("NumberOfFrames", 1) or 1) != 1:
@@ -358,7 +418,11 @@ def assemble_volume(
             )
         if not np.allclose(_floats(s.header, "PixelSpacing", 2), pixel_spacing, rtol=1e-4, atol=1e-6):
             raise ValueError("all instances of a series must share PixelSpacing")
+    return _Plane(rows, columns, orientation, pixel_spacing, _frame_of_reference(slices, warnings))
 
+
+def _frame_of_reference(slices: list[_Slice], warnings: list[str]) -> str | None:
+    """The one FrameOfReferenceUID of the slices, None (with a warning) when none has one."""
     frames_of_reference = {s.header.get("FrameOfReferenceUID") for s in slices}
     frames_of_reference.discard(None)
     frames_of_reference.discard("")
@@ -370,92 +434,105 @@ def assemble_volume(
             "FrameOfReferenceUID is absent: positions are assumed to share one frame of reference; "
             "our objects use a Frame of Reference UID derived from the series UID"
         )
+    return frame_of_reference_uid
 
-    row_cosines, column_cosines = orientation[:3], orientation[3:]
-    normal = np.cross(row_cosines, column_cosines)
-    normal /= np.linalg.norm(normal)
+
+def _order(slices: list[_Slice], normal: np.ndarray) -> tuple[list[_Slice], np.ndarray, np.ndarray]:
+    """Order: ascending along the normal; returns the slices, their positions and distances along it."""
     positions = np.stack([_floats(s.header, "ImagePositionPatient", 3) for s in slices])
     along = positions @ normal
     order = np.argsort(along, kind="stable")
-    slices = [slices[k] for k in order]
-    positions = positions[order]
-    along = along[order]
+    return [slices[k] for k in order], positions[order], along[order]
 
-    if len(slices) == 1:
-        thickness = first.get("SliceThickness")
-        if thickness in (None, "") or float(thickness) <= 0:
-            raise ValueError("a single-slice series needs a positive SliceThickness for its z spacing")
-        spacing_z = float(thickness)
-        step = normal * spacing_z
-        indices = np.array([0])
-        tilt_deg = 0.0
-    else:
-        steps = np.diff(along)
-        nominal = float(np.median(steps))
-        if nominal <= 0 or steps.min() < spacing_rtol * nominal:
-            raise ValueError(
-                "two instances share one slice position: one instance per position is required "
-                "(repeated or multi-phase acquisitions must be separate series)"
-            )
-        multiples = np.rint(steps / nominal)
-        if np.any(np.abs(steps - multiples * nominal) > spacing_rtol * nominal):
-            raise ValueError(
-                "slice spacing is irregular (steps are not whole multiples of the nominal "
-                f"{nominal:.3g} mm): variable-spacing series are not supported"
-            )
-        indices = np.concatenate([[0], np.cumsum(multiples).astype(int)])
-        n_total = int(indices[-1]) + 1
-        missing = n_total - len(slices)
-        largest_gap = int(multiples.max()) - 1
-        if largest_gap > max_gap_slices or missing > max_missing_fraction * n_total:
-            raise ValueError(
-                f"{missing} slice(s) missing, at most {largest_gap} in a row: a gap may have at most "
-                f"{max_gap_slices} missing slice(s) and all gaps at most "
-                f"{max_missing_fraction:.0%} of the volume"
-            )
-        # Least-squares line through the positions: its slope is the stacking
-        # vector, parallel to the normal unless the gantry was tilted.
-        design = np.stack([np.ones(len(indices)), indices], axis=1)
-        coefficients, *_ = np.linalg.lstsq(design, positions, rcond=None)
-        step = coefficients[1]
-        residual = np.abs(design @ coefficients - positions).max()
-        if residual > max(0.05, 0.05 * nominal):
-            raise ValueError(
-                f"slice positions do not lie on a line (off by up to {residual:.2f} mm): "
-                "the series is not one stack"
-            )
-        spacing_z = float(step @ normal)
-        cosine = np.clip(spacing_z / np.linalg.norm(step), -1.0, 1.0)
-        tilt_deg = float(np.degrees(np.arccos(cosine)))
-        if tilt_deg <= _TILT_TOLERANCE_DEG:
-            step = normal * spacing_z
-            tilt_deg = 0.0
-        else:
-            warnings.append(
-                f"gantry tilt of {tilt_deg:.2f} deg: the acquired (sheared) grid is kept and the "
-                "affine carries the shear; the volume is not resampled"
-            )
-        if missing:
-            gaps = [
-                f"{int(m) - 1} between {along[k]:.1f} and {along[k + 1]:.1f} mm"
-                for k, m in enumerate(multiples)
-                if m > 1
-            ]
-            warnings.append(
-                f"{missing} missing slice(s) filled by linear interpolation ({'; '.join(gaps)}); "
-                "they have no source instance"
-            )
 
+def _single_slice_grid(header: Dataset, normal: np.ndarray) -> _Grid:
+    """One slice: its z spacing is its SliceThickness."""
+    thickness = header.get("SliceThickness")
+    if thickness in (None, "") or float(thickness) <= 0:
+        raise ValueError("a single-slice series needs a positive SliceThickness for its z spacing")
+    spacing_z = float(thickness)
+    return _Grid(indices=np.array([0]), step=normal * spacing_z, spacing_z=spacing_z)
+
+
+def _stack_grid(
+    positions: np.ndarray,
+    along: np.ndarray,
+    normal: np.ndarray,
+    warnings: list[str],
+    *,
+    max_gap_slices: int,
+    max_missing_fraction: float,
+    spacing_rtol: float,
+) -> _Grid:
+    """Place ordered slices on a regular grid: whole multiples of the nominal spacing, gaps allowed."""
+    steps = np.diff(along)
+    nominal = float(np.median(steps))
+    if nominal <= 0 or steps.min() < spacing_rtol * nominal:
+        raise ValueError(
+            "two instances share one slice position: one instance per position is required "
+            "(repeated or multi-phase acquisitions must be separate series)"
+        )
+    multiples = np.rint(steps / nominal)
+    if np.any(np.abs(steps - multiples * nominal) > spacing_rtol * nominal):
+        raise ValueError(
+            "slice spacing is irregular (steps are not whole multiples of the nominal "
+            f"{nominal:.3g} mm): variable-spacing series are not supported"
+        )
+    indices = np.concatenate([[0], np.cumsum(multiples).astype(int)])
     n_total = int(indices[-1]) + 1
-    origin = positions[0]
-    affine = np.eye(4)
-    affine[:3, 0] = step
-    affine[:3, 1] = column_cosines * pixel_spacing[0]
-    affine[:3, 2] = row_cosines * pixel_spacing[1]
-    affine[:3, 3] = origin
+    missing = n_total - len(along)
+    largest_gap = int(multiples.max()) - 1
+    if largest_gap > max_gap_slices or missing > max_missing_fraction * n_total:
+        raise ValueError(
+            f"{missing} slice(s) missing, at most {largest_gap} in a row: a gap may have at most "
+            f"{max_gap_slices} missing slice(s) and all gaps at most "
+            f"{max_missing_fraction:.0%} of the volume"
+        )
+    grid = _stacking_step(indices, positions, normal, nominal, warnings)
+    if missing:
+        gaps = [
+            f"{int(m) - 1} between {along[k]:.1f} and {along[k + 1]:.1f} mm"
+            for k, m in enumerate(multiples)
+            if m > 1
+        ]
+        warnings.append(
+            f"{missing} missing slice(s) filled by linear interpolation ({'; '.join(gaps)}); "
+            "they have no source instance"
+        )
+    return grid
 
+
+def _stacking_step(
+    indices: np.ndarray, positions: np.ndarray, normal: np.ndarray, nominal: float, warnings: list[str]
+) -> _Grid:
+    """The step between slices, fitted to all positions; a step off the normal is gantry tilt."""
+    # Least-squares line through the positions: its slope is the stacking
+    # vector, parallel to the normal unless the gantry was tilted.
+    design = np.stack([np.ones(len(indices)), indices], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, positions, rcond=None)
+    step = coefficients[1]
+    residual = np.abs(design @ coefficients - positions).max()
+    if residual > max(0.05, 0.05 * nominal):
+        raise ValueError(
+            f"slice positions do not lie on a line (off by up to {residual:.2f} mm): "
+            "the series is not one stack"
+        )
+    spacing_z = float(step @ normal)
+    cosine = np.clip(spacing_z / np.linalg.norm(step), -1.0, 1.0)
+    tilt_deg = float(np.degrees(np.arccos(cosine)))
+    if tilt_deg <= _TILT_TOLERANCE_DEG:
+        return _Grid(indices=indices, step=normal * spacing_z, spacing_z=spacing_z)
+    warnings.append(
+        f"gantry tilt of {tilt_deg:.2f} deg: the acquired (sheared) grid is kept and the "
+        "affine carries the shear; the volume is not resampled"
+    )
+    return _Grid(indices=indices, step=step, spacing_z=spacing_z, tilt_deg=tilt_deg)
+
+
+def _decode_slices(slices: list[_Slice], indices: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """Decode: each frame to HU into its grid slice, one frame at a time; then fill the gaps."""
     dtype = _hu_dtype([s.header for s in slices])
-    hu = np.empty((n_total, rows, columns), dtype=dtype)
+    hu = np.empty((int(indices[-1]) + 1, rows, columns), dtype=dtype)
     limit = np.iinfo(np.int16).max if dtype == np.int16 else np.inf
     for index, slice_ in zip(indices, slices):
         # float64 for one frame at a time: rescale output, or a LUT's unsigned output.
@@ -464,31 +541,44 @@ def assemble_volume(
         np.clip(values, HU_FLOOR, limit, out=values)
         hu[index] = values
     _fill_gaps(hu, indices)
+    return hu
 
-    uids: list[str | None] = [None] * n_total
-    for index, slice_ in zip(indices, slices):
+
+def _volume(
+    slices: list[_Slice],
+    plane: _Plane,
+    grid: _Grid,
+    hu: np.ndarray,
+    origin: np.ndarray,
+    series_instance_uid: str,
+    warnings: list[str],
+    excluded: list[str],
+) -> CTVolume:
+    """The volume with its affine (voxel index -> patient mm) and the way back to each source."""
+    row_cosines, column_cosines = plane.orientation[:3], plane.orientation[3:]
+    affine = np.eye(4)
+    affine[:3, 0] = grid.step
+    affine[:3, 1] = column_cosines * plane.pixel_spacing[0]
+    affine[:3, 2] = row_cosines * plane.pixel_spacing[1]
+    affine[:3, 3] = origin
+    uids: list[str | None] = [None] * grid.n_total
+    for index, slice_ in zip(grid.indices, slices):
         uids[index] = slice_.sop_instance_uid
-    volume = CTVolume(
+    first = slices[0].header
+    return CTVolume(
         hu=hu,
-        spacing_mm=(spacing_z, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        spacing_mm=(grid.spacing_z, float(plane.pixel_spacing[0]), float(plane.pixel_spacing[1])),
         affine=affine,
         source_sop_instance_uids=tuple(uids),
         series_instance_uid=series_instance_uid,
         study_instance_uid=str(first.StudyInstanceUID) if "StudyInstanceUID" in first else None,
-        frame_of_reference_uid=str(frame_of_reference_uid) if frame_of_reference_uid else None,
-        image_orientation=tuple(float(v) for v in orientation),  # type: ignore[arg-type]
-        image_positions=origin + np.arange(n_total)[:, None] * step,
-        gantry_tilt_deg=tilt_deg,
+        frame_of_reference_uid=str(plane.frame_of_reference_uid) if plane.frame_of_reference_uid else None,
+        image_orientation=tuple(float(v) for v in plane.orientation),  # type: ignore[arg-type]
+        image_positions=origin + np.arange(grid.n_total)[:, None] * grid.step,
+        gantry_tilt_deg=grid.tilt_deg,
         warnings=tuple(warnings),
         excluded_sop_instance_uids=tuple(excluded),
     )
-    for warning in warnings:
-        logger.warning(
-            "volume assembly: %s",
-            warning,
-            extra={"series_instance_uid": series_instance_uid, "stage": "volume"},
-        )
-    return volume
 
 
 def _fill_gaps(hu: np.ndarray, indices: np.ndarray) -> None:

@@ -11,7 +11,6 @@ walk checked it: two passes over every header of every instance.)
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,11 @@ from dicom_node.errors import (
     SOPClassMismatchError,
     UnreadableDatasetError,
 )
+from dicom_node.uid_syntax import is_receivable_uid
 
 #: Values above this size are not loaded while checking a dataset (pixel data, mostly).
 DEFER_BYTES = 4096
 UNDEFINED_LENGTH = 0xFFFFFFFF
-_UID_TEXT = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ def _uid(ds: Dataset, keyword: str) -> str:
     text = str(value).strip("\x00 ") if value is not None else ""
     if not text:
         raise MissingIdentifierError(f"{keyword} is missing")
-    if not _UID_TEXT.fullmatch(text):
+    if not is_receivable_uid(text):
         raise MissingIdentifierError(f"{keyword} is malformed (PS3.5 UI: at most 64 characters)")
     return text
 

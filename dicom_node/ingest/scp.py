@@ -3,15 +3,8 @@
 The handlers only check, store and record; they never analyse (that would hold the
 sender's association hostage to a model). A success status (0x0000) is returned only
 after the file is fsynced, atomically renamed into place and its database row is
-committed. Every refusal carries a specific status and an Error Comment:
-
-======  ======================================================================
-0xA700  Refused: out of resources (disk guard, storage or database unavailable)
-0xA900  Error: data set does not match SOP class (missing or malformed UIDs,
-        SOP Class/Instance UID differing from the C-STORE command, a Series
-        Instance UID already recorded under another study)
-0xC000  Error: cannot understand (unparseable or truncated data set)
-======  ======================================================================
+committed. Every refusal carries a specific status and an Error Comment; which status
+for which refusal is the table in :mod:`dicom_node.dicom.statuses`.
 """
 
 from __future__ import annotations
@@ -38,14 +31,20 @@ from dicom_node.dicom.contexts import (
     VERIFICATION_TRANSFER_SYNTAXES,
     storage_class_uids,
 )
+from dicom_node.dicom.statuses import (  # the codes are also imported from here by callers and tests
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    REJECT_CALLED_AE,
+    REJECT_CALLING_AE,
+    SUCCESS,
+    status_for,
+)
 from dicom_node.dicom.storage import InstanceStore, instance_path
 from dicom_node.errors import (
     DatabaseUnavailableError,
     DicomNodeError,
-    InvalidInstanceError,
-    MissingIdentifierError,
     SeriesConflictError,
-    SOPClassMismatchError,
 )
 from dicom_node.ingest.catalog import Catalog, RecordOutcome, RecordResult
 from dicom_node.ingest.committer import GroupCommitter
@@ -54,16 +53,6 @@ from dicom_node.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-
-#: A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised.
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-#: A-ASSOCIATE-RJ: rejected-permanent, by the service user, called AE title not recognised.
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)
-
 
 def failure(status: int, comment: str) -> Dataset:
     """A C-STORE response status with an Error Comment (LO: at most 64 characters)."""
@@ -71,15 +60,6 @@ def failure(status: int, comment: str) -> Dataset:
     ds.Status = status
     ds.ErrorComment = comment[:64]
     return ds
-
-
-def status_for(error: DicomNodeError) -> int:
-    """The C-STORE status a refusal maps to (see the module docstring)."""
-    if isinstance(error, (MissingIdentifierError, SOPClassMismatchError, SeriesConflictError)):
-        return DATASET_DOES_NOT_MATCH_SOP_CLASS
-    if isinstance(error, InvalidInstanceError):
-        return CANNOT_UNDERSTAND
-    return OUT_OF_RESOURCES
 
 
 class SharedSocketServer(ThreadedAssociationServer):

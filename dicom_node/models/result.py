@@ -21,7 +21,7 @@ pseudo-volumes of PNG and NIfTI data satisfy.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple, Protocol
@@ -208,7 +208,8 @@ def findings_from_labels(
         Fill in-plane holes of the mask first (a clot's darker core is still clot).
 
     Lesions are 6-connected 3D components, numbered by decreasing volume
-    (ties: raster order); the returned label map uses those numbers.
+    (ties: raster order); the returned label map uses those numbers. The steps:
+    check, clean (fill holes), number the lesions, score them, measure them.
     """
     if label_map.shape != volume.hu.shape:
         raise ValueError(
@@ -222,11 +223,48 @@ def findings_from_labels(
     mask = label_map != 0
     if fill_holes:
         mask = fill_holes_2d(mask)
-    out = np.zeros(label_map.shape, dtype=np.uint8)
+    numbered, voxels = _number_lesions(mask, voxel_ml, min_volume_ml)
+    if voxels is None:
+        return LabelledFindings(label_map=numbered, findings=())
+    scores = _component_confidences(confidences, numbered, label_map, voxels.labels, voxels.index, voxels.count)
+    return LabelledFindings(label_map=numbered, findings=_measure(voxels, volume, scores, voxel_ml))
+
+
+@dataclass(frozen=True)
+class _LesionVoxels:
+    """Every voxel of the kept lesions: its lesion number and its ``(k, i, j)`` index in the volume.
+
+    Per-lesion sums are one ``bincount`` over all voxels, not one pass per lesion.
+    """
+
+    labels: np.ndarray
+    index: tuple[np.ndarray, ...]
+    count: int
+
+    def sums(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """Per lesion (index = lesion number; 0 unused): voxel counts, or sums of ``weights``."""
+        return np.bincount(self.labels, weights=weights, minlength=self.count + 1)
+
+    def groups(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(lesion number, positions of its voxels), each group still in raster order."""
+        by_lesion = np.argsort(self.labels, kind="stable")
+        bounds = np.searchsorted(self.labels[by_lesion], np.arange(1, self.count + 2))
+        for label in range(1, self.count + 1):
+            yield label, by_lesion[bounds[label - 1] : bounds[label]]
+
+
+def _number_lesions(
+    mask: np.ndarray, voxel_ml: float, min_volume_ml: float
+) -> tuple[np.ndarray, _LesionVoxels | None]:
+    """The label map of the components kept (largest first), and their voxels (None when none).
+
+    Components are labelled inside the mask's bounding box only: a small lesion in a
+    large volume then costs the box, not the volume.
+    """
+    out = np.zeros(mask.shape, dtype=np.uint8)
     box = bounding_box(mask)
     if box is None:
-        return LabelledFindings(label_map=out, findings=())
-
+        return out, None
     labels, n = label_components(mask[box])
     counts = np.bincount(labels.ravel(), minlength=n + 1)
     keep = np.flatnonzero(counts[1:] * voxel_ml >= min_volume_ml) + 1
@@ -238,53 +276,64 @@ def findings_from_labels(
     renumber[keep] = np.arange(1, keep.size + 1)
     relabelled = renumber[labels]
     if keep.size > np.iinfo(np.uint8).max:
-        out = np.zeros(label_map.shape, dtype=np.uint16)
+        out = np.zeros(mask.shape, dtype=np.uint16)
     out[box] = relabelled
-    n_kept = int(keep.size)
-    if n_kept == 0:
-        return LabelledFindings(label_map=out, findings=())
-
+    if keep.size == 0:
+        return out, None
     local_index = np.nonzero(relabelled)
-    voxel_labels = relabelled[local_index].astype(np.intp)
     offsets = [s.start for s in box]
-    voxel_index = tuple(ix + off for ix, off in zip(local_index, offsets))
-    hu_values = volume.hu[voxel_index].astype(np.float64)
-    sizes = np.bincount(voxel_labels, minlength=n_kept + 1)
-    hu_sums = np.bincount(voxel_labels, weights=hu_values, minlength=n_kept + 1)
-    centroid_sums = [np.bincount(voxel_labels, weights=ix, minlength=n_kept + 1) for ix in voxel_index]
-    scores = _component_confidences(
-        confidences, out, label_map, voxel_labels, voxel_index, n_kept
-    )
+    index = tuple(ix + off for ix, off in zip(local_index, offsets))
+    return out, _LesionVoxels(relabelled[local_index].astype(np.intp), index, int(keep.size))
 
-    # Voxels grouped by lesion, each group still in raster order (stable sort).
-    by_lesion = np.argsort(voxel_labels, kind="stable")
-    bounds = np.searchsorted(voxel_labels[by_lesion], np.arange(1, n_kept + 2))
+
+def _measure(
+    voxels: _LesionVoxels, volume: VolumeLike, scores: list[float | None], voxel_ml: float
+) -> tuple[LesionFinding, ...]:
+    """Volume, longest axial diameter, centroid and mean HU of each lesion."""
+    dy, dx = float(volume.spacing_mm[1]), float(volume.spacing_mm[2])
+    sizes = voxels.sums()
+    hu_sums = voxels.sums(volume.hu[voxels.index].astype(np.float64))
+    centroid_sums = [voxels.sums(ix) for ix in voxels.index]
     findings = []
-    for label in range(1, n_kept + 1):
-        members = by_lesion[bounds[label - 1] : bounds[label]]
-        k, i, j = (ix[members] for ix in voxel_index)
-        best_diameter, best_slice = -1.0, int(k[0])
-        slice_bounds = np.flatnonzero(np.diff(k)) + 1
-        for part in np.split(np.arange(k.size), slice_bounds):
-            diameter = _feret_diameter_mm(i[part], j[part], dy, dx)
-            if diameter > best_diameter:
-                best_diameter, best_slice = diameter, int(k[part[0]])
+    for label, members in voxels.groups():
+        k, i, j = (ix[members] for ix in voxels.index)
+        diameter, diameter_slice = _longest_axial_diameter(k, i, j, dy, dx)
         size = int(sizes[label])
         centroid = tuple(float(c[label] / size) for c in centroid_sums)
-        patient = None
-        if volume.affine is not None:
-            patient = tuple(float(v) for v in volume.affine[:3, :3] @ np.array(centroid) + volume.affine[:3, 3])
         findings.append(
             LesionFinding(
                 label=label,
                 voxel_count=size,
                 volume_ml=size * voxel_ml,
-                longest_axial_diameter_mm=best_diameter,
-                diameter_slice_index=best_slice,
+                longest_axial_diameter_mm=diameter,
+                diameter_slice_index=diameter_slice,
                 centroid_index=centroid,  # type: ignore[arg-type]
-                centroid_patient_mm=patient,  # type: ignore[arg-type]
+                centroid_patient_mm=_to_patient(volume, centroid),
                 mean_hu=float(hu_sums[label] / size),
                 confidence=scores[label - 1],
             )
         )
-    return LabelledFindings(label_map=out, findings=tuple(findings))
+    return tuple(findings)
+
+
+def _longest_axial_diameter(
+    k: np.ndarray, i: np.ndarray, j: np.ndarray, dy: float, dx: float
+) -> tuple[float, int]:
+    """The longest in-plane diameter (mm) over a lesion's slices, and the slice it is on.
+
+    The voxels come in raster order, so each slice's voxels are one run of ``k``.
+    """
+    best_diameter, best_slice = -1.0, int(k[0])
+    slice_bounds = np.flatnonzero(np.diff(k)) + 1
+    for part in np.split(np.arange(k.size), slice_bounds):
+        diameter = _feret_diameter_mm(i[part], j[part], dy, dx)
+        if diameter > best_diameter:
+            best_diameter, best_slice = diameter, int(k[part[0]])
+    return best_diameter, best_slice
+
+
+def _to_patient(volume: VolumeLike, index: tuple[float, ...]) -> tuple[float, float, float] | None:
+    """Patient coordinates (mm) of a voxel index, when the volume has an affine."""
+    if volume.affine is None:
+        return None
+    return tuple(float(v) for v in volume.affine[:3, :3] @ np.array(index) + volume.affine[:3, 3])  # type: ignore[return-value]

@@ -13,14 +13,9 @@ Patient and study attributes are copied from the source images, as DICOM
 requires; they must never be logged.
 """
 
+from dicom_node.outputs.common import RESEARCH_USE_DISCLAIMER, AlgorithmInfo, Equipment
 from dicom_node.outputs.keyimages import build_key_images
-from dicom_node.outputs.seg import (
-    RESEARCH_USE_DISCLAIMER,
-    AlgorithmInfo,
-    Equipment,
-    SegmentSpec,
-    build_segmentation,
-)
+from dicom_node.outputs.seg import SegmentSpec, build_segmentation
 from dicom_node.outputs.sr import LesionMeasurement, StudyAssessment, build_report
 from dicom_node.outputs.uids import JobUids, derived_uid, device_observer_uid
 

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.outputs import codes
-from dicom_node.outputs.seg import RESEARCH_USE_DISCLAIMER, Equipment, with_patient_study_type2
+from dicom_node.outputs.common import RESEARCH_USE_DISCLAIMER, Equipment, check_patient_study_type2
 from dicom_node.outputs.sr import LesionMeasurement, StudyAssessment
 
 #: Burned into every key image; ASCII only (see the module docstring).
@@ -214,6 +214,7 @@ def build_key_images(
     to leave it out.
     """
     _check_inputs(source_images, hu_volume, label_map, lesions, sop_instance_uids)
+    check_patient_study_type2(source_images)  # each image copies the patient and study from its source
     series = _Series(series_instance_uid, series_number, series_description, equipment)
     rows, columns = label_map.shape[1:]
     summary = render_summary_image(rows, columns, summary_lines(assessment, lesions, algorithm_text))
@@ -325,7 +326,6 @@ def _secondary_capture(
     instance_number: int,
 ) -> hd.sc.SCImage:
     """An RGB SC in the source study; patient and study copied from ``reference``."""
-    reference = with_patient_study_type2(reference)
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference,
         pixel_array=pixels,

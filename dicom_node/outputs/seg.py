@@ -17,9 +17,9 @@ NOTES.md):
 * one segment per label value of the caller's label map (one per lesion), each
   with its own coded type, so subtypes (subdural, epidural, ...) are possible.
 
-The shared inputs that describe who made the objects (:class:`AlgorithmInfo`,
-:class:`Equipment`) live here because the SEG is the first object built; the
-SR and the key images import them from this module.
+Who made the objects (:class:`AlgorithmInfo`, :class:`Equipment`) and the completion
+of the sources' Type 2 attributes are shared with the SR and the key images:
+:mod:`dicom_node.outputs.common`.
 """
 
 from __future__ import annotations
@@ -34,89 +34,14 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.outputs import codes
+from dicom_node.outputs.common import RESEARCH_USE_DISCLAIMER, AlgorithmInfo, Equipment, check_patient_study_type2
 
-#: Shown by viewers in ContentDescription / ImageComments of everything we create.
-RESEARCH_USE_DISCLAIMER = "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
 #: ContentLabel of the SEG (PS3.3 C.8.20.2; CS: upper case, at most 16 characters).
 CONTENT_LABEL = "ICH"
 #: Image Laterality (0020,0062) enumerated value for an unpaired body part.
 UNPAIRED = "U"
 #: Red: what radiologists expect blood overlays to look like.
 DEFAULT_DISPLAY_RGB = (255, 0, 0)
-#: Type 2 Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1) that
-#: highdicom reads from the first source image without a default.
-PATIENT_STUDY_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-)
-
-
-@dataclass(frozen=True)
-class AlgorithmInfo:
-    """The algorithm that produced the result (PS3.3 C.8.20.2, TID 4019).
-
-    ``family`` is a CID 7162 code: :data:`codes.ARTIFICIAL_INTELLIGENCE` for a
-    trained model, :data:`codes.MORPHOLOGICAL_OPERATIONS` for the HU threshold
-    baseline.
-    """
-
-    name: str
-    version: str
-    family: Code = codes.ARTIFICIAL_INTELLIGENCE
-
-    def __post_init__(self) -> None:
-        if not self.name or not self.version:
-            raise ValueError("an algorithm needs a name and a version (Type 1 in PS3.3 C.8.20.2)")
-
-    def to_sequence(self) -> hd.AlgorithmIdentificationSequence:
-        """The Segmentation Algorithm Identification Sequence of a segment."""
-        return hd.AlgorithmIdentificationSequence(
-            name=self.name, family=self.family, version=self.version
-        )
-
-    def to_template(self) -> hd.sr.AlgorithmIdentification:
-        """The TID 4019 Algorithm Identification of an SR measurement."""
-        return hd.sr.AlgorithmIdentification(
-            name=self.name, version=self.version, family=self.family
-        )
-
-
-@dataclass(frozen=True)
-class Equipment:
-    """How the node names itself (General / Enhanced General Equipment, PS3.3 C.7.5).
-
-    The pipeline fills it from ``IdentitySettings`` and the package version.
-    ``device_serial_number`` is Type 1 in the Enhanced General Equipment module
-    that the SEG IOD requires.
-    """
-
-    manufacturer: str
-    manufacturer_model_name: str
-    software_versions: str
-    device_serial_number: str
-    institution_name: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("manufacturer", "manufacturer_model_name", "software_versions", "device_serial_number"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} must not be empty (Type 1 in Enhanced General Equipment)")
-
-    def as_kwargs(self) -> dict[str, str | None]:
-        """The equipment arguments every highdicom SOP class constructor takes."""
-        return {
-            "manufacturer": self.manufacturer,
-            "manufacturer_model_name": self.manufacturer_model_name,
-            "software_versions": self.software_versions,
-            "device_serial_number": self.device_serial_number,
-            "institution_name": self.institution_name,
-        }
 
 
 @dataclass(frozen=True)
@@ -189,8 +114,9 @@ def build_segmentation(
     """
     _check_alignment(source_images, label_map)
     _check_segments(segments, label_map)
+    check_patient_study_type2(source_images[:1])  # highdicom copies the patient and study from the first
     segmentation = hd.seg.Segmentation(
-        source_images=[with_patient_study_type2(source_images[0]), *source_images[1:]],
+        source_images=list(source_images),
         pixel_array=_as_label_array(label_map),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[spec.to_description(algorithm) for spec in segments],
@@ -215,33 +141,6 @@ def build_segmentation(
     segmentation.ImageLaterality = UNPAIRED
     _set_dimension_organization_uid(segmentation, dimension_organization_uid)
     return segmentation
-
-
-def with_patient_study_type2(source: Dataset) -> Dataset:
-    """``source``, or a copy of it with absent Type 2 patient/study attributes set empty.
-
-    Type 2 means present but possibly empty; scanners still omit some of them,
-    and highdicom 0.28.2 then fails with AttributeError. Our objects must carry
-    them (empty is what the standard asks for when the value is unknown). The
-    caller's dataset is never modified.
-    """
-    missing = [keyword for keyword in PATIENT_STUDY_TYPE2 if keyword not in source]
-    charset = source.get("SpecificCharacterSet")
-    # PS3.3 C.12.1.1.2: an empty first value means the default repertoire, which ISO 2022
-    # code extension spells "ISO 2022 IR 6"; highdicom 0.28.2 refuses the empty spelling.
-    empty_first = isinstance(charset, list | tuple) or type(charset).__name__ == "MultiValue"
-    empty_first = empty_first and len(charset) > 1 and not str(charset[0]).strip()  # type: ignore[arg-type]
-    if not missing and not empty_first:
-        return source
-    # Dataset(source) would share the caller's element dict: copy the mapping.
-    completed = Dataset(dict(source.items()))
-    if hasattr(source, "file_meta"):
-        completed.file_meta = source.file_meta
-    for keyword in missing:
-        setattr(completed, keyword, None)
-    if empty_first:
-        completed.SpecificCharacterSet = ["ISO 2022 IR 6", *list(charset)[1:]]  # type: ignore[arg-type]
-    return completed
 
 
 def _check_alignment(source_images: Sequence[Dataset], label_map: np.ndarray) -> None:

@@ -47,6 +47,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName, format_number_as_ds
 
+from dicom_node.outputs.common import with_patient_study_type2
 from dicom_node.outputs.uids import frame_of_reference_uid
 
 #: The character set of our objects when a copied value is not ASCII (PS3.3 C.12.1.1.2).
@@ -91,6 +92,7 @@ def prepare_sources(headers: Sequence[Dataset], *, uid_root: str) -> PreparedSou
         prepared.images.append(copy)
     _choose_character_set(prepared.images)
     _complete_frame_of_reference(prepared, uid_root)
+    prepared.images = [with_patient_study_type2(image) for image in prepared.images]
     return prepared
 
 

@@ -29,8 +29,14 @@ Structure (PS3.16 TID 1500), as built by highdicom:
   content items and appended to the root container.
 
 A negative study gets Qualitative Evaluations only, which TID 1500 allows
-(one of rows 6, 10 or 12 is required). Count lesions by tracking UID, not by
-measurement group.
+(one of rows 6, 10 or 12 is required). OHIF 3.13.2 shows an error for such a
+report (its SR viewport reads a first measurement, whatever the containers).
+An empty Imaging Measurements container is not written: the
+@cornerstonejs/adapters TID 1500 reader would like one, but highdicom 0.28's
+group getters fail on it and an empty Content Sequence is a dciodvfy error. A
+shape invented for a negative study would tell the reader something the model
+did not find. Count lesions by tracking
+UID, not by measurement group.
 
 The report is PRELIMINARY and UNVERIFIED (PS3.3 C.17.2): no person has signed it.
 Source images and the SEG are recorded in the Current Requested Procedure
@@ -52,7 +58,7 @@ from pydicom.uid import SegmentationStorage
 
 from dicom_node.outputs import codes
 from dicom_node.outputs.outline import outer_outline
-from dicom_node.outputs.seg import AlgorithmInfo, Equipment, with_patient_study_type2
+from dicom_node.outputs.common import AlgorithmInfo, Equipment, check_patient_study_type2
 
 #: Significant digits of the study probability, written as text (Qualitative Evaluations has no NUM row).
 PROBABILITY_DIGITS = 6
@@ -135,6 +141,7 @@ def build_report(
     """
     if not source_images:
         raise ValueError("the report needs the source images as evidence")
+    check_patient_study_type2(source_images[:1])  # highdicom copies the patient and study from the first
     algorithm_id = algorithm.to_template()
     groups = _lesion_groups(lesions, segmentation, source_images, algorithm_id)
     report = (
@@ -148,8 +155,7 @@ def build_report(
     )
     report[0].ContentSequence.append(_qualitative_evaluations(assessment, missing))
     evidence = [
-        with_patient_study_type2(source_images[0]),
-        *source_images[1:],
+        *source_images,
         *([segmentation] if segmentation is not None else []),
     ]
     return hd.sr.Comprehensive3DSR(
@@ -252,7 +258,9 @@ def _lesion_groups(
             )
         if lesion.key_slice_index >= len(source_images):
             raise ValueError(f"lesion {lesion.segment_number}'s key slice is not one of the source images")
-    seg = hd.seg.Segmentation.from_dataset(segmentation, copy=False)
+    # The pipeline passes highdicom's own object; a Dataset read from a file is copied, not
+    # turned into a Segmentation in the caller's hands.
+    seg = hd.seg.Segmentation.from_dataset(segmentation, copy=not isinstance(segmentation, hd.seg.Segmentation))
     planar = [
         _planar_group(lesion, segments[lesion.segment_number], seg, source_images, algorithm_id)
         for lesion in lesions

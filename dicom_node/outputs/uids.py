@@ -8,32 +8,24 @@ under our organisation's root makes the resend an update of the same
 instances instead.
 
 Validity follows PS3.5 section 9.1: components are digits without leading
-zeros (a lone ``0`` is allowed), separated by dots, at most 64 characters in all.
+zeros (a lone ``0`` is allowed), separated by dots, at most 64 characters in all
+(:func:`dicom_node.uid_syntax.is_valid_uid`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
-#: PS3.5 9.1: at most 64 characters.
-MAX_UID_LENGTH = 64
+from dicom_node.uid_syntax import MAX_UID_LENGTH, is_valid_uid_root
+
 #: Fewer hash digits than this would make collisions between jobs plausible.
 MIN_HASH_DIGITS = 20
 
-#: The object kinds, spelled as in ``dicom_node.config.OutputObject``.
+#: The object kinds, spelled as in ``dicom_node.config.OutputKind``.
 SEG = "seg"
 SR = "sr"
 KEY_IMAGES = "key_images"
-
-_ROOT = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.?")
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-
-
-def is_valid_uid(uid: str) -> bool:
-    """True when ``uid`` is a syntactically valid UID (PS3.5 9.1)."""
-    return len(uid) <= MAX_UID_LENGTH and _UID.fullmatch(uid) is not None
 
 
 def derived_uid(uid_root: str, *parts: str) -> str:
@@ -48,7 +40,7 @@ def derived_uid(uid_root: str, *parts: str) -> str:
     """
     if not parts:
         raise ValueError("a derived UID needs at least one part, e.g. the job key and object kind")
-    if _ROOT.fullmatch(uid_root) is None:
+    if not is_valid_uid_root(uid_root):
         raise ValueError(
             "a UID root is dot-separated digits without leading zeros (PS3.5 9.1)"
         )

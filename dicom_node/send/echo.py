@@ -7,6 +7,7 @@ pynetdicom tells them apart if asked (the connection event, the A-ASSOCIATE-RJ f
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,16 @@ class EchoResult:
     hint: str = ""
 
 
-def verify(host: str, port: int, *, called_ae: str, calling_ae: str, timeout_s: float) -> EchoResult:
-    """Associate, send one C-ECHO, release; every step bounded by ``timeout_s``."""
+def verify(
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str,
+    timeout_s: float,
+    tls_context: ssl.SSLContext | None = None,
+) -> EchoResult:
+    """Associate (over TLS when given a context), send one C-ECHO, release; every step bounded by ``timeout_s``."""
     seen: dict[str, Any] = {}
 
     def connected(_event: evt.Event) -> None:
@@ -38,7 +47,11 @@ def verify(host: str, port: int, *, called_ae: str, calling_ae: str, timeout_s: 
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     ae.add_requested_context(VERIFICATION_CLASS)
     assoc = ae.associate(
-        host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, connected), (evt.EVT_ACSE_RECV, acse)]
+        host,
+        port,
+        ae_title=called_ae,
+        tls_args=(tls_context, host) if tls_context is not None else None,
+        evt_handlers=[(evt.EVT_CONN_OPEN, connected), (evt.EVT_ACSE_RECV, acse)],
     )
     where = f"{called_ae}@{host}:{port}"
     if not assoc.is_established:

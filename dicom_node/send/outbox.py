@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +26,16 @@ from dicom_node.retry import RetryPolicy
 from dicom_node.send.scu import Peer, SendItem, SendResult, send
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    """An object a job created and wrote under the storage root: what the outbox records and sends."""
+
+    kind: str  # seg | sr | key_images
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: str
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,43 @@ def add_deliveries(session: Session, *, output_id: int, destinations: list[str],
         )
         .on_conflict_do_nothing(index_elements=["output_id", "destination"])
     )
+
+
+def record_outputs(
+    session: Session,
+    *,
+    job_id: int,
+    objects: Iterable[WrittenObject],
+    destinations: dict[str, list[str]],
+    now: datetime,
+) -> None:
+    """Insert a job's objects and one outbox row per (object, destination that wants its kind).
+
+    Run in the transaction that marks the job succeeded, so results and their deliveries
+    are recorded together or not at all.
+
+    A re-run of the same job creates objects with the same UIDs: their rows are reused,
+    so a resend replaces rather than duplicates.
+    """
+    for obj in objects:
+        existing = session.scalars(
+            select(OutputObject).where(OutputObject.sop_instance_uid == obj.sop_instance_uid)
+        ).one_or_none()
+        if existing is None:
+            existing = OutputObject(
+                job_id=job_id,
+                kind=obj.kind,
+                sop_class_uid=obj.sop_class_uid,
+                sop_instance_uid=obj.sop_instance_uid,
+                path=obj.path,
+                created_at=now,
+            )
+            session.add(existing)
+            session.flush()
+        else:
+            existing.job_id, existing.path = job_id, obj.path
+        wanted = [name for name, kinds in destinations.items() if obj.kind in kinds]
+        add_deliveries(session, output_id=existing.id, destinations=wanted, now=now)
 
 
 def claim_due(
@@ -247,6 +295,7 @@ class DeliveryView:
     attempts: int
     last_status: str | None
     last_error: str | None
+    next_attempt_at: datetime | None = None
 
 
 def deliveries_of_job(session: Session, job_id: int) -> list[DeliveryView]:
@@ -257,7 +306,7 @@ def deliveries_of_job(session: Session, job_id: int) -> list[DeliveryView]:
         .order_by(Delivery.destination, OutputObject.id)
     ).all()
     return [
-        DeliveryView(d.id, kind, uid, d.destination, d.state, d.attempts, d.last_status, d.last_error)
+        DeliveryView(d.id, kind, uid, d.destination, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at)
         for d, kind, uid in rows
     ]
 

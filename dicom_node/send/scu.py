@@ -1,8 +1,9 @@
 """A C-STORE SCU that negotiates only what it sends and checks every returned status.
 
 A refused presentation context, a failure status, a missing response or a lost
-association makes that item a failure, never "sent". Warning statuses (0xB000, 0xB006,
-0xB007) mean the peer stored the object; they are reported so the outbox can record them.
+association makes that item a failure, never "sent". A warning status (pynetdicom's
+category: 0xB000, 0xB006, 0xB007 and the other warnings of PS3.4 and PS3.7) means the peer
+stored the object; it is reported so the outbox can record it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-logger = logging.getLogger(__name__)
+from dicom_node.dicom.statuses import SUCCESS, is_warning
 
-WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class SendResult:
 
     @property
     def warning(self) -> bool:
-        return self.status in WARNING_STATUSES
+        return is_warning(self.status)
 
 
 def _nodelay(event: evt.Event) -> None:
@@ -85,9 +86,9 @@ def _one(assoc: Association, item: SendItem) -> SendResult:
         return SendResult(item.key, False, None, "no response (association lost or timed out)")
     code = int(code)
     comment = str(getattr(status, "ErrorComment", "") or "")
-    if code == 0x0000:
+    if code == SUCCESS:
         return SendResult(item.key, True, code, "success")
-    if code in WARNING_STATUSES:
+    if is_warning(code):
         return SendResult(item.key, True, code, f"warning 0x{code:04X} {comment}".strip())
     return SendResult(item.key, False, code, f"failure 0x{code:04X} {comment}".strip())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -93,6 +94,8 @@ def test_status_of_one_study_shows_its_jobs_and_deliveries(config: Path) -> None
     assert f"study {STUDY}" in out and "complete, generation 1" in out
     assert "result     positive, probability 0.91, volume 7.08 mL, 1 lesion(s)" in out
     assert "stages     load 0.30 s, infer 1.20 s" in out
+    shown = cli("jobs", "show", "1", "--config", str(config)).stdout
+    assert re.search(r"-> oldpacs: pending, 4 attempt\(s\), next try 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC, last status -", shown), shown
     assert "delivery   oldpacs: 1 pending" in out and "last problem: association aborted or peer unreachable (OLD@10.0.0.9:104)" in out
     unknown = cli("status", STUDY + ".77", "--config", str(config))
     assert unknown.returncode == 1

@@ -80,11 +80,18 @@ class Deployment:
         return [self.listener, *[w for w in self.workers if w is not self.listener]]
 
     def by_owner(self, owner: str) -> NodeProcess:
-        """The process whose lease or claim ``owner`` ("host:pid-namespace:pid:random") is."""
+        """The process whose lease or claim ``owner`` ("host:pid-namespace:pid:random") is.
+
+        `run` holds its leases in its worker child: killing the parent kills that child too.
+        """
         pid = int(owner.split(":")[2])
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except FileNotFoundError:
+            parent = None
         for process in self.processes():
             assert process.process is not None
-            if process.process.pid == pid:
+            if process.process.pid in (pid, parent):
                 return process
         raise AssertionError(f"no process of {self.name} has pid {pid}")
 

@@ -22,7 +22,7 @@ from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.instance import ReceivedInstance
 from dicom_node.jobs import queue
 from dicom_node.retry import RetryPolicy
-from dicom_node.scheduler import SingletonTick, lease_tick
+from dicom_node.ticks import SingletonTick, lease_tick
 from tests.support.database import migrated_sessions
 
 SKEW = timedelta(hours=1)

@@ -29,7 +29,8 @@ from dicom_node.ingest.completion import CompletionRule
 from dicom_node.models.threshold import ThresholdModel
 from dicom_node.pipeline import Pipeline, model_key
 from dicom_node.retry import RetryPolicy
-from dicom_node.scheduler import Worker, completion_tick
+from dicom_node.ticks import completion_tick
+from dicom_node.worker import Worker
 from tests.conftest import RunningNode, start_node
 from tests.support.hostile import (
     ABORTED,

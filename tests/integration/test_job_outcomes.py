@@ -20,7 +20,7 @@ from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.metrics import Metrics
 from dicom_node.pipeline import JobOutput
 from dicom_node.retry import RetryPolicy
-from dicom_node.scheduler import Worker
+from dicom_node.worker import Worker
 from tests.support.database import migrated_sessions
 from tests.support.node import NodeConfig, cli
 

@@ -19,7 +19,8 @@ from dicom_node.models.threshold import ThresholdModel
 from dicom_node.outputs.revision import MAX_DESCRIPTION
 from dicom_node.pipeline import Pipeline, model_key
 from dicom_node.retry import RetryPolicy
-from dicom_node.scheduler import Worker, completion_tick
+from dicom_node.ticks import completion_tick
+from dicom_node.worker import Worker
 from tests.conftest import RunningNode
 from tests.support.node import status_code, store_files
 from tests.support.outputs_fixtures import assert_valid

@@ -27,7 +27,8 @@ from dicom_node.outputs.uids import frame_of_reference_uid
 from dicom_node.outputs.validate import run_dciodvfy
 from dicom_node.pipeline import Pipeline, StudyInput, model_key
 from dicom_node.retry import RetryPolicy
-from dicom_node.scheduler import Worker, completion_tick
+from dicom_node.ticks import completion_tick
+from dicom_node.worker import Worker
 from tests.conftest import start_node
 from tests.support.node import CT_3SLICE, REPO, NodeConfig, shared_data, status_code, store_files
 from tests.support.outputs_fixtures import require_dciodvfy

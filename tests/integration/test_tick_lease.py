@@ -15,7 +15,7 @@ from dicom_node.config import DatabaseSettings
 from dicom_node.db.models import utcnow
 from dicom_node.db.session import create_db_engine, session_factory
 from dicom_node.jobs import tick_lease
-from dicom_node.scheduler import SingletonTick, release_ticks
+from dicom_node.ticks import SingletonTick, release_ticks
 from tests.support.database import migrated_sessions
 
 TTL = timedelta(seconds=30)

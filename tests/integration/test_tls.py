@@ -10,7 +10,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from tests.conftest import start_node
-from tests.support.node import NODE_AE, NodeConfig
+from tests.support.node import NODE_AE, NodeConfig, cli
 from tests.support.tls import Pki, make_pki
 
 
@@ -101,3 +101,19 @@ def test_sender_speaks_mutual_tls_to_a_destination(tmp_path: Path, pki: Pki) -> 
         assert not refused.stored
     finally:
         server.shutdown()
+
+
+def test_echo_reaches_a_tls_destination_by_its_name(tmp_path: Path, pki: Pki) -> None:
+    """`dicom-node echo NAME` checks a destination the way the sender will reach it: over TLS."""
+    running, stop = start_node(NodeConfig(workdir=tmp_path / "node", extra=_tls_section(pki, False)))
+    try:
+        destination = f'[[destinations]]\nname = "secure"\nae_title = "{NODE_AE}"\nhost = "localhost"\nport = {running.port}\n'
+        with_tls = NodeConfig(workdir=tmp_path / "a", extra=_tls_section(pki, False) + destination + "tls = true\n").write()
+        ok = cli("echo", "secure", "--calling-ae", "TESTSCU", "--config", str(with_tls))
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.strip() == f"C-ECHO to {NODE_AE}@localhost:{running.port}: success"
+        plain = NodeConfig(workdir=tmp_path / "b", extra=destination).write()
+        refused = cli("echo", "secure", "--calling-ae", "TESTSCU", "--timeout", "5", "--config", str(plain))
+        assert refused.returncode == 1 and f"{NODE_AE}@localhost:{running.port}" in refused.stderr, refused.stderr
+    finally:
+        stop()  # type: ignore[operator]

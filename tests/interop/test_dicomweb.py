@@ -34,6 +34,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from highdicom.sr.utils import find_content_items
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     SecondaryCaptureImageStorage,
@@ -232,11 +233,14 @@ def test_highdicom_reads_the_retrieved_sr(dicomweb: DicomWebClient, results: Wri
     report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
     content = report.content
     assert isinstance(content, hd.sr.MeasurementReport)
-    (study_group,) = content.get_image_measurement_groups()
-    (probability,) = study_group.get_measurements(name=codes.PROBABILITY)
-    assert probability.value == pytest.approx(results.case.assessment.probability, rel=1e-12)
-    evaluations = study_group.get_qualitative_evaluations(name=codes.INTRACRANIAL_HEMORRHAGE)
-    assert [e.value for e in evaluations] == [codes.PRESENT]
+    assert content.get_image_measurement_groups() == []
+    (evaluations,) = find_content_items(content[0], name=codes.QUALITATIVE_EVALUATIONS)
+    (call,) = find_content_items(evaluations, name=codes.INTRACRANIAL_HEMORRHAGE)
+    assert call.value == codes.PRESENT
+    (probability,) = find_content_items(evaluations, name=codes.PROBABILITY)
+    assert float(probability.value) == pytest.approx(results.case.assessment.probability, rel=1e-6)
+    outlines = content.get_planar_roi_measurement_groups()
+    assert [g.tracking_uid for g in outlines] == [results.case.uids.tracking(n.segment_number) for n in results.case.lesions]
     groups = content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(results.case.lesions)
     for lesion, group in zip(results.case.lesions, groups, strict=True):

@@ -16,19 +16,16 @@ functions it calls). Here we compare that with what we wrote:
   references; its outline group has the closed POLYLINE on the key slice; the
   study call (Qualitative Evaluations) with Present/Absent and the probability.
 
-The npm packages are installed once into a cache outside the checkout (keyed
-on package.json): ``$DICOM_NODE_NPM_CACHE`` or ``~/.cache/dicom-node/viewer-npm``.
-Without Node, npm or the registry the test fails; it never skips.
+The npm packages are installed once into a cache outside the checkout (see
+tests/support/npm.py). Without Node, npm or the registry the test fails; it
+never skips. tests/interop/test_ohif_viewer.py runs the whole OHIF viewer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +33,11 @@ import numpy as np
 import pytest
 
 from dicom_node.outputs.uids import SEG
+from tests.support import npm
 from tests.support.interop_objects import WrittenResults, negative_case, write_results
 
 VIEWER_DIR = Path(__file__).parent / "viewer"
 SCRIPT = "check_seg_sr.mjs"
-#: package.json and, when one is added, the lockfile: they decide what npm installs.
-MANIFESTS = ("package.json", "package-lock.json")
-NPM_TIMEOUT_S = 600
 NODE_TIMEOUT_S = 120
 #: Positions are written as DS with 4 decimals by the synthetic CT.
 POSITION_TOLERANCE_MM = 1e-4
@@ -50,70 +45,17 @@ POSITION_TOLERANCE_MM = 1e-4
 NUMBER_RELATIVE_TOLERANCE = 1e-12
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found: install Node.js 20+ with npm (Debian: apt-get install nodejs npm)")
-    return path
-
-
-def _cache_root() -> Path:
-    configured = os.environ.get("DICOM_NODE_NPM_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "dicom-node" / "viewer-npm"
-
-
-def _manifest_digest() -> str:
-    digest = hashlib.sha256()
-    for name in MANIFESTS:
-        path = VIEWER_DIR / name
-        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"") + b"\0")
-    return digest.hexdigest()[:16]
-
-
 @pytest.fixture(scope="session")
 def viewer_dir() -> Path:
-    """A folder with the pinned npm packages installed and the check script next to them.
-
-    Installed into a temporary folder, then renamed into the cache, so that an
-    interrupted or concurrent install never leaves a half-filled cache entry.
-    """
-    _tool("node")
-    npm = _tool("npm")
-    target = _cache_root() / _manifest_digest()
-    if not (target / "node_modules").is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="install-", dir=target.parent))
-        try:
-            for name in MANIFESTS:
-                if (VIEWER_DIR / name).exists():
-                    shutil.copy2(VIEWER_DIR / name, staging / name)
-            locked = (staging / "package-lock.json").exists()
-            command = [npm, "ci" if locked else "install", "--no-audit", "--no-fund", "--ignore-scripts"]
-            try:
-                completed = subprocess.run(
-                    command, cwd=staging, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False
-                )
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"`npm {' '.join(command[1:])}` took over {NPM_TIMEOUT_S} s: is the npm registry reachable?")
-            if completed.returncode != 0:
-                pytest.fail(
-                    f"`npm {' '.join(command[1:])}` failed (exit {completed.returncode}); the viewer check needs "
-                    f"the npm registry (or a filled cache at {target}):\n{completed.stderr[-3000:]}"
-                )
-            try:
-                staging.rename(target)
-            except OSError:
-                if not (target / "node_modules").is_dir():  # not a concurrent install that won
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    """A folder with the pinned npm packages installed and the check script next to them."""
+    target = npm.locked_packages(VIEWER_DIR)
     shutil.copy2(VIEWER_DIR / SCRIPT, target / SCRIPT)
     return target
 
 
 def _read_with_ohif_parsers(viewer: Path, results: WrittenResults) -> dict[str, Any]:
     command = [
-        _tool("node"),
+        npm.tool("node"),
         str(viewer / SCRIPT),
         "--seg",
         str(results.seg),

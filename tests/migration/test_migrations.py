@@ -62,7 +62,7 @@ def test_run_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     config = NodeConfig(workdir=tmp_path).write()
     result = cli("run", "--config", str(config), timeout=60)
     assert result.returncode == 3
-    assert "run `dicom-node db upgrade` first" in result.stderr
+    assert "dicom-node db upgrade --config" in result.stderr
 
 
 def test_concurrent_upgrades_on_postgresql_both_succeed(postgres_url: str, tmp_path: Path) -> None:

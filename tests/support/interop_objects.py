@@ -10,6 +10,8 @@ installs it; nothing here skips.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from dicom_node.outputs import (
     build_segmentation,
     device_observer_uid,
 )
+from dicom_node.outputs.sources import prepare_sources
 from dicom_node.outputs.uids import KEY_IMAGES, SEG, SR
 from tests.support.outputs_fixtures import (
     ALGORITHM,
@@ -59,12 +62,27 @@ def negative_case(job_key: str = "job-negative") -> Case:
     return make_case(lesions=(), job_key=job_key)
 
 
+def without_frame_of_reference(case: Case) -> Case:
+    """The case as an anonymised export sends it: no Frame of Reference UID on any CT image.
+
+    The returned case's ``source_images`` are what the CT files hold. The
+    result objects are then built, as the pipeline builds them, from
+    :func:`~dicom_node.outputs.sources.prepare_sources` copies, which carry a
+    Frame of Reference UID derived from the series (see :func:`write_results`).
+    """
+    images = [copy.deepcopy(ds) for ds in case.source_images]
+    for image in images:
+        del image.FrameOfReferenceUID
+    return dataclasses.replace(case, source_images=images)
+
+
 def write_results(directory: Path, case: Case | None = None) -> WrittenResults:
     """Build SEG, SR and key images of ``case`` (default: two lesions) and write them with the CT.
 
     A case without lesions gets what a negative study gets: a SEG with one
     empty segment, an SR with the study-level group only, and the summary key
-    image.
+    image. CT images without a Frame of Reference UID are written as they are,
+    and the objects built from the pipeline's prepared copies of them.
     """
     case = make_case() if case is None else case
     directory.mkdir(parents=True, exist_ok=True)
@@ -75,6 +93,9 @@ def write_results(directory: Path, case: Case | None = None) -> WrittenResults:
         path = ct_dir / f"IM{int(source.InstanceNumber):05d}.dcm"
         source.save_as(path, enforce_file_format=True)
         ct_paths.append(path)
+    written_case = case
+    if not all("FrameOfReferenceUID" in ds for ds in case.source_images):
+        case = dataclasses.replace(case, source_images=prepare_sources(case.source_images, uid_root=UID_ROOT).images)
 
     segments = case.segments or [SegmentSpec(segment_number=1, label="ICH", tracking_uid=case.uids.tracking(1))]
     segmentation = build_segmentation(
@@ -114,7 +135,7 @@ def write_results(directory: Path, case: Case | None = None) -> WrittenResults:
         path = directory / f"KI{int(image.InstanceNumber):03d}.dcm"
         image.save_as(path, enforce_file_format=True)
         key_paths.append(path)
-    return WrittenResults(case, tuple(ct_paths), seg_path, sr_path, tuple(key_paths))
+    return WrittenResults(written_case, tuple(ct_paths), seg_path, sr_path, tuple(key_paths))
 
 
 def _report(case: Case, segmentation: Dataset | None) -> Dataset:

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 from pynetdicom import AE
 
 from tests.support.node import DCMTK_ENV, free_port
 
 STORESCP = "/usr/bin/storescp"
+
+
+@dataclass
+class Arrived:
+    """The result objects a destination holds for one study, by kind."""
+
+    segs: list[Path]
+    srs: list[Path]
+    key_images: list[Path]
+
+    @property
+    def files(self) -> list[Path]:
+        return self.segs + self.srs + self.key_images
 
 
 class StoreSCP:
@@ -47,6 +63,23 @@ class StoreSCP:
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+    def results_of(self, study_instance_uid: str) -> Arrived:
+        """Our SEG, SR and key images among the files received for the study.
+
+        A file storescp is still writing is left for the next call.
+        """
+        kinds: dict[str, list[Path]] = {
+            SegmentationStorage: [], Comprehensive3DSRStorage: [], SecondaryCaptureImageStorage: []
+        }
+        for path in self.files():
+            try:
+                ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPClassUID"])
+            except (InvalidDicomError, OSError, EOFError, ValueError):
+                continue
+            if ds.get("StudyInstanceUID") == study_instance_uid and ds.get("SOPClassUID") in kinds:
+                kinds[ds.SOPClassUID].append(path)
+        return Arrived(kinds[SegmentationStorage], kinds[Comprehensive3DSRStorage], kinds[SecondaryCaptureImageStorage])
 
     def stop(self) -> None:
         if self.process is not None:

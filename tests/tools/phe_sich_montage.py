@@ -1,7 +1,7 @@
 """Show and check the PHE-SICH hematoma derivation; read the 8-bit window off the data.
 
     PYTHONPATH=$PWD .venv/bin/python -m tests.tools.phe_sich_montage \
-        --data ../shared/data/phe-sich-ct-ids --out docs/images/phe_sich_derivation.png
+        --data ../shared/data/phe-sich-ct-ids --out tests/figures/phe_sich_derivation.png
 
 Writes a small montage (edema ring green, box yellow, derived clot red) of
 boxed slices picked across patients, and prints what checks the derivation

@@ -209,3 +209,13 @@ def test_config_check_takes_the_file_from_config_or_the_environment(tmp_path: Pa
     # A path given as the argument wins over the environment.
     both = cli("config", "check", str(bad), env={**os.environ, "DICOM_NODE_CONFIG": str(EXAMPLE)})
     assert both.returncode == 1
+
+
+def test_viewer_url_must_be_an_http_template_with_the_study_uid(tmp_path: Path) -> None:
+    base = '[node]\nallow_any_caller = true\n[observability]\nviewer_url = "{}"\n'
+    ok = load_settings(_write(tmp_path, base.format("https://ohif.example/viewer?StudyInstanceUIDs={study_uid}")))
+    assert ok.observability.viewer_url is not None
+    for bad, why in (("https://ohif.example/viewer", "must contain {study_uid}"), ("javascript:{study_uid}", "http:// or https://")):
+        with pytest.raises(ConfigError) as info:
+            load_settings(_write(tmp_path, base.format(bad)))
+        assert why in info.value.problems[0], info.value.problems

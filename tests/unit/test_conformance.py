@@ -20,7 +20,6 @@ from dicom_node.config import Settings, load_settings
 from dicom_node.conformance import (
     VERIFICATION_TRANSFER_SYNTAXES,
     created_objects,
-    documented_statuses,
     render_conformance_statement,
 )
 from dicom_node.dicom.contexts import (
@@ -28,12 +27,8 @@ from dicom_node.dicom.contexts import (
     STORAGE_CLASSES,
     VERIFICATION_CLASS,
 )
-from dicom_node.ingest.scp import (
-    CANNOT_UNDERSTAND,
-    DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    OUT_OF_RESOURCES,
-    StorageSCP,
-)
+from dicom_node.dicom.statuses import STORE_REFUSALS
+from dicom_node.ingest.scp import StorageSCP
 from tests.support.node import REPO
 
 EXAMPLE = REPO / "config" / "dicom-node.toml"
@@ -110,14 +105,12 @@ def test_sender_states_only_the_objects_the_node_creates() -> None:
     assert {SegmentationStorage, Comprehensive3DSRStorage} <= {uid for uid, _ in rows}
 
 
-def test_every_refusal_status_is_documented_and_stated() -> None:
-    statuses = documented_statuses()
+def test_every_refusal_status_is_stated() -> None:
     text = render_conformance_statement(load_settings(EXAMPLE))
-    for code in (OUT_OF_RESOURCES, DATASET_DOES_NOT_MATCH_SOP_CLASS, CANNOT_UNDERSTAND):
-        kind = statuses[code].partition(":")[0]
-        assert kind in {"Refused", "Error"}, f"0x{code:04X} should say Refused or Error first"
-        assert f"| 0x{code:04X} | {kind} |" in text
+    for refusal in STORE_REFUSALS:
+        assert f"| 0x{refusal.code:04X} | {refusal.service_status} | {refusal.description()} |" in text
     assert "| 0x0000 | Success |" in text
+    assert "| 0xB000, 0xB006, 0xB007 and any other warning | Warning |" in text
 
 
 def test_implementation_identity_is_pynetdicoms() -> None:

@@ -80,3 +80,10 @@ def test_render_aligns_values_and_sources() -> None:
         "[b]",
         f"{'z = true':<48}  # default",
     ]
+
+
+def test_only_variables_of_a_settings_section_count_as_overrides() -> None:
+    from dicom_node.effective_config import environment_overrides
+
+    environ = {"DICOM_NODE_CONFIG": "/x.toml", "DICOM_NODE_FAULT_TRIALS": "4", "DICOM_NODE_TLS__ENABLED": "1", "HOME": "/"}
+    assert environment_overrides(environ) == {"tls.enabled": "DICOM_NODE_TLS__ENABLED"}

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _level(module: str) -> int:
+    """The index of ``module``'s layer in the layers contract (0 is the top)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    layers = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")["layers"]
+    return next(i for i, layer in enumerate(layers) if module in [m.strip() for m in layer.split("|")])
 
 
 def test_import_contracts_hold() -> None:
@@ -18,13 +26,11 @@ def test_import_contracts_hold() -> None:
 
 def test_training_sits_above_models_and_imaging_below() -> None:
     """The worker's models never reach into training code; the models may use imaging directly."""
-    import tomllib
+    assert _level("dicom_node.training") < _level("dicom_node.models") < _level("dicom_node.imaging")
+    assert _level("dicom_node.pipeline") == _level("dicom_node.training")  # siblings: the worker never trains
 
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    layers = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")["layers"]
 
-    def level(module: str) -> int:
-        return next(i for i, layer in enumerate(layers) if module in [m.strip() for m in layer.split("|")])
-
-    assert level("dicom_node.training") < level("dicom_node.models") < level("dicom_node.imaging")
-    assert level("dicom_node.pipeline") == level("dicom_node.training")  # siblings: the worker never trains
+def test_ticks_drive_the_worker_which_runs_the_pipeline() -> None:
+    """scheduler.py split in two: the ticks above the worker, the worker above the one job."""
+    assert _level("dicom_node.ticks") < _level("dicom_node.worker") < _level("dicom_node.pipeline")
+    assert _level("dicom_node.pipeline") < _level("dicom_node.send")  # the outbox records what a job wrote

@@ -25,6 +25,7 @@ from dicom_node.outputs.keyimages import (
     summary_lines,
     window_to_uint8,
 )
+from dicom_node.outputs.common import with_patient_study_type2
 from dicom_node.outputs.uids import KEY_IMAGES
 from tests.support.outputs_fixtures import (
     EMPTY_STUDY_ID_WARNING,
@@ -182,10 +183,13 @@ def test_dciodvfy_finds_no_error(written: list[tuple[Path, pydicom.Dataset]]) ->
         assert_valid(path)
 
 
-def test_sources_without_some_type2_attributes_still_give_valid_images(tmp_path: Path) -> None:
-    case = make_case(job_key="job-sparse")
-    for source in case.source_images:
+def test_sources_without_some_type2_attributes_are_completed_once_then_give_valid_images(tmp_path: Path) -> None:
+    sparse = make_case(job_key="job-sparse")
+    for source in sparse.source_images:
         del source.PatientBirthDate, source.AccessionNumber, source.StudyID
+    with pytest.raises(ValueError, match=r"lacks Type 2 patient/study attributes \(PatientBirthDate, StudyID"):
+        _build(sparse)
+    case = dataclasses.replace(sparse, source_images=[with_patient_study_type2(s) for s in sparse.source_images])
     for path in _write_all(_build(case), tmp_path):
         assert_valid(path, also_accepted=[EMPTY_STUDY_ID_WARNING])
 

@@ -12,7 +12,8 @@ from pydicom.tag import Tag
 
 from dicom_node.outputs import SegmentSpec, build_segmentation
 from dicom_node.outputs.sources import UTF8, prepare_sources
-from dicom_node.outputs.uids import SEG, frame_of_reference_uid, is_valid_uid
+from dicom_node.outputs.uids import SEG, frame_of_reference_uid
+from dicom_node.uid_syntax import is_valid_uid
 from tests.support.outputs_fixtures import ALGORITHM, EQUIPMENT, UID_ROOT, assert_valid, make_case
 
 MALFORMED_STUDY_UID = "1.2.840.0099.1"  # leading zero in a component: invalid, but it is the study's

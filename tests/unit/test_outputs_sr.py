@@ -25,6 +25,7 @@ from dicom_node.outputs import (
     codes,
     device_observer_uid,
 )
+from dicom_node.outputs.common import with_patient_study_type2
 from dicom_node.outputs.uids import SEG, SR
 from tests.support.outputs_fixtures import (
     ALGORITHM,
@@ -360,19 +361,24 @@ def test_a_subtype_coded_in_the_seg_is_the_finding_type(case: Case, tmp_path: Pa
         assert [g.finding_type for g in groups] == [codes.INTRACRANIAL_HEMORRHAGE, subtype]
 
 
-def test_sources_without_some_type2_attributes_still_give_valid_objects(tmp_path: Path) -> None:
-    case = make_case(job_key="job-sparse")
+def test_sources_without_some_type2_attributes_are_completed_once_then_give_valid_objects(tmp_path: Path) -> None:
+    sparse = make_case(job_key="job-sparse")
     omitted = ("PatientBirthDate", "AccessionNumber", "ReferringPhysicianName", "StudyID")
-    for source in case.source_images:
+    for source in sparse.source_images:
         for keyword in omitted:
             delattr(source, keyword)
+    with pytest.raises(ValueError, match="lacks Type 2 patient/study attributes"):
+        _segmentation(sparse)
+    case = dataclasses.replace(sparse, source_images=[with_patient_study_type2(s) for s in sparse.source_images])
     segmentation = _segmentation(case)
     report = _report(case, segmentation)
+    with pytest.raises(ValueError, match="lacks Type 2 patient/study attributes"):
+        _report(sparse, segmentation)
     for name, dataset in (("seg.dcm", segmentation), ("sr.dcm", report)):
         dataset.save_as(tmp_path / name, enforce_file_format=True)
         assert_valid(tmp_path / name, also_accepted=[EMPTY_STUDY_ID_WARNING])
         assert all(dataset[keyword].value in (None, "") for keyword in omitted)
-    assert not any(keyword in case.source_images[0] for keyword in omitted), "a source was modified"
+    assert not any(keyword in sparse.source_images[0] for keyword in omitted), "a source was modified"
 
 
 def test_rebuilding_gives_identical_uids(case: Case, segmentation: hd.seg.Segmentation) -> None:
@@ -405,3 +411,16 @@ def test_building_a_report_is_fast(case: Case, segmentation: hd.seg.Segmentation
     started = time.perf_counter()
     _report(case, segmentation)
     assert time.perf_counter() - started < 2.0
+
+
+def test_a_seg_read_from_a_file_gives_the_same_outlines_and_is_left_as_read(
+    case: Case, segmentation: hd.seg.Segmentation, tmp_path: Path
+) -> None:
+    path = tmp_path / "seg.dcm"
+    segmentation.save_as(path, enforce_file_format=True)
+    read = pydicom.dcmread(path)
+    from_file = _content(_write_and_read(_report(case, read), tmp_path / "a.dcm")).get_planar_roi_measurement_groups()
+    built = _content(_write_and_read(_report(case, segmentation), tmp_path / "b.dcm")).get_planar_roi_measurement_groups()
+    for a, b in zip(from_file, built, strict=True):
+        np.testing.assert_array_equal(a.roi.value, b.roi.value)
+    assert not isinstance(read, hd.seg.Segmentation)

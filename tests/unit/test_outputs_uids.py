@@ -15,8 +15,8 @@ from dicom_node.outputs.uids import (
     JobUids,
     derived_uid,
     device_observer_uid,
-    is_valid_uid,
 )
+from dicom_node.uid_syntax import is_valid_uid
 
 ROOT = IdentitySettings().uid_root
 #: A root of 40 characters, the longest the config accepts (plus its trailing dot).

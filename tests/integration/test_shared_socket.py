@@ -1,0 +1,52 @@
+"""Listener processes share one listening socket: pynetdicom's server must accept on a socket it
+did not bind, and stopping one server must leave the socket to the others.
+
+This leans on pynetdicom's AssociationServer methods that SharedSocketServer overrides
+(server_bind, server_activate, server_close, shutdown); if pynetdicom changes them, this fails.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from dicom_node.ingest.scp import SharedSocketServer
+from dicom_node.supervisor import listening_socket
+
+
+def _server(sock: socket.socket) -> SharedSocketServer:
+    ae = AE(ae_title="SHARED")
+    ae.add_supported_context(Verification)
+    server = ae.make_server(("127.0.0.1", 0), server_class=SharedSocketServer, shared_socket=sock)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _echo(port: int) -> bool:
+    ae = AE(ae_title="TESTSCU")
+    ae.acse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SHARED")
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return getattr(status, "Status", None) == 0
+
+
+def test_two_servers_on_one_socket_and_one_stopping_leaves_the_other_serving() -> None:
+    bound = listening_socket("127.0.0.1", 0)
+    port = bound.getsockname()[1]
+    first = _server(socket.socket(fileno=bound.dup().detach()))
+    second = _server(socket.socket(fileno=bound.dup().detach()))
+    try:
+        assert first.server_address[1] == second.server_address[1] == port
+        assert all(_echo(port) for _ in range(4))
+        first.shutdown()
+        assert all(_echo(port) for _ in range(4)), "the other server still accepts on the shared socket"
+    finally:
+        second.shutdown()
+        bound.close()

@@ -1,0 +1,36 @@
+"""`jobs show` lines: UTC times, the lease and its expiry, and an outcome told from an error."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from dicom_node.admin.overview import JobLine
+from dicom_node.admin.text import job_lines
+
+NOW = datetime(2026, 12, 3, 20, 0, 0)
+JOB = JobLine(
+    id=5, state="running", study_generation=1, attempts=1, max_attempts=3, model_key="m@1",
+    created_at=NOW - timedelta(seconds=40), started_at=NOW - timedelta(seconds=30), finished_at=None,
+    next_attempt_at=NOW, lease_owner="host:1:42:ab", lease_expires_at=NOW + timedelta(seconds=570),
+    last_error=None, summary={},
+)
+
+
+def test_a_running_job_shows_its_worker_and_when_the_lease_expires() -> None:
+    lines = job_lines(JOB, now=NOW)
+    assert "  queued     2026-12-03 19:59:20 UTC" in lines and "  finished   -" in lines
+    assert "  worker     host:1:42:ab, lease until 2026-12-03 20:09:30 UTC (in 570 s)" in lines
+    expired = job_lines(replace(JOB, lease_expires_at=NOW - timedelta(seconds=12)), now=NOW)
+    assert any(line.endswith("(expired 12 s ago: the lease scan reclaims it)") for line in expired)
+
+
+def test_a_skipped_job_gives_its_reason_not_an_error() -> None:
+    """`skipped` (not applicable) is an outcome: no "error", no "what to do"."""
+    skipped = replace(JOB, state="skipped", lease_owner=None, last_error="not a head CT (BodyPartExamined CHEST)")
+    lines = job_lines(skipped, now=NOW)
+    assert "  reason     not a head CT (BodyPartExamined CHEST)" in lines
+    assert not any(line.startswith(("  error", "  what to do")) for line in lines)
+    dead = job_lines(replace(skipped, state="dead", last_error="no series qualifies for analysis (x)"), now=NOW)
+    assert "  error      no series qualifies for analysis (x)" in dead
+    assert any(line.startswith("  what to do the study has no series the model can use") for line in dead)

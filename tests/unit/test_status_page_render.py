@@ -1,0 +1,62 @@
+"""The status page's HTML: every value escaped, viewer links quoted, and the facts in place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from dicom_node.admin.destinations import DestinationHealth
+from dicom_node.admin.overview import DeliveryCounts, JobLine, StudyOverview
+from dicom_node.admin.page import PageData, render
+from dicom_node.db.models import StudyState
+from dicom_node.db.state import RecentError
+from dicom_node.ingest.catalog import StudySummary
+
+NOW = datetime(2026, 12, 3, 20, 0, 0)
+UID = "1.2.826.0.1.3680043.10.1476.99.7"
+
+
+def _page(viewer_url: str | None, error: str) -> str:
+    job = JobLine(
+        id=3, state="succeeded", study_generation=1, attempts=1, max_attempts=3, model_key="m@1",
+        created_at=NOW, started_at=NOW, finished_at=NOW, next_attempt_at=None, lease_owner=None,
+        lease_expires_at=None, last_error=None,
+        summary={"hemorrhage": True, "probability": 0.876, "total_volume_ml": 12.34, "timings_s": {"infer": 2.5}},
+    )
+    study = StudyOverview(
+        StudySummary(UID, StudyState.COMPLETE, 1, 1, 40, NOW, NOW, "quiet"),
+        job,
+        [DeliveryCounts("pacs", {"sent": 3}), DeliveryCounts("b<i>", {"pending": 1}, error)],
+    )
+    data = PageData(
+        ae_title="NODE<&>",
+        now=NOW,
+        jobs={"succeeded": 1},
+        studies=[study],
+        errors=[RecentError("delivery 9 to b<i> (pending)", error, True, UID)],
+        destinations=[DestinationHealth("b<i>", "B@10.0.0.1:104", {"pending": 1}, None, error, NOW)],
+        viewer_url=viewer_url,
+    )
+    return render(data).decode("utf-8")
+
+
+def test_every_value_is_escaped() -> None:
+    page = _page(None, 'failure 0xC000 <script>alert("x")</script>')
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "NODE&lt;&amp;&gt;" in page and "b&lt;i&gt;" in page
+    assert "<a " not in page, "no viewer configured: no links"
+
+
+def test_the_call_the_volume_and_the_stages_are_shown() -> None:
+    page = _page(None, "association aborted or peer unreachable (B@10.0.0.1:104)")
+    assert '<td class="positive">positive</td><td>0.88</td><td>12.3 mL</td>' in page
+    assert "infer 2.5 s" in page and "finished 2026-12-03 20:00:00" in page
+    assert '<span class="sent">3 sent</span>' in page and '<span class="pending">1 pending</span>' in page
+    assert "next try 2026-12-03 20:00:00 UTC" in page
+    assert "the destination did not answer" in page, "an error comes with what to do"
+    assert '<meta http-equiv="refresh" content="30">' in page and "Research use only" in page
+
+
+def test_viewer_links_quote_the_uid_and_open_apart() -> None:
+    page = _page("https://viewer.example/v?StudyInstanceUIDs={study_uid}&x=1", "x")
+    assert f'<a href="https://viewer.example/v?StudyInstanceUIDs={UID}&amp;x=1" target="_blank" rel="noopener noreferrer">' in page
