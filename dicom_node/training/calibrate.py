@@ -5,9 +5,10 @@ own; every finding it reports becomes one example: ``log(1 + mL)`` and its mean
 confidence as features, 1 if it touches true clot, else 0 (wherever it lies:
 skull base, vertex, venous sinus). A two-feature logistic regression (IRLS with
 a small ridge, numpy only) gives :class:`~dicom_node.models.combine.StudyDecision`.
-Its threshold is the lowest of 0.5, 0.55, ... 0.95 that keeps false-positive
-findings at or below :data:`TARGET_FP_PER_PATIENT` on these stacks (0.95 when
-none does). The decision is written into the model card, with the
+Its threshold is the lowest of 0.05, 0.10, ... 0.95 that keeps false-positive
+findings at or below a target per patient (:data:`TARGET_FP_PER_PATIENT` by
+default) on these stacks (0.95 when none does): a higher target keeps more
+small findings, true and false. The decision is written into the model card, with the
 whole-study figures of these stacks before and after it (in-sample) and a
 two-fold cross-fit by patient (fit on one half, count on the other), the
 honest estimate of what the decision does on stacks it was not fitted on.
@@ -33,7 +34,7 @@ from dicom_node.training.whole_study import WholeStudyFigures
 logger = logging.getLogger(__name__)
 
 TARGET_FP_PER_PATIENT = 0.5
-_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
+_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
 @dataclass(frozen=True)
@@ -83,18 +84,20 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, *, ridge: float = 1e-
     return beta
 
 
-def choose_threshold(examples: FindingExamples, beta: np.ndarray) -> float:
-    """The lowest threshold in 0.5..0.95 keeping false positives per patient at or under the target."""
+def choose_threshold(
+    examples: FindingExamples, beta: np.ndarray, target: float = TARGET_FP_PER_PATIENT
+) -> float:
+    """The lowest threshold in 0.05..0.95 keeping false positives per patient at or under ``target``."""
     x = np.hstack([np.ones((len(examples.features), 1)), examples.features])
     p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -60, 60)))
     for threshold in _THRESHOLDS:
         false = int(((p >= threshold) & (examples.labels == 0)).sum())
-        if false / max(examples.patients, 1) <= TARGET_FP_PER_PATIENT:
+        if false / max(examples.patients, 1) <= target:
             return threshold
     return _THRESHOLDS[-1]
 
 
-def cross_fit(examples: FindingExamples) -> dict[str, float]:
+def cross_fit(examples: FindingExamples, target: float = TARGET_FP_PER_PATIENT) -> dict[str, float]:
     """Two folds by patient (even/odd): per fold, fit on the other; pooled counts of the held-out findings."""
     false = kept = true = 0
     for fold in (0, 1):
@@ -103,7 +106,7 @@ def cross_fit(examples: FindingExamples) -> dict[str, float]:
         fitted = FindingExamples(
             examples.features[~held], examples.labels[~held], examples.patient[~held], (examples.patients + 1 - fold) // 2
         )
-        threshold = choose_threshold(fitted, beta)
+        threshold = choose_threshold(fitted, beta, target)
         x = np.hstack([np.ones((int(held.sum()), 1)), examples.features[held]])
         accepted = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -60, 60))) >= threshold
         false += int((accepted & (examples.labels[held] == 0)).sum())
@@ -124,6 +127,7 @@ def calibrate(
     device: str | None = "auto",
     batch_size: int = 16,
     gate: bool = False,
+    target_fp_per_patient: float = TARGET_FP_PER_PATIENT,
 ) -> tuple[StudyDecision, dict[str, Any]]:
     """Fit the study decision of the segmenter in ``model_dir`` on ``data``'s stacks and save it in the card.
 
@@ -155,7 +159,7 @@ def calibrate(
         intercept=float(beta[0]),
         log_volume=float(beta[1]),
         confidence=float(beta[2]),
-        threshold=choose_threshold(examples, beta),
+        threshold=choose_threshold(examples, beta, target_fp_per_patient),
         fitted_on=f"{data} split {split} (seed {seed}): {examples.patients} stacks, {len(examples.labels)} findings, "
         f"{int(examples.labels.sum())} touching clot",
     )
@@ -168,7 +172,8 @@ def calibrate(
         "data": f"{data} split {split} (seed {seed})" + (", findings gated to the intracranial space" if gate else ""),
         "before": before.metrics(),
         "after_in_sample": after.metrics(),
-        "cross_fit_two_folds": cross_fit(examples),
+        "target_fp_per_patient": target_fp_per_patient,
+        "cross_fit_two_folds": cross_fit(examples, target_fp_per_patient),
     }
     card = replace(loaded.card, study_decision=decision).with_metrics({"study_decision_calibration": figures})
     card.save(model_dir)

@@ -88,13 +88,18 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Seed of the split (as in training).")] = 0,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
         gate: Annotated[bool, typer.Option("--gate", help="Fit on findings gated to the intracranial space.")] = False,
+        max_fp_per_patient: Annotated[
+            float, typer.Option(help="The threshold is the lowest keeping false findings per stack at or under this.")
+        ] = 0.5,
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Fit the model's study decision on whole stacks and write it into its card."""
         from dicom_node.training.calibrate import calibrate
 
         configure_logging(log_level.upper(), "text")
-        decision, figures = calibrate(model, data, split=split, seed=seed, device=device, gate=gate)
+        decision, figures = calibrate(
+            model, data, split=split, seed=seed, device=device, gate=gate, target_fp_per_patient=max_fp_per_patient
+        )
         typer.echo(json.dumps({"study_decision": decision.to_json(), **figures}, indent=2))
 
     @app.command("evaluate")

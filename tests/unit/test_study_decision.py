@@ -95,6 +95,7 @@ def test_calibration_learns_that_large_confident_findings_are_blood():
     beta = fit_logistic(examples.features, examples.labels)
     assert beta[1] > 0  # more volume, more likely blood
     threshold = choose_threshold(examples, beta)
+    assert choose_threshold(examples, beta, target=2.0) <= threshold  # a looser target keeps at least as much
     x = np.hstack([np.ones((len(examples.labels), 1)), examples.features])
     p = 1 / (1 + np.exp(-(x @ beta)))
     assert ((p >= threshold) & (examples.labels == 0)).sum() / 12 <= 0.5
