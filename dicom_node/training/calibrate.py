@@ -104,7 +104,7 @@ def cross_fit(examples: FindingExamples, target: float = TARGET_FP_PER_PATIENT) 
         held = examples.patient % 2 == fold
         beta = fit_logistic(examples.features[~held], examples.labels[~held])
         fitted = FindingExamples(
-            examples.features[~held], examples.labels[~held], examples.patient[~held], (examples.patients + 1 - fold) // 2
+            examples.features[~held], examples.labels[~held], examples.patient[~held], (examples.patients + fold) // 2
         )
         threshold = choose_threshold(fitted, beta, target)
         x = np.hstack([np.ones((int(held.sum()), 1)), examples.features[held]])
