@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
         write_card: Annotated[bool, typer.Option(help="Write the figures and plots into the model directory.")] = True,
         seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of NIfTI/DICOM splits.")] = 0,
         gate: Annotated[
-            bool, typer.Option("--gate", help="Restrict findings to the intracranial space first, as the node does.")
+            bool, typer.Option("--gate", help="Restrict findings to the intracranial space first (models/gating.py).")
         ] = False,
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:

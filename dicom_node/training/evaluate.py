@@ -203,7 +203,7 @@ def evaluate(
     """Evaluate the model in ``model_dir`` on ``data``; write figures and plots into its directory.
 
     ``gate``: restrict the findings to the intracranial space first
-    (:mod:`dicom_node.models.gating`), as the node does.
+    (:mod:`dicom_node.models.gating`).
     """
     from dicom_node.models.registry import load_model
     from dicom_node.models.runner import Runner
