@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dicom_node.models.combine import StudyDecision
 from dicom_node.models.inputs import InputSpec
 from dicom_node.models.result import ModelKind
 
@@ -88,6 +89,7 @@ class ModelCard:
     labels: tuple[CodedLabel, ...] = (ICH_LABEL,)
     thresholds: Thresholds = Thresholds()
     study_pooling: str = "max"
+    study_decision: StudyDecision | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     intended_use: str = "Research use only. Not for diagnosis or treatment decisions."
@@ -120,6 +122,7 @@ class ModelCard:
             "labels": [asdict(label) for label in self.labels],
             "thresholds": asdict(self.thresholds),
             "study_pooling": self.study_pooling,
+            "study_decision": None if self.study_decision is None else self.study_decision.to_json(),
             "training": self.training,
             "metrics": self.metrics,
         }
@@ -151,6 +154,7 @@ class ModelCard:
             labels=labels,
             thresholds=Thresholds(**data.get("thresholds", {})),
             study_pooling=str(data.get("study_pooling", "max")),
+            study_decision=StudyDecision.from_json(data["study_decision"]) if data.get("study_decision") else None,
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
             intended_use=str(data.get("intended_use", cls.intended_use)),

@@ -15,17 +15,112 @@ contours and volumes. Two rules are offered (:data:`RULES`):
 The result keeps the segmenter's label map and findings (so its kind is the
 segmenter's), the classifier's slice probabilities (for key images), and a
 name that says both models.
+
+A segmenter can also make the study call on its own from whole-study evidence
+(:class:`StudyDecision`): each finding gets a probability from its volume and
+its mean confidence (a logistic fitted on whole stacks by ``dicom-node
+calibrate``); findings under the decision threshold are dropped and the study
+probability is the highest left. The call looks at lesions, not slices: a
+longer stack adds slices, each of which could raise a maximum over slices,
+but a finding must be large and confident on its own to count.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from dicom_node.models.result import ModelKind, ModelResult, VolumeLike
+from dicom_node.models.result import LesionFinding, ModelKind, ModelResult, VolumeLike, findings_from_labels
 
 RULES = ("gate", "either")
+
+
+@dataclass(frozen=True)
+class StudyDecision:
+    """A finding's probability of being blood: ``sigmoid(b0 + b1 log(1 + mL) + b2 confidence)``.
+
+    Fitted on whole stacks (``dicom-node calibrate``), where every finding that
+    touches no true clot counts as a negative, wherever it lies.
+    """
+
+    intercept: float
+    log_volume: float
+    confidence: float
+    threshold: float = 0.5
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError("a study decision threshold must be in (0, 1)")
+
+    def probability(self, finding: LesionFinding) -> float:
+        """The finding's probability of being blood."""
+        z = (
+            self.intercept
+            + self.log_volume * math.log1p(finding.volume_ml)
+            + self.confidence * (finding.confidence if finding.confidence is not None else 0.0)
+        )
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": "finding logistic: log(1 + mL), mean confidence",
+            "intercept": self.intercept,
+            "log_volume": self.log_volume,
+            "confidence": self.confidence,
+            "threshold": self.threshold,
+            "fitted_on": self.fitted_on,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StudyDecision:
+        return cls(
+            intercept=float(data["intercept"]),
+            log_volume=float(data["log_volume"]),
+            confidence=float(data["confidence"]),
+            threshold=float(data.get("threshold", 0.5)),
+            fitted_on=str(data.get("fitted_on", "")),
+        )
+
+
+def decide_study(result: ModelResult, decision: StudyDecision, volume: VolumeLike) -> ModelResult:
+    """Keep the findings the decision accepts; the study probability is the highest of theirs.
+
+    Findings are renumbered 1..n (largest first) on a label map holding only the
+    kept ones, measured again on ``volume`` so numbers and map agree.
+    """
+    scores = {f.label: decision.probability(f) for f in result.findings}
+    kept = [label for label, p in scores.items() if p >= decision.threshold]
+    probability = max((scores[label] for label in kept), default=0.0)
+    if len(kept) == len(result.findings):
+        findings = result.findings
+        label_map = result.label_map
+    else:
+        # Each kept lesion is one old component; its old label carries its confidence over.
+        confidences = {f.label: f.confidence for f in result.findings if f.label in kept}
+        known = all(c is not None for c in confidences.values())
+        relabelled = findings_from_labels(
+            np.where(np.isin(result.label_map, kept), result.label_map, 0),
+            volume,
+            confidences={k: float(c) for k, c in confidences.items() if c is not None} if known else None,
+            min_volume_ml=0.0,
+            fill_holes=False,
+        )
+        findings, label_map = relabelled.findings, relabelled.label_map
+    return ModelResult(
+        model_kind=result.model_kind,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        label_map=label_map,
+        findings=findings,
+        study_probability=probability,
+        decision_threshold=decision.threshold,
+        slice_probabilities=result.slice_probabilities,
+        gate=result.gate,
+    )
 
 
 def combine(study: ModelResult, lesions: ModelResult, *, rule: str = "gate") -> ModelResult:

@@ -23,6 +23,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from dicom_node.models.combine import decide_study
 from dicom_node.models.inputs import ModelSlice, slice_from_hu, slice_from_windowed
 from dicom_node.models.registry import LoadedModel
 from dicom_node.models.result import ModelResult, VolumeLike
@@ -130,6 +131,8 @@ class Runner:
                 for index, output, prepared in zip(indices, outputs, slices, strict=True):
                     decoder.add(index, output, prepared.transform)
         result = decoder.result()
+        if self.model.card.study_decision is not None:
+            result = decide_study(result, self.model.card.study_decision, volume)
         elapsed = time.perf_counter() - started
         logger.info(
             "%s model ran on %d slices in %.2f s (%.1f slices/s) on %s",

@@ -5,6 +5,7 @@ torch is imported when a command runs, not when the CLI starts.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -41,6 +42,10 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(help="Per epoch, all positive slices and this many negatives per positive, drawn afresh."),
         ] = None,
+        init: Annotated[
+            Path | None,
+            typer.Option(help="Start from these weights (same kind, architecture, input), e.g. to fine-tune."),
+        ] = None,
         name: Annotated[str | None, typer.Option(help="Model name for the card (default ich-KIND).")] = None,
         version: Annotated[str, typer.Option(help="Model version for the card.")] = "1.0.0",
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
@@ -65,6 +70,7 @@ def register(app: typer.Typer) -> None:
             loss=loss,
             threads=threads,
             negatives_per_positive=negatives_per_positive,
+            init=init,
             name=name,
             version=version,
             command=shlex.join(["dicom-node", *sys.argv[1:]]),
@@ -73,6 +79,28 @@ def register(app: typer.Typer) -> None:
             f"{kind}: best epoch {summary.best_epoch}, score {summary.best_score:.4f}, "
             f"{summary.duration_s:.0f} s -> {out}"
         )
+
+    @app.command("calibrate")
+    def calibrate_command(
+        model: Annotated[Path, typer.Option("--model", help="Segmenter model directory (card + weights).")],
+        data: Annotated[Path, typer.Option("--data", help="Whole stacks with voxel truth (PHE-SICH, NIfTI, DICOM).")],
+        split: Annotated[str, typer.Option(help="Split of the stacks to fit on.")] = "val",
+        seed: Annotated[int, typer.Option(help="Seed of the split (as in training).")] = 0,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+        gate: Annotated[bool, typer.Option("--gate", help="Fit on findings gated to the intracranial space.")] = False,
+        max_fp_per_patient: Annotated[
+            float, typer.Option(help="The threshold is the lowest keeping false findings per stack at or under this.")
+        ] = 0.5,
+        log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    ) -> None:
+        """Fit the model's study decision on whole stacks and write it into its card."""
+        from dicom_node.training.calibrate import calibrate
+
+        configure_logging(log_level.upper(), "text")
+        decision, figures = calibrate(
+            model, data, split=split, seed=seed, device=device, gate=gate, target_fp_per_patient=max_fp_per_patient
+        )
+        typer.echo(json.dumps({"study_decision": decision.to_json(), **figures}, indent=2))
 
     @app.command("evaluate")
     def evaluate_command(
@@ -86,6 +114,9 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="Slices per inference batch.")] = 16,
         write_card: Annotated[bool, typer.Option(help="Write the figures and plots into the model directory.")] = True,
         seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of NIfTI/DICOM splits.")] = 0,
+        gate: Annotated[
+            bool, typer.Option("--gate", help="Restrict findings to the intracranial space first (models/gating.py).")
+        ] = False,
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Evaluate a model (or the threshold baseline) and print a table of its figures."""
@@ -98,8 +129,8 @@ def register(app: typer.Typer) -> None:
         if model is not None:
             report = evaluate(
                 model, data, splits=chosen, device=device, batch_size=batch_size,
-                write_card=write_card, seed=seed,
+                write_card=write_card, seed=seed, gate=gate,
             )
         else:
-            report = evaluate_threshold(data, splits=chosen, seed=seed)
+            report = evaluate_threshold(data, splits=chosen, seed=seed, gate=gate)
         typer.echo(format_table(report))

@@ -15,6 +15,10 @@ Per split, figures are:
   cases together, so false positives on negative cases count), mean Dice over
   the cases with a lesion, lesion sensitivity and false-positive lesions per
   case (any-overlap rule);
+* whole stacks (cases of more than one slice with voxel truth): false-positive
+  findings and mL per patient, specificity on negative slices by level, lesion
+  sensitivity, pooled and per-slice Dice (:mod:`dicom_node.training.whole_study`);
+  their largest false positives go to ``false_positives.png``;
 * throughput: slices per second, preprocessing and post-processing included.
 
 ``evaluate`` writes the figures into the model card (``metrics.evaluation``)
@@ -40,6 +44,7 @@ from dicom_node.training.cases import Case
 from dicom_node.training.data import detect_layout, evaluation_cases
 from dicom_node.training.metrics import LesionCounts, dice, lesion_counts, overlap_counts, study_metrics
 from dicom_node.training.plots import Example, plot_calibration, plot_examples, plot_roc
+from dicom_node.training.whole_study import WholeStudyFigures
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ class SplitReport:
     truth: np.ndarray
     scores: np.ndarray
     examples: list[Example] = field(default_factory=list)
+    false_positives: list[Example] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +115,7 @@ def evaluate_cases(
     segmented_cases = 0
     has_masks = False
     examples: dict[int, list[Example]] = {0: [], 1: []}
+    whole = WholeStudyFigures()
     for case in cases:
         started = time.perf_counter()
         result = predict(case)
@@ -127,6 +134,9 @@ def evaluate_cases(
                 dices.append(dice(predicted, case.truth))
             counts = lesion_counts(predicted, case.truth)
             lesions = LesionCounts(*(a + b for a, b in zip(vars(lesions).values(), vars(counts).values(), strict=True)))
+            if case.truth.shape[0] > 1:  # a stack: the whole-study figures apply
+                brain = np.stack([_brain_view(case, k) for k in range(case.truth.shape[0])])
+                whole.add(case.key, result, case.truth, brain)
         shown = examples[int(case.label)]
         if len(shown) < _EXAMPLES_PER_CLASS:
             index = _display_slice(case, case.truth, predicted)
@@ -161,8 +171,17 @@ def evaluate_cases(
             "false_positives_per_case": lesions.false_positives / segmented_cases,
             "false_positive_lesions": lesions.false_positives,
         }
+    if whole.patients:
+        metrics["whole_study"] = whole.metrics()
     logger.info("evaluated split %s: %d cases, %d slices", name, len(truth), slices, extra={"count": len(truth)})
-    return SplitReport(name=name, metrics=metrics, truth=truth, scores=score_array, examples=examples[1] + examples[0])
+    return SplitReport(
+        name=name,
+        metrics=metrics,
+        truth=truth,
+        scores=score_array,
+        examples=examples[1] + examples[0],
+        false_positives=[fp.example for fp in whole.worst],
+    )
 
 
 def _default_splits(data: Path) -> list[str]:
@@ -179,8 +198,13 @@ def evaluate(
     write_card: bool = True,
     seed: int = 0,
     resamples: int = 2000,
+    gate: bool = False,
 ) -> EvaluationReport:
-    """Evaluate the model in ``model_dir`` on ``data``; write figures and plots into its directory."""
+    """Evaluate the model in ``model_dir`` on ``data``; write figures and plots into its directory.
+
+    ``gate``: restrict the findings to the intracranial space first
+    (:mod:`dicom_node.models.gating`).
+    """
     from dicom_node.models.registry import load_model
     from dicom_node.models.runner import Runner
 
@@ -193,6 +217,8 @@ def evaluate(
             return runner.predict_windowed(case.windowed, case.volume)
         return runner.predict(case.volume)
 
+    if gate:
+        predict = _gated(predict)
     reports = [
         evaluate_cases(
             split,
@@ -204,7 +230,7 @@ def evaluate(
         )
         for split in (splits or _default_splits(data))
     ]
-    report = EvaluationReport(model=str(model_dir), data=str(data), splits=reports)
+    report = EvaluationReport(model=str(model_dir) + (" (gated)" if gate else ""), data=str(data), splits=reports)
     if write_card:
         report.files = write_figures(report, model_dir, loaded.card.name)
         card = loaded.card.with_metrics(
@@ -226,23 +252,38 @@ def evaluate_threshold(
     seed: int = 0,
     resamples: int = 2000,
     model: ThresholdModel | None = None,
+    gate: bool = False,
 ) -> EvaluationReport:
     """Evaluate the HU threshold baseline the same way (PNG data get pseudo-HU, see data.pseudo_hu)."""
     data = Path(data)
-    model = model or ThresholdModel()
+    baseline = model or ThresholdModel()
     spec = InputSpec()
+    predict: Predict = lambda case: baseline.predict(case.volume)  # noqa: E731
+    if gate:
+        predict = _gated(predict)
     reports = [
         evaluate_cases(
             split,
             evaluation_cases(data, spec, split=split, seed=seed),
-            lambda case: model.predict(case.volume),
-            decision_threshold=model.parameters.decision_threshold,
+            predict,
+            decision_threshold=baseline.parameters.decision_threshold,
             resamples=resamples,
             seed=seed,
         )
         for split in (splits or _default_splits(data))
     ]
-    return EvaluationReport(model="threshold", data=str(data), splits=reports)
+    return EvaluationReport(model="threshold" + (" (gated)" if gate else ""), data=str(data), splits=reports)
+
+
+def _gated(predict: Predict) -> Predict:
+    """``predict`` followed by the intracranial gate, with the space found on the case's own volume."""
+    from dicom_node.imaging.anatomy import intracranial_space
+    from dicom_node.models.gating import gate_result
+
+    def gated(case: Case) -> ModelResult:
+        return gate_result(predict(case), case.volume, intracranial_space(case.volume))
+
+    return gated
 
 
 def evaluate_combination(
@@ -293,7 +334,7 @@ def evaluate_combination(
 
 
 def write_figures(report: EvaluationReport, directory: Path, title: str) -> list[Path]:
-    """roc.png, calibration.png and examples.png in ``directory``."""
+    """roc.png, calibration.png, examples.png and (whole stacks) false_positives.png in ``directory``."""
     curves = {s.name: (s.truth, s.scores) for s in report.splits if len(set(s.truth.tolist())) == 2}
     files = []
     if curves:
@@ -301,6 +342,15 @@ def write_figures(report: EvaluationReport, directory: Path, title: str) -> list
         files.append(plot_calibration(curves, directory / "calibration.png", f"{title}: calibration"))
     with_masks = [s for s in report.splits if "segmentation" in s.metrics] or report.splits
     files.append(plot_examples(with_masks[0].examples, directory / "examples.png", f"{title} on {with_masks[0].name}"))
+    stacks = [s for s in report.splits if s.false_positives]
+    if stacks:
+        files.append(
+            plot_examples(
+                stacks[0].false_positives,
+                directory / "false_positives.png",
+                f"{title}: largest false positives on {stacks[0].name}",
+            )
+        )
     return files
 
 
@@ -333,4 +383,28 @@ def format_table(*reports: EvaluationReport) -> str:
                 f"{_fmt(seg.get('lesion_sensitivity')):>11} {_fmt(seg.get('false_positives_per_case')):>7} "
                 f"{split.metrics['slices_per_s']:>8.1f}"
             )
+    lines += _whole_study_lines(reports)
     return "\n".join(lines)
+
+
+def _whole_study_lines(reports: Sequence[EvaluationReport]) -> list[str]:
+    """A second table for splits of whole stacks (see :mod:`dicom_node.training.whole_study`)."""
+    rows = [(r, s) for r in reports for s in r.splits if "whole_study" in s.metrics]
+    if not rows:
+        return []
+    header = (
+        f"{'model':<28} {'split':<5} {'patients':>8} {'FP/patient':>10} {'FP mL/pt':>8} "
+        f"{'spec lower':>10} {'spec mid':>8} {'spec upper':>10} {'lesion sens':>11} {'Dice pool':>9} {'Dice/slice+':>11}"
+    )
+    lines = ["", "whole stacks", header, "-" * len(header)]
+    for report, split in rows:
+        w = split.metrics["whole_study"]
+        spec = w["negative_slice_specificity"]
+        name = report.model if report.model == "threshold" or "+" in report.model else Path(report.model).name
+        lines.append(
+            f"{name:<28} {split.name:<5} {w['patients']:>8} {_fmt(w['false_positive_findings_per_patient']):>10} "
+            f"{_fmt(w['false_positive_ml_per_patient']):>8} {_fmt(spec['lower']):>10} {_fmt(spec['middle']):>8} "
+            f"{_fmt(spec['upper']):>10} {_fmt(w['lesion_sensitivity']):>11} {_fmt(w['dice_pooled']):>9} "
+            f"{_fmt(w['dice_mean_positive_slices']):>11}"
+        )
+    return lines

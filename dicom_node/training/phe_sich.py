@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dicom_node.imaging.morphology import dilate_in_plane, fill_holes_2d, label_components
 from dicom_node.models.inputs import InputSpec
-from dicom_node.imaging.morphology import fill_holes_2d, label_components
 from dicom_node.training.cases import Case, PseudoVolume, SliceSet, volume_slices
 
 #: The 8-bit window most stacks have, in HU (lower, upper); see the module docstring.
@@ -231,16 +231,9 @@ def ring_inside(ring: np.ndarray) -> np.ndarray:
     return _dilate(inside, RING_CLOSING_PIXELS) & ~ring
 
 
-def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(iterations):
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        grown[:, 1:] |= out[:, :-1]
-        grown[:, :-1] |= out[:, 1:]
-        out = grown
-    return out
+def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """One slice dilated by an octagon of ``pixels`` radius (the morphology module's)."""
+    return dilate_in_plane(mask[None], pixels)[0]
 
 
 def _component_near(candidates: np.ndarray, ring: np.ndarray) -> np.ndarray:

@@ -268,6 +268,7 @@ def train(
     threads: int | None = None,
     steps_per_epoch: int | None = None,
     negatives_per_positive: float | None = None,
+    init: str | Path | None = None,
     val_fraction: float = 0.2,
     name: str | None = None,
     version: str = "1.0.0",
@@ -278,7 +279,9 @@ def train(
 
     ``training_data`` may be passed to reuse slices already read (tests, or
     several kinds trained on one read); it must come from ``data`` with the same
-    input spec. ``command`` is recorded in the card as the way to reproduce the
+    input spec. ``init`` names weights (of the same kind, architecture and input)
+    to start from instead of a random initialisation, e.g. to fine-tune a
+    shipped model on more data; the card records their SHA-256. ``command`` is recorded in the card as the way to reproduce the
     run (default: this process's command line).
     """
     kind = ModelKind(kind)
@@ -310,6 +313,7 @@ def train(
         "architecture": arch,
         "seed": seed,
         "negatives_per_positive": negatives_per_positive,
+        "init_sha256": None if init is None else sha256_of(Path(init)),
     }
 
     started = time.perf_counter()
@@ -322,6 +326,8 @@ def train(
     with _torch_settings(threads):
         torch.manual_seed(seed)
         network = build_network(draft)
+        if init is not None:
+            network.load_state_dict(torch.load(Path(init), map_location="cpu", weights_only=True))
         optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=options.weight_decay)
         first_sample = train_set.subset(epoch_sample(train_set, torch.Generator().manual_seed(0), negatives_per_positive))
         steps = steps_per_epoch or max(1, len(_list_batches(first_sample, batch_size)))
@@ -419,6 +425,7 @@ def train(
             "data": training_data.description,
             "options": {**asdict(options), "loss": loss if kind == ModelKind.UNET else None},
             "selection": "val loss" if kind == ModelKind.CLASSIFIER else "val pooled Dice at model size",
+            "init": None if init is None else {"path": str(init), "sha256": run_config["init_sha256"]},
             "best_epoch": int(best["epoch"]),
             "duration_s": round(duration, 1),
             "parameters": int(sum(p.numel() for p in network.parameters())),

@@ -35,7 +35,7 @@ def tiny_train(kind, data_dir, out, training_data, **overrides):
     options = dict(
         epochs=2,
         seed=0,
-                batch_size=4,
+        batch_size=4,
         size=SIZE,
         architecture=TINY_ARCHITECTURES[kind],
         steps_per_epoch=2,
@@ -132,3 +132,29 @@ def test_the_commands_train_and_evaluate(tmp_path, tiny_kaggle):
     assert "accuracy" in result.output
     result = runner.invoke(app, ["train", "--kind", "svm", "--data", str(tiny_kaggle), "--out", str(out)])
     assert result.exit_code != 0
+
+
+def test_an_epoch_takes_every_positive_and_fresh_negatives(training_data):
+    import torch
+
+    from dicom_node.training.train import epoch_sample
+
+    slices = training_data.train
+    positives = set(map(int, (slices.labels > 0).nonzero()[0]))
+    first = epoch_sample(slices, torch.Generator().manual_seed(1), 0.5)
+    second = epoch_sample(slices, torch.Generator().manual_seed(2), 0.5)
+    assert positives <= set(first.tolist()) and positives <= set(second.tolist())
+    assert len(first) - len(positives) == round(0.5 * len(positives))
+    assert len(epoch_sample(slices, torch.Generator().manual_seed(1), None)) == len(slices)
+
+
+def test_training_can_start_from_given_weights_and_says_so(tmp_path, tiny_kaggle, training_data, trained):
+    from dicom_node.models.card import sha256_of
+
+    start = trained["unet"] / "weights.pt"
+    summary = tiny_train(
+        "unet", tiny_kaggle, tmp_path / "tuned", training_data, init=start, epochs=1, negatives_per_positive=1.0
+    )
+    card = ModelCard.load(summary.out)
+    assert card.training["init"] == {"path": str(start), "sha256": sha256_of(start)}
+    assert card.training["options"]["negatives_per_positive"] == 1.0

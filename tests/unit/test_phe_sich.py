@@ -56,9 +56,13 @@ def _head_hu(rng: np.random.Generator, *, clot: bool) -> tuple[np.ndarray, np.nd
     return hu, ring, blood
 
 
-def _write_stack(root: Path, patient: str, *, slices: int, boxed: set[int], rng: np.random.Generator) -> None:
+def _write_stack(
+    root: Path, patient: str, *, slices: int, boxed: set[int], rng: np.random.Generator, outside: bool = False
+) -> None:
     for k in range(slices):
         hu, ring, _ = _head_hu(rng, clot=k in boxed)
+        if outside and k == 0:  # a hyperdense blob in the soft tissue outside the skull, as at the skull base
+            hu[2:8, 2:12] = 65.0
         stem = f"{patient}_{k:02d}"
         Image.fromarray(_to_grey(hu, -20.0, 120.0)).save(root / "images" / f"{stem}.png")
         Image.fromarray((ring * 255).astype(np.uint8)).save(root / "phe_masks" / f"{stem}.png")
@@ -165,3 +169,58 @@ def test_on_the_real_folder_the_derivation_agrees_with_boxes_and_rings():
             if clot.any():  # hyperdense (parenchyma reads 30 HU), up to filled holes
                 assert np.median(stack.hu[k][clot]) > 38 and (stack.hu[k][clot] > 38).mean() > 0.9
     assert boxed > 20 and found / boxed >= 0.9
+
+
+def test_two_folders_train_together_each_split_by_its_own_rule(tiny_phe: Path, tmp_path_factory):
+    from dicom_node.training.data import load_training_sets
+    from tests.support.models import write_tiny_kaggle
+
+    kaggle = write_tiny_kaggle(tmp_path_factory.mktemp("kaggle") / "headct")
+    spec = InputSpec(size=(64, 64))
+    joined = load_training_sets([kaggle, tiny_phe], spec, seed=0)
+    alone = [load_training_data(p, spec, seed=0) for p in (kaggle, tiny_phe)]
+    assert len(joined.train) == sum(len(a.train) for a in alone)
+    assert joined.train.keys == alone[0].train.keys + alone[1].train.keys
+    assert [f["layout"] for f in joined.description["folders"]] == ["kaggle", "phe-sich"]
+    assert not set(joined.train.groups) & set(joined.val.groups)
+
+
+class _EverythingHyperdense:
+    """Marks every 50-90 HU voxel, inside the skull or not, as a finding (confidence 0.9)."""
+
+    class parameters:  # noqa: N801 - the attribute the evaluation reads
+        decision_threshold = 0.5
+
+    def predict(self, volume):  # type: ignore[no-untyped-def]
+        from dicom_node.models.result import ModelKind, ModelResult, findings_from_labels
+
+        labelled = findings_from_labels((volume.hu >= 50) & (volume.hu <= 90), volume, confidences=0.9)
+        return ModelResult(
+            model_kind=ModelKind.THRESHOLD,
+            model_name="naive",
+            model_version="0",
+            label_map=labelled.label_map,
+            findings=labelled.findings,
+            study_probability=0.9 if labelled.findings else 0.0,
+            decision_threshold=0.5,
+        )
+
+
+def test_whole_study_evaluation_counts_a_finding_outside_the_skull_and_the_gate_removes_it(tmp_path: Path):
+    from dicom_node.training.evaluate import evaluate_threshold, format_table
+
+    for part in ("images", "phe_masks", "boxes"):
+        (tmp_path / part).mkdir()
+    rng = np.random.default_rng(5)
+    for number in (1, 2):
+        _write_stack(tmp_path, f"{number:04d}", slices=6, boxed={2, 3}, rng=rng, outside=True)
+    naive = _EverythingHyperdense()  # a model with no notion of the skull, as the networks are
+    plain = evaluate_threshold(tmp_path, splits=["all"], resamples=10, model=naive)  # type: ignore[arg-type]
+    gated = evaluate_threshold(tmp_path, splits=["all"], resamples=10, model=naive, gate=True)  # type: ignore[arg-type]
+    before = plain.splits[0].metrics["whole_study"]
+    after = gated.splits[0].metrics["whole_study"]
+    assert before["patients"] == 2 and before["false_positive_findings_per_patient"] >= 1.0
+    assert before["negative_slice_specificity"]["lower"] < 1.0
+    assert after["false_positive_findings_per_patient"] < before["false_positive_findings_per_patient"]
+    assert after["lesion_sensitivity"] == before["lesion_sensitivity"] == 1.0
+    assert plain.splits[0].false_positives and "whole stacks" in format_table(plain, gated)

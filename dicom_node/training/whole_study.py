@@ -1,0 +1,132 @@
+"""Whole-study figures: what a model does on every slice of a head, not only near the bleed.
+
+A model that is good on the slices through a clot can still call blood in the
+pharynx, along the petrous bone or at the vertex. On whole stacks with voxel
+truth this module counts, per split:
+
+* **false-positive findings** per patient, and their volume in mL: reported
+  findings (the model's own lesions after its post-processing) that touch no
+  true clot voxel;
+* **slice-level specificity** on the negative slices (no true clot) of each
+  stack, by level: the lower, middle and upper third of the stack's slices
+  (skull base, mid-brain, vertex, for a stack that covers the head);
+* **lesion-level sensitivity**: true lesions (3D components) touched by a
+  finding;
+* **Dice** pooled over every voxel of the split, and the mean of per-slice Dice
+  over the slices that hold true clot;
+* the **worst false positives** (largest in mL) kept for a montage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dicom_node.imaging.morphology import label_components
+from dicom_node.models.result import ModelResult
+from dicom_node.training.plots import Example
+
+LEVELS = ("lower", "middle", "upper")
+#: Worst false positives kept for the montage.
+WORST_KEPT = 8
+
+
+@dataclass(frozen=True)
+class FalsePositive:
+    """One false-positive finding, for the montage."""
+
+    volume_ml: float
+    example: Example
+
+
+@dataclass
+class WholeStudyFigures:
+    """Accumulates the whole-study figures over the cases of a split (``add`` each, then ``metrics``)."""
+
+    patients: int = 0
+    fp_findings: list[int] = field(default_factory=list)
+    fp_ml: list[float] = field(default_factory=list)
+    negative_slices: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
+    clean_negative_slices: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
+    true_lesions: int = 0
+    detected_lesions: int = 0
+    overlap: int = 0
+    predicted_voxels: int = 0
+    true_voxels: int = 0
+    slice_dices: list[float] = field(default_factory=list)
+    worst: list[FalsePositive] = field(default_factory=list)
+
+    def add(self, key: str, result: ModelResult, truth: np.ndarray, brain: np.ndarray) -> None:
+        """One patient's stack: ``truth`` bool (slices, rows, cols), ``brain`` its display [0, 1] slices."""
+        predicted = result.label_map
+        self.patients += 1
+        self._count_false_positives(key, result, truth, brain)
+        self._count_slices(predicted != 0, truth)
+        self._count_lesions(predicted != 0, truth)
+
+    def _count_false_positives(self, key: str, result: ModelResult, truth: np.ndarray, brain: np.ndarray) -> None:
+        labels = result.label_map
+        touched = set(np.unique(labels[truth]).tolist()) - {0}
+        false = [f for f in result.findings if f.label not in touched]
+        self.fp_findings.append(len(false))
+        self.fp_ml.append(float(sum(f.volume_ml for f in false)))
+        for finding in false:
+            region = labels == finding.label
+            index = int(np.argmax(region.reshape(region.shape[0], -1).sum(axis=1)))
+            self.worst.append(
+                FalsePositive(
+                    finding.volume_ml,
+                    Example(
+                        title=f"{key} slice {index}/{labels.shape[0]}  {finding.volume_ml:.1f} mL",
+                        image=brain[index],
+                        truth=truth[index],
+                        prediction=region[index],
+                    ),
+                )
+            )
+        self.worst = sorted(self.worst, key=lambda fp: -fp.volume_ml)[:WORST_KEPT]
+
+    def _count_slices(self, predicted: np.ndarray, truth: np.ndarray) -> None:
+        count = truth.shape[0]
+        for index in range(count):
+            level = LEVELS[min(2, index * 3 // count)]
+            if truth[index].any():
+                t, p = truth[index], predicted[index]
+                self.slice_dices.append(2.0 * float((t & p).sum()) / float(t.sum() + p.sum()))
+                continue
+            self.negative_slices[level] += 1
+            self.clean_negative_slices[level] += int(not predicted[index].any())
+        self.overlap += int((predicted & truth).sum())
+        self.predicted_voxels += int(predicted.sum())
+        self.true_voxels += int(truth.sum())
+
+    def _count_lesions(self, predicted: np.ndarray, truth: np.ndarray) -> None:
+        lesions, n = label_components(truth)
+        if n:
+            hit = np.unique(lesions[predicted])
+            self.true_lesions += n
+            self.detected_lesions += int(np.count_nonzero(hit))
+
+    def metrics(self) -> dict[str, Any]:
+        """The split's whole-study figures (see the module docstring)."""
+        total = self.predicted_voxels + self.true_voxels
+        specificity = {
+            level: (self.clean_negative_slices[level] / self.negative_slices[level] if self.negative_slices[level]
+                    else None)
+            for level in LEVELS
+        }
+        return {
+            "patients": self.patients,
+            "false_positive_findings_per_patient": float(np.mean(self.fp_findings)) if self.fp_findings else None,
+            "false_positive_ml_per_patient": float(np.mean(self.fp_ml)) if self.fp_ml else None,
+            "patients_with_a_false_positive": int(np.count_nonzero(self.fp_findings)),
+            "negative_slice_specificity": specificity,
+            "negative_slices": dict(self.negative_slices),
+            "lesion_sensitivity": self.detected_lesions / self.true_lesions if self.true_lesions else None,
+            "true_lesions": self.true_lesions,
+            "dice_pooled": 1.0 if total == 0 else 2.0 * self.overlap / total,
+            "dice_mean_positive_slices": float(np.mean(self.slice_dices)) if self.slice_dices else None,
+            "positive_slices": len(self.slice_dices),
+        }
