@@ -267,10 +267,20 @@ class NodeProcess:
                 time.sleep(1.0)
                 if self.process.poll() is None:
                     return self
-            elif echo_ok(self.config.port):
+            elif echo_ok(self.config.port) and self._observability_ready():
                 return self
             time.sleep(0.2)
         raise AssertionError(f"node did not answer C-ECHO within {timeout_s} s: {self.log()}")
+
+    def _observability_ready(self) -> bool:
+        """``run`` serves /metrics from its supervisor, which may start it just after its listeners answer."""
+        if self.command != "run":
+            return True
+        try:
+            with socket.create_connection(("127.0.0.1", self.config.metrics_port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
