@@ -377,7 +377,9 @@ def _observability(  # type: ignore[no-untyped-def]
     return server.shutdown
 
 
-def _startup_summary(config: Path, settings: Settings, store: InstanceStore, reloadable: Reloadable, *, listener: bool) -> str:
+def _startup_summary(
+    config: Path, settings: Settings, store: InstanceStore, reloadable: Reloadable, *, listener: bool, supervised: bool
+) -> str:
     """One line that answers "which files, which database, which model" when reading a log later."""
     parts = [f"config {config.resolve()}", f"database {describe_database(settings.database.url)}"]
     parts.append(f"storage {store.root.resolve()} ({store.free_bytes() / 2**30:.1f} GiB free)")
@@ -388,7 +390,8 @@ def _startup_summary(config: Path, settings: Settings, store: InstanceStore, rel
         names = ", ".join(d.name for d in settings.destinations) or "none (results are kept, not sent)"
         parts.append(f"destinations {names}")
     if settings.observability.enabled:
-        port = settings.observability.port if listener else settings.observability.worker_port
+        # Under `run` the supervisor serves the page on the listener's port for every child.
+        port = settings.observability.port if listener or supervised else settings.observability.worker_port
         parts.append(f"status page http://{settings.observability.bind_address}:{port}/")
     return "started: " + "; ".join(parts)
 
@@ -443,7 +446,7 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
             release_ticks(session_factory(engine), owner)
 
         stops.append(stop_ticks)
-    logger.info(_startup_summary(config, settings, store, reloadable, listener=listener))
+    logger.info(_startup_summary(config, settings, store, reloadable, listener=listener, supervised=supervised is not None))
     for role, running in (("listener", listener), ("worker", scheduler)):
         if running:
             logger.info(f"{role} ready")
@@ -686,7 +689,7 @@ def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
     for line in lines:
         typer.echo(line)
     for d in deliveries:
-        why = f" ({d.last_error})" if d.last_error else ""
+        why = f" ({d.last_error})" if d.last_error and d.last_error != d.last_status else ""
         retry = f", next try {utc(d.next_attempt_at)}" if d.state.value == "pending" and d.attempts else ""
         typer.echo(
             f"  delivery   {d.kind:<10} {d.sop_instance_uid} -> {d.destination}: {d.state.value}, "
@@ -891,7 +894,7 @@ def demo(
     typer.echo(
         f"{len(written.paths)} CT images written to {out_dir} (study {written.study_instance_uid}, "
         f"{'planted bleed of %.1f mL' % written.lesion_ml if positive else 'no bleed'}); send them with e.g.\n"
-        f"  TCP_NODELAY=1 /usr/bin/storescu -aet STORESCU -aec DICOMNODE 127.0.0.1 11112 +sd {out_dir}"
+        f"  TCP_NODELAY=1 /usr/bin/storescu -aet STORESCU -aec DICOMNODE 127.0.0.1 11112 -xs +sd {out_dir}"
     )
 
 

@@ -30,9 +30,9 @@ def destination_lines(destinations: list[DestinationHealth]) -> list[str]:
     lines = []
     for d in destinations:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(d.by_state.items())) or "nothing yet"
-        where = d.address or "not configured (`dicom-node jobs cancel-deliveries --to NAME` drops what waits)"
+        where = d.address or f"not configured (`dicom-node jobs cancel-deliveries --to {d.name}` drops what waits)"
         lines.append(f"DESTINATION  {d.name} ({where}): {d.verdict}; {counts}; last sent {_short(d.last_sent_at)}")
-        if d.last_error:
+        if d.last_error and d.address:  # a removed destination's old errors need no fixing
             next_try = f"; next try {utc(d.next_attempt_at)}" if d.next_attempt_at else ""
             lines.append(f"             last problem: {d.last_error.splitlines()[0][:160]}{next_try}")
             lines.append(f"             what to do: {advice(d.last_error, delivery=True)}")

@@ -83,7 +83,7 @@ def test_status_shows_the_call_the_volume_and_the_delivery_of_each_study(config:
     dead = next(line for line in out.splitlines() if line.startswith(STUDY + ".9 "))
     assert "dead" in dead
     # A destination removed from the configuration still shows, with how to drop what waits for it.
-    assert "DESTINATION  oldpacs (not configured (`dicom-node jobs cancel-deliveries --to NAME`" in out, out
+    assert "DESTINATION  oldpacs (not configured (`dicom-node jobs cancel-deliveries --to oldpacs`" in out, out
     assert "DESTINATION  pacs (PACS@127.0.0.1:11999): ok; 1 sent" in out, out
     # Every error comes with what to do.
     assert "no series qualifies" in out and "what to do: the study has no series the model can use" in out
