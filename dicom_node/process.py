@@ -5,7 +5,8 @@ default). A process can do better for the owners it can see: one of its own host
 pid namespace whose pid no longer runs is dead for certain, so its jobs and claims can be
 taken back at once. Owners of other hosts, or of other containers on this host (another
 pid namespace, even under the same host name), keep the lease rule: their pids mean
-nothing here. The ``.incoming`` sweep of :mod:`dicom_node.dicom.storage` reasons the same way.
+nothing here. The ``.incoming`` sweep of :mod:`dicom_node.dicom.storage` reasons the same way,
+with the same two helpers.
 """
 
 from __future__ import annotations

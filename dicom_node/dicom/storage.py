@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import DiskFullError, StorageError
+from dicom_node.process import pid_alive, pid_namespace
 from dicom_node.uid_syntax import is_plain_uid
 
 logger = logging.getLogger(__name__)
@@ -66,27 +67,9 @@ def result_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
     return RESULTS_DIR / instance_path(study_uid, series_uid, sop_uid)
 
 
-def _pid_namespace() -> str:
-    """The inode of this process's pid namespace: containers sharing a host name differ here."""
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:  # not Linux: host and pid alone
-        return "0"
-
-
 def _temporary_name(suffix: str) -> str:
     """``<host>~<pid namespace>~<pid>~<random><suffix>``: who wrote it, so only its owner's death sweeps it."""
-    return f"{socket.gethostname()}~{_pid_namespace()}~{os.getpid()}~{uuid.uuid4().hex}{suffix}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+    return f"{socket.gethostname()}~{pid_namespace()}~{os.getpid()}~{uuid.uuid4().hex}{suffix}"
 
 
 def is_leftover(name: str, age_s: float, *, starting: bool) -> bool:
@@ -101,12 +84,12 @@ def is_leftover(name: str, age_s: float, *, starting: bool) -> bool:
     if age_s > STALE_AFTER_S:
         return True
     parts = name.split("~")
-    if len(parts) != 4 or parts[0] != socket.gethostname() or parts[1] != _pid_namespace() or not parts[2].isdigit():
+    if len(parts) != 4 or parts[0] != socket.gethostname() or parts[1] != pid_namespace() or not parts[2].isdigit():
         return False
     pid = int(parts[2])
     if pid == os.getpid():
         return starting
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 def _fsync_path(path: Path) -> None:

@@ -307,13 +307,6 @@ def list_jobs(
     return [_view(job, uid) for job, uid in rows]
 
 
-def get_job(session: Session, job_id: int) -> JobView | None:
-    row = session.execute(
-        select(Job, Study.study_instance_uid).join(Study, Study.id == Job.study_id).where(Job.id == job_id)
-    ).first()
-    return _view(*row) if row else None
-
-
 def latest_succeeded_job(session: Session, study_instance_uid: str) -> int | None:
     """The newest successful job of a study, whose results a resend sends again."""
     return session.execute(
