@@ -235,17 +235,7 @@ def _summary_of(session: Session, study_instance_uid: str) -> StudySummary:
         .where(Study.study_instance_uid == study_instance_uid)
         .group_by(Study.id)
     ).one()
-    study, series_count, instance_count = row
-    return StudySummary(
-        study_instance_uid=study.study_instance_uid,
-        state=study.state,
-        generation=study.generation,
-        series_count=series_count,
-        instance_count=instance_count,
-        last_received_at=study.last_received_at,
-        completed_at=study.completed_at,
-        completion_reason=study.completion_reason,
-    )
+    return StudySummary.of(*row)
 
 
 def similar_study_uids(session: Session, study_instance_uid: str, limit: int = 3) -> list[str]:

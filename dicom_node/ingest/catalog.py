@@ -313,6 +313,20 @@ class StudySummary:
     completed_at: Any
     completion_reason: str | None
 
+    @classmethod
+    def of(cls, study: Study, series_count: int, instance_count: int) -> StudySummary:
+        """The summary of ``study`` with its counted series and instances."""
+        return cls(
+            study_instance_uid=study.study_instance_uid,
+            state=study.state,
+            generation=study.generation,
+            series_count=series_count,
+            instance_count=instance_count,
+            last_received_at=study.last_received_at,
+            completed_at=study.completed_at,
+            completion_reason=study.completion_reason,
+        )
+
 
 def study_summaries(session: Session, limit: int = 50) -> list[StudySummary]:
     """The most recently active studies with their series and instance counts.
@@ -333,17 +347,5 @@ def study_summaries(session: Session, limit: int = 50) -> list[StudySummary]:
         .group_by(Study.id)
         .order_by(Study.last_received_at.desc())
     ).all()
-    return [
-        StudySummary(
-            study_instance_uid=study.study_instance_uid,
-            state=study.state,
-            generation=study.generation,
-            series_count=series_count,
-            instance_count=instance_count,
-            last_received_at=study.last_received_at,
-            completed_at=study.completed_at,
-            completion_reason=study.completion_reason,
-        )
-        for study, series_count, instance_count in rows
-    ]
+    return [StudySummary.of(*row) for row in rows]
 
