@@ -201,16 +201,29 @@ def _changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if old != new else []
 
 
-def _wait_for_signal(stop: threading.Event, reloadable: Reloadable) -> None:
-    """Block until SIGTERM or SIGINT sets ``stop``; reload the config on SIGHUP meanwhile."""
+def _wait_for_signal(
+    stop: threading.Event,
+    on_hangup: Callable[[], None],
+    *,
+    poll_s: float,
+    check: Callable[[], int | None] = lambda: None,
+) -> int | None:
+    """Block until SIGTERM or SIGINT sets ``stop`` (None), or ``check`` gives an exit status.
+
+    SIGHUP calls ``on_hangup`` from this loop, not from the signal handler, so that a reload
+    never runs inside whatever the main thread was doing when the signal came.
+    """
     hangup = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: hangup.set())
-    while not stop.wait(0.5):
+    while not stop.wait(poll_s):
         if hangup.is_set():
             hangup.clear()
-            reloadable.reload()
+            on_hangup()
+        if (status := check()) is not None:
+            return status
+    return None
 
 
 def _missing_packages(settings: Settings) -> list[str]:
@@ -451,7 +464,7 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
         if running:
             logger.info(f"{role} ready")
     try:
-        _wait_for_signal(stop, reloadable)
+        _wait_for_signal(stop, reloadable.reload, poll_s=0.5)
     finally:
         logger.info("shutting down")
         for halt in reversed(stops):
@@ -490,7 +503,13 @@ def _supervise(config: Path, *, worker: bool) -> None:
             stops.append(
                 _observability(lambda: settings, engine, store, children, settings.observability.port, supervisor.problems)
             )
-        status = _supervise_until_signal(supervisor) or 0
+        # Watch the children until SIGTERM or SIGINT, or a child's fatal exit status; pass SIGHUP on.
+        status = (
+            _wait_for_signal(
+                threading.Event(), lambda: supervisor.signal_all(signal.SIGHUP), poll_s=0.2, check=supervisor.check
+            )
+            or 0
+        )
     finally:
         logger.info("shutting down")
         sock.close()  # the listeners keep their copies until they exit
@@ -501,22 +520,6 @@ def _supervise(config: Path, *, worker: bool) -> None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     if status:
         raise typer.Exit(status)
-
-
-def _supervise_until_signal(supervisor: Supervisor) -> int | None:
-    """Watch the children until SIGTERM or SIGINT (None), or a child's fatal exit status; pass SIGHUP on."""
-    stop = threading.Event()
-    hangup = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hangup.set())
-    while not stop.wait(0.2):
-        if hangup.is_set():
-            hangup.clear()
-            supervisor.signal_all(signal.SIGHUP)
-        if (status := supervisor.check()) is not None:
-            return status
-    return None
 
 
 @app.command()
