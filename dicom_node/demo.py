@@ -121,8 +121,12 @@ def _image_positions(spec: SeriesSpec) -> np.ndarray:
     return centres - corner
 
 
-def _tilted_head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The phantom sampled on tilted planes: each pixel at its true 3D position."""
+def _ellipsoid_head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The ellipsoid phantom sampled on its image planes (tilted or not): each pixel at its true 3D position.
+
+    Every plane lies within the ellipsoid (its z semi-axis is 1.5 times the half stack), so
+    untilted planes are the tilt-0 case of the same sampling.
+    """
     rng = np.random.default_rng(spec.seed)
     dy, dx = spec.pixel_spacing_mm
     t = _tilt_rad(spec)
@@ -161,36 +165,7 @@ def head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
     if spec.anatomy is not None:
         volume, lesions, _ = anatomical_volume(spec)
         return volume, lesions
-    if spec.gantry_tilt_deg:
-        return _tilted_head_volume(spec)
-    rng = np.random.default_rng(spec.seed)
-    dy, dx = spec.pixel_spacing_mm
-    y = (np.arange(spec.rows) - (spec.rows - 1) / 2.0) * dy
-    x = (np.arange(spec.columns) - (spec.columns - 1) / 2.0) * dx
-    yy, xx = np.meshgrid(y, x, indexing="ij")
-    volume = np.full((spec.n_slices, spec.rows, spec.columns), -1000, dtype=np.int16)
-    mask = np.zeros(volume.shape, dtype=bool)
-    semi_x, semi_y, semi_z = 75.0, 92.0, 1.5 * max(90.0, spec.n_slices * spec.slice_thickness_mm / 2)
-    for k, z in enumerate(_positions(spec)):
-        scale = 1.0 - (z / semi_z) ** 2
-        if scale <= 0:
-            continue
-        r = np.sqrt(scale)
-        outer = (xx / (semi_x * r)) ** 2 + (yy / (semi_y * r)) ** 2
-        inner = (xx / (semi_x * r - 7.0)) ** 2 + (yy / (semi_y * r - 7.0)) ** 2 if semi_x * r > 8 else outer * 2
-        plane = volume[k]
-        plane[outer <= 1.0] = 1000
-        brain = inner <= 1.0
-        plane[brain] = 35
-        for lesion in spec.lesions:
-            cx, cy, cz = lesion.center_mm
-            inside = ((xx - cx) ** 2 + (yy - cy) ** 2 + (z - cz) ** 2) <= lesion.radius_mm**2
-            inside &= brain
-            plane[inside] = int(round(lesion.hu))
-            mask[k] |= inside
-        noise = rng.normal(0.0, 4.0, size=plane.shape).round().astype(np.int16)
-        plane[outer <= 1.0] += noise[outer <= 1.0]
-    return volume, mask
+    return _ellipsoid_head_volume(spec)
 
 
 #: Semi-axes (x, y, z) in mm of the anatomical phantom's scalp, outer and inner table.
