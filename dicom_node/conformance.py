@@ -577,8 +577,18 @@ def _security(doc: _Document, settings: Settings) -> None:
 
 
 def _annexes(doc: _Document, settings: Settings) -> None:
-    identity = settings.identity
     doc.section(1, "Annexes")
+    _created_instances(doc, settings)
+    _segmentation_contents(doc, settings)
+    _report_contents(doc)
+    _key_image_contents(doc)
+    _incomplete_results(doc, settings)
+    _private_attributes(doc)
+
+
+def _created_instances(doc: _Document, settings: Settings) -> None:
+    """Where the created objects live, which header values they copy and how, and their series."""
+    identity = settings.identity
     doc.section(2, "IOD Contents: Created SOP Instances")
     doc.text(
         "Each object is created in the study of its source images (patient and study attributes "
@@ -608,6 +618,10 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             for obj in created_objects(settings)
         ],
     )
+
+
+def _segmentation_contents(doc: _Document, settings: Settings) -> None:
+    """The SEG as viewers and PACS receive it: binary, frame for frame with the source."""
     empty = "also gets a SEG with an empty segment" if settings.outputs.send_empty_seg else "gets no SEG"
     doc.section(3, "Segmentation")
     doc.bullets(
@@ -624,6 +638,10 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "states the result.",
         ]
     )
+
+
+def _report_contents(doc: _Document) -> None:
+    """The TID 1500 report: what each container holds, and in which order."""
     doc.section(3, "Comprehensive 3D SR: TID 1500 Measurement Report")
     doc.bullets(
         [
@@ -643,6 +661,10 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "The source images and the SEG are listed as evidence.",
         ]
     )
+
+
+def _key_image_contents(doc: _Document) -> None:
+    """The key images carry the result in their pixels, for viewers that show no SEG or SR."""
     doc.section(3, "Secondary Capture Key Images")
     doc.bullets(
         [
@@ -653,6 +675,10 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "\"AI RESULT - NOT FOR DIAGNOSTIC USE\" in its pixels.",
         ]
     )
+
+
+def _incomplete_results(doc: _Document, settings: Settings) -> None:
+    """What is sent when one object cannot be built, when a study changes, and when nothing is."""
     doc.section(3, "Incomplete, Replacing and Withheld Results")
     coverage = settings.selection.min_coverage_mm
     doc.bullets(
@@ -674,6 +700,10 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "study belongs to.",
         ]
     )
+
+
+def _private_attributes(doc: _Document) -> None:
+    """PS3.2 asks for the data dictionary even when it is empty."""
     doc.section(2, "Data Dictionary of Private Attributes")
     doc.text("The node creates no private attributes.")
 
