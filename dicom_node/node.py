@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -317,35 +318,30 @@ class SupervisingNode:
         SIGTERM or SIGINT stop the node (0); a child's fatal exit status stops it with that
         status; SIGHUP is passed on to every child.
         """
-        settings = self.settings
         metrics_dir = Path(tempfile.mkdtemp(prefix="dicom-node-metrics-"))
-        sock = self.listen_socket
-        supervisor = Supervisor(
-            child_specs(settings.node.listener_processes, worker=self.worker), self.config.resolve(), sock, metrics_dir
-        )
+        specs = child_specs(self.settings.node.listener_processes, worker=self.worker)
+        supervisor = Supervisor(specs, self.config.resolve(), self.listen_socket, metrics_dir)
         stops: list[Callable[[], None]] = []
         self.engine.dispose()  # no pooled connection may cross the fork into the children
         try:
             supervisor.start(serve_child)
-            if settings.observability.enabled:
-                children = ChildrenMetrics(metrics_dir)
-                stops.append(
-                    serve_observability(
-                        lambda: settings, self.engine, self.store, children, settings.observability.port, supervisor.problems
-                    )
-                )
-            return (
-                wait_for_signal(
-                    threading.Event(), lambda: supervisor.signal_all(signal.SIGHUP), poll_s=0.2, check=supervisor.check
-                )
-                or 0
-            )
+            if self.settings.observability.enabled:
+                stops.append(self._serve_children_metrics(supervisor, metrics_dir))
+            hangup = partial(supervisor.signal_all, signal.SIGHUP)  # each child reloads its own part
+            return wait_for_signal(threading.Event(), hangup, poll_s=0.2, check=supervisor.check) or 0
         finally:
             logger.info("shutting down")
-            if sock is not None:
-                sock.close()  # the listeners keep their copies until they exit
+            if self.listen_socket is not None:
+                self.listen_socket.close()  # the listeners keep their copies until they exit
             supervisor.stop()
             for halt in stops:
                 halt()
             self.engine.dispose()
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _serve_children_metrics(self, supervisor: Supervisor, metrics_dir: Path) -> Callable[[], None]:
+        """/metrics with the children's counters summed; /health also says which child is not running."""
+        settings = self.settings
+        children = ChildrenMetrics(metrics_dir)
+        port = settings.observability.port
+        return serve_observability(lambda: settings, self.engine, self.store, children, port, supervisor.problems)
