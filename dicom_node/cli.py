@@ -1,7 +1,8 @@
-"""The composition root: every command builds what it needs from the config and runs it.
+"""The commands: each loads the settings, checks the database, and runs what it names.
 
-Nothing is created at import time; each command loads the settings, makes the engine,
-the store and the application entity, and passes them down.
+Nothing is created at import time. The serving commands (run, scp, worker) hand the
+settings to :class:`~dicom_node.node.Node`, which composes the process; the others read
+or change the database through the packages below.
 """
 
 from __future__ import annotations
