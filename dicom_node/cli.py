@@ -248,7 +248,7 @@ def _unknown_study(study_instance_uid: str, similar: list[str]) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _sessions(config: Path):  # type: ignore[no-untyped-def]
+def _sessions(config: Path) -> tuple[Settings, sessionmaker[Session]]:
     settings = _settings(config)
     return settings, session_factory(_engine_at_head(settings, config))
 
