@@ -261,15 +261,17 @@ def test_the_negative_studys_sr_opens_as_text_without_error(viewer: dict[str, An
     assert "Something went wrong" not in page["panelText"]
     assert not page["reading"]["isImagingMeasurementReport"]
     probability = f"{negative.results.case.assessment.probability:.6g}"
-    for shown in ("CT Head Report", "Qualitative Evaluations", "Absent", probability):
+    for shown in ("CT Head Report", "Qualitative Evaluations", "Absent", f"Probability: {probability}"):
         assert shown in page["panelText"], f"the report's text lacks {shown!r}: {page['panelText'][-800:]}"
 
 
 def test_the_key_image_series_shows_its_banner(viewer: dict[str, Any]) -> None:
     """The first key image (the summary) is on screen with its yellow banner across the top.
 
-    OHIF applies a window to the RGB image, so the yellow is dimmed: yellow here is red and
-    green alike and well above blue.
+    OHIF shows the RGB image through its default window W 256 / L 128 (our Secondary Capture
+    carries none: VOI does not apply to RGB), nearly unchanged, and magnifies the 128-pixel
+    test image smoothly, so the thin yellow strokes blur: yellow here is red and green alike
+    and well above blue.
     """
     positive: StudyInViewer = viewer["positive"]
     page = _page(viewer, "key-images")
