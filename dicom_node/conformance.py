@@ -648,12 +648,20 @@ def _report_contents(doc: _Document) -> None:
             "Observation context: the node as device observer. Procedure reported: LOINC 25045-6 "
             "\"CT unspecified body region\" (CID 100, which has no head CT code); every group's finding "
             "site is the brain.",
-            "Imaging Measurements holds, in the order of the template's rows, one TID 1410 group per "
-            "lesion with its outline (SCOORD \"Image Region\", a closed POLYLINE in pixel coordinates "
-            "on its key slice, SELECTED FROM that image), then one TID 1411 group per lesion "
-            "referencing its segment in the SEG, with volume (ml), long axis (mm), mean attenuation "
-            "(HU) and the certainty of the finding. Both groups of a lesion share its tracking "
-            "identifier and UID (those of its segment). A negative study has no Imaging Measurements.",
+            "Imaging Measurements holds, in the order of the template's rows, one TID 1411 group per "
+            "lesion referencing its segment in the SEG, with volume (ml), long axis (mm), mean "
+            "attenuation (HU) and the certainty of the finding; then one TID 1501 group per lesion "
+            "with its outline on its key slice (SCOORD \"Image Region\", a closed POLYLINE in pixel "
+            "coordinates, SELECTED FROM that image), its area there (mm2, INFERRED FROM the same "
+            "outline) and a Comment naming it with its volume (\"ICH lesion 1: 3.05 mL\"). Both groups "
+            "of a lesion share its Tracking Unique Identifier (its segment's) and its Tracking "
+            "Identifier, \"Cornerstone3DTools@^0.1.0:PlanarFreehandROI:\" followed by the segment's "
+            "name: free text, chosen so that OHIF 3.13 rebuilds the outline as its own tool and lists "
+            "the lesion in its Measurements panel.",
+            "A negative study's report has no Imaging Measurements and is titled LOINC 24725-4 "
+            "\"CT Head Report\" (CID 7000; TID 1500 takes its title from the extensible CID 7021): it "
+            "holds no measurement, and OHIF shows a report titled \"Imaging Measurement Report\" "
+            "only through its measurements.",
             "Qualitative Evaluations (TID 1500 row 12) always holds the study-level call "
             "\"Intracranial hemorrhage: present/absent\" (CODE) and the study probability (TEXT, "
             "6 significant digits; this container has no NUM row).",
