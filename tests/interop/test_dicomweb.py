@@ -44,6 +44,7 @@ from pydicom.uid import (
 from dicom_node.outputs import codes
 from dicom_node.outputs.uids import KEY_IMAGES, SEG, SR
 from tests.support.interop_objects import WrittenResults, write_results
+from tests.support.outputs_fixtures import expected_measurements
 from tests.support.orthanc import Orthanc
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -248,13 +249,7 @@ def test_highdicom_reads_the_retrieved_sr(dicomweb: DicomWebClient, results: Wri
         assert reference is not None
         assert reference.referenced_sop_instance_uid == results.case.uids.instance(SEG)
         assert reference.referenced_segment_numbers == [lesion.segment_number]
-        expected = [
-            (codes.VOLUME, lesion.volume_ml, "mL"),
-            (codes.LONG_AXIS, lesion.longest_axial_diameter_mm, "mm"),
-            (codes.ATTENUATION_COEFFICIENT, lesion.mean_hu, "[hnsf'U]"),
-            (codes.CERTAINTY_OF_FINDING, lesion.confidence, "1"),
-        ]
-        for name, value, unit in expected:
+        for name, value, unit in expected_measurements(lesion):
             (measurement,) = group.get_measurements(name=name)
             assert measurement.value == pytest.approx(value, rel=1e-12)
             assert measurement.unit.value == unit

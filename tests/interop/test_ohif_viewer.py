@@ -39,7 +39,6 @@ with the reason; it never skips.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import highdicom as hd
@@ -49,9 +48,9 @@ import pytest
 from PIL import Image
 
 from dicom_node.outputs.sr import lesion_caption
-from tests.support.interop_objects import negative_case, without_frame_of_reference, write_results
+from tests.support.interop_objects import write_results
 from tests.support.ohif_viewer import StudyInViewer, lesion_spheres, load_study, ohif_over_orthanc, open_pages
-from tests.support.outputs_fixtures import make_case
+from tests.support.outputs_fixtures import make_case, negative_case, without_frame_of_reference
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

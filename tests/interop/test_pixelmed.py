@@ -34,8 +34,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.support.interop_objects import WrittenResults, negative_case, write_results
-from tests.support.outputs_fixtures import assert_valid
+from tests.support.interop_objects import WrittenResults, write_results
+from tests.support.outputs_fixtures import assert_valid, negative_case
 from tests.support.pixelmed import PixelMedResult, run_pixelmed
 
 #: Concept code of TID 1500's Imaging Measurements container (row 6).

@@ -35,7 +35,8 @@ import pytest
 from dicom_node.outputs.sr import VIEWER_TOOL_PREFIX
 from dicom_node.outputs.uids import SEG
 from tests.support import npm
-from tests.support.interop_objects import WrittenResults, negative_case, write_results
+from tests.support.interop_objects import WrittenResults, write_results
+from tests.support.outputs_fixtures import negative_case
 
 VIEWER_DIR = Path(__file__).parent / "viewer"
 SCRIPT = "check_seg_sr.mjs"

@@ -8,13 +8,16 @@ numpy so the tests know the values the objects must carry.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 
 from dicom_node.outputs import (
     AlgorithmInfo,
@@ -23,7 +26,13 @@ from dicom_node.outputs import (
     LesionMeasurement,
     SegmentSpec,
     StudyAssessment,
+    build_key_images,
+    build_report,
+    build_segmentation,
+    codes,
+    device_observer_uid,
 )
+from dicom_node.outputs.uids import KEY_IMAGES, SEG, SR
 from tests.support.dciodvfy import DCIODVFY, ValidationResult, run_dciodvfy
 from tests.support.synthetic_ct import Lesion, SeriesSpec, head_volume, series_datasets
 
@@ -93,6 +102,26 @@ def make_case(
     return Case(spec, series_datasets(spec), hu, label_map, measurements, JobUids(UID_ROOT, job_key))
 
 
+def negative_case(job_key: str = "job-negative") -> Case:
+    """A study without lesions; the pipeline then sends an empty one-segment SEG."""
+    return make_case(lesions=(), job_key=job_key)
+
+
+def without_frame_of_reference(case: Case) -> Case:
+    """The case as an anonymised export sends it: no Frame of Reference UID on any CT image.
+
+    The returned case's ``source_images`` are what the CT files hold. The
+    result objects are then built, as the pipeline builds them, from
+    :func:`~dicom_node.outputs.sources.prepare_sources` copies, which carry a
+    Frame of Reference UID derived from the series (see
+    :func:`tests.support.interop_objects.write_results`).
+    """
+    images = [copy.deepcopy(ds) for ds in case.source_images]
+    for image in images:
+        del image.FrameOfReferenceUID
+    return replace(case, source_images=images)
+
+
 def _voxel_mm(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Patient x, y, z (mm) of the voxel grid of an untilted phantom, broadcastable."""
     dy, dx = spec.pixel_spacing_mm
@@ -130,6 +159,91 @@ def _measure(spec: SeriesSpec, hu: np.ndarray, label_map: np.ndarray, label: int
         confidence=0.5 + 0.1 * label,
         key_slice_index=key,
     )
+
+
+def case_segmentation(
+    case: Case,
+    *,
+    source_images: Sequence[Dataset] | None = None,
+    label_map: np.ndarray | None = None,
+    segments: list[SegmentSpec] | None = None,
+) -> hd.seg.Segmentation:
+    """The case's SEG with the series number and description the pipeline gives it.
+
+    Each argument left out is the case's own; tests pass one to build from
+    prepared copies of the sources, an empty label map or other segments.
+    """
+    return build_segmentation(
+        source_images=case.source_images if source_images is None else source_images,
+        label_map=case.label_map if label_map is None else label_map,
+        segments=case.segments if segments is None else segments,
+        algorithm=ALGORITHM,
+        equipment=EQUIPMENT,
+        series_instance_uid=case.uids.series(SEG),
+        series_number=9001,
+        series_description="AI ICH SEGMENTATION - RESEARCH USE ONLY",
+        sop_instance_uid=case.uids.instance(SEG),
+        dimension_organization_uid=case.uids.dimension_organization(SEG),
+    )
+
+
+def case_report(
+    case: Case,
+    segmentation: Dataset | None,
+    lesions: tuple[LesionMeasurement, ...] | None = None,
+    assessment: StudyAssessment | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The case's TID 1500 report referencing ``segmentation``; lesions and assessment default to the case's."""
+    return build_report(
+        source_images=case.source_images,
+        assessment=case.assessment if assessment is None else assessment,
+        lesions=case.lesions if lesions is None else lesions,
+        segmentation=segmentation,
+        algorithm=ALGORITHM,
+        equipment=EQUIPMENT,
+        device_observer_uid=device_observer_uid(UID_ROOT),
+        series_instance_uid=case.uids.series(SR),
+        series_number=9002,
+        series_description="AI ICH REPORT - RESEARCH USE ONLY",
+        sop_instance_uid=case.uids.instance(SR),
+    )
+
+
+def case_key_images(case: Case) -> list[hd.sc.SCImage]:
+    """The case's key images: one per lesion, then the summary image."""
+    return build_key_images(
+        source_images=case.source_images,
+        hu_volume=case.hu,
+        label_map=case.label_map,
+        lesions=case.lesions,
+        assessment=case.assessment,
+        equipment=EQUIPMENT,
+        algorithm_text=f"{ALGORITHM.name} {ALGORITHM.version}",
+        series_instance_uid=case.uids.series(KEY_IMAGES),
+        series_number=9003,
+        series_description="AI ICH KEY IMAGES - RESEARCH USE ONLY",
+        sop_instance_uids=[case.uids.instance(KEY_IMAGES, n) for n in range(1, len(case.lesions) + 2)],
+    )
+
+
+def write_key_images(images: Sequence[hd.sc.SCImage], directory: Path) -> list[Path]:
+    """Save each key image as a Part 10 file named after its instance number; the paths in order."""
+    paths = []
+    for image in images:
+        path = directory / f"KI{int(image.InstanceNumber):03d}.dcm"
+        image.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def expected_measurements(lesion: LesionMeasurement) -> list[tuple[Code, float | None, str]]:
+    """The (concept, value, UCUM unit) rows a lesion's volumetric group must carry, in template order."""
+    return [
+        (codes.VOLUME, lesion.volume_ml, "mL"),
+        (codes.LONG_AXIS, lesion.longest_axial_diameter_mm, "mm"),
+        (codes.ATTENUATION_COEFFICIENT, lesion.mean_hu, "[hnsf'U]"),
+        (codes.CERTAINTY_OF_FINDING, lesion.confidence, "1"),
+    ]
 
 
 def require_dciodvfy() -> None:

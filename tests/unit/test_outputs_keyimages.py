@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -32,34 +31,12 @@ from tests.support.outputs_fixtures import (
     EQUIPMENT,
     Case,
     assert_valid,
+    case_key_images,
     make_case,
+    negative_case,
     uid_elements,
+    write_key_images,
 )
-
-
-def _build(case: Case) -> list[hd.sc.SCImage]:
-    return build_key_images(
-        source_images=case.source_images,
-        hu_volume=case.hu,
-        label_map=case.label_map,
-        lesions=case.lesions,
-        assessment=case.assessment,
-        equipment=EQUIPMENT,
-        algorithm_text="ich-threshold 1.0.0",
-        series_instance_uid=case.uids.series(KEY_IMAGES),
-        series_number=9003,
-        series_description="AI ICH KEY IMAGES - RESEARCH USE ONLY",
-        sop_instance_uids=[case.uids.instance(KEY_IMAGES, n) for n in range(1, len(case.lesions) + 2)],
-    )
-
-
-def _write_all(images: list[hd.sc.SCImage], directory: Path) -> list[Path]:
-    paths = []
-    for image in images:
-        path = directory / f"KI{int(image.InstanceNumber):03d}.dcm"
-        image.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +46,7 @@ def case() -> Case:
 
 @pytest.fixture(scope="module")
 def written(case: Case, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, pydicom.Dataset]]:
-    paths = _write_all(_build(case), tmp_path_factory.mktemp("key"))
+    paths = write_key_images(case_key_images(case), tmp_path_factory.mktemp("key"))
     return [(path, pydicom.dcmread(path)) for path in paths]
 
 
@@ -170,11 +147,11 @@ def test_text_renders(case: Case) -> None:
 
 
 def test_a_negative_study_gets_a_summary_that_says_so(tmp_path: Path) -> None:
-    negative = make_case(lesions=(), job_key="job-negative")
-    images = _build(negative)
+    negative = negative_case()
+    images = case_key_images(negative)
     assert len(images) == 1
     assert "No hemorrhage detected" in summary_lines(negative.assessment, (), "")
-    (path,) = _write_all(images, tmp_path)
+    (path,) = write_key_images(images, tmp_path)
     assert_valid(path)
 
 
@@ -188,15 +165,15 @@ def test_sources_without_some_type2_attributes_are_completed_once_then_give_vali
     for source in sparse.source_images:
         del source.PatientBirthDate, source.AccessionNumber, source.StudyID
     with pytest.raises(ValueError, match=r"lacks Type 2 patient/study attributes \(PatientBirthDate, StudyID"):
-        _build(sparse)
+        case_key_images(sparse)
     case = dataclasses.replace(sparse, source_images=[with_patient_study_type2(s) for s in sparse.source_images])
-    for path in _write_all(_build(case), tmp_path):
+    for path in write_key_images(case_key_images(case), tmp_path):
         assert_valid(path, also_accepted=[EMPTY_STUDY_ID_WARNING])
 
 
 def test_rebuilding_gives_identical_uids(case: Case) -> None:
-    first = [uid_elements(image) for image in _build(case)]
-    second = [uid_elements(image) for image in _build(case)]
+    first = [uid_elements(image) for image in case_key_images(case)]
+    second = [uid_elements(image) for image in case_key_images(case)]
     assert first == second
     assert [u["/SOPInstanceUID"] for u in first] == [
         case.uids.instance(KEY_IMAGES, n) for n in range(1, len(case.lesions) + 2)
@@ -244,8 +221,8 @@ def test_mask_contour_is_the_mask_minus_its_erosion() -> None:
 def test_realistic_key_images_build_quickly(tmp_path: Path) -> None:
     case = make_case(n_slices=40, rows=512, columns=512)
     started = time.perf_counter()
-    images = _build(case)
+    images = case_key_images(case)
     elapsed = time.perf_counter() - started
     assert elapsed < 5.0, f"building the key images took {elapsed:.2f} s"
-    for path in _write_all(images, tmp_path):
+    for path in write_key_images(images, tmp_path):
         assert_valid(path)

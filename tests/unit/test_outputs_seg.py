@@ -14,7 +14,7 @@ import pytest
 from pydicom.sr.codedict import codes as library_codes
 from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
 
-from dicom_node.outputs import RESEARCH_USE_DISCLAIMER, SegmentSpec, build_segmentation, codes
+from dicom_node.outputs import RESEARCH_USE_DISCLAIMER, SegmentSpec, codes
 from dicom_node.outputs.uids import SEG
 from tests.support.dciodvfy import parse_dciodvfy_output, run_dciodvfy
 from tests.support.outputs_fixtures import (
@@ -22,27 +22,11 @@ from tests.support.outputs_fixtures import (
     EQUIPMENT,
     Case,
     assert_valid,
+    case_segmentation,
     make_case,
     require_dciodvfy,
     uid_elements,
 )
-
-
-def _build(
-    case: Case, segments: list[SegmentSpec] | None = None, label_map: np.ndarray | None = None
-) -> hd.seg.Segmentation:
-    return build_segmentation(
-        source_images=case.source_images,
-        label_map=case.label_map if label_map is None else label_map,
-        segments=case.segments if segments is None else segments,
-        algorithm=ALGORITHM,
-        equipment=EQUIPMENT,
-        series_instance_uid=case.uids.series(SEG),
-        series_number=9001,
-        series_description="AI ICH SEGMENTATION - RESEARCH USE ONLY",
-        sop_instance_uid=case.uids.instance(SEG),
-        dimension_organization_uid=case.uids.dimension_organization(SEG),
-    )
 
 
 def _write_and_read(segmentation: hd.seg.Segmentation, path: Path) -> hd.seg.Segmentation:
@@ -59,7 +43,7 @@ def case() -> Case:
 def written(case: Case, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, hd.seg.Segmentation]:
     require_dciodvfy()
     path = tmp_path_factory.mktemp("seg") / "seg.dcm"
-    return path, _write_and_read(_build(case), path)
+    return path, _write_and_read(case_segmentation(case), path)
 
 
 def _frame_source_uid(frame_item: pydicom.Dataset) -> str:
@@ -184,7 +168,7 @@ def test_frames_map_to_their_sources_whatever_the_callers_order(case: Case, tmp_
         case.lesions,
         case.uids,
     )
-    seg = _write_and_read(_build(shuffled), tmp_path / "shuffled.dcm")
+    seg = _write_and_read(case_segmentation(shuffled), tmp_path / "shuffled.dcm")
     _assert_frames_map_to_their_sources(shuffled, seg)
 
 
@@ -192,7 +176,7 @@ def test_a_negative_study_gets_a_loadable_seg_with_an_empty_segment(case: Case, 
     empty = np.zeros_like(case.label_map)
     spec = [SegmentSpec(segment_number=1, label="ICH", tracking_uid=case.uids.tracking(1))]
     path = tmp_path / "empty.dcm"
-    seg = _write_and_read(_build(case, spec, empty), path)
+    seg = _write_and_read(case_segmentation(case, segments=spec, label_map=empty), path)
     assert seg.NumberOfFrames == len(case.source_images)
     assert not seg.pixel_array.any()
     _assert_frames_map_to_their_sources(Case(case.spec, case.source_images, case.hu, empty, (), case.uids), seg)
@@ -211,14 +195,14 @@ def test_subtypes_keep_their_own_codes(case: Case, tmp_path: Path) -> None:
         SegmentSpec(2, "Hemorrhage 2", case.uids.tracking(2), property_type=subtype, display_rgb=(0, 0, 255)),
     ]
     path = tmp_path / "subtypes.dcm"
-    seg = _write_and_read(_build(case, segments), path)
+    seg = _write_and_read(case_segmentation(case, segments=segments), path)
     types = [item.SegmentedPropertyTypeCodeSequence[0].CodeValue for item in seg.SegmentSequence]
     assert types == ["1386000", subtype.value]
     assert_valid(path)
 
 
 def test_rebuilding_gives_identical_uids(case: Case) -> None:
-    first, second = uid_elements(_build(case)), uid_elements(_build(case))
+    first, second = uid_elements(case_segmentation(case)), uid_elements(case_segmentation(case))
     assert first == second
     assert first["/SOPInstanceUID"] == case.uids.instance(SEG)
     assert first["/SeriesInstanceUID"] == case.uids.series(SEG)
@@ -241,14 +225,14 @@ def test_inputs_that_break_a_rule_are_refused(
     arguments = {"label_map": case.label_map, "segments": case.segments}
     arguments.update(change(case))
     with pytest.raises(ValueError, match=message):
-        _build(case, arguments["segments"], arguments["label_map"])
+        case_segmentation(case, segments=arguments["segments"], label_map=arguments["label_map"])
 
 
 def test_a_realistic_series_builds_quickly(tmp_path: Path) -> None:
     """40 slices of 512x512 with two lesions: the node's common case (NOTES.md: ~0.7 s for 300)."""
     case = make_case(n_slices=40, rows=512, columns=512)
     started = time.perf_counter()
-    segmentation = _build(case)
+    segmentation = case_segmentation(case)
     elapsed = time.perf_counter() - started
     assert segmentation.NumberOfFrames == 80
     assert elapsed < 5.0, f"building the SEG took {elapsed:.2f} s"

@@ -10,11 +10,17 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from dicom_node.outputs import SegmentSpec, build_segmentation
+from dicom_node.outputs import SegmentSpec
 from dicom_node.outputs.sources import UTF8, prepare_sources
-from dicom_node.outputs.uids import SEG, frame_of_reference_uid
+from dicom_node.outputs.uids import frame_of_reference_uid
 from dicom_node.uid_syntax import is_valid_uid
-from tests.support.outputs_fixtures import ALGORITHM, EQUIPMENT, UID_ROOT, assert_valid, make_case
+from tests.support.outputs_fixtures import (
+    UID_ROOT,
+    assert_valid,
+    case_segmentation,
+    make_case,
+    without_frame_of_reference,
+)
 
 MALFORMED_STUDY_UID = "1.2.840.0099.1"  # leading zero in a component: invalid, but it is the study's
 
@@ -57,18 +63,7 @@ def test_a_latin1_name_survives_a_write_and_read_in_our_seg(tmp_path: Path) -> N
         _raw(header, 0x00100010, "PN", "Gr\u00e4f^J\u00fcrgen".encode("latin-1"))
         sources.append(header)
     prepared = prepare_sources(sources, uid_root=UID_ROOT)
-    seg = build_segmentation(
-        source_images=prepared.images,
-        label_map=case.label_map,
-        segments=case.segments,
-        algorithm=ALGORITHM,
-        equipment=EQUIPMENT,
-        series_instance_uid=case.uids.series(SEG),
-        series_number=9001,
-        series_description="AI ICH SEGMENTATION - RESEARCH USE ONLY",
-        sop_instance_uid=case.uids.instance(SEG),
-        dimension_organization_uid=case.uids.dimension_organization(SEG),
-    )
+    seg = case_segmentation(case, source_images=prepared.images)
     path = tmp_path / "seg.dcm"
     seg.save_as(path, enforce_file_format=True)
     assert_valid(path)
@@ -110,10 +105,7 @@ def test_identifying_uids_are_kept_even_when_malformed() -> None:
 
 
 def test_a_series_without_frame_of_reference_gets_one_derived_from_the_series() -> None:
-    case = make_case()
-    headers = [ds.copy() for ds in case.source_images]
-    for header in headers:
-        del header.FrameOfReferenceUID
+    headers = without_frame_of_reference(make_case()).source_images
     first = prepare_sources(headers, uid_root=UID_ROOT)
     again = prepare_sources(headers, uid_root=UID_ROOT)
     expected = frame_of_reference_uid(UID_ROOT, str(headers[0].SeriesInstanceUID))
@@ -137,22 +129,10 @@ def test_a_frame_of_reference_some_images_carry_is_given_to_the_others() -> None
 
 def test_a_seg_of_a_series_without_frame_of_reference_is_valid_and_positioned(tmp_path: Path) -> None:
     case = make_case()
-    headers = [ds.copy() for ds in case.source_images]
-    for header in headers:
-        del header.FrameOfReferenceUID
+    headers = without_frame_of_reference(case).source_images
     prepared = prepare_sources(headers, uid_root=UID_ROOT)
-    seg = build_segmentation(
-        source_images=prepared.images,
-        label_map=case.label_map,
-        segments=[SegmentSpec(n, f"ICH lesion {n}", case.uids.tracking(n)) for n in (1, 2)],
-        algorithm=ALGORITHM,
-        equipment=EQUIPMENT,
-        series_instance_uid=case.uids.series(SEG),
-        series_number=9001,
-        series_description="AI ICH SEGMENTATION - RESEARCH USE ONLY",
-        sop_instance_uid=case.uids.instance(SEG),
-        dimension_organization_uid=case.uids.dimension_organization(SEG),
-    )
+    segments = [SegmentSpec(n, f"ICH lesion {n}", case.uids.tracking(n)) for n in (1, 2)]
+    seg = case_segmentation(case, source_images=prepared.images, segments=segments)
     path = tmp_path / "seg.dcm"
     seg.save_as(path, enforce_file_format=True)
     assert_valid(path)

@@ -16,18 +16,10 @@ from pydicom.sr.codedict import codes as library_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
-from dicom_node.outputs import (
-    LesionMeasurement,
-    SegmentSpec,
-    StudyAssessment,
-    build_report,
-    build_segmentation,
-    codes,
-    device_observer_uid,
-)
+from dicom_node.outputs import SegmentSpec, StudyAssessment, codes, device_observer_uid
 from dicom_node.outputs.common import with_patient_study_type2
 from dicom_node.outputs.sr import VIEWER_TOOL_PREFIX, lesion_caption
-from dicom_node.outputs.uids import SEG, SR
+from dicom_node.outputs.uids import SR
 from tests.support.outputs_fixtures import (
     ALGORITHM,
     EMPTY_STUDY_ID_WARNING,
@@ -35,46 +27,14 @@ from tests.support.outputs_fixtures import (
     UID_ROOT,
     Case,
     assert_valid,
+    case_report,
+    case_segmentation,
+    expected_measurements,
     make_case,
+    negative_case,
     require_dciodvfy,
     uid_elements,
 )
-
-
-def _segmentation(case: Case, segments: list[SegmentSpec] | None = None) -> hd.seg.Segmentation:
-    return build_segmentation(
-        source_images=case.source_images,
-        label_map=case.label_map,
-        segments=case.segments if segments is None else segments,
-        algorithm=ALGORITHM,
-        equipment=EQUIPMENT,
-        series_instance_uid=case.uids.series(SEG),
-        series_number=9001,
-        series_description="AI ICH SEGMENTATION - RESEARCH USE ONLY",
-        sop_instance_uid=case.uids.instance(SEG),
-        dimension_organization_uid=case.uids.dimension_organization(SEG),
-    )
-
-
-def _report(
-    case: Case,
-    segmentation: pydicom.Dataset | None,
-    lesions: tuple[LesionMeasurement, ...] | None = None,
-    assessment: StudyAssessment | None = None,
-) -> hd.sr.Comprehensive3DSR:
-    return build_report(
-        source_images=case.source_images,
-        assessment=case.assessment if assessment is None else assessment,
-        lesions=case.lesions if lesions is None else lesions,
-        segmentation=segmentation,
-        algorithm=ALGORITHM,
-        equipment=EQUIPMENT,
-        device_observer_uid=device_observer_uid(UID_ROOT),
-        series_instance_uid=case.uids.series(SR),
-        series_number=9002,
-        series_description="AI ICH REPORT - RESEARCH USE ONLY",
-        sop_instance_uid=case.uids.instance(SR),
-    )
 
 
 def _write_and_read(report: hd.sr.Comprehensive3DSR, path: Path) -> hd.sr.Comprehensive3DSR:
@@ -89,7 +49,7 @@ def case() -> Case:
 
 @pytest.fixture(scope="module")
 def segmentation(case: Case) -> hd.seg.Segmentation:
-    return _segmentation(case)
+    return case_segmentation(case)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +58,7 @@ def written(
 ) -> tuple[Path, hd.sr.Comprehensive3DSR]:
     require_dciodvfy()
     path = tmp_path_factory.mktemp("sr") / "sr.dcm"
-    return path, _write_and_read(_report(case, segmentation), path)
+    return path, _write_and_read(case_report(case, segmentation), path)
 
 
 def _content(report: hd.sr.Comprehensive3DSR) -> hd.sr.MeasurementReport:
@@ -191,13 +151,7 @@ def test_one_volumetric_group_per_lesion_with_values_and_units(
         assert group.tracking_identifier == VIEWER_TOOL_PREFIX + spec.label
         assert group.finding_type == codes.INTRACRANIAL_HEMORRHAGE
         assert [site.value for site in group.finding_sites] == [codes.BRAIN]
-        expected = [
-            (codes.VOLUME, lesion.volume_ml, "mL"),
-            (codes.LONG_AXIS, lesion.longest_axial_diameter_mm, "mm"),
-            (codes.ATTENUATION_COEFFICIENT, lesion.mean_hu, "[hnsf'U]"),
-            (codes.CERTAINTY_OF_FINDING, lesion.confidence, "1"),
-        ]
-        for name, value, unit in expected:
+        for name, value, unit in expected_measurements(lesion):
             measurement = _measurement(group, name)
             assert measurement.value == pytest.approx(value, rel=1e-12)
             assert (measurement.unit.value, measurement.unit.scheme_designator) == (unit, "UCUM")
@@ -331,9 +285,9 @@ def test_dciodvfy_finds_no_error(written: tuple[Path, hd.sr.Comprehensive3DSR]) 
 
 def test_a_negative_report_states_absent_and_has_no_measurement_group(tmp_path: Path) -> None:
     """Titled "CT Head Report" (CID 7021 is extensible): no measurement is promised (issue 14)."""
-    negative = make_case(lesions=(), job_key="job-negative")
+    negative = negative_case()
     path = tmp_path / "negative.dcm"
-    report = _write_and_read(_report(negative, None), path)
+    report = _write_and_read(case_report(negative, None), path)
     title = report.ConceptNameCodeSequence[0]
     assert (title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning) == ("24725-4", "LN", "CT Head Report")
     assert report.ContentTemplateSequence[0].TemplateIdentifier == "1500"
@@ -350,21 +304,14 @@ def test_a_negative_report_states_absent_and_has_no_measurement_group(tmp_path: 
 
 
 def test_a_negative_report_may_reference_an_empty_seg(tmp_path: Path) -> None:
-    negative = make_case(lesions=(), job_key="job-negative")
-    empty = build_segmentation(
-        source_images=negative.source_images,
+    negative = negative_case()
+    empty = case_segmentation(
+        negative,
         label_map=np.zeros_like(negative.label_map),
         segments=[SegmentSpec(1, "ICH", negative.uids.tracking(1))],
-        algorithm=ALGORITHM,
-        equipment=EQUIPMENT,
-        series_instance_uid=negative.uids.series(SEG),
-        series_number=9001,
-        series_description="AI ICH SEGMENTATION - RESEARCH USE ONLY",
-        sop_instance_uid=negative.uids.instance(SEG),
-        dimension_organization_uid=negative.uids.dimension_organization(SEG),
     )
     path = tmp_path / "negative-with-seg.dcm"
-    report = _write_and_read(_report(negative, empty), path)
+    report = _write_and_read(case_report(negative, empty), path)
     assert _content(report).get_volumetric_roi_measurement_groups() == []
     assert_valid(path)
 
@@ -374,7 +321,7 @@ def test_a_lesion_without_confidence_has_no_certainty(
 ) -> None:
     lesions = tuple(dataclasses.replace(lesion, confidence=None) for lesion in case.lesions)
     path = tmp_path / "no-confidence.dcm"
-    report = _write_and_read(_report(case, segmentation, lesions), path)
+    report = _write_and_read(case_report(case, segmentation, lesions), path)
     for group in _content(report).get_volumetric_roi_measurement_groups():
         assert group.get_measurements(name=codes.CERTAINTY_OF_FINDING) == []
         assert len(group.get_measurements()) == 3
@@ -384,7 +331,7 @@ def test_a_lesion_without_confidence_has_no_certainty(
 def test_a_subtype_coded_in_the_seg_is_the_finding_type(case: Case, tmp_path: Path) -> None:
     subtype = library_codes.SCT.Hemorrhage
     segments = [case.segments[0], dataclasses.replace(case.segments[1], property_type=subtype)]
-    report = _write_and_read(_report(case, _segmentation(case, segments)), tmp_path / "subtype.dcm")
+    report = _write_and_read(case_report(case, case_segmentation(case, segments=segments)), tmp_path / "subtype.dcm")
     content = _content(report)
     for groups in (content.get_image_measurement_groups(), content.get_volumetric_roi_measurement_groups()):
         assert [g.finding_type for g in groups] == [codes.INTRACRANIAL_HEMORRHAGE, subtype]
@@ -397,12 +344,12 @@ def test_sources_without_some_type2_attributes_are_completed_once_then_give_vali
         for keyword in omitted:
             delattr(source, keyword)
     with pytest.raises(ValueError, match="lacks Type 2 patient/study attributes"):
-        _segmentation(sparse)
+        case_segmentation(sparse)
     case = dataclasses.replace(sparse, source_images=[with_patient_study_type2(s) for s in sparse.source_images])
-    segmentation = _segmentation(case)
-    report = _report(case, segmentation)
+    segmentation = case_segmentation(case)
+    report = case_report(case, segmentation)
     with pytest.raises(ValueError, match="lacks Type 2 patient/study attributes"):
-        _report(sparse, segmentation)
+        case_report(sparse, segmentation)
     for name, dataset in (("seg.dcm", segmentation), ("sr.dcm", report)):
         dataset.save_as(tmp_path / name, enforce_file_format=True)
         assert_valid(tmp_path / name, also_accepted=[EMPTY_STUDY_ID_WARNING])
@@ -411,23 +358,23 @@ def test_sources_without_some_type2_attributes_are_completed_once_then_give_vali
 
 
 def test_rebuilding_gives_identical_uids(case: Case, segmentation: hd.seg.Segmentation) -> None:
-    first, second = uid_elements(_report(case, segmentation)), uid_elements(_report(case, segmentation))
+    first, second = uid_elements(case_report(case, segmentation)), uid_elements(case_report(case, segmentation))
     assert first == second
     assert first["/SOPInstanceUID"] == case.uids.instance(SR)
 
 
 def test_inputs_that_break_a_rule_are_refused(case: Case, segmentation: hd.seg.Segmentation) -> None:
     with pytest.raises(ValueError, match="pass the segmentation"):
-        _report(case, None)
+        case_report(case, None)
     stray = (dataclasses.replace(case.lesions[0], segment_number=7),)
     with pytest.raises(ValueError, match="no segment of that number"):
-        _report(case, segmentation, stray)
+        case_report(case, segmentation, stray)
     other_study = make_case(job_key="other")
     with pytest.raises(ValueError, match="same study"):
-        _report(case, _segmentation(other_study))
+        case_report(case, case_segmentation(other_study))
     off_slice = (dataclasses.replace(case.lesions[0], key_slice_index=0),)
     with pytest.raises(ValueError, match="no voxel on its key slice"):
-        _report(case, segmentation, off_slice)
+        case_report(case, segmentation, off_slice)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         StudyAssessment(hemorrhage_present=True, probability=1.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -438,7 +385,7 @@ def test_inputs_that_break_a_rule_are_refused(case: Case, segmentation: hd.seg.S
 
 def test_building_a_report_is_fast(case: Case, segmentation: hd.seg.Segmentation) -> None:
     started = time.perf_counter()
-    _report(case, segmentation)
+    case_report(case, segmentation)
     assert time.perf_counter() - started < 2.0
 
 
@@ -448,8 +395,8 @@ def test_a_seg_read_from_a_file_gives_the_same_outlines_and_is_left_as_read(
     path = tmp_path / "seg.dcm"
     segmentation.save_as(path, enforce_file_format=True)
     read = pydicom.dcmread(path)
-    from_file = _content(_write_and_read(_report(case, read), tmp_path / "a.dcm")).get_image_measurement_groups()
-    built = _content(_write_and_read(_report(case, segmentation), tmp_path / "b.dcm")).get_image_measurement_groups()
+    from_file = _content(_write_and_read(case_report(case, read), tmp_path / "a.dcm")).get_image_measurement_groups()
+    built = _content(_write_and_read(case_report(case, segmentation), tmp_path / "b.dcm")).get_image_measurement_groups()
     for a, b in zip(from_file, built, strict=True):
         np.testing.assert_array_equal(_outline(a).value, _outline(b).value)
     assert not isinstance(read, hd.seg.Segmentation)
