@@ -89,6 +89,19 @@ def test_a_result_with_every_finding_outside_becomes_negative(head):
     assert gated.gate.dropped == 2
 
 
+def _classifier_result(volume: CTVolume, probability: float) -> ModelResult:
+    """A study-level call without lesions, as a classifier gives it."""
+    return ModelResult(
+        model_kind=ModelKind.CLASSIFIER,
+        model_name="c",
+        model_version="1",
+        label_map=np.zeros(volume.hu.shape, dtype=np.uint8),
+        findings=(),
+        study_probability=probability,
+        decision_threshold=0.5,
+    )
+
+
 def test_a_finding_mostly_inside_is_clipped_not_dropped(head):
     volume, truth, blobs = head
     # A ball astride the vertex of the skull: most of it inside.
@@ -105,15 +118,7 @@ def test_a_finding_mostly_inside_is_clipped_not_dropped(head):
 
 def test_a_classifier_result_and_a_skull_less_image_pass_unchanged(head):
     volume, _, blobs = head
-    classifier = ModelResult(
-        model_kind=ModelKind.CLASSIFIER,
-        model_name="c",
-        model_version="1",
-        label_map=np.zeros(volume.hu.shape, dtype=np.uint8),
-        findings=(),
-        study_probability=0.9,
-        decision_threshold=0.5,
-    )
+    classifier = _classifier_result(volume, 0.9)
     gated = gate_result(classifier, volume, intracranial_space(volume))
     assert gated.study_probability == 0.9 and gated.gate.dropped == 0
     # No skull (all soft tissue): nothing can be told apart; the findings stay, and the report says why.
@@ -125,15 +130,7 @@ def test_a_classifier_result_and_a_skull_less_image_pass_unchanged(head):
 
 def test_combined_results_keep_the_classifier_call_and_the_gated_lesions(head):
     volume, _, blobs = head
-    study = ModelResult(
-        model_kind=ModelKind.CLASSIFIER,
-        model_name="c",
-        model_version="1",
-        label_map=np.zeros(volume.hu.shape, dtype=np.uint8),
-        findings=(),
-        study_probability=0.9,
-        decision_threshold=0.5,
-    )
+    study = _classifier_result(volume, 0.9)
     lesions = gate_result(_result(volume, blobs, ModelKind.UNET, ["brain", "pharynx"]), volume, intracranial_space(volume))
     combined = combine(study, lesions)
     assert combined.positive and len(combined.findings) == 1 and combined.gate.dropped == 1
