@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dicom_node.models.card import ModelCard
+from dicom_node.models.inputs import InputSpec
+from dicom_node.models.result import ModelKind
 
 REPO = Path(__file__).resolve().parents[2]
 KAGGLE = REPO.parent / "shared" / "data" / "headct-kaggle"
@@ -28,6 +31,19 @@ TINY_ARCHITECTURES = {
         "anchor_sizes": [4, 8, 16, 32, 64],
     },
 }
+
+
+def tiny_card(kind: str, size: int = 64) -> ModelCard:
+    """A card of the ``kind`` with its tiny architecture and square ``size`` input (weights not checked)."""
+    return ModelCard(
+        name=f"tiny-{kind}",
+        version="0",
+        kind=ModelKind(kind),
+        weights_file="weights.pt",
+        weights_sha256="0" * 64,
+        architecture=TINY_ARCHITECTURES[kind],
+        input=InputSpec(size=(size, size)),
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -6,30 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_node.models.card import ModelCard
 from dicom_node.models.classifier import pool_slices
-from dicom_node.models.inputs import InputSpec
 from dicom_node.models.losses import segmentation_loss, soft_dice_loss
 from dicom_node.models.maskrcnn import instance_targets
 from dicom_node.models.registry import build_network
 from dicom_node.models.result import ModelKind
 from dicom_node.training.augment import Augmentation, augment_batch
 from dicom_node.training.train import batch_loss, learning_rate_at
-from tests.support.models import TINY_ARCHITECTURES, one_torch_thread, synthetic_slice  # noqa: F401
+from tests.support.models import one_torch_thread, synthetic_slice, tiny_card  # noqa: F401
 
 SIZE = 64
-
-
-def tiny_card(kind: str, size: int = SIZE) -> ModelCard:
-    return ModelCard(
-        name=f"tiny-{kind}",
-        version="0",
-        kind=ModelKind(kind),
-        weights_file="weights.pt",
-        weights_sha256="0" * 64,
-        architecture=TINY_ARCHITECTURES[kind],
-        input=InputSpec(size=(size, size)),
-    )
 
 
 def synthetic_batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

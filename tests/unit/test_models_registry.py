@@ -9,22 +9,12 @@ import pytest
 import torch
 
 from dicom_node.models.card import CARD_FILE, ICH_LABEL, ModelCard, sha256_of
-from dicom_node.models.inputs import InputSpec
 from dicom_node.models.registry import build_network, load_model
-from dicom_node.models.result import ModelKind
-from tests.support.models import TINY_ARCHITECTURES
+from tests.support.models import tiny_card
 
 
 def write_model(directory, kind: str = "unet") -> ModelCard:
-    draft = ModelCard(
-        name="tiny",
-        version="1",
-        kind=ModelKind(kind),
-        weights_file="weights.pt",
-        weights_sha256="0" * 64,
-        architecture=TINY_ARCHITECTURES[kind],
-        input=InputSpec(size=(64, 64)),
-    )
+    draft = tiny_card(kind)
     torch.manual_seed(0)
     directory.mkdir(exist_ok=True)
     torch.save(build_network(draft).state_dict(), directory / "weights.pt")

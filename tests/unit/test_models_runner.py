@@ -12,29 +12,13 @@ from torch.nn import functional as F
 
 from dicom_node.imaging.volume import CTVolume, assemble_volume
 from dicom_node.models import inputs
-from dicom_node.models.card import ModelCard
-from dicom_node.models.inputs import InputSpec
 from dicom_node.models.registry import LoadedModel, build_network
-from dicom_node.models.result import ModelKind
 from dicom_node.models.runner import Runner, autocast_dtype, select_device
 from dicom_node.training.metrics import dice
-from tests.support.models import TINY_ARCHITECTURES, one_torch_thread  # noqa: F401
+from tests.support.models import one_torch_thread, tiny_card  # noqa: F401
 from tests.support.synthetic_ct import Lesion, SeriesSpec, head_volume, lesion_volume_ml, series_datasets
 
 LESION = Lesion(center_mm=(15.0, 10.0, 0.0), radius_mm=12.0, hu=65.0)
-
-
-def card(kind: str, size: int = 64, **extra) -> ModelCard:
-    return ModelCard(
-        name=f"test-{kind}",
-        version="0",
-        kind=ModelKind(kind),
-        weights_file="weights.pt",
-        weights_sha256="0" * 64,
-        architecture=TINY_ARCHITECTURES[kind],
-        input=InputSpec(size=(size, size)),
-        **extra,
-    )
 
 
 def blood_logits(images: torch.Tensor) -> torch.Tensor:
@@ -97,7 +81,7 @@ def test_a_1000_slice_study_runs_in_bounded_batches(monkeypatch):
 
     monkeypatch.setattr(inputs, "prepare_hu", counting_prepare_hu)
     torch.manual_seed(0)
-    classifier_card = card("classifier", size=32)
+    classifier_card = tiny_card("classifier", size=32)
     network = build_network(classifier_card).eval()
     network.register_forward_pre_hook(lambda module, args: events.append(f"run {args[0].shape[0]}"))
     hu = np.full((1000, 40, 40), -1000, dtype=np.int16)
@@ -126,7 +110,7 @@ def test_a_1000_slice_study_runs_in_bounded_batches(monkeypatch):
 def test_masks_are_mapped_back_to_the_source_grid_and_measured(phantom, kind, network):
     spec, volume = phantom
     _, truth = head_volume(spec)
-    model = LoadedModel(card(kind, size=128), network, Path("."))
+    model = LoadedModel(tiny_card(kind, size=128), network, Path("."))
     runner = Runner(model, device="cpu", batch_size=5)
 
     result = runner.predict(volume)
@@ -145,18 +129,18 @@ def test_a_lesion_free_study_is_negative(phantom):
     spec, _ = phantom
     clean = SeriesSpec(n_slices=6, rows=160, columns=160, pixel_spacing_mm=(1.2, 1.2))
     volume = assemble_volume(series_datasets(clean), series_instance_uid=clean.series_instance_uid)
-    runner = Runner(LoadedModel(card("unet", size=128), BloodUNet(), Path(".")), device="cpu")
+    runner = Runner(LoadedModel(tiny_card("unet", size=128), BloodUNet(), Path(".")), device="cpu")
     result = runner.predict(volume)
     assert not result.findings and not result.positive and result.study_probability == 0.0
 
 
 def test_windowed_input_must_match_the_measurement_grid(phantom):
     _, volume = phantom
-    runner = Runner(LoadedModel(card("unet"), BloodUNet(), Path(".")), device="cpu")
+    runner = Runner(LoadedModel(tiny_card("unet"), BloodUNet(), Path(".")), device="cpu")
     with pytest.raises(ValueError, match="one shape"):
         runner.predict_windowed(np.zeros((1, 10, 10), np.float32), volume)
 
 
 def test_batch_size_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
-        Runner(LoadedModel(card("unet"), BloodUNet(), Path(".")), batch_size=0)
+        Runner(LoadedModel(tiny_card("unet"), BloodUNet(), Path(".")), batch_size=0)
