@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -139,33 +141,10 @@ def test_model_result_derives_the_call_and_checks_consistency(two_lesions):
         slice_probabilities=np.zeros(volume.shape[0]),
     )
     assert not negative.positive
+    # replace() builds a new result, so each changed field is checked as in the constructor.
     with pytest.raises(ValueError, match="labels without a finding"):
-        ModelResult(
-            model_kind=ModelKind.UNET,
-            model_name="unet-test",
-            model_version="0",
-            label_map=labelled.label_map,
-            findings=labelled.findings[:1],
-            study_probability=0.7,
-            decision_threshold=0.5,
-        )
+        replace(result, findings=labelled.findings[:1])
     with pytest.raises(ValueError, match="uint8 or uint16"):
-        ModelResult(
-            model_kind=ModelKind.UNET,
-            model_name="unet-test",
-            model_version="0",
-            label_map=labelled.label_map.astype(np.int32),
-            findings=labelled.findings,
-            study_probability=0.7,
-            decision_threshold=0.5,
-        )
+        replace(result, label_map=labelled.label_map.astype(np.int32))
     with pytest.raises(ValueError, match=r"study_probability must be in \[0, 1\]"):
-        ModelResult(
-            model_kind=ModelKind.UNET,
-            model_name="unet-test",
-            model_version="0",
-            label_map=labelled.label_map,
-            findings=labelled.findings,
-            study_probability=1.5,
-            decision_threshold=0.5,
-        )
+        replace(result, study_probability=1.5)
