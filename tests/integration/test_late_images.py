@@ -4,26 +4,19 @@ study sent again unchanged changes nothing."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import highdicom as hd
 import pydicom
 from sqlalchemy import select
 
-from dicom_node.config import load_settings
 from dicom_node.db.models import Job, JobState, OutputObject, Study, StudyState
-from dicom_node.ingest.completion import CompletionRule
 from dicom_node.ingest.scp import SUCCESS
-from dicom_node.models.threshold import ThresholdModel
 from dicom_node.outputs.revision import MAX_DESCRIPTION
-from dicom_node.pipeline import Pipeline, model_key
-from dicom_node.retry import RetryPolicy
-from dicom_node.ticks import completion_tick
-from dicom_node.worker import Worker
 from tests.conftest import RunningNode
 from tests.support.node import status_code, store_files
 from tests.support.outputs_fixtures import assert_valid
+from tests.support.run_jobs import complete_and_run
 from tests.support.synthetic_ct import Lesion, SeriesSpec, write_series
 
 SPEC = SeriesSpec(n_slices=16, rows=128, columns=128, pixel_spacing_mm=(1.6, 1.6),
@@ -31,14 +24,8 @@ SPEC = SeriesSpec(n_slices=16, rows=128, columns=128, pixel_spacing_mm=(1.6, 1.6
 
 
 def _complete_and_run(node: RunningNode) -> list[int]:
-    settings = load_settings(node.config.write())
-    model = ThresholdModel()
-    completion_tick(node.sessions, CompletionRule(quiet_period=timedelta(0), max_open=timedelta(hours=1)),
-                    model_key=model_key(model), max_attempts=3)
-    worker = Worker(sessions=node.sessions, run_job=Pipeline(settings, node.sessions, node.store, model).run,
-                    destinations={}, lease=timedelta(minutes=5), heartbeat_every=timedelta(seconds=30),
-                    policy=RetryPolicy.from_settings(settings.jobs.retry))
-    worker.run_available()
+    """Run what has been received; the study generations whose job has succeeded so far."""
+    complete_and_run(node)
     with node.sessions() as session:
         return [j.study_generation for j in session.scalars(select(Job).where(Job.state == JobState.SUCCEEDED))]
 

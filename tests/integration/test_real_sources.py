@@ -9,7 +9,6 @@ back in highdicom; without their FrameOfReferenceUID too.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import highdicom as hd
@@ -19,19 +18,16 @@ from sqlalchemy import select
 
 from dicom_node.config import Settings, load_settings
 from dicom_node.db.models import Job, JobState, OutputObject
-from dicom_node.ingest.completion import CompletionRule
 from dicom_node.ingest.scp import SUCCESS
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.outputs.uids import frame_of_reference_uid
-from tests.support.dciodvfy import run_dciodvfy
-from dicom_node.pipeline import Pipeline, StudyInput, model_key
-from dicom_node.retry import RetryPolicy
-from dicom_node.ticks import completion_tick
-from dicom_node.worker import Worker
+from dicom_node.pipeline import Pipeline, StudyInput
 from tests.conftest import start_node
+from tests.support.dciodvfy import run_dciodvfy
 from tests.support.node import CT_3SLICE, REPO, NodeConfig, shared_data, status_code, store_files
 from tests.support.outputs_fixtures import require_dciodvfy
+from tests.support.run_jobs import complete_and_run
 
 #: dciodvfy warns about the source's own patient name "JANCT000" (one component, the
 #: retired form); we copy the patient's name as sent, since it identifies the patient.
@@ -109,14 +105,7 @@ def test_real_ge_slices_without_frame_of_reference_through_the_listener_and_a_wo
     node, stop = start_node(NodeConfig(workdir=tmp_path / "node", send_empty_seg=True))
     try:
         assert [status_code(s) for s in store_files(node.port, paths)] == [SUCCESS] * len(paths)
-        settings = load_settings(node.config.write())
-        model = ThresholdModel()
-        completion_tick(node.sessions, CompletionRule(quiet_period=timedelta(0), max_open=timedelta(hours=1)),
-                        model_key=model_key(model), max_attempts=3)
-        worker = Worker(sessions=node.sessions, run_job=Pipeline(settings, node.sessions, node.store, model).run,
-                        destinations={}, lease=timedelta(minutes=5), heartbeat_every=timedelta(seconds=30),
-                        policy=RetryPolicy.from_settings(settings.jobs.retry))
-        assert worker.run_available() == 1
+        assert complete_and_run(node) == 1
         with node.sessions() as session:
             job = session.scalars(select(Job)).one()
             outputs = session.execute(select(OutputObject.kind, OutputObject.path)).all()
