@@ -225,12 +225,12 @@ def metric_value(body: str, name: str) -> float:
     return float(match.group(1))
 
 
-def echo_ok(port: int, calling_ae: str = "ECHOSCU") -> bool:
-    """True when a C-ECHO to the node on ``port`` succeeds."""
+def echo_ok(port: int, calling_ae: str = "ECHOSCU", called_ae: str = NODE_AE) -> bool:
+    """True when a C-ECHO to the peer (by default the node) on loopback ``port`` succeeds."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.network_timeout = 2
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
     if not assoc.is_established:
         return False
     status = assoc.send_c_echo()

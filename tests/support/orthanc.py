@@ -43,10 +43,8 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
-from tests.support.node import free_port
+from tests.support.node import echo_ok, free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 ORTHANC_AE = "ORTHANC"
@@ -65,18 +63,6 @@ def require_orthanc() -> Path:
             "(apt-get install orthanc; it need not run as a service)"
         )
     return ORTHANC
-
-
-def _echo_ok(port: int, called_ae: str) -> bool:
-    ae = AE(ae_title="PROBE")
-    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 2
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return getattr(status, "Status", None) == 0
 
 
 class Orthanc:
@@ -160,7 +146,7 @@ class Orthanc:
             )
         deadline = time.monotonic() + timeout_s
         self._wait(lambda: self._system() is not None, deadline, "GET /system")
-        self._wait(lambda: _echo_ok(self.dicom_port, self.ae_title), deadline, "C-ECHO")
+        self._wait(lambda: echo_ok(self.dicom_port, "PROBE", self.ae_title), deadline, "C-ECHO")
         return self
 
     def _system(self) -> Any:
