@@ -21,6 +21,7 @@ direction). The table step is chosen so that the planes stay
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -121,6 +122,41 @@ def _image_positions(spec: SeriesSpec) -> np.ndarray:
     return centres - corner
 
 
+def _plane_coordinates(spec: SeriesSpec) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Patient x, y, z (mm) of every pixel of each image plane in turn.
+
+    Both phantoms are sampled this way, so a gantry tilt shears their anatomy
+    and lesions alike: the table moves along z, the plane's rows along its
+    tilted column direction.
+    """
+    dy, dx = spec.pixel_spacing_mm
+    t = _tilt_rad(spec)
+    y = (np.arange(spec.rows) - (spec.rows - 1) / 2.0) * dy
+    x = (np.arange(spec.columns) - (spec.columns - 1) / 2.0) * dx
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    for table_z in _positions(spec) / np.cos(t):
+        yield xx, yy * np.cos(t), table_z + yy * np.sin(t)
+
+
+def _plant_lesions(
+    spec: SeriesSpec, plane: np.ndarray, coordinates: tuple[np.ndarray, np.ndarray, np.ndarray], region: np.ndarray
+) -> np.ndarray:
+    """Write each lesion's HU into ``plane`` where its ball meets ``region``; the union of those pixels.
+
+    Clipping to the region keeps a planted bleed inside the brain, as the
+    ground truth the tests measure against assumes.
+    """
+    px, py, pz = coordinates
+    planted = np.zeros(plane.shape, dtype=bool)
+    for lesion in spec.lesions:
+        cx, cy, cz = lesion.center_mm
+        inside = ((px - cx) ** 2 + (py - cy) ** 2 + (pz - cz) ** 2) <= lesion.radius_mm**2
+        inside &= region
+        plane[inside] = int(round(lesion.hu))
+        planted |= inside
+    return planted
+
+
 def _ellipsoid_head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
     """The ellipsoid phantom sampled on its image planes (tilted or not): each pixel at its true 3D position.
 
@@ -128,16 +164,10 @@ def _ellipsoid_head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
     untilted planes are the tilt-0 case of the same sampling.
     """
     rng = np.random.default_rng(spec.seed)
-    dy, dx = spec.pixel_spacing_mm
-    t = _tilt_rad(spec)
-    y = (np.arange(spec.rows) - (spec.rows - 1) / 2.0) * dy
-    x = (np.arange(spec.columns) - (spec.columns - 1) / 2.0) * dx
-    yy, xx = np.meshgrid(y, x, indexing="ij")
     volume = np.full((spec.n_slices, spec.rows, spec.columns), -1000, dtype=np.int16)
     mask = np.zeros(volume.shape, dtype=bool)
     semi_x, semi_y, semi_z = 75.0, 92.0, 1.5 * max(90.0, spec.n_slices * spec.slice_thickness_mm / 2)
-    for k, table_z in enumerate(_positions(spec) / np.cos(t)):
-        px, py, pz = xx, yy * np.cos(t), table_z + yy * np.sin(t)
+    for k, (px, py, pz) in enumerate(_plane_coordinates(spec)):
         scale = 1.0 - (pz / semi_z) ** 2
         r = np.sqrt(np.clip(scale, 1e-12, None))
         outer = np.where(scale > 0, (px / (semi_x * r)) ** 2 + (py / (semi_y * r)) ** 2, np.inf)
@@ -149,12 +179,7 @@ def _ellipsoid_head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
         plane[outer <= 1.0] = 1000
         brain = inner <= 1.0
         plane[brain] = 35
-        for lesion in spec.lesions:
-            cx, cy, cz = lesion.center_mm
-            inside = ((px - cx) ** 2 + (py - cy) ** 2 + (pz - cz) ** 2) <= lesion.radius_mm**2
-            inside &= brain
-            plane[inside] = int(round(lesion.hu))
-            mask[k] |= inside
+        mask[k] = _plant_lesions(spec, plane, (px, py, pz), brain)
         noise = rng.normal(0.0, 4.0, size=plane.shape).round().astype(np.int16)
         plane[outer <= 1.0] += noise[outer <= 1.0]
     return volume, mask
@@ -243,27 +268,16 @@ def anatomical_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray, np.ndar
     if anatomy is None:
         raise ValueError("anatomical_volume needs spec.anatomy")
     rng = np.random.default_rng(spec.seed)
-    dy, dx = spec.pixel_spacing_mm
-    t = _tilt_rad(spec)
-    y = (np.arange(spec.rows) - (spec.rows - 1) / 2.0) * dy
-    x = (np.arange(spec.columns) - (spec.columns - 1) / 2.0) * dx
-    yy, xx = np.meshgrid(y, x, indexing="ij")
     shape = (spec.n_slices, spec.rows, spec.columns)
     volume = np.empty(shape, dtype=np.int16)
     lesions = np.zeros(shape, dtype=bool)
     truth = np.zeros(shape, dtype=bool)
-    for k, table_z in enumerate(_positions(spec) / np.cos(t)):
-        px, py, pz = xx, yy * np.cos(t), table_z + yy * np.sin(t)
+    for k, (px, py, pz) in enumerate(_plane_coordinates(spec)):
         if anatomy.body == "chest":
             plane = _chest_plane(px, py)
         else:
             plane, truth[k] = _head_plane(anatomy, px, py, pz - anatomy.head_centre_z_mm)
-            for lesion in spec.lesions:
-                cx, cy, cz = lesion.center_mm
-                inside = ((px - cx) ** 2 + (py - cy) ** 2 + (pz - cz) ** 2) <= lesion.radius_mm**2
-                inside &= truth[k]
-                plane[inside] = int(round(lesion.hu))
-                lesions[k] |= inside
+            lesions[k] = _plant_lesions(spec, plane, (px, py, pz), truth[k])
         body = plane > -950
         noise = rng.normal(0.0, 4.0, size=plane.shape).round().astype(np.int16)
         plane[body] += noise[body]
