@@ -54,9 +54,8 @@ from dicom_node.outputs.uids import frame_of_reference_uid
 UTF8 = "ISO_IR 192"
 #: Maximum value lengths of the text VRs (PS3.5 table 6.2-1); PN counts per component group.
 MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240, "DS": 16, "IS": 12}
-#: Text VRs that hold one line: no control characters at all (PS3.5 6.1.3).
-SINGLE_LINE_VRS = {"AE", "CS", "SH", "LO", "PN", "UC"}
-#: Text VRs that may hold several lines: CR, LF, FF and TAB are allowed.
+#: Text VRs that may hold several lines: CR, LF, FF and TAB are allowed. Every
+#: other text VR holds one line: no control characters at all (PS3.5 6.1.3).
 MULTI_LINE_VRS = {"ST", "LT", "UT"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MULTI_LINE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")

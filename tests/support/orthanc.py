@@ -262,9 +262,6 @@ class Orthanc:
         """Every series of a study, each with ``ID``, ``MainDicomTags`` and ``Instances``."""
         return list(self.get_json(f"/studies/{study_id}/series"))
 
-    def study_instances(self, study_id: str) -> list[dict[str, Any]]:
-        return list(self.get_json(f"/studies/{study_id}/instances"))
-
     def instance_file(self, instance_id: str) -> bytes:
         """``GET /instances/{id}/file``: the Part 10 file as Orthanc stored it."""
         return self.request("GET", f"/instances/{instance_id}/file")

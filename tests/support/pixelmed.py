@@ -49,7 +49,6 @@ JVM_OPTIONS = (
 )
 #: Separates the verdicts of the files in the batch program's output.
 MARKER = "==== pixelmed-validation "
-UNRECOGNIZED = "IOD (SOP Class) unrecognized"
 TIMEOUT_S = 300.0
 
 _BATCH_SOURCE = """
