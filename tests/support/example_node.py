@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.support.node import REPO, echo_ok, free_port
+from tests.support.node import REPO, echo_ok, free_port, terminate
 
 EXAMPLE_CONFIG = REPO / "config" / "dicom-node.toml"
 #: Where the example puts its database, relative to the folder the node runs in.
@@ -127,14 +126,7 @@ class ExampleNode:
         """SIGTERM, as systemd stops it; the exit code."""
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
+        return terminate(self.process, STOP_TIMEOUT_S)
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""

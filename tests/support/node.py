@@ -238,6 +238,21 @@ def echo_ok(port: int, calling_ae: str = "ECHOSCU", called_ae: str = NODE_AE) ->
     return getattr(status, "Status", None) == 0
 
 
+def terminate(process: subprocess.Popen[Any], timeout_s: float = 30.0) -> int:
+    """SIGTERM, as systemd stops a service, then SIGKILL after ``timeout_s``; the exit code.
+
+    A process that has already exited is only reaped.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)
+
+
 class NodeProcess:
     """``dicom-node run`` (or ``scp``) in a child process, as systemd would start it."""
 
@@ -288,14 +303,7 @@ class NodeProcess:
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit code."""
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
+        return terminate(self.process)
 
     def kill9(self) -> None:
         assert self.process is not None

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -44,7 +43,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from tests.support.node import echo_ok, free_port
+from tests.support.node import echo_ok, free_port, terminate
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 ORTHANC_AE = "ORTHANC"
@@ -167,14 +166,8 @@ class Orthanc:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 30 s; safe to call when not started or already gone."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
 
     def __enter__(self) -> Orthanc:
         try:
