@@ -246,6 +246,24 @@ def expected_measurements(lesion: LesionMeasurement) -> list[tuple[Code, float |
     ]
 
 
+def pixels_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Which pixel centres (c + 0.5, r + 0.5) lie inside a closed (x, y) polygon (even-odd rule).
+
+    An independent check of the outlines the SR draws: it shares no code with
+    :mod:`dicom_node.outputs.outline`.
+    """
+    rows, columns = np.mgrid[0 : shape[0], 0 : shape[1]]
+    x, y = columns + 0.5, rows + 0.5
+    inside = np.zeros(shape, dtype=bool)
+    for (x0, y0), (x1, y1) in zip(polygon[:-1], polygon[1:], strict=True):
+        if y0 == y1:
+            continue
+        crosses = (y0 > y) != (y1 > y)
+        x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < x_at)
+    return inside
+
+
 def require_dciodvfy() -> None:
     """Fail, not skip: every object we create must be validated (CONVENTIONS.md)."""
     if not DCIODVFY.is_file():

@@ -8,17 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dicom_node.outputs.outline import outer_outline
-
-
-def _inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixel centres inside a closed polygon (even-odd rule)."""
-    rows, columns = np.mgrid[0 : shape[0], 0 : shape[1]]
-    x, y = columns + 0.5, rows + 0.5
-    inside = np.zeros(shape, dtype=bool)
-    for (x0, y0), (x1, y1) in zip(polygon[:-1], polygon[1:], strict=True):
-        if y0 != y1:
-            inside ^= ((y0 > y) != (y1 > y)) & (x < x0 + (y - y0) * (x1 - x0) / (y1 - y0))
-    return inside
+from tests.support.outputs_fixtures import pixels_inside
 
 
 def test_a_rectangle_is_its_four_pixel_corners_closed() -> None:
@@ -40,7 +30,7 @@ def test_the_largest_region_wins_and_diagonal_neighbours_are_separate_regions() 
     mask[2, 1] = True
     expected = mask.copy()
     expected[0, 0] = False
-    assert np.array_equal(_inside(outer_outline(mask), mask.shape), expected)
+    assert np.array_equal(pixels_inside(outer_outline(mask), mask.shape), expected)
 
 
 def test_a_hole_is_inside_the_outer_outline() -> None:
@@ -78,4 +68,4 @@ def test_the_outline_of_a_hole_free_region_encloses_exactly_its_pixels(mask: np.
     assert np.array_equal(polygon[0], polygon[-1])
     steps = np.diff(polygon, axis=0)
     assert np.all((steps[:, 0] == 0) != (steps[:, 1] == 0)), "every side runs along pixel edges"
-    assert np.array_equal(_inside(polygon, mask.shape), mask)
+    assert np.array_equal(pixels_inside(polygon, mask.shape), mask)

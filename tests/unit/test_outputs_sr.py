@@ -32,6 +32,7 @@ from tests.support.outputs_fixtures import (
     expected_measurements,
     make_case,
     negative_case,
+    pixels_inside,
     require_dciodvfy,
     uid_elements,
 )
@@ -197,20 +198,6 @@ def test_every_lesion_has_both_groups_under_its_tracking_uid(
         assert caption.value == lesion_caption(spec.label, lesion.volume_ml) == expected
 
 
-def _pixels_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Which pixel centres (c + 0.5, r + 0.5) lie inside a closed polygon (even-odd rule)."""
-    rows, columns = np.mgrid[0 : shape[0], 0 : shape[1]]
-    x, y = columns + 0.5, rows + 0.5
-    inside = np.zeros(shape, dtype=bool)
-    for (x0, y0), (x1, y1) in zip(polygon[:-1], polygon[1:], strict=True):
-        if y0 == y1:
-            continue
-        crosses = (y0 > y) != (y1 > y)
-        x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
-        inside ^= crosses & (x < x_at)
-    return inside
-
-
 def _outline(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> hd.sr.ScoordContentItem:
     """The group's Image Region (TID 1501 row 10c)."""
     (region,) = find_content_items(group[0], name=library_codes.DCM.ImageRegion)
@@ -240,7 +227,7 @@ def test_each_outline_encloses_exactly_the_lesion_on_its_key_slice(
         assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == key.SOPInstanceUID
         assert source.ReferencedSOPSequence[0].ReferencedSOPClassUID == key.SOPClassUID
         lesion_pixels = case.label_map[lesion.key_slice_index] == lesion.segment_number
-        inside = _pixels_inside(polygon, lesion_pixels.shape)
+        inside = pixels_inside(polygon, lesion_pixels.shape)
         # The synthetic lesions are convex blobs without holes: the outline holds them exactly.
         assert np.array_equal(inside, lesion_pixels)
         assert area.value == pytest.approx(lesion_pixels.sum() * spacing[0] * spacing[1], rel=1e-9)
