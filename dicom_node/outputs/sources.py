@@ -204,14 +204,19 @@ def _formatted(vr: str) -> Callable[[object], str | None]:
     return fix
 
 
+def _number(text: str) -> float | None:
+    """The value a DS or IS string means, or None when it is not a number at all."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _decimal(value: object) -> str | None:
     """A DS: kept when it fits 16 characters, re-formatted when it does not; not a finite number: None."""
     text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    if not math.isfinite(number):
+    number = _number(text)
+    if number is None or not math.isfinite(number):
         return None
     return text if len(text) <= MAX_LENGTH["DS"] else format_number_as_ds(number)
 
@@ -219,11 +224,8 @@ def _decimal(value: object) -> str | None:
 def _integer(value: object) -> str | None:
     """An IS: "1.0" is still the integer 1; "1.5", "abc" and anything beyond 32 bits are not."""
     text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    if not number.is_integer() or not -(2**31) <= number < 2**31:
+    number = _number(text)
+    if number is None or not number.is_integer() or not -(2**31) <= number < 2**31:
         return None
     return text if len(text) <= MAX_LENGTH["IS"] and text.lstrip("+-").isdigit() else str(int(number))
 
