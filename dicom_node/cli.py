@@ -829,8 +829,7 @@ def db_upgrade(
     """Create or upgrade the database schema (safe to run on every start)."""
     settings = _settings(config)
     engine = create_db_engine(settings.database)
-    migrate.upgrade(engine, revision)
-    typer.echo(f"database at revision {migrate.current_revision(engine)}")
+    typer.echo(migrate.upgrade_and_report(engine, revision))
 
 
 @config_app.command("check")
@@ -863,6 +862,7 @@ def config_show(config: ConfigOption = DEFAULT_CONFIG) -> None:
     typer.echo(f"# settings file: {config.resolve()}")
     typer.echo(f"# environment overrides: {', '.join(overrides) or 'none'}")
     typer.echo(f"# database: {describe_database(settings.database.url)}")
+    typer.echo(f"# relative paths: of the file and defaults under {config.resolve().parent}, of the environment under {Path.cwd()}")
     typer.echo(render_settings(effective_settings(config, settings)), nl=False)
 
 

@@ -30,7 +30,7 @@ from dicom_node.db.models import (
 )
 from dicom_node.db.session import create_db_engine, session_factory
 from tests.conftest import RunningNode
-from tests.support.node import NodeConfig, cli, free_port
+from tests.support.node import REPO, NodeConfig, cli, free_port
 
 STUDY = "1.2.826.0.1.3680043.10.1476.99.1001"
 RUNNING_STUDY = "1.2.826.0.1.3680043.10.1476.99.1002"
@@ -203,3 +203,27 @@ def test_echo_says_why_it_failed_and_what_to_try(node: RunningNode, tmp_path: Pa
     assert by_name.returncode == 1 and "our calling AE title 'DICOMNODE'" in by_name.stderr, by_name.stderr
     unknown = cli("echo", "nosuch", "--config", str(config))
     assert unknown.returncode == 2 and "configured destinations: self" in unknown.stderr
+
+
+def test_a_settings_file_finds_its_database_from_any_directory(tmp_path: Path) -> None:
+    """The README walk: a copy of the example in .dicom-node/, used from another directory.
+
+    Its relative paths are relative to the file, so `status` run elsewhere reads the node's
+    database instead of asking for a second one, and creates nothing where it runs.
+    """
+    walk = tmp_path / "walk"
+    config = walk / ".dicom-node" / "dicom-node.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text((REPO / "config" / "dicom-node.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    database = walk / ".dicom-node" / "dicom-node.db"
+    upgraded = cli("db", "upgrade", "--config", str(config), cwd=walk)
+    assert upgraded.stdout.strip() == f"database SQLite file {database}: schema created at revision {migrate.head_revision()}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    status = cli("status", "--config", str(config), cwd=elsewhere)
+    assert status.returncode == 0, status.stderr
+    assert "(no studies received yet)" in status.stdout
+    assert list(elsewhere.iterdir()) == [], "a read-only command created something where it ran"
+    shown = cli("config", "show", "--config", str(config), cwd=elsewhere).stdout
+    assert f'root = "{walk / ".dicom-node" / "storage"}"' in shown, shown
+    assert f"# relative paths: of the file and defaults under {config.parent}" in shown

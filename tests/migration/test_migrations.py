@@ -55,7 +55,10 @@ def test_db_upgrade_command_is_idempotent(tmp_path: Path) -> None:
     first = cli("db", "upgrade", "--config", str(config))
     second = cli("db", "upgrade", "--config", str(config))
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    assert f"database at revision {migrate.head_revision()}" in second.stdout
+    # Each run names the database it worked on (the absolute SQLite path) and what it did.
+    database = f"database SQLite file {tmp_path / 'node.db'}"
+    assert first.stdout.strip() == f"{database}: schema created at revision {migrate.head_revision()}", first.stdout
+    assert second.stdout.strip() == f"{database}: already at revision {migrate.head_revision()} (nothing to do)"
 
 
 def test_run_refuses_an_unmigrated_database(tmp_path: Path) -> None:
