@@ -242,3 +242,54 @@ def test_the_example_puts_its_files_in_the_checkouts_dicom_node_folder(tmp_path:
         f"sqlite:///{checkout / '.dicom-node' / 'dicom-node.db'}",
         checkout / ".dicom-node" / "audit.log",
     )
+
+
+def test_a_misspelt_key_gets_a_did_you_mean(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        '[node]\nallow_any_caller = true\nprot = 104\n[jobs.retry]\nmax_atempts = 3\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\nobjcts = ["sr"]\n'
+        '[observabilty]\nport = 9110\n[storage]\nzzz = 1\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert sorted(info.value.problems) == [
+        "destinations[0].objcts: unknown key (did you mean 'objects'?)",
+        "jobs.retry.max_atempts: unknown key (did you mean 'max_attempts'?)",
+        "node.prot: unknown key (did you mean 'port'?)",
+        "observabilty: unknown key (did you mean 'observability'?)",
+        "storage.zzz: unknown key",  # nothing close: no guess
+    ]
+
+
+def test_a_missing_settings_file_says_where_it_looked_and_how_to_point_at_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "status"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 2
+    assert f"config/dicom-node.toml in {tmp_path}" in result.stderr, result.stderr
+    assert "--config PATH or set DICOM_NODE_CONFIG=PATH" in result.stderr
+    assert list(tmp_path.iterdir()) == [], "a read-only command created something"
+
+
+def test_config_check_takes_the_file_from_config_or_the_environment(tmp_path: Path) -> None:
+    bad = _write(tmp_path, "[node]\nallow_any_caller = true\nport = 0\n")
+    by_option = cli("config", "check", "--config", str(bad))
+    assert by_option.returncode == 1 and "node.port:" in by_option.stdout, by_option.stdout + by_option.stderr
+    by_environment = cli("config", "check", env={**os.environ, "DICOM_NODE_CONFIG": str(EXAMPLE)})
+    assert by_environment.returncode == 0 and by_environment.stdout.rstrip().endswith(f"{EXAMPLE}: OK")
+    # A path given as the argument wins over the environment.
+    both = cli("config", "check", str(bad), env={**os.environ, "DICOM_NODE_CONFIG": str(EXAMPLE)})
+    assert both.returncode == 1
+
+
+def test_viewer_url_must_be_an_http_template_with_the_study_uid(tmp_path: Path) -> None:
+    base = '[node]\nallow_any_caller = true\n[observability]\nviewer_url = "{}"\n'
+    ok = load_settings(_write(tmp_path, base.format("https://ohif.example/viewer?StudyInstanceUIDs={study_uid}")))
+    assert ok.observability.viewer_url is not None
+    for bad, why in (("https://ohif.example/viewer", "must contain {study_uid}"), ("javascript:{study_uid}", "http:// or https://")):
+        with pytest.raises(ConfigError) as info:
+            load_settings(_write(tmp_path, base.format(bad)))
+        assert why in info.value.problems[0], info.value.problems
