@@ -28,12 +28,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node import __version__
 from dicom_node.admin import overview
 from dicom_node.admin.destinations import destination_health
+from dicom_node.admin.rejections import recent_rejections
 from dicom_node.admin.page import collect as collect_page, render as render_page
 from dicom_node.admin.text import (
     STUDY_HEADER,
     destination_lines,
     error_lines,
     job_lines,
+    node_lines,
+    rejection_lines,
     study_detail_lines,
     study_line,
     utc,
@@ -44,6 +47,7 @@ from dicom_node.config import CONFIG_ENV, Settings, load_settings
 from dicom_node.effective_config import effective_settings, environment_overrides, render as render_settings
 from dicom_node.db import migrate
 from dicom_node.db.clock import database_now
+from dicom_node.db.heartbeat import Heartbeat, presence
 from dicom_node.db.models import JobState
 from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, describe_database, session_factory
@@ -431,7 +435,10 @@ def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
     stop = threading.Event()
     store.sweep_periodically(stop)
     metrics = Metrics()
-    stops = []
+    # First in, last out: the row says "stopped" only once everything below has stopped.
+    heartbeat = Heartbeat.of_serving_process(session_factory(engine), settings, listener=listener, worker=scheduler)
+    heartbeat.start()
+    stops = [heartbeat.stop]
     if settings.observability.enabled and supervised is None:
         port = settings.observability.port if listener else settings.observability.worker_port
         stops.append(_observability(lambda: reloadable.settings, engine, store, metrics, port))
@@ -600,17 +607,19 @@ def status(
         _study_status(sessions, study_instance_uid)
         return
     jobs = state.jobs_by_state(engine)
-    typer.echo("JOBS         " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"))
     with sessions() as session:
+        now = database_now(session)
+        typer.echo("\n".join(node_lines(presence(session, now=now))))
+        typer.echo("JOBS         " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"))
         for line in destination_lines(destination_health(session, list(settings.destinations))):
             typer.echo(line)
         ticks = tick_lease.holders(session)
-        now = database_now(session)
         studies = overview.recent_studies(session, limit)
+        rejected = rejection_lines(recent_rejections(session, now=now))
     for name, (owner, until) in sorted(ticks.items()):
         held = f"{owner} until {until:%H:%M:%S} UTC" if owner and until and until > now else "free (no live holder)"
         typer.echo(f"TICK         {name}: {held}")
-    for line in error_lines(state.recent_errors(engine)):
+    for line in [*rejected, *error_lines(state.recent_errors(engine))]:
         typer.echo(line)
     typer.echo("")
     typer.echo(STUDY_HEADER)

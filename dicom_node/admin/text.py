@@ -11,6 +11,8 @@ from datetime import datetime
 from dicom_node.admin.advice import advice
 from dicom_node.admin.destinations import DestinationHealth
 from dicom_node.admin.overview import JobLine, StudyDetail, StudyOverview
+from dicom_node.admin.rejections import WINDOW, Rejection, advice_for
+from dicom_node.db.heartbeat import NodePresence, ProcessSeen
 from dicom_node.db.state import RecentError
 
 
@@ -21,6 +23,63 @@ def utc(value: datetime | None) -> str:
 
 def _short(value: datetime | None) -> str:
     return f"{value:%Y-%m-%d %H:%M:%S}" if value else "-"
+
+
+def _ago(now: datetime, then: datetime) -> str:
+    return f"{max(0.0, (now - then).total_seconds()):.0f} s ago"
+
+
+def node_summary(presence: NodePresence) -> str:
+    """``running (listener pid 12, worker pid 13 on host; last seen 2 s ago)`` or ``not running (...)``."""
+    if not presence.running:
+        gone = presence.last_gone
+        if gone is None:
+            return "not running (no listener or worker has ever started with this database)"
+        how = f"stopped at {utc(gone.stopped_at)}" if gone.stopped_at else f"no heartbeat since {utc(gone.last_seen_at)}"
+        return f"not running ({how}; last: {gone.role} pid {gone.pid} on {gone.host})"
+    hosts = sorted({p.host for p in presence.alive})
+
+    def name(p: ProcessSeen) -> str:
+        return f"{p.role} pid {p.pid}" + (f" on {p.host}" if len(hosts) > 1 else "")
+
+    where = f" on {hosts[0]}" if len(hosts) == 1 else ""
+    latest = max(p.last_seen_at for p in presence.alive)
+    return f"running ({', '.join(name(p) for p in presence.alive)}{where}; last seen {_ago(presence.now, latest)})"
+
+
+def node_warning(presence: NodePresence) -> str | None:
+    """What a running node lacks: no worker (nothing analysed) or no listener (nothing received)."""
+    if not presence.running:
+        return None
+    roles = " ".join(presence.roles())
+    if "worker" not in roles:
+        return "no worker runs: studies are received but neither analysed nor sent (start `dicom-node worker`)"
+    if "listener" not in roles:
+        return "no listener runs: nothing is received (start `dicom-node scp`)"
+    return None
+
+
+def node_lines(presence: NodePresence) -> list[str]:
+    """``NODE  running (...)`` with what it lacks, or ``NODE  not running (...)`` with how to start it."""
+    lines = [f"NODE         {node_summary(presence)}"]
+    if (warning := node_warning(presence)) is not None:
+        lines.append(f"             {warning}")
+    if not presence.running:
+        lines.append("             start it: `dicom-node run --config ...`, or `systemctl start dicom-node` under systemd")
+    return lines
+
+
+def rejection_lines(rejections: list[Rejection]) -> list[str]:
+    """Associations turned away in the last 24 h, by caller, address and reason, with what to do."""
+    hours = WINDOW.total_seconds() / 3600
+    lines = []
+    for r in rejections:
+        lines.append(
+            f"REJECTED     {r.calling_ae_title or '(none)'} from {r.peer_address or '?'}: {r.reason}; "
+            f"{r.count} time(s) in {hours:g} h, last {utc(r.last_at)}"
+        )
+        lines.append(f"             what to do: {advice_for(r)}")
+    return lines
 
 
 def destination_lines(destinations: list[DestinationHealth]) -> list[str]:
