@@ -37,6 +37,7 @@ from dicom_node.admin.text import (
     job_lines,
     node_lines,
     rejection_lines,
+    retry_refusal,
     study_detail_lines,
     study_line,
     utc,
@@ -740,9 +741,22 @@ def _job_transition(config: Path, job_id: int, change: Callable[..., bool], done
 
 
 @jobs_app.command("retry")
-def jobs_retry(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run a dead, cancelled, skipped or finished job again (attempts start over)."""
-    _job_transition(config, job_id, queue.retry_now, "queued", "dead, cancelled, skipped or succeeded")
+def jobs_retry(
+    job_id: int,
+    config: ConfigOption = DEFAULT_CONFIG,
+    rerun: Annotated[
+        bool, typer.Option("--rerun", help="Also a succeeded job: analyse again and send the new results in place of the old.")
+    ] = False,
+) -> None:
+    """Run a dead, cancelled or skipped job again (attempts start over); a succeeded one only with --rerun."""
+    _, sessions = _sessions(config)
+    with sessions.begin() as session:
+        ok = queue.retry_now(session, job_id, now=database_now(session), include_succeeded=rerun)
+        found = None if ok else overview.job_by_id(session, job_id)
+    if not ok:
+        typer.echo(retry_refusal(job_id, found), err=True)
+        raise typer.Exit(1)
+    typer.echo(f"job {job_id} queued" + ("; its results are sent again when it succeeds (same UIDs: they replace the old)" if rerun else ""))
 
 
 @jobs_app.command("cancel")

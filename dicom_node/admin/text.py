@@ -128,10 +128,14 @@ def study_line(study: StudyOverview) -> str:
 
 def job_lines(job: JobLine, *, now: datetime | None = None) -> list[str]:
     """A job in full: times in UTC, the lease and its expiry, the error with the next step, the result."""
+    run = f" (run {job.retries + 1}: queued again by an operator)" if job.retries else ""
+    queued = utc(job.created_at)
+    if job.retried_at is not None:
+        queued = f"{utc(job.retried_at)} by `jobs retry` (first queued {utc(job.created_at)})"
     lines = [
-        f"job {job.id}: {job.state}, attempt {job.attempts} of {job.max_attempts}",
+        f"job {job.id}: {job.state}, attempt {job.attempts} of {job.max_attempts}{run}",
         f"  model      {job.model_key}",
-        f"  queued     {utc(job.created_at)}",
+        f"  queued     {queued}",
         f"  started    {utc(job.started_at)}",
         f"  finished   {utc(job.finished_at)}",
     ]
@@ -180,3 +184,25 @@ def study_detail_lines(detail: StudyDetail, *, now: datetime | None = None) -> l
             if d.last_error:
                 lines.append(f"             last problem: {d.last_error.splitlines()[0][:160]}")
     return lines
+
+
+def retry_refusal(job_id: int, found: tuple[JobLine, str] | None) -> str:
+    """Why ``jobs retry ID`` did nothing, and the command that does what was probably meant."""
+    if found is None:
+        return f"no job {job_id}: `dicom-node jobs list` shows the jobs there are"
+    job, study_instance_uid = found
+    if job.state == "succeeded":
+        return (
+            f"job {job_id} succeeded, and its results went to the destinations: "
+            f"`dicom-node resend {study_instance_uid}` sends the same results again; "
+            f"`dicom-node jobs retry {job_id} --rerun` analyses the study again and sends the new results "
+            "in place of the old (same UIDs, so the destinations replace them)"
+        )
+    if job.state in ("queued", "running"):
+        return f"job {job_id} is {job.state}: nothing to retry yet (`dicom-node jobs cancel {job_id}` stops it)"
+    if job.state == "superseded":
+        return (
+            f"job {job_id} was superseded: the study received more images and a newer job analyses it "
+            f"(`dicom-node jobs list --study {study_instance_uid}`)"
+        )
+    return f"job {job_id} is {job.state}: only dead, cancelled, skipped or (with --rerun) succeeded jobs are retried"
