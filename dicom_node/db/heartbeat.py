@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 BEAT_S = 10.0
 #: A row not renewed for this long is a process that is gone (three missed beats and a margin).
 STALE_S = 3 * BEAT_S + 5
+#: The longest a stopping process waits for its "stopped" row to be written.
+STOP_WAIT_S = 5.0
 #: Rows of processes stopped or gone this long ago are deleted when a process starts.
 FORGET_AFTER = timedelta(days=7)
 
@@ -153,13 +155,15 @@ class Heartbeat:
                 if not failing:
                     logger.warning("heartbeat not renewed (database unavailable?)", exc_info=True)
                 failing = True
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
         try:
             with self.sessions.begin() as session:
                 stopped(session, owner=self.owner, now=database_now(session))
         except Exception:  # noqa: BLE001
-            logger.warning("heartbeat: stop not recorded", exc_info=True)
+            logger.warning("heartbeat: stop not recorded; `status` says not running once the row is stale", exc_info=True)
+
+    def stop(self) -> None:
+        """Record the stop from the heartbeat's own thread, waiting at most :data:`STOP_WAIT_S`:
+        a database that is away must not hold up the shutdown (the row then goes stale)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_WAIT_S)
