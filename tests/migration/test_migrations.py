@@ -118,3 +118,29 @@ def test_skipped_jobs_pass_the_state_constraint_on_postgresql(postgres_url: str)
     migrate.upgrade(engine)
     _check_job_state_constraint(engine)
     engine.dispose()
+
+
+def test_upgrade_names_a_server_database_without_its_password(postgres_url: str) -> None:
+    """`db upgrade` says which database it changed; a server's URL is shown with the password masked."""
+    url = postgres_url.replace("postgres@", "postgres:s3cret@")  # trust authentication ignores it
+    engine = create_db_engine(DatabaseSettings(url=url))
+    try:
+        first = migrate.upgrade_and_report(engine)
+        again = migrate.upgrade_and_report(engine)
+    finally:
+        engine.dispose()
+    shown = url.replace(":s3cret@", ":***@")
+    assert first == f"database {shown}: schema created at revision {migrate.head_revision()}"
+    assert again == f"database {shown}: already at revision {migrate.head_revision()} (nothing to do)"
+    assert "s3cret" not in first + again
+
+
+def test_upgrade_from_the_previous_revision_says_from_what_to_what(tmp_path: Path) -> None:
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'old.db'}"))
+    try:
+        migrate.upgrade(engine, "0007")
+        report = migrate.upgrade_and_report(engine)
+        _assert_schema_matches_models(engine)
+    finally:
+        engine.dispose()
+    assert report == f"database SQLite file {tmp_path / 'old.db'}: upgraded from revision 0007 to {migrate.head_revision()}"
