@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from dicom_node.errors import ConfigError
 from dicom_node.uid_syntax import is_valid_uid_root
@@ -599,7 +600,10 @@ def _anchored_path(value: Any, base: Path) -> Any:
 
 def anchored_url(url: str, base: Path) -> str:
     """A SQLite URL with a relative file path made absolute under ``base``; any other URL as it is."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # not a URL at all: the [database] validator says so
+        return url
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
         return url

@@ -293,3 +293,10 @@ def test_viewer_url_must_be_an_http_template_with_the_study_uid(tmp_path: Path) 
         with pytest.raises(ConfigError) as info:
             load_settings(_write(tmp_path, base.format(bad)))
         assert why in info.value.problems[0], info.value.problems
+
+
+def test_a_database_url_that_is_not_a_url_is_a_config_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[node]\nallow_any_caller = true\n[database]\nurl = "not a url"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.problems == ["database: url must be a sqlite:/// or postgresql+psycopg:// URL"]
