@@ -1,23 +1,16 @@
-"""The composition root: every command builds what it needs from the config and runs it.
+"""The commands: each loads the settings, checks the database, and runs what it names.
 
-Nothing is created at import time; each command loads the settings, makes the engine,
-the store and the application entity, and passes them down.
+Nothing is created at import time. The serving commands (run, scp, worker) hand the
+settings to :class:`~dicom_node.node.Node`, which composes the process; the others read
+or change the database through the packages below.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
 import re
-import shutil
-import signal
 import sys
-import tempfile
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -29,7 +22,6 @@ from dicom_node import __version__
 from dicom_node.admin import overview
 from dicom_node.admin.destinations import destination_health
 from dicom_node.admin.rejections import recent_rejections
-from dicom_node.admin.page import collect as collect_page, render as render_page
 from dicom_node.admin.text import (
     STUDY_HEADER,
     destination_lines,
@@ -48,40 +40,22 @@ from dicom_node.config import CONFIG_ENV, Settings, load_settings
 from dicom_node.effective_config import effective_settings, environment_overrides, render as render_settings
 from dicom_node.db import migrate
 from dicom_node.db.clock import database_now
-from dicom_node.db.heartbeat import Heartbeat, presence
+from dicom_node.db.heartbeat import presence
 from dicom_node.db.models import JobState
 from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
-from dicom_node.dicom.tls import client_context, server_context
+from dicom_node.dicom.tls import client_context
 from dicom_node.errors import ConfigError, DatabaseNotFoundError, DicomNodeError
-from dicom_node.ingest.catalog import Catalog
-from dicom_node.ingest.committer import GroupCommitter
-from dicom_node.ingest.scp import StorageSCP
 from dicom_node.jobs import queue, tick_lease
-from dicom_node.jobs.recovery import reclaim_at_startup
 from dicom_node.logs import configure_logging
-from dicom_node.metrics import ChildrenMetrics, Metrics, StateCollector, serve_http
-from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
-from dicom_node.pipeline import Model, Pipeline, model_key
-from dicom_node.retention import run_retention
-from dicom_node.retry import RetryPolicy
-from dicom_node.ticks import build_scheduler, release_ticks
-from dicom_node.worker import Worker
+from dicom_node.models.loading import missing_packages
+from dicom_node.node import Node, SupervisingNode
+from dicom_node.retention import run_configured_retention
 from dicom_node.send.echo import verify
-from dicom_node.send.outbox import cancel_pending, deliveries_of_job, requeue_job_outputs, serve_outbox
-from dicom_node.send.scu import Peer
-from dicom_node.supervisor import (
-    ChildSpec,
-    Supervisor,
-    adopt_supervision,
-    child_specs,
-    is_supervised,
-    listening_socket,
-)
+from dicom_node.send.outbox import cancel_pending, deliveries_of_job, requeue_job_outputs
+from dicom_node.supervisor import adopt_supervision, is_supervised
 from dicom_node.training import commands as model_commands
-
-logger = logging.getLogger("dicom_node")
 
 app = typer.Typer(help="dicom-node: a DICOM AI node for head CT. Research use only.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -137,396 +111,26 @@ def _engine_at_head(settings: Settings, config: Path) -> Engine:
     return engine
 
 
-#: What a reload applies (callers, destinations and routing); every other change waits for a restart.
-LIVE_SETTINGS = ("node.allowed_callers", "node.allow_any_caller", "destinations")
-
-
-@dataclass
-class Reloadable:
-    """What SIGHUP can change without dropping an association: callers, destinations, routing.
-
-    ``settings`` is what runs: the start-up settings with the live parts of each accepted
-    reload. Any other change in the file is named in a warning at every reload until a
-    restart, instead of half applying (a new calling AE title on the sender, say).
-    """
-
-    path: Path
-    settings: Settings
-    scp: StorageSCP | None = None
-    worker: Worker | None = None
-    peers: dict[str, Peer] | None = None
-
-    def reload(self) -> bool:
-        """Re-read the config file; an invalid one is refused and the running config stays."""
-        try:
-            new = load_settings(self.path)
-        except ConfigError as exc:
-            logger.error(f"configuration reload refused, keeping the running configuration: {'; '.join(exc.problems)}")
-            return False
-        fixed = [
-            key
-            for key in _changed_keys(self.settings.model_dump(), new.model_dump())
-            if not any(key == live or key.startswith(live + ".") for live in LIVE_SETTINGS)
-        ]
-        if fixed:
-            logger.warning(f"configuration reload: these settings apply only after a restart: {', '.join(fixed)}")
-        node = self.settings.node.model_copy(
-            update={"allowed_callers": new.node.allowed_callers, "allow_any_caller": new.node.allow_any_caller}
-        )
-        destinations = new.destinations
-        if any(key.startswith("tls.") for key in fixed):
-            # A destination's TLS is built from [tls]: new destinations with the old trust
-            # settings would fail every send until dead-lettered. They wait for the restart too.
-            logger.warning("configuration reload: [tls] changed, so destinations also wait for a restart")
-            destinations = self.settings.destinations
-        self.settings = self.settings.model_copy(update={"node": node, "destinations": destinations})
-        if self.scp is not None:
-            self.scp.allow_callers(self.settings.node)
-        if self.worker is not None:
-            self.worker.destinations = {d.name: list(d.objects) for d in self.settings.destinations}
-        if self.peers is not None:
-            # In place, for the outbox tick that holds this dict; a name it is sending to stays
-            # readable unless that destination was removed.
-            fresh = _peers(self.settings)
-            self.peers.update(fresh)
-            for gone in set(self.peers) - set(fresh):
-                del self.peers[gone]
-        logger.info(
-            f"configuration reloaded: {len(node.allowed_callers)} allowed caller(s), "
-            f"{len(self.settings.destinations)} destination(s)"
-        )
-        return True
-
-
-def _changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two ``model_dump()`` trees (lists compared whole)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [changed for key in keys for changed in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [prefix.rstrip(".")] if old != new else []
-
-
-def _wait_for_signal(
-    stop: threading.Event,
-    on_hangup: Callable[[], None],
-    *,
-    poll_s: float,
-    check: Callable[[], int | None] = lambda: None,
-) -> int | None:
-    """Block until SIGTERM or SIGINT sets ``stop`` (None), or ``check`` gives an exit status.
-
-    SIGHUP calls ``on_hangup`` from this loop, not from the signal handler, so that a reload
-    never runs inside whatever the main thread was doing when the signal came.
-    """
-    hangup = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hangup.set())
-    while not stop.wait(poll_s):
-        if hangup.is_set():
-            hangup.clear()
-            on_hangup()
-        if (status := check()) is not None:
-            return status
-    return None
-
-
-def _missing_packages(settings: Settings) -> list[str]:
-    """What the configured model needs that is not installed here (checked without importing it)."""
-    if settings.analysis.model != "threshold" and importlib.util.find_spec("torch") is None:
-        return [
-            f"[analysis] model = {settings.analysis.model!r} needs PyTorch: pip install -e '.[inference]' "
-            "(or set model = \"threshold\")"
-        ]
-    return []
-
-
-def _model(settings: Settings) -> Model:
-    """The configured model. Trained kinds import torch here, in the worker, never in the listener."""
-    from dicom_node.models.gating import GatedModel  # scipy: only the worker needs it
-
-    analysis = settings.analysis
-    if analysis.model == "threshold":
-        return GatedModel(ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml)))  # type: ignore[return-value]
-    if problems := _missing_packages(settings):
-        raise ConfigError(problems)  # exit status 2: systemd does not restart into the same error
-    from dicom_node.models.combine import CombinedModel
-    from dicom_node.models.registry import load_model, shipped_model_dir
-    from dicom_node.models.runner import Runner
-
-    def runner(kind: str, directory: Path | None) -> GatedModel:
-        loaded = load_model(directory or shipped_model_dir(kind), kind=kind)
-        device = None if analysis.device == "auto" else analysis.device
-        # Every kind's findings are restricted to the intracranial space.
-        return GatedModel(Runner(loaded, device=device, batch_size=analysis.batch_size))
-
-    directories = {"unet": analysis.unet_dir, "maskrcnn": analysis.maskrcnn_dir}
-    if "+" not in analysis.model:
-        return runner(analysis.model, directories[analysis.model])  # type: ignore[return-value]
-    segmenter = analysis.model.split("+")[1]
-    return CombinedModel(
-        runner("classifier", analysis.classifier_dir),
-        runner(segmenter, directories[segmenter]),
-        rule=analysis.combination,
-    )
-
-
-def _peers(settings: Settings) -> dict[str, Peer]:
-    return {
-        d.name: Peer(
-            name=d.name,
-            ae_title=d.ae_title,
-            host=d.host,
-            port=d.port,
-            calling_ae_title=settings.node.ae_title,
-            timeout_s=settings.delivery.timeout_s,
-            tls_context=client_context(settings.tls) if d.tls else None,
-        )
-        for d in settings.destinations
-    }
-
-
-def _scheduler(settings: Settings, engine: Engine, store: InstanceStore, stop: threading.Event, metrics: Metrics):  # type: ignore[no-untyped-def]
-    """Completion, leases, dispatch (with the worker) and outbox ticks for this process."""
-    sessions = session_factory(engine)
-    model = _model(settings)
-    audit = AuditLog(engine, settings.audit.file)
-    worker = Worker(
-        metrics=metrics,
-        audit=audit,
-        sessions=sessions,
-        run_job=Pipeline(settings, sessions, store, model).run,
-        destinations={d.name: list(d.objects) for d in settings.destinations},
-        lease=timedelta(seconds=settings.jobs.lease_s),
-        heartbeat_every=timedelta(seconds=settings.jobs.heartbeat_s),
-        policy=RetryPolicy.from_settings(settings.jobs.retry),
-    )
-    peers = _peers(settings)
-    policy = RetryPolicy.from_settings(settings.delivery.retry)
-
-    def outbox() -> object:
-        counts = serve_outbox(
-            sessions,
-            peers=peers,
-            storage_root=store.root,
-            policy=policy,
-            owner=worker.owner,
-            # A claim must outlive one attempt: TCP connect, association set-up and one
-            # C-STORE, each bounded by the time-out, plus a margin; renewed after every answer.
-            lease=timedelta(seconds=settings.delivery.timeout_s * 4),
-            audit=audit,
-        )
-        for destination, states in counts.items():
-            for delivery_state, n in states.items():
-                metrics.deliveries.labels(destination, delivery_state).inc(n)
-        return counts
-
-    def retention() -> object:
-        return run_retention(
-            sessions,
-            store,
-            now=_now(sessions),
-            received_days=settings.retention.received_days,
-            results_days=settings.retention.results_days,
-            dry_run=False,
-            audit=audit,
-        )
-
-    ticks = build_scheduler(
-        settings,
-        sessions,
-        model_key=model_key(model),
-        owner=worker.owner,
-        worker=worker,
-        outbox=outbox,
-        retention=retention if settings.retention.enabled else None,
-        stop=stop,
-    )
-    return ticks, worker, peers
-
-
-def _observability(  # type: ignore[no-untyped-def]
-    current: Callable[[], Settings],
-    engine: Engine,
-    store: InstanceStore,
-    metrics: Metrics | ChildrenMetrics,
-    port: int,
-    more_problems: Callable[[], list[str]] = list,
-):
-    """Start /metrics, /health and the status page for this process; returns the function that stops them.
-
-    ``current`` gives the running settings, so that a reload that adds a destination
-    shows on the page at once.
-    """
-    settings = current()
-    metrics.add_collector(
-        StateCollector(
-            studies_by_state=lambda: state.studies_by_state(engine),
-            jobs_by_state=lambda: state.jobs_by_state(engine),
-            deliveries_by_state=lambda: state.deliveries_by_state(engine),
-            disk_free_bytes=store.free_bytes,
-        )
-    )
-
-    def health() -> list[str]:
-        problem = state.database_problem(engine)
-        return ([problem] if problem else []) + store.problems() + more_problems()
-
-    sessions = session_factory(engine)
-
-    def page() -> bytes:
-        # The running settings: a reload that adds a destination shows it at once.
-        with sessions() as session:
-            return render_page(collect_page(engine, session, current()))
-
-    address = f"{settings.observability.bind_address}:{port}"
-    try:
-        server, _ = serve_http(
-            metrics,
-            health,
-            address=settings.observability.bind_address,
-            port=port,
-            page=page if settings.observability.status_page else None,
-        )
-    except OSError as exc:  # e.g. a second worker on this host: run on, without metrics
-        logger.error(f"metrics and health not served: {exc.strerror}", extra={"peer_address": address})
-        return lambda: None
-    logger.info("metrics, health and status page", extra={"peer_address": address})
-    return server.shutdown
-
-
-def _startup_summary(
-    config: Path, settings: Settings, store: InstanceStore, reloadable: Reloadable, *, listener: bool, supervised: bool
-) -> str:
-    """One line that answers "which files, which database, which model" when reading a log later."""
-    parts = [f"config {config.resolve()}", f"database {describe_database(settings.database.url)}"]
-    parts.append(f"storage {store.root.resolve()} ({store.free_bytes() / 2**30:.1f} GiB free)")
-    if listener:
-        parts.append(f"listening as {settings.node.ae_title} on {settings.node.bind_address}:{settings.node.port}")
-    if reloadable.worker is not None:
-        parts.append(f"model {settings.analysis.model} on {_model_device(reloadable.worker)}")
-        names = ", ".join(d.name for d in settings.destinations) or "none (results are kept, not sent)"
-        parts.append(f"destinations {names}")
-    if settings.observability.enabled:
-        # Under `run` the supervisor serves the page on the listener's port for every child.
-        port = settings.observability.port if listener or supervised else settings.observability.worker_port
-        parts.append(f"status page http://{settings.observability.bind_address}:{port}/")
-    return "started: " + "; ".join(parts)
-
-
-def _model_device(worker: Worker) -> str:
-    """The device the loaded model runs on (the threshold baseline runs on the CPU, with numpy)."""
-    model = getattr(worker.run_job, "__self__", None)
-    model = getattr(model, "model", None)
-    for part in (model, getattr(model, "classifier", None)):
-        device = getattr(part, "device", None)
-        if device is not None:
-            return str(device)
-    return "cpu"
-
-
-def _serve(config: Path, *, listener: bool, scheduler: bool) -> None:
-    """One process doing the work: listener, scheduler and worker, or some of them."""
+def _serve(config: Path, *, listener: bool, worker: bool) -> None:
+    """One process doing the work: the listener, the worker, or both (a child of `run`: one of them)."""
     supervised = adopt_supervision()  # a child of `run`: dies with it, serves no HTTP
     settings = _settings(config)
-    reloadable = Reloadable(config, settings)
     engine = _engine_at_head(settings, config)
-    store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
-    store.prepare()
-    stop = threading.Event()
-    store.sweep_periodically(stop)
-    metrics = Metrics()
-    # First in, last out: the row says "stopped" only once everything below has stopped.
-    heartbeat = Heartbeat.of_serving_process(session_factory(engine), settings, listener=listener, worker=scheduler)
-    heartbeat.start()
-    stops = [heartbeat.stop]
-    if settings.observability.enabled and supervised is None:
-        port = settings.observability.port if listener else settings.observability.worker_port
-        stops.append(_observability(lambda: reloadable.settings, engine, store, metrics, port))
-    if listener:
-        catalog = Catalog(engine, settings.storage.duplicate_policy)
-        stops.append(catalog.close)  # after the listener and the committer stopped (stops run in reverse)
-        committer = GroupCommitter(catalog.record_batch)
-        committer.start()
-        stops.append(committer.stop)
-        audit = AuditLog(engine, settings.audit.file)
-        reloadable.scp = StorageSCP(
-            settings.node, store, catalog, committer, server_context(settings.tls), metrics, audit
-        )
-        server = reloadable.scp.start(supervised.listen_socket if supervised else None)
-        stops.append(server.shutdown)
-    if scheduler:
-        ticks, reloadable.worker, reloadable.peers = _scheduler(settings, engine, store, stop, metrics)
-        owner = reloadable.worker.owner
-        # Before the first claim: what a dead process of this host held runs again now, not after its lease.
-        reclaim_at_startup(session_factory(engine), owner=owner, policy=RetryPolicy.from_settings(settings.jobs.retry))
-        ticks.start()
-
-        def stop_ticks() -> None:
-            ticks.shutdown(wait=True)
-            release_ticks(session_factory(engine), owner)
-
-        stops.append(stop_ticks)
-    logger.info(_startup_summary(config, settings, store, reloadable, listener=listener, supervised=supervised is not None))
-    for role, running in (("listener", listener), ("worker", scheduler)):
-        if running:
-            logger.info(f"{role} ready")
-    try:
-        _wait_for_signal(stop, reloadable.reload, poll_s=0.5)
-    finally:
-        logger.info("shutting down")
-        for halt in reversed(stops):
-            halt()
-        engine.dispose()
+    node = Node.build(config, settings, engine, listener=listener, worker=worker, supervised=supervised)
+    node.start()
+    node.run_until_signal()
 
 
 def _supervise(config: Path, *, worker: bool) -> None:
-    """Bind the port, run the listener processes (and the worker) as children, serve /metrics and /health.
-
-    See :mod:`dicom_node.supervisor` for the process model and what happens when a child exits.
-    """
+    """`run` (and `scp` with several listener processes): the children each serve one role."""
     settings = _settings(config)
-    engine = _engine_at_head(settings, config)
-    store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
-    store.prepare()
-    node = settings.node
+    parent = SupervisingNode.build(config, settings, _engine_at_head(settings, config), worker=worker)
     try:
-        sock = listening_socket(node.bind_address, node.port)
+        parent.listen()
     except OSError as exc:
-        typer.echo(f"cannot listen on {node.bind_address}:{node.port}: {exc.strerror}", err=True)
+        typer.echo(f"cannot listen on {settings.node.bind_address}:{settings.node.port}: {exc.strerror}", err=True)
         raise typer.Exit(1) from exc
-    metrics_dir = Path(tempfile.mkdtemp(prefix="dicom-node-metrics-"))
-    supervisor = Supervisor(child_specs(node.listener_processes, worker=worker), config.resolve(), sock, metrics_dir)
-    stops: list[Callable[[], None]] = []
-    status = 0
-    engine.dispose()  # no pooled connection may cross the fork into the children
-
-    def run_forked(spec: ChildSpec) -> None:
-        _serve(config, listener=spec.command == "scp", scheduler=spec.command == "worker")
-
-    try:
-        supervisor.start(run_forked)
-        if settings.observability.enabled:
-            children = ChildrenMetrics(metrics_dir)
-            stops.append(
-                _observability(lambda: settings, engine, store, children, settings.observability.port, supervisor.problems)
-            )
-        # Watch the children until SIGTERM or SIGINT, or a child's fatal exit status; pass SIGHUP on.
-        status = (
-            _wait_for_signal(
-                threading.Event(), lambda: supervisor.signal_all(signal.SIGHUP), poll_s=0.2, check=supervisor.check
-            )
-            or 0
-        )
-    finally:
-        logger.info("shutting down")
-        sock.close()  # the listeners keep their copies until they exit
-        supervisor.stop()
-        for halt in stops:
-            halt()
-        engine.dispose()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    if status:
+    if status := parent.run(lambda spec: _serve(config, listener=spec.command == "scp", worker=spec.command == "worker")):
         raise typer.Exit(status)
 
 
@@ -546,13 +150,13 @@ def scp(config: ConfigOption = DEFAULT_CONFIG) -> None:
     if not is_supervised() and _settings(config).node.listener_processes > 1:
         _supervise(config, worker=False)
     else:
-        _serve(config, listener=True, scheduler=False)
+        _serve(config, listener=True, worker=False)
 
 
 @app.command()
 def worker(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Run the scheduler ticks and the analysis worker, without a listener."""
-    _serve(config, listener=False, scheduler=True)
+    _serve(config, listener=False, worker=True)
 
 
 _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
@@ -651,13 +255,7 @@ def _unknown_study(study_instance_uid: str, similar: list[str]) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _now(sessions: sessionmaker[Session]) -> datetime:
-    """Now by the database's clock, which every process's leases and times agree on."""
-    with sessions() as session:
-        return database_now(session)
-
-
-def _sessions(config: Path):  # type: ignore[no-untyped-def]
+def _sessions(config: Path) -> tuple[Settings, sessionmaker[Session]]:
     settings = _settings(config)
     return settings, session_factory(_engine_at_head(settings, config))
 
@@ -825,12 +423,10 @@ def retention_command(
     engine = _engine_at_head(settings, config)
     sessions = session_factory(engine)
     store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
-    items = run_retention(
+    items = run_configured_retention(
         sessions,
         store,
-        now=_now(sessions),
-        received_days=settings.retention.received_days,
-        results_days=settings.retention.results_days,
+        settings.retention,
         dry_run=dry_run,
         audit=None if dry_run else AuditLog(engine, settings.audit.file),
     )
@@ -872,7 +468,7 @@ def config_check(
         typer.echo(f"{len(exc.problems)} problem(s) in {where}")
         raise typer.Exit(1) from exc
     # Not an error of the file: a listener-only host needs no PyTorch.
-    for missing in _missing_packages(settings):
+    for missing in missing_packages(settings.analysis):
         typer.echo(f"warning: {missing}; a worker on this host would refuse to start")
     typer.echo(f"{path}: OK")
 

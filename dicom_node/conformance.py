@@ -577,8 +577,18 @@ def _security(doc: _Document, settings: Settings) -> None:
 
 
 def _annexes(doc: _Document, settings: Settings) -> None:
-    identity = settings.identity
     doc.section(1, "Annexes")
+    _created_instances(doc, settings)
+    _segmentation_contents(doc, settings)
+    _report_contents(doc)
+    _key_image_contents(doc)
+    _incomplete_results(doc, settings)
+    _private_attributes(doc)
+
+
+def _created_instances(doc: _Document, settings: Settings) -> None:
+    """Where the created objects live, which header values they copy and how, and their series."""
+    identity = settings.identity
     doc.section(2, "IOD Contents: Created SOP Instances")
     doc.text(
         "Each object is created in the study of its source images (patient and study attributes "
@@ -608,6 +618,10 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             for obj in created_objects(settings)
         ],
     )
+
+
+def _segmentation_contents(doc: _Document, settings: Settings) -> None:
+    """The SEG as viewers and PACS receive it: binary, frame for frame with the source."""
     empty = "also gets a SEG with an empty segment" if settings.outputs.send_empty_seg else "gets no SEG"
     doc.section(3, "Segmentation")
     doc.bullets(
@@ -624,18 +638,30 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "states the result.",
         ]
     )
+
+
+def _report_contents(doc: _Document) -> None:
+    """The TID 1500 report: what each container holds, and in which order."""
     doc.section(3, "Comprehensive 3D SR: TID 1500 Measurement Report")
     doc.bullets(
         [
             "Observation context: the node as device observer. Procedure reported: LOINC 25045-6 "
             "\"CT unspecified body region\" (CID 100, which has no head CT code); every group's finding "
             "site is the brain.",
-            "Imaging Measurements holds, in the order of the template's rows, one TID 1410 group per "
-            "lesion with its outline (SCOORD \"Image Region\", a closed POLYLINE in pixel coordinates "
-            "on its key slice, SELECTED FROM that image), then one TID 1411 group per lesion "
-            "referencing its segment in the SEG, with volume (ml), long axis (mm), mean attenuation "
-            "(HU) and the certainty of the finding. Both groups of a lesion share its tracking "
-            "identifier and UID (those of its segment). A negative study has no Imaging Measurements.",
+            "Imaging Measurements holds, in the order of the template's rows, one TID 1411 group per "
+            "lesion referencing its segment in the SEG, with volume (ml), long axis (mm), mean "
+            "attenuation (HU) and the certainty of the finding; then one TID 1501 group per lesion "
+            "with its outline on its key slice (SCOORD \"Image Region\", a closed POLYLINE in pixel "
+            "coordinates, SELECTED FROM that image), its area there (mm2, INFERRED FROM the same "
+            "outline) and a Comment naming it with its volume (\"ICH lesion 1: 3.05 mL\"). Both groups "
+            "of a lesion share its Tracking Unique Identifier (its segment's) and its Tracking "
+            "Identifier, \"Cornerstone3DTools@^0.1.0:PlanarFreehandROI:\" followed by the segment's "
+            "name: free text, chosen so that OHIF 3.13 rebuilds the outline as its own tool and lists "
+            "the lesion in its Measurements panel.",
+            "A negative study's report has no Imaging Measurements and is titled LOINC 24725-4 "
+            "\"CT Head Report\" (CID 7000; TID 1500 takes its title from the extensible CID 7021): it "
+            "holds no measurement, and OHIF shows a report titled \"Imaging Measurement Report\" "
+            "only through its measurements.",
             "Qualitative Evaluations (TID 1500 row 12) always holds the study-level call "
             "\"Intracranial hemorrhage: present/absent\" (CODE) and the study probability (TEXT, "
             "6 significant digits; this container has no NUM row).",
@@ -643,6 +669,10 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "The source images and the SEG are listed as evidence.",
         ]
     )
+
+
+def _key_image_contents(doc: _Document) -> None:
+    """The key images carry the result in their pixels, for viewers that show no SEG or SR."""
     doc.section(3, "Secondary Capture Key Images")
     doc.bullets(
         [
@@ -653,6 +683,10 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "\"AI RESULT - NOT FOR DIAGNOSTIC USE\" in its pixels.",
         ]
     )
+
+
+def _incomplete_results(doc: _Document, settings: Settings) -> None:
+    """What is sent when one object cannot be built, when a study changes, and when nothing is."""
     doc.section(3, "Incomplete, Replacing and Withheld Results")
     coverage = settings.selection.min_coverage_mm
     doc.bullets(
@@ -674,6 +708,10 @@ def _annexes(doc: _Document, settings: Settings) -> None:
             "study belongs to.",
         ]
     )
+
+
+def _private_attributes(doc: _Document) -> None:
+    """PS3.2 asks for the data dictionary even when it is empty."""
     doc.section(2, "Data Dictionary of Private Attributes")
     doc.text("The node creates no private attributes.")
 

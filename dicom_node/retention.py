@@ -20,6 +20,8 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
+from dicom_node.config import RetentionSettings
+from dicom_node.db.clock import database_now
 from dicom_node.db.models import Delivery, DeliveryState, Instance, Job, JobState, OutputObject, Series, Study, StudyState
 from dicom_node.dicom.storage import InstanceStore
 
@@ -115,6 +117,29 @@ def _delete_rows(session: Session, item: RetentionItem) -> list[str]:
         session.execute(delete(Job).where(Job.study_id == item.study_id))
         session.execute(delete(Study).where(Study.id == item.study_id))
     return paths
+
+
+def run_configured_retention(
+    sessions: sessionmaker[Session],
+    store: InstanceStore,
+    settings: RetentionSettings,
+    *,
+    dry_run: bool,
+    audit: AuditLog | None = None,
+) -> list[RetentionItem]:
+    """:func:`run_retention` with the configured periods, as of now by the database's clock
+    (which every process's leases and times agree on)."""
+    with sessions() as session:
+        now = database_now(session)
+    return run_retention(
+        sessions,
+        store,
+        now=now,
+        received_days=settings.received_days,
+        results_days=settings.results_days,
+        dry_run=dry_run,
+        audit=audit,
+    )
 
 
 def run_retention(

@@ -42,7 +42,9 @@ class Worker:
 
     sessions: sessionmaker[Session]
     run_job: RunJob
-    destinations: dict[str, list[str]]  # destination name -> object kinds it wants
+    #: Destination name -> object kinds it wants; a callable gives the running ones (a reload
+    #: changes them), read once per finished job.
+    destinations: dict[str, list[str]] | Callable[[], dict[str, list[str]]]
     lease: timedelta
     heartbeat_every: timedelta
     policy: RetryPolicy
@@ -110,11 +112,12 @@ class Worker:
                 session.rollback()
                 logger.warning("job no longer ours at the end; results discarded", extra=context)
                 return None
-            record_outputs(session, job_id=job.id, objects=output.objects, destinations=self.destinations, now=now)
+            destinations = self.destinations() if callable(self.destinations) else self.destinations
+            record_outputs(session, job_id=job.id, objects=output.objects, destinations=destinations, now=now)
         logger.info(f"job succeeded: {output.summary}", extra={**context, "stage": "record"})
         for warning in output.warnings:
             logger.warning(f"job results incomplete: {warning}", extra={**context, "stage": "build"})
-        if not any(self.destinations.values()):
+        if not any(destinations.values()):
             logger.warning(
                 "no destination wants these results: they are kept, not sent "
                 "(add a [[destinations]] entry, then `dicom-node resend STUDY_UID`)",

@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ class StorageSCP:
 
     def __init__(
         self,
-        settings: NodeSettings,
+        settings: NodeSettings | Callable[[], NodeSettings],
         store: InstanceStore,
         catalog: Catalog,
         committer: GroupCommitter[ReceivedInstance, RecordResult],
@@ -117,7 +118,9 @@ class StorageSCP:
         metrics: Metrics | None = None,
         audit: AuditLog | None = None,
     ) -> None:
-        self.settings = settings
+        # A callable gives the running settings (a reload changes the allowed callers):
+        # each A-ASSOCIATE-RQ is judged by the list of that moment; open associations are untouched.
+        self._settings = settings if callable(settings) else lambda: settings
         self.metrics = metrics
         self.audit = audit
         self.store = store
@@ -128,10 +131,10 @@ class StorageSCP:
         self._studies: dict[int, Counter[str]] = {}  # instances stored per study, per association
         self._counts_lock = threading.Lock()
 
-    def allow_callers(self, settings: NodeSettings) -> None:
-        """Take new allowed callers (config reload). Associations already open are untouched;
-        the next A-ASSOCIATE-RQ is judged by the new list."""
-        self.settings = settings
+    @property
+    def settings(self) -> NodeSettings:
+        """The node's settings now: those given, or the running ones after a reload."""
+        return self._settings()
 
     def application_entity(self) -> AE:
         """An AE offering exactly the contexts in :mod:`dicom_node.dicom.contexts`."""

@@ -58,6 +58,11 @@ SOURCE_IMAGE_FOR_PROCESSING: Code = codes.DCM.SourceImageForImageProcessingOpera
 #: Procedure reported in TID 1500 row 4 (CID 100).
 CT_UNSPECIFIED_BODY_REGION: Code = codes.cid100.CTUnspecifiedBodyRegion
 
+#: Title (TID 1500 row 1) of a report without measurements, a negative study's: CID 7021 is
+#: extensible, and a report titled "Imaging Measurement Report" promises measurements (OHIF
+#: fails on one that has none). LOINC's "CT Head Report" from CID 7000 says what it is.
+REPORT_WITHOUT_MEASUREMENTS_TITLE: Code = codes.cid7000.CTHeadReport
+
 #: Values of the study-level qualitative evaluation.
 PRESENT: Code = codes.SCT.Present
 ABSENT: Code = codes.SCT.Absent
@@ -69,6 +74,9 @@ ATTENUATION_COEFFICIENT: Code = codes.DCM.AttenuationCoefficient
 MEAN: Code = codes.SCT.Mean
 CERTAINTY_OF_FINDING: Code = codes.DCM.CertaintyOfFinding
 PROBABILITY: Code = codes.DCM.Probability
+#: A lesion's cross-section on its key slice (TID 1501), and the caption that names it (TID 1501).
+AREA: Code = codes.SCT.Area
+COMMENT: Code = codes.DCM.Comment
 
 #: TID 1500 row 12, the container of the study-level call. pydicom's
 #: dictionaries do not hold this UMLS concept; the code is the one PS3.16
@@ -80,5 +88,6 @@ QUALITATIVE_EVALUATIONS: Code = Code("C0034375", "UMLS", "Qualitative Evaluation
 #: units such as ml/min); "mL" is the UCUM case-sensitive symbol for it.
 MILLILITER: Code = Code("mL", "UCUM", "milliliter")
 MILLIMETER: Code = codes.UCUM.Millimeter
+SQUARE_MILLIMETER: Code = codes.UCUM.SquareMillimeter
 HOUNSFIELD_UNIT: Code = codes.UCUM.HounsfieldUnit
 NO_UNITS: Code = codes.UCUM.NoUnits

@@ -46,6 +46,12 @@ def outer_outline(mask: np.ndarray) -> np.ndarray:
     return np.array([*corners, corners[0]], dtype=np.float64)
 
 
+def polygon_area(points: np.ndarray) -> float:
+    """The area enclosed by a closed polygon of (x, y) points (last point = first), in pixel² (shoelace)."""
+    x, y = points[:, 0], points[:, 1]
+    return float(abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2.0)
+
+
 def _boundary_edges(mask: np.ndarray) -> list[tuple[Point, Point]]:
     """Every pixel side between foreground and background, foreground on the walker's right.
 

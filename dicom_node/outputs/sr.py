@@ -7,19 +7,22 @@ Structure (PS3.16 TID 1500), as built by highdicom:
 * Imaging Measurements (row 6), in the order of TID 1500's rows (PS3.16
   chapter 6: an order-significant template's items are encoded in row order),
   two groups per lesion that share the lesion's tracking identifier and UID
-  (the segment's), because they describe one finding:
-  - first every lesion's TID 1410 planar group (row 7): an "Image Region"
-    SCOORD, a closed POLYLINE round the lesion's pixels on its key slice (the
-    slice of the long axis, which the key images show), SELECTED FROM that CT
-    image, with the finding type and site but no measurement;
-  - then every lesion's TID 1411 volumetric group (row 8): it references the
-    lesion's segment in our SEG and holds the measurements, each once: volume
+  (the segment's UID), because they describe one finding:
+  - first every lesion's TID 1411 volumetric group (row 8): it references the
+    lesion's segment in our SEG and holds the lesion's measurements: volume
     (mL), long axis (mm), mean attenuation (HU) and certainty of finding
-    (unit "1").
-  Viewers display an SR through the spatial coordinates of its groups: OHIF
-  merges the groups that share a tracking UID and draws the outline labelled
-  with the numbers of both, so the lesion appears once, with its volume. Had
-  the outline group repeated the numbers, OHIF would list each twice;
+    (unit "1");
+  - then every lesion's TID 1501 group (row 9): the lesion's area (mm²) on its
+    key slice (the slice of the long axis, which the key images show),
+    INFERRED FROM its outline there (a closed POLYLINE round the lesion's
+    pixels, SELECTED FROM that CT image), the same outline as the group's
+    "Image Region" (row 10c), and a Comment naming the lesion with its volume
+    ("ICH lesion 1: 3.05 mL").
+  This is the shape OHIF 3.13 can take back as its own tools: it draws the
+  outline, merges the two groups by tracking UID (so the lesion appears once,
+  labelled with every number), offers to load the report's measurements, and
+  then lists each lesion in its Measurements panel under the Comment's words
+  (see ``_outline_group`` and :data:`VIEWER_TOOL_PREFIX` for what OHIF reads);
 * Qualitative Evaluations (row 12): the study-level call, "Intracranial
   hemorrhage: Present/Absent" (row 13, CODE), and the study probability as
   text (row 14: the container has no NUM row). It sits outside Imaging
@@ -29,9 +32,14 @@ Structure (PS3.16 TID 1500), as built by highdicom:
   content items and appended to the root container.
 
 A negative study gets Qualitative Evaluations only, which TID 1500 allows
-(one of rows 6, 10 or 12 is required). OHIF 3.13.2 shows an error for such a
-report (its SR viewport reads a first measurement, whatever the containers).
-An empty Imaging Measurements container is not written: the
+(one of rows 6, 10 or 12 is required), and the title "CT Head Report" (LOINC,
+CID 7000) instead of "Imaging Measurement Report": it holds no measurement.
+TID 1500 row 1 takes its title from CID 7021, which is extensible. The title
+matters to OHIF 3.13: it treats a report titled "Imaging Measurement Report"
+as measurements to draw and fails on one without any (its SR viewport reads
+the first measurement), while it shows any other report as text, so the reader
+sees "Intracranial hemorrhage: Absent" and the probability. An empty Imaging
+Measurements container is not written: the
 @cornerstonejs/adapters TID 1500 reader would like one, but highdicom 0.28's
 group getters fail on it and an empty Content Sequence is a dciodvfy error. A
 shape invented for a negative study would tell the reader something the model
@@ -57,9 +65,18 @@ from pydicom.sr.codedict import codes as sr_codes
 from pydicom.uid import SegmentationStorage
 
 from dicom_node.outputs import codes
-from dicom_node.outputs.outline import outer_outline
+from dicom_node.outputs.outline import outer_outline, polygon_area
 from dicom_node.outputs.common import AlgorithmInfo, Equipment, check_patient_study_type2
 
+#: The start of each lesion's Tracking Identifier (TID 1411/1501 row 2, free text, TID 4108).
+#: OHIF 3.13 rebuilds a measurement as one of its own tools, and only then lists it in its
+#: Measurements panel, when this text names the tool: @cornerstonejs/adapters 5.x
+#: (MeasurementReport.getAdapterForTrackingIdentifier) picks the closed-outline reader for any
+#: identifier that starts with "Cornerstone3DTools@^0.1.0:PlanarFreehandROI" and ignores the
+#: rest, so the lesion's own name follows after a colon. The text is free (any value is
+#: conformant); the lesion's identity is its Tracking Unique Identifier, which stays the
+#: segment's. Other viewers show the whole text.
+VIEWER_TOOL_PREFIX = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI:"
 #: Significant digits of the study probability, written as text (Qualitative Evaluations has no NUM row).
 PROBABILITY_DIGITS = 6
 
@@ -181,9 +198,12 @@ def _report_without_measurements(equipment: Equipment, device_observer_uid: str)
     highdicom 0.28's MeasurementReport insists on at least one Imaging
     Measurements group; a negative study has none (its call goes to
     Qualitative Evaluations), so its root container is made here with the
-    same content items highdicom would use.
+    same content items highdicom would use, and the title of a report without
+    measurements (see the module's docstring).
     """
-    root = hd.sr.ContainerContentItem(name=sr_codes.cid7021.ImagingMeasurementReport, template_id="1500")
+    root = hd.sr.ContainerContentItem(
+        name=codes.REPORT_WITHOUT_MEASUREMENTS_TITLE, is_content_continuous=False, template_id="1500"
+    )
     root.ContentSequence = hd.sr.ContentSequence(
         [
             *hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE),
@@ -203,12 +223,17 @@ def _qualitative_evaluations(assessment: StudyAssessment, missing: Sequence[str]
 
     The probability is text because this container has no NUM row; it is
     written with the concept "Probability" so that it is still found by name.
+    Its items are SEPARATE statements, not one running text (Continuity of
+    Content): a viewer that shows a report as text (OHIF) then prints each
+    with its concept name, "Intracranial hemorrhage: Absent".
     Each sentence of ``missing`` (a result object that could not be made, and
     why) follows as another row 14 TEXT item.
     """
     presence = codes.PRESENT if assessment.hemorrhage_present else codes.ABSENT
     container = hd.sr.ContainerContentItem(
-        name=codes.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=codes.QUALITATIVE_EVALUATIONS,
+        is_content_continuous=False,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     container.ContentSequence = hd.sr.ContentSequence(
         [
@@ -240,10 +265,8 @@ def _lesion_groups(
     segmentation: Dataset | None,
     source_images: Sequence[Dataset],
     algorithm_id: hd.sr.AlgorithmIdentification,
-) -> list[
-    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-]:
-    """Every lesion's TID 1410 outline group, then every lesion's TID 1411 segment group (row order)."""
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Every lesion's TID 1411 segment group, then every lesion's TID 1501 outline group (row order)."""
     if not lesions:
         return []
     if segmentation is None:
@@ -261,8 +284,8 @@ def _lesion_groups(
     # The pipeline passes highdicom's own object; a Dataset read from a file is copied, not
     # turned into a Segmentation in the caller's hands.
     seg = hd.seg.Segmentation.from_dataset(segmentation, copy=not isinstance(segmentation, hd.seg.Segmentation))
-    planar = [
-        _planar_group(lesion, segments[lesion.segment_number], seg, source_images, algorithm_id)
+    outlines = [
+        _outline_group(lesion, segments[lesion.segment_number], seg, source_images, algorithm_id)
         for lesion in lesions
     ]
     volumetric = [
@@ -271,7 +294,7 @@ def _lesion_groups(
         )
         for lesion in lesions
     ]
-    return [*planar, *volumetric]
+    return [*volumetric, *outlines]
 
 
 def _segments_by_number(segmentation: Dataset, source_images: Sequence[Dataset]) -> dict[int, Dataset]:
@@ -301,38 +324,83 @@ def _observation_context(equipment: Equipment, device_observer_uid: str) -> hd.s
 
 
 def _tracking(segment: Dataset) -> hd.sr.TrackingIdentifier:
-    """The lesion's tracking identifier and UID, the segment's: both of its groups are one finding."""
-    return hd.sr.TrackingIdentifier(uid=segment.TrackingUID, identifier=segment.TrackingID)
+    """The lesion's tracking identifier and UID: both of its groups are one finding.
+
+    The UID is the segment's (unique per lesion; it links the SR to the SEG).
+    The identifier is the segment's name after :data:`VIEWER_TOOL_PREFIX`,
+    e.g. "Cornerstone3DTools@^0.1.0:PlanarFreehandROI:ICH lesion 1".
+    """
+    return hd.sr.TrackingIdentifier(uid=segment.TrackingUID, identifier=VIEWER_TOOL_PREFIX + segment.TrackingID)
 
 
-def _planar_group(
+def _outline_group(
     lesion: LesionMeasurement,
     segment: Dataset,
     segmentation: hd.seg.Segmentation,
     source_images: Sequence[Dataset],
     algorithm_id: hd.sr.AlgorithmIdentification,
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 for one lesion: its outline on the key slice, SELECTED FROM that image.
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 for one lesion: its area on the key slice, INFERRED FROM its outline there.
 
-    No measurement: they are in the lesion's TID 1411 group, under the same
-    tracking UID, so that each number is stated once.
+    The outline is a closed POLYLINE SELECTED FROM the key CT image; the area
+    is the polygon's, in mm². The outline is written twice, as TID 300's
+    INFERRED FROM under the area (TID 320) and as the group's "Image Region"
+    (TID 1501 row 10c): OHIF rebuilds its own outline from the first, and draws
+    the report's preview from the second; PixelMed, which checks every group
+    beside a TID 1411 group against TID 1411, needs the second.
+
+    A "Comment" (DCM 121106) names the lesion and states its volume: OHIF takes
+    the name of a rebuilt measurement, the title of its row in the Measurements
+    panel, from that item only (its other row lines are cornerstone's own area
+    and maximum of the outline). The volume as a number is stated once, in the
+    lesion's TID 1411 group; the caption repeats it in words.
+
+    Why TID 1501 and not TID 1410: OHIF 3.13 lists in its panel only what it
+    has rebuilt as its own tools (the report's drawings are "preview"
+    annotations, which its measurement service skips). Its closed-outline
+    reader (@cornerstonejs/adapters 5.x PlanarFreehandROI) looks for the
+    outline inside the group's first NUM and, for a closed outline, reads the
+    area from that NUM; a TID 1410 group, whose Image Region sits beside its
+    measurements, fails there with or without measurements.
     """
     image = source_images[lesion.key_slice_index]
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=outer_outline(_segment_mask(segmentation, lesion, image.SOPInstanceUID)),
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=image.SOPClassUID, referenced_sop_instance_uid=image.SOPInstanceUID
-        ),
+    outline = outer_outline(_segment_mask(segmentation, lesion, image.SOPInstanceUID))
+    row_spacing, column_spacing = (float(v) for v in image.PixelSpacing)
+    source = hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=image.SOPClassUID, referenced_sop_instance_uid=image.SOPInstanceUID
     )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    coordinates = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline, source_image=source
+    )
+    area = hd.sr.Measurement(
+        codes.AREA,
+        polygon_area(outline) * row_spacing * column_spacing,
+        codes.SQUARE_MILLIMETER,
+        algorithm_id=algorithm_id,
+        referenced_coordinates=[coordinates],
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(segment),
-        referenced_region=region,
         finding_type=hd.sr.CodedConcept.from_dataset(segment.SegmentedPropertyTypeCodeSequence[0]),
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         algorithm_id=algorithm_id,
         finding_sites=[hd.sr.FindingSite(codes.BRAIN)],
+        measurements=[area],
     )
+    group[0].ContentSequence.append(hd.sr.ImageRegion(hd.sr.GraphicTypeValues.POLYLINE, outline, source))
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.COMMENT,
+            value=lesion_caption(segment.TrackingID, lesion.volume_ml),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return group
+
+
+def lesion_caption(name: str, volume_ml: float) -> str:
+    """The words a viewer shows for a lesion: its name and volume, e.g. "ICH lesion 1: 3.05 mL"."""
+    return f"{name}: {volume_ml:.2f} mL"
 
 
 def _segment_mask(segmentation: hd.seg.Segmentation, lesion: LesionMeasurement, sop_instance_uid: str) -> np.ndarray:

@@ -30,7 +30,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicom_node.outputs.validate import run_dciodvfy
+from tests.support.dciodvfy import run_dciodvfy
 from tests.support import npm
 from tests.support.anonymised_export import ExportCase, WrittenExport, corpus, send_folder, write_export
 from tests.support.example_node import ExampleNode, JobRow

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import create_engine
 from sqlalchemy import text as text_sql
 
-from dicom_node.outputs.validate import run_dciodvfy
+from tests.support.dciodvfy import run_dciodvfy
 from tests.support.node import DCMTK_ENV, NODE_AE, NodeConfig, NodeProcess, cli, wait_for
 from tests.support.peers import StoreSCP
 from tests.support.synthetic_ct import Lesion, SeriesSpec, head_volume, lesion_volume_ml, write_series

@@ -49,7 +49,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicom_node.outputs.validate import run_dciodvfy
+from tests.support.dciodvfy import run_dciodvfy
 from tests.support.anonymised_export import ExportCase, corpus, non_head_case, send_folder, timing_case, write_export
 from tests.support.example_node import EXAMPLE_CONFIG, ExampleNode, JobRow
 from tests.support.node import NODE_AE

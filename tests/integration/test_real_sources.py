@@ -24,7 +24,7 @@ from dicom_node.ingest.scp import SUCCESS
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.outputs.uids import frame_of_reference_uid
-from dicom_node.outputs.validate import run_dciodvfy
+from tests.support.dciodvfy import run_dciodvfy
 from dicom_node.pipeline import Pipeline, StudyInput, model_key
 from dicom_node.retry import RetryPolicy
 from dicom_node.ticks import completion_tick

@@ -233,13 +233,12 @@ def test_highdicom_reads_the_retrieved_sr(dicomweb: DicomWebClient, results: Wri
     report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
     content = report.content
     assert isinstance(content, hd.sr.MeasurementReport)
-    assert content.get_image_measurement_groups() == []
     (evaluations,) = find_content_items(content[0], name=codes.QUALITATIVE_EVALUATIONS)
     (call,) = find_content_items(evaluations, name=codes.INTRACRANIAL_HEMORRHAGE)
     assert call.value == codes.PRESENT
     (probability,) = find_content_items(evaluations, name=codes.PROBABILITY)
     assert float(probability.value) == pytest.approx(results.case.assessment.probability, rel=1e-6)
-    outlines = content.get_planar_roi_measurement_groups()
+    outlines = content.get_image_measurement_groups()
     assert [g.tracking_uid for g in outlines] == [results.case.uids.tracking(n.segment_number) for n in results.case.lesions]
     groups = content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(results.case.lesions)

@@ -14,20 +14,24 @@ in the page:
   measurements shows each lesion's outline on its key slice labelled with its
   volume; OHIF places each outline's points exactly where our pixel
   coordinates say (DICOM's corner convention, no half-pixel shift);
-* the negative study's SR: OHIF 3.13.2 fails on a report without measurements
-  (a strict xfail, and a test that pins the one error);
+* OHIF offers to load the SR's measurements, and after "Yes" its
+  Measurements panel lists each lesion with its name and volume (the SR's
+  caption), rebuilt as OHIF's own outline on the lesion's key slice;
+* the negative study's SR (titled "CT Head Report": it has no measurement)
+  opens as text, with the call "Absent" and its probability, without error;
 * the key-image series shows its burned-in banner.
 
 The SEG and SR checks run twice: on the study as made here, and on the same
 study as an anonymised export sends it, without a Frame of Reference UID on
 the CT (the pipeline then gives our objects one derived from the series).
 
-What OHIF 3.13.2 does differently from what we mean is asserted as it is, so
-that a newer OHIF that changes it fails here and gets read: the Measurements
-panel lists only measurements it can turn back into its own tools ("tracked"),
-which an SR from another program never is (see the test's docstring).
+What OHIF 3.13.2 shows differently from what we mean is listed in
+dicom_node/outputs/sr.py and the README (raw finding-site code in the outline's
+labels, unit "1" after the certainty, cornerstone's own area and maximum next to
+each lesion in the panel, and none for a lesion off the displayed slice until it
+is shown).
 
-Time: about 25 s per page on 2 CPU cores; the test is bounded at 3 minutes.
+Time: about 15-25 s per page (7 pages) on 2 CPU cores; the test is bounded at 3 minutes.
 Without Chromium, Orthanc's DICOMweb plugin, Node or the npm registry it fails
 with the reason; it never skips.
 """
@@ -44,6 +48,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+from dicom_node.outputs.sr import lesion_caption
 from tests.support.interop_objects import negative_case, without_frame_of_reference, write_results
 from tests.support.ohif_viewer import StudyInViewer, lesion_spheres, load_study, ohif_over_orthanc, open_pages
 from tests.support.outputs_fixtures import make_case
@@ -80,6 +85,8 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             ]
         positive, negative = studies["positive"], studies["negative"]
         pages += [
+            {"name": "positive-sr-loaded", "kind": "sr-load", "url": positive.url(positive.sr_series),
+             "rows": len(positive.results.case.lesions)},
             {"name": "key-images", "kind": "image", "url": positive.url(positive.key_image_series)},
             {"name": "negative-sr", "kind": "sr", "url": negative.url(negative.sr_series), "steps": 1},
         ]
@@ -194,6 +201,12 @@ def _outline_mm(image: pydicom.Dataset, graphic_data: np.ndarray) -> np.ndarray:
     )
 
 
+def _outline(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> hd.sr.ScoordContentItem:
+    """The lesion's outline: the group's Image Region SCOORD (the one OHIF draws)."""
+    (region,) = [item for item in group[0].ContentSequence if item.value_type == hd.sr.ValueTypeValues.SCOORD]
+    return region
+
+
 @pytest.mark.parametrize("study", STUDIES)
 def test_ohif_places_each_outline_exactly_where_the_sr_puts_it(viewer: dict[str, Any], study: str) -> None:
     """Pixel coordinates have two conventions in the wild (corner or centre at 0, 0); a
@@ -203,10 +216,10 @@ def test_ohif_places_each_outline_exactly_where_the_sr_puts_it(viewer: dict[str,
     placed = {a["trackingUid"]: np.array(a["points"]) for a in page["annotations"] if a["tool"] == "DICOMSRDisplay"}
     report = hd.sr.srread(shown.results.sr)
     sources = {ds.SOPInstanceUID: ds for ds in shown.results.case.source_images}
-    groups = report.content.get_planar_roi_measurement_groups()
+    groups = report.content.get_image_measurement_groups()
     assert len(groups) == len(shown.results.case.lesions)
     for group in groups:
-        region = group.roi
+        region = _outline(group)
         (selected,) = region.ContentSequence
         image = sources[selected.ReferencedSOPSequence[0].ReferencedSOPInstanceUID]
         expected = _outline_mm(image, region.value)
@@ -214,51 +227,51 @@ def test_ohif_places_each_outline_exactly_where_the_sr_puts_it(viewer: dict[str,
         np.testing.assert_allclose(placed[group.tracking_uid], expected, atol=1e-3)
 
 
-def test_ohif_lists_only_its_own_tracked_measurements_in_the_panel(viewer: dict[str, Any]) -> None:
-    """OHIF 3.13.2's Measurements panel shows "tracked" measurements only: those it can rebuild as
-    its own tools, recognised by a cornerstone tracking identifier or as a 4/5-point rectangle or
-    a point. Our outlines are drawn (previous test) but marked preview and left out of the panel.
-    Naming our lesions "Cornerstone3DTools@^0.1.0:PlanarFreehandROI" instead of "ICH 1" would
-    list them; we keep names every viewer can show. A newer OHIF that lists them fails here:
-    then assert the lesions and volumes in the panel instead.
-    """
-    page = _page(viewer, "positive-sr")
-    assert page["openedPanel"]
-    assert "Measurements (0)" in page["panelText"] and "No tracked measurements" in page["panelText"]
+def test_opening_our_sr_lists_each_lesion_with_its_volume_in_the_measurements_panel(viewer: dict[str, Any]) -> None:
+    """OHIF offers to load the report ("yes-hydrate-btn"); then its Measurements panel lists
+    each lesion under the SR's caption (name and volume), as its own freehand outline on the
+    lesion's key slice. That it rebuilds them at all rests on the tracking identifier (see
+    dicom_node/outputs/sr.py, VIEWER_TOOL_PREFIX)."""
+    positive: StudyInViewer = viewer["positive"]
+    page = _page(viewer, "positive-sr-loaded")
+    assert page["errors"] == [], f"console errors while loading our SR's measurements: {page['errors']}"
+    assert page["reading"]["isRehydratable"], "OHIF does not offer to load our SR's measurements"
+    assert page["confirmedReportHydration"], "OHIF showed no prompt to load the SR ([data-cy=yes-hydrate-btn])"
+    rows, tracked = page["measurementRows"], page["trackedMeasurements"]
+    lesions = positive.results.case.lesions
+    assert len(rows) == len(tracked) == len(lesions), f"the panel lists {rows}"
+    assert f"Measurements ({len(lesions)})" in page["panelText"]
+    sources = positive.results.case.source_images
+    for lesion, segment in zip(lesions, positive.results.case.segments, strict=True):
+        caption = lesion_caption(segment.label, lesion.volume_ml)
+        assert sum(caption in row for row in rows) == 1, f"no panel row reads {caption!r}: {rows}"
+        (measurement,) = [m for m in tracked if m["label"] == caption]
+        assert measurement["toolName"] == "PlanarFreehandROI"
+        assert measurement["sopInstanceUid"] == sources[lesion.key_slice_index].SOPInstanceUID
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OHIF 3.13.2's SR viewport reads the first measurement of every SR it opens "
-    "(_getViewportReferencedDisplaySetData: \"Cannot destructure property 'displaySetInstanceUID' of "
-    "'measurement'\"); a negative report has none, so OHIF shows 'Something went wrong' over an empty "
-    "viewport. Strict: an OHIF that opens it makes this test pass, and then the mark must go.",
-)
-def test_the_negative_studys_sr_opens_without_error(viewer: dict[str, Any]) -> None:
-    """OHIF loads the report (no measurement) and must then show it without an error.
-
-    There is nothing to draw: OHIF shows no Qualitative Evaluations, so the call "No
-    hemorrhage detected" reaches an OHIF user through the summary key image.
-    """
+def test_the_negative_studys_sr_opens_as_text_without_error(viewer: dict[str, Any]) -> None:
+    """A report without measurements is titled "CT Head Report", not "Imaging Measurement
+    Report", so OHIF shows it as text (its measurement viewport reads a first measurement and
+    fails on none): the reader sees the call."""
+    negative: StudyInViewer = viewer["negative"]
     page = _page(viewer, "negative-sr")
     assert page["sr"] == {"measurements": 0}
     assert page["errors"] == [], f"errors while opening the negative SR: {page['errors']}"
     assert "Something went wrong" not in page["panelText"]
-
-
-def test_the_negative_study_fails_in_ohif_only_on_its_empty_report(viewer: dict[str, Any]) -> None:
-    """The one error of the negative SR is OHIF's reading of a first measurement that is not there."""
-    page = _page(viewer, "negative-sr")
-    assert page["sr"] == {"measurements": 0}
-    assert len(page["errors"]) == 1
-    assert "Cannot destructure property 'displaySetInstanceUID' of 'measurement'" in page["errors"][0]
+    assert not page["reading"]["isImagingMeasurementReport"]
+    probability = f"{negative.results.case.assessment.probability:.6g}"
+    for shown in ("CT Head Report", "Qualitative Evaluations", "Absent", f"Probability: {probability}"):
+        assert shown in page["panelText"], f"the report's text lacks {shown!r}: {page['panelText'][-800:]}"
 
 
 def test_the_key_image_series_shows_its_banner(viewer: dict[str, Any]) -> None:
     """The first key image (the summary) is on screen with its yellow banner across the top.
 
-    OHIF applies a window to the RGB image, so the yellow is dimmed: yellow here is red and
-    green alike and well above blue.
+    OHIF shows the RGB image through its default window W 256 / L 128 (our Secondary Capture
+    carries none: VOI does not apply to RGB), nearly unchanged, and magnifies the 128-pixel
+    test image smoothly, so the thin yellow strokes blur: yellow here is red and green alike
+    and well above blue.
     """
     positive: StudyInViewer = viewer["positive"]
     page = _page(viewer, "key-images")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dicom_node.outputs.sr import VIEWER_TOOL_PREFIX
 from dicom_node.outputs.uids import SEG
 from tests.support import npm
 from tests.support.interop_objects import WrittenResults, negative_case, write_results
@@ -184,7 +185,7 @@ def test_the_sr_measurements_read_back_as_written(positive: WrittenResults, posi
     approx = {"rel": NUMBER_RELATIVE_TOLERANCE}
     for lesion in positive.case.lesions:
         n = lesion.segment_number
-        groups = [group for group in report["groups"] if group["trackingIdentifier"] == f"ICH {n}"]
+        groups = [group for group in report["groups"] if group["trackingIdentifier"] == f"{VIEWER_TOOL_PREFIX}ICH {n}"]
         (outline,) = [group for group in groups if group["region"] is not None]
         (segment,) = [group for group in groups if group["referencedSegment"] is not None]
         assert outline["trackingUid"] == segment["trackingUid"] == positive.case.uids.tracking(n)
@@ -193,7 +194,9 @@ def test_the_sr_measurements_read_back_as_written(positive: WrittenResults, posi
         assert (region["name"]["meaning"], region["graphicType"]) == ("Image Region", "POLYLINE")
         assert region["referencedSopInstanceUid"] == positive.case.source_images[lesion.key_slice_index].SOPInstanceUID
         assert region["graphicData"][:2] == region["graphicData"][-2:], "the outline is closed"
-        assert outline["measurements"] == []
+        (area,) = outline["measurements"]
+        assert (area["name"]["meaning"], area["unit"]["value"]) == ("Area", "mm2")
+        assert area["value"] > 0
         measured = _measurements(segment)
         assert measured["Volume"]["value"] == pytest.approx(lesion.volume_ml, **approx)
         assert measured["Volume"]["unit"]["value"] == "mL"

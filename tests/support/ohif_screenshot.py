@@ -1,4 +1,4 @@
-"""Make the README's picture of our results in OHIF: the SEG over the CT, and the SR's lesion outline.
+"""Make the README's picture of our results in OHIF: the SEG over the CT, and the SR's lesions in the panel.
 
     PYTHONPATH=. .venv/bin/python -m tests.support.ohif_screenshot --output tests/figures/ohif-results.png
 
@@ -6,7 +6,9 @@ It builds a synthetic positive study (256 x 256, two planted lesions) with the
 node's own builders, loads it into Orthanc, opens it in the pinned OHIF exactly
 as tests/interop/test_ohif_viewer.py does, and puts two screenshots side by
 side: left, the CT with the SEG and OHIF's Segmentations panel; right, the SR
-opened on its first lesion, the outline labelled with that lesion's numbers.
+loaded into OHIF's Measurements panel (OHIF asks, the script says yes): each
+lesion listed with its name and volume, and the displayed lesion's outline on
+the CT.
 The PNG is reduced to a 256-colour palette to stay small. About a minute.
 """
 
@@ -56,14 +58,16 @@ def make_screenshot(output: Path) -> Path:
             study = load_study(orthanc, results)
             pages = [
                 {"name": "seg", "kind": "seg", "url": study.url(study.seg_series), "spheres": lesion_spheres(results)},
-                {"name": "sr", "kind": "sr", "url": study.url(study.sr_series), "steps": 1},
+                {"name": "sr", "kind": "sr-load", "url": study.url(study.sr_series), "rows": len(results.case.lesions)},
             ]
             report = open_pages(server, pages, workdir / "screenshots")
         for page in report["pages"]:
             if not page["loaded"] or "failure" in page or page["errors"]:
                 raise SystemExit(f"OHIF did not show {page['name']} cleanly: {page.get('failure')} {page['errors']}")
         by_name = report["by_name"]
-        picture = _side_by_side(_crop(by_name["seg"], with_panel=True), _crop(by_name["sr"], with_panel=False))
+        if len(by_name["sr"]["measurementRows"]) != len(results.case.lesions):
+            raise SystemExit(f"OHIF's Measurements panel does not list the lesions: {by_name['sr']['measurementRows']}")
+        picture = _side_by_side(_crop(by_name["seg"], with_panel=True), _crop(by_name["sr"], with_panel=True))
         output.parent.mkdir(parents=True, exist_ok=True)
         picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(output, optimize=True)
     return output

@@ -24,7 +24,7 @@ from dicom_node.outputs import (
     SegmentSpec,
     StudyAssessment,
 )
-from dicom_node.outputs.validate import DCIODVFY, ValidationResult, run_dciodvfy
+from tests.support.dciodvfy import DCIODVFY, ValidationResult, run_dciodvfy
 from tests.support.synthetic_ct import Lesion, SeriesSpec, head_volume, series_datasets
 
 #: The default org root of ``IdentitySettings``, normalised with its trailing dot.

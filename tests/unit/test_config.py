@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dicom_node import cli as cli_module
+from dicom_node.models.loading import load_configured_model
 from dicom_node.config import load_settings
 from dicom_node.errors import ConfigError
 from tests.support.node import REPO, cli
@@ -145,9 +146,9 @@ def test_a_model_without_pytorch_is_a_configuration_error(monkeypatch: pytest.Mo
     settings = load_settings(EXAMPLE)
     assert settings.analysis.model == "classifier+unet"
     with pytest.raises(ConfigError, match="needs PyTorch"):
-        cli_module._model(settings)
+        load_configured_model(settings.analysis)
     monkeypatch.setattr(cli_module.model_commands, "register", lambda *_: None)
-    monkeypatch.setattr(cli_module, "app", lambda: cli_module._model(settings))
+    monkeypatch.setattr(cli_module, "app", lambda: load_configured_model(settings.analysis))
     with pytest.raises(SystemExit) as info:
         cli_module.main()
     assert info.value.code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tomllib
@@ -34,3 +35,25 @@ def test_ticks_drive_the_worker_which_runs_the_pipeline() -> None:
     """scheduler.py split in two: the ticks above the worker, the worker above the one job."""
     assert _level("dicom_node.ticks") < _level("dicom_node.worker") < _level("dicom_node.pipeline")
     assert _level("dicom_node.pipeline") < _level("dicom_node.send")  # the outbox records what a job wrote
+
+
+def test_the_node_composes_the_runtime_below_the_commands() -> None:
+    """cli.py keeps the commands; the Node wires listener, worker and HTTP, which sit below it."""
+    assert _level("dicom_node.cli") < _level("dicom_node.node") < _level("dicom_node.observability")
+    assert _level("dicom_node.observability") < _level("dicom_node.admin")  # it serves the status page
+    assert _level("dicom_node.node") < _level("dicom_node.supervisor") < _level("dicom_node.worker")
+    # The listener, the worker and the outbox read the live settings: they sit below all three.
+    assert _level("dicom_node.ingest") < _level("dicom_node.live_settings")
+    assert _level("dicom_node.worker") < _level("dicom_node.live_settings")
+
+
+def test_only_the_node_builds_the_runtime() -> None:
+    """The wiring moved out of the commands: cli.py imports none of the parts the Node composes."""
+    tree = ast.parse((REPO / "dicom_node" / "cli.py").read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    wiring = {
+        "dicom_node.ingest.scp", "dicom_node.ingest.catalog", "dicom_node.worker", "dicom_node.ticks",
+        "dicom_node.observability", "dicom_node.metrics", "dicom_node.pipeline", "dicom_node.live_settings",
+    }
+    assert "dicom_node.node" in imported
+    assert not imported & wiring, imported & wiring

@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
 
 from dicom_node.outputs import RESEARCH_USE_DISCLAIMER, SegmentSpec, build_segmentation, codes
 from dicom_node.outputs.uids import SEG
-from dicom_node.outputs.validate import parse_dciodvfy_output, run_dciodvfy
+from tests.support.dciodvfy import parse_dciodvfy_output, run_dciodvfy
 from tests.support.outputs_fixtures import (
     ALGORITHM,
     EQUIPMENT,

@@ -26,6 +26,7 @@ from dicom_node.outputs import (
     device_observer_uid,
 )
 from dicom_node.outputs.common import with_patient_study_type2
+from dicom_node.outputs.sr import VIEWER_TOOL_PREFIX, lesion_caption
 from dicom_node.outputs.uids import SEG, SR
 from tests.support.outputs_fixtures import (
     ALGORITHM,
@@ -172,7 +173,8 @@ def test_the_study_call_is_a_qualitative_evaluation_outside_any_measurement_grou
 ) -> None:
     """A viewer expects a shape in every measurement group; the study call has none (issue 14)."""
     _, report = written
-    assert _content(report).get_image_measurement_groups() == []
+    groups = _content(report).get_image_measurement_groups()
+    assert all(_outline(group) is not None for group in groups), "a TID 1501 group without an outline"
     present, probability = _study_call(report)
     assert present == codes.PRESENT
     assert probability == pytest.approx(case.assessment.probability, rel=1e-6)
@@ -186,6 +188,7 @@ def test_one_volumetric_group_per_lesion_with_values_and_units(
     assert len(groups) == len(case.lesions) == 2
     for lesion, spec, group in zip(case.lesions, case.segments, groups, strict=True):
         assert group.tracking_uid == spec.tracking_uid
+        assert group.tracking_identifier == VIEWER_TOOL_PREFIX + spec.label
         assert group.finding_type == codes.INTRACRANIAL_HEMORRHAGE
         assert [site.value for site in group.finding_sites] == [codes.BRAIN]
         expected = [
@@ -202,16 +205,16 @@ def test_one_volumetric_group_per_lesion_with_values_and_units(
         assert _measurement(group, codes.ATTENUATION_COEFFICIENT).derivation == codes.MEAN
 
 
-def test_groups_follow_the_template_rows_outlines_then_segments(
+def test_groups_follow_the_template_rows_segments_then_outlines(
     case: Case, written: tuple[Path, hd.sr.Comprehensive3DSR]
 ) -> None:
-    """TID 1500 row 7 (TID 1410) before row 8 (TID 1411): PS3.16 chapter 6, order significant."""
+    """TID 1500 row 8 (TID 1411) before row 9 (TID 1501): PS3.16 chapter 6, order significant."""
     _, report = written
     imaging_measurements = next(
         item for item in report.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
     )
     templates = [group.ContentTemplateSequence[0].TemplateIdentifier for group in imaging_measurements.ContentSequence]
-    assert templates == ["1410"] * len(case.lesions) + ["1411"] * len(case.lesions)
+    assert templates == ["1411"] * len(case.lesions) + ["1501"] * len(case.lesions)
     root_items = [item.ConceptNameCodeSequence[0].CodeValue for item in report.ContentSequence]
     assert root_items[-2:] == ["126010", "C0034375"], "Imaging Measurements (row 6) before Qualitative Evaluations"
 
@@ -221,18 +224,23 @@ def test_every_lesion_has_both_groups_under_its_tracking_uid(
 ) -> None:
     """The outline group and the segment group of a lesion are one finding: same identifier and UID.
 
-    Each number is stated once, in the segment group (OHIF merges groups by
-    tracking UID and would list a repeated number twice).
+    The lesion's own measurements are in the segment group; the outline group
+    holds the area on the key slice and the caption that names the lesion with
+    its volume (what OHIF's Measurements panel shows).
     """
     _, report = written
     content = _content(report)
-    planar = content.get_planar_roi_measurement_groups()
+    outlines = content.get_image_measurement_groups()
     volumetric = content.get_volumetric_roi_measurement_groups()
-    for spec, outline, segment in zip(case.segments, planar, volumetric, strict=True):
+    for lesion, spec, outline, segment in zip(case.lesions, case.segments, outlines, volumetric, strict=True):
         assert outline.tracking_uid == segment.tracking_uid == spec.tracking_uid
+        assert outline.tracking_identifier == segment.tracking_identifier == VIEWER_TOOL_PREFIX + spec.label
         assert outline.finding_type == segment.finding_type == codes.INTRACRANIAL_HEMORRHAGE
-        assert outline.get_measurements() == []
+        assert [m.name for m in outline.get_measurements()] == [codes.AREA]
         assert len(segment.get_measurements()) == 4
+        (caption,) = find_content_items(outline[0], name=codes.COMMENT)
+        expected = f"{spec.label}: {lesion.volume_ml:.2f} mL"
+        assert caption.value == lesion_caption(spec.label, lesion.volume_ml) == expected
 
 
 def _pixels_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -249,16 +257,28 @@ def _pixels_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return inside
 
 
+def _outline(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> hd.sr.ScoordContentItem:
+    """The group's Image Region (TID 1501 row 10c)."""
+    (region,) = find_content_items(group[0], name=library_codes.DCM.ImageRegion)
+    return region
+
+
 def test_each_outline_encloses_exactly_the_lesion_on_its_key_slice(
     case: Case, written: tuple[Path, hd.sr.Comprehensive3DSR]
 ) -> None:
+    """The outline is written twice: as the group's Image Region (what viewers draw) and as
+    what the area is INFERRED FROM (what OHIF rebuilds its own outline from); both alike."""
     _, report = written
-    groups = _content(report).get_planar_roi_measurement_groups()
+    groups = _content(report).get_image_measurement_groups()
     for lesion, group in zip(case.lesions, groups, strict=True):
-        region = group.roi
-        assert region is not None
+        region = _outline(group)
         assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         polygon = region.value
+        (area,) = group.get_measurements(name=codes.AREA)
+        (inferred_from,) = area.referenced_coordinates
+        assert inferred_from.RelationshipType == "INFERRED FROM"
+        np.testing.assert_array_equal(inferred_from.value, polygon)
+        spacing = [float(v) for v in case.source_images[lesion.key_slice_index].PixelSpacing]
         np.testing.assert_array_equal(polygon[0], polygon[-1])  # closed (PS3.3 C.18.6.1.2)
         key = case.source_images[lesion.key_slice_index]
         (source,) = region.ContentSequence
@@ -269,6 +289,8 @@ def test_each_outline_encloses_exactly_the_lesion_on_its_key_slice(
         inside = _pixels_inside(polygon, lesion_pixels.shape)
         # The synthetic lesions are convex blobs without holes: the outline holds them exactly.
         assert np.array_equal(inside, lesion_pixels)
+        assert area.value == pytest.approx(lesion_pixels.sum() * spacing[0] * spacing[1], rel=1e-9)
+        assert (area.unit.value, area.unit.scheme_designator) == ("mm2", "UCUM")
 
 
 def test_each_lesion_group_references_its_seg_segment(
@@ -308,9 +330,16 @@ def test_dciodvfy_finds_no_error(written: tuple[Path, hd.sr.Comprehensive3DSR]) 
 
 
 def test_a_negative_report_states_absent_and_has_no_measurement_group(tmp_path: Path) -> None:
+    """Titled "CT Head Report" (CID 7021 is extensible): no measurement is promised (issue 14)."""
     negative = make_case(lesions=(), job_key="job-negative")
     path = tmp_path / "negative.dcm"
     report = _write_and_read(_report(negative, None), path)
+    title = report.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning) == ("24725-4", "LN", "CT Head Report")
+    assert report.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    (evaluations,) = find_content_items(_content(report)[0], name=codes.QUALITATIVE_EVALUATIONS)
+    # Separate statements: a viewer showing the report as text names each ("Probability: 0.04").
+    assert report.ContinuityOfContent == evaluations.ContinuityOfContent == "SEPARATE"
     content = _content(report)
     assert content.get_volumetric_roi_measurement_groups() == []
     assert content.get_planar_roi_measurement_groups() == []
@@ -357,7 +386,7 @@ def test_a_subtype_coded_in_the_seg_is_the_finding_type(case: Case, tmp_path: Pa
     segments = [case.segments[0], dataclasses.replace(case.segments[1], property_type=subtype)]
     report = _write_and_read(_report(case, _segmentation(case, segments)), tmp_path / "subtype.dcm")
     content = _content(report)
-    for groups in (content.get_planar_roi_measurement_groups(), content.get_volumetric_roi_measurement_groups()):
+    for groups in (content.get_image_measurement_groups(), content.get_volumetric_roi_measurement_groups()):
         assert [g.finding_type for g in groups] == [codes.INTRACRANIAL_HEMORRHAGE, subtype]
 
 
@@ -419,8 +448,8 @@ def test_a_seg_read_from_a_file_gives_the_same_outlines_and_is_left_as_read(
     path = tmp_path / "seg.dcm"
     segmentation.save_as(path, enforce_file_format=True)
     read = pydicom.dcmread(path)
-    from_file = _content(_write_and_read(_report(case, read), tmp_path / "a.dcm")).get_planar_roi_measurement_groups()
-    built = _content(_write_and_read(_report(case, segmentation), tmp_path / "b.dcm")).get_planar_roi_measurement_groups()
+    from_file = _content(_write_and_read(_report(case, read), tmp_path / "a.dcm")).get_image_measurement_groups()
+    built = _content(_write_and_read(_report(case, segmentation), tmp_path / "b.dcm")).get_image_measurement_groups()
     for a, b in zip(from_file, built, strict=True):
-        np.testing.assert_array_equal(a.roi.value, b.roi.value)
+        np.testing.assert_array_equal(_outline(a).value, _outline(b).value)
     assert not isinstance(read, hd.seg.Segmentation)

@@ -14,7 +14,7 @@ from dicom_node.errors import NotApplicableError, SourceDataError
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.outputs import codes
-from dicom_node.outputs.validate import run_dciodvfy
+from tests.support.dciodvfy import run_dciodvfy
 from dicom_node.pipeline import BuiltObjects, Pipeline, StudyInput
 from tests.support.node import REPO
 from tests.support.outputs_fixtures import assert_valid

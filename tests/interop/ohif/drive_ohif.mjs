@@ -12,7 +12,12 @@
 //   "sr":    open the Measurements panel and step through the SR's measurements with the
 //            viewport's arrows ([data-cy="viewport-action-arrows-right"]), collecting the
 //            labels OHIF draws (SVG text) at each step, and the outlines' points in patient
-//            coordinates as OHIF placed them (cornerstone's annotation state);
+//            coordinates as OHIF placed them (cornerstone's annotation state), and what OHIF
+//            made of the report (srReading);
+//   "sr-load": accept OHIF's offer to load the report's measurements as its own tools
+//            ([data-cy="yes-hydrate-btn"], before any other click: a click elsewhere answers
+//            "No"), open the Measurements panel and read its rows and OHIF's measurement
+//            service;
 //   "image": just the displayed image.
 // For every page: the console errors and uncaught exceptions, the page's text when it did
 // not load, and one screenshot. Nothing here judges; the Python test does.
@@ -61,6 +66,22 @@ function srLoaded() {
   const sets = window.services?.displaySetService?.getActiveDisplaySets?.() ?? [];
   const sr = sets.find((set) => set.Modality === "SR" && set.isLoaded);
   return sr ? { measurements: sr.measurements?.length ?? 0 } : null;
+}
+
+// What OHIF made of the report: whether it offers to load it as its own tools, and each
+// measurement's tracking identifier as it read it.
+function srReading() {
+  const sets = window.services?.displaySetService?.getActiveDisplaySets?.() ?? [];
+  const sr = sets.find((set) => set.Modality === "SR" && set.isLoaded);
+  return sr
+    ? {
+        isImagingMeasurementReport: Boolean(sr.isImagingMeasurementReport),
+        isRehydratable: Boolean(sr.isRehydratable),
+        isHydrated: Boolean(sr.isHydrated),
+        tracked: window.services.measurementService.getMeasurements().length,
+        trackingIdentifiers: (sr.measurements ?? []).map((m) => m.TrackingIdentifier ?? null),
+      }
+    : null;
 }
 
 function viewportState() {
@@ -123,18 +144,20 @@ async function openPage(browser, item) {
   const context = await browser.createBrowserContext();
   const page = await context.newPage();
   const errors = [];
+  const notes = [];
   page.on("console", (message) => {
     if (message.type() === "error") errors.push(message.text());
+    else if (/hydrat|tool state|spatial coordinates/i.test(message.text())) notes.push(message.text().slice(0, 300));
   });
   page.on("pageerror", (error) => errors.push(`uncaught: ${error.message}`));
   await page.evaluateOnNewDocument(() => {
     localStorage.setItem("shownTours", JSON.stringify(["basicViewerTour"]));
   });
   const started = Date.now();
-  const result = { name: item.name, url: item.url, errors, loaded: false };
+  const result = { name: item.name, url: item.url, errors, notes, loaded: false };
   try {
     await page.goto(plan.baseUrl + item.url, { waitUntil: "domcontentloaded", timeout: READY_TIMEOUT_MS });
-    if (item.kind === "sr") {
+    if (item.kind === "sr" || item.kind === "sr-load") {
       result.sr = await poll(page, srLoaded, null, READY_TIMEOUT_MS, "OHIF to load the SR");
     }
     // An SR without measurements has no image to show: OHIF leaves its viewport empty.
@@ -145,6 +168,7 @@ async function openPage(browser, item) {
     result.secondsToImage = (Date.now() - started) / 1000;
     if (item.kind === "seg") await segPage(page, item, result);
     else if (item.kind === "sr") await srPage(page, item, result);
+    else if (item.kind === "sr-load") await loadReportPage(page, item, result);
     else await sleep(1500);
     if (item.kind !== "sr" || result.sr.measurements > 0) result.state ??= await page.evaluate(viewportState);
   } catch (error) {
@@ -202,6 +226,34 @@ async function srPage(page, item, result) {
       points: annotation.data?.handles?.points ?? [],
     })),
   );
+  result.reading = await page.evaluate(srReading);
+  result.panelText = await page.evaluate(() => document.body.innerText);
+}
+
+// The rows of the Measurements panel, once it lists at least `count`.
+function measurementRows(count) {
+  const rows = [...document.querySelectorAll('[data-cy^="measurement-table-row-"]')].map((row) => row.innerText);
+  return rows.length >= count ? rows : null;
+}
+
+// Accept OHIF's offer to load the report's measurements ("tracked": rebuilt as its own tools),
+// then read what its Measurements panel and measurement service list.
+async function loadReportPage(page, item, result) {
+  result.reading = await page.evaluate(srReading);
+  result.confirmedReportHydration = await clickIfPresent(page, '[data-cy="yes-hydrate-btn"]', 20000);
+  result.openedPanel = await clickIfPresent(page, '[data-cy="trackedMeasurements-btn"]', 5000);
+  result.measurementRows = await poll(page, measurementRows, item.rows, 20000, "the panel's rows").catch(() => []);
+  await sleep(1500); // let the viewport draw the rebuilt outlines
+  result.trackedMeasurements = await page.evaluate(() =>
+    window.services.measurementService.getMeasurements().map((m) => ({
+      label: m.label ?? null,
+      toolName: m.toolName ?? null,
+      displayText: m.displayText ?? null,
+      sopInstanceUid: m.SOPInstanceUID ?? null,
+    })),
+  );
+  result.readingAfter = await page.evaluate(srReading);
+  result.state = await page.evaluate(viewportState);
   result.panelText = await page.evaluate(() => document.body.innerText);
 }
 
