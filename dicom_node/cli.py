@@ -21,11 +21,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node import __version__
 from dicom_node.admin import overview
 from dicom_node.admin.destinations import destination_health
+from dicom_node.admin.rejections import recent_rejections
 from dicom_node.admin.text import (
     STUDY_HEADER,
     destination_lines,
     error_lines,
     job_lines,
+    node_lines,
+    rejection_lines,
+    retry_refusal,
     study_detail_lines,
     study_line,
     utc,
@@ -36,6 +40,7 @@ from dicom_node.config import CONFIG_ENV, Settings, load_settings
 from dicom_node.effective_config import effective_settings, environment_overrides, render as render_settings
 from dicom_node.db import migrate
 from dicom_node.db.clock import database_now
+from dicom_node.db.heartbeat import presence
 from dicom_node.db.models import JobState
 from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, describe_database, session_factory
@@ -207,17 +212,19 @@ def status(
         _study_status(sessions, study_instance_uid)
         return
     jobs = state.jobs_by_state(engine)
-    typer.echo("JOBS         " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"))
     with sessions() as session:
+        now = database_now(session)
+        typer.echo("\n".join(node_lines(presence(session, now=now))))
+        typer.echo("JOBS         " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"))
         for line in destination_lines(destination_health(session, list(settings.destinations))):
             typer.echo(line)
         ticks = tick_lease.holders(session)
-        now = database_now(session)
         studies = overview.recent_studies(session, limit)
+        rejected = rejection_lines(recent_rejections(session, now=now))
     for name, (owner, until) in sorted(ticks.items()):
         held = f"{owner} until {until:%H:%M:%S} UTC" if owner and until and until > now else "free (no live holder)"
         typer.echo(f"TICK         {name}: {held}")
-    for line in error_lines(state.recent_errors(engine)):
+    for line in [*rejected, *error_lines(state.recent_errors(engine))]:
         typer.echo(line)
     typer.echo("")
     typer.echo(STUDY_HEADER)
@@ -332,9 +339,22 @@ def _job_transition(config: Path, job_id: int, change: Callable[..., bool], done
 
 
 @jobs_app.command("retry")
-def jobs_retry(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run a dead, cancelled, skipped or finished job again (attempts start over)."""
-    _job_transition(config, job_id, queue.retry_now, "queued", "dead, cancelled, skipped or succeeded")
+def jobs_retry(
+    job_id: int,
+    config: ConfigOption = DEFAULT_CONFIG,
+    rerun: Annotated[
+        bool, typer.Option("--rerun", help="Also a succeeded job: analyse again and send the new results in place of the old.")
+    ] = False,
+) -> None:
+    """Run a dead, cancelled or skipped job again (attempts start over); a succeeded one only with --rerun."""
+    _, sessions = _sessions(config)
+    with sessions.begin() as session:
+        ok = queue.retry_now(session, job_id, now=database_now(session), include_succeeded=rerun)
+        found = None if ok else overview.job_by_id(session, job_id)
+    if not ok:
+        typer.echo(retry_refusal(job_id, found), err=True)
+        raise typer.Exit(1)
+    typer.echo(f"job {job_id} queued" + ("; its results are sent again when it succeeds (same UIDs: they replace the old)" if rerun else ""))
 
 
 @jobs_app.command("cancel")
@@ -428,8 +448,7 @@ def db_upgrade(
     """Create or upgrade the database schema (safe to run on every start)."""
     settings = _settings(config)
     engine = create_db_engine(settings.database)
-    migrate.upgrade(engine, revision)
-    typer.echo(f"database at revision {migrate.current_revision(engine)}")
+    typer.echo(migrate.upgrade_and_report(engine, revision))
 
 
 @config_app.command("check")
@@ -462,6 +481,7 @@ def config_show(config: ConfigOption = DEFAULT_CONFIG) -> None:
     typer.echo(f"# settings file: {config.resolve()}")
     typer.echo(f"# environment overrides: {', '.join(overrides) or 'none'}")
     typer.echo(f"# database: {describe_database(settings.database.url)}")
+    typer.echo(f"# relative paths: of the file and defaults under {config.resolve().parent}, of the environment under {Path.cwd()}")
     typer.echo(render_settings(effective_settings(config, settings)), nl=False)
 
 

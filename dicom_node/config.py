@@ -5,14 +5,22 @@ fails at start-up with the key's dotted path instead of being silently ignored.
 Environment variables named ``DICOM_NODE_<SECTION>__<KEY>`` override the file; they
 are meant for secrets and the database URL, which should not sit in a world-readable
 config file (``DICOM_NODE_DATABASE__URL``, ``DICOM_NODE_TLS__PRIVATE_KEY_PASSWORD``).
+
+Relative paths (storage root, SQLite file, audit file, TLS files, model folders) are
+anchored when the file is loaded, so every command given the same ``--config`` finds the
+same database from any directory: a path in the file, or a default, is relative to the
+file's folder; a path in an environment variable is relative to the directory the
+command starts in, as a shell would read it. :func:`load_settings` returns absolute paths.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from dicom_node.errors import ConfigError
 from dicom_node.uid_syntax import is_valid_uid_root
@@ -508,15 +518,130 @@ def _unknown_key_message(loc: tuple[Any, ...]) -> str:
     return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
 
 
-def validation_problems(exc: ValidationError) -> list[str]:
-    """One line per problem, each starting with the dotted key it concerns."""
+def environment_keys(environ: Mapping[str, str]) -> dict[str, str]:
+    """Dotted key -> variable name for every ``DICOM_NODE_<SECTION>[__<KEY>]`` variable of a settings section.
+
+    ``DICOM_NODE_CONFIG`` names the file, and other ``DICOM_NODE_*`` variables without a
+    section (a test's knobs, say) are not settings at all.
+    """
+    found = {}
+    for name in environ:
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if key.split(".", 1)[0] in Settings.model_fields:
+            found[key] = name
+    return found
+
+
+def _variable_for(loc: tuple[Any, ...], variables: Mapping[str, str]) -> str | None:
+    """The environment variable that set the key at ``loc`` (or its whole section), if one did."""
+    parts = [str(item) for item in loc if not isinstance(item, int)]
+    for depth in range(len(parts), 0, -1):
+        name = variables.get(".".join(parts[:depth]))
+        if name is not None:
+            return name
+    return None
+
+
+def unknown_section_variables(environ: Mapping[str, str]) -> list[str]:
+    """A problem line for each ``DICOM_NODE_<SECTION>__<KEY>`` whose section does not exist.
+
+    pydantic-settings ignores such a variable, so a typo in a section name
+    (``DICOM_NODE_NODEE__PORT``) would silently change nothing.
+    """
+    problems = []
+    for name in sorted(environ):
+        rest = name[len(ENV_PREFIX) :] if name.upper().startswith(ENV_PREFIX) else ""
+        section = rest.split("__", 1)[0].lower()
+        if "__" not in rest or section in Settings.model_fields:
+            continue
+        close = difflib.get_close_matches(section, list(Settings.model_fields), n=1, cutoff=0.6)
+        guess = f" (did you mean DICOM_NODE_{close[0].upper()}__...?)" if close else ""
+        problems.append(f"environment variable {name}: no settings section {section!r}{guess}")
+    return problems
+
+
+def validation_problems(exc: ValidationError, environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per problem, each starting with the dotted key it concerns (and the variable that set it)."""
+    variables = environment_keys(os.environ if environ is None else environ)
     problems = []
     for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = _unknown_key_message(tuple(error["loc"]))
-        problems.append(f"{_format_location(error['loc'])}: {message}")
+        where = _format_location(error["loc"])
+        variable = _variable_for(tuple(error["loc"]), variables)
+        if variable is not None:
+            where += f" (environment variable {variable})"
+        problems.append(f"{where}: {message}")
     return problems
+
+
+#: Settings that name a file or folder, as (section, key).
+PATH_KEYS = (
+    ("storage", "root"),
+    ("audit", "file"),
+    ("tls", "certificate"),
+    ("tls", "private_key"),
+    ("tls", "ca_bundle"),
+    ("analysis", "classifier_dir"),
+    ("analysis", "unet_dir"),
+    ("analysis", "maskrcnn_dir"),
+)
+DATABASE_URL_KEY = ("database", "url")
+
+
+def _anchored_path(value: Any, base: Path) -> Any:
+    if isinstance(value, (str, Path)) and str(value) and not Path(value).is_absolute():
+        return os.path.normpath(base / value)
+    return value
+
+
+def anchored_url(url: str, base: Path) -> str:
+    """A SQLite URL with a relative file path made absolute under ``base``; any other URL as it is."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # not a URL at all: the [database] validator says so
+        return url
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    if Path(database).is_absolute():
+        return url
+    return parsed.set(database=os.path.normpath(base / database)).render_as_string(hide_password=False)
+
+
+def _anchor(section: str, key: str, value: Any, base: Path) -> Any:
+    if (section, key) == DATABASE_URL_KEY:
+        return anchored_url(value, base) if isinstance(value, str) else value
+    return _anchored_path(value, base)
+
+
+def _anchor_file_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``raw`` with every relative path it gives made relative to ``base`` (the file's folder)."""
+    anchored = dict(raw)
+    for section, key in (*PATH_KEYS, DATABASE_URL_KEY):
+        table = raw.get(section)
+        if isinstance(table, dict) and key in table:
+            anchored[section] = {**anchored.get(section, table), key: _anchor(section, key, table[key], base)}
+    return anchored
+
+
+def _anchor_remaining(settings: Settings, base: Path, variables: Mapping[str, str]) -> Settings:
+    """Make the paths still relative (defaults: to ``base``; environment values: to the working directory) absolute."""
+    updates: dict[str, dict[str, Any]] = {}
+    for section, key in (*PATH_KEYS, DATABASE_URL_KEY):
+        value = getattr(getattr(settings, section), key)
+        from_environment = _variable_for((section, key), variables) is not None
+        anchored = _anchor(section, key, value, Path.cwd() if from_environment else base)
+        if str(anchored) != str(value):
+            updates.setdefault(section, {})[key] = Path(anchored) if isinstance(value, Path) else anchored
+    if not updates:
+        return settings
+    return settings.model_copy(
+        update={section: getattr(settings, section).model_copy(update=values) for section, values in updates.items()}
+    )
 
 
 def _config_hint(path: Path) -> str:
@@ -531,6 +656,8 @@ def _config_hint(path: Path) -> str:
 def load_settings(path: Path | str) -> Settings:
     """Read, validate and return the settings in ``path`` (plus environment overrides).
 
+    Relative paths come back absolute: those of the file and the defaults under the
+    file's folder, those of the environment under the working directory.
     Raises :class:`ConfigError` listing every problem at once.
     """
     path = Path(path)
@@ -540,7 +667,12 @@ def load_settings(path: Path | str) -> Settings:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}{_config_hint(path)}"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    base = path.resolve().parent
+    environ = dict(os.environ)
     try:
-        return Settings(**raw)
+        settings = Settings(**_anchor_file_paths(raw, base))
     except ValidationError as exc:
-        raise ConfigError(validation_problems(exc)) from exc
+        raise ConfigError(validation_problems(exc, environ) + unknown_section_variables(environ)) from exc
+    if problems := unknown_section_variables(environ):
+        raise ConfigError(problems)
+    return _anchor_remaining(settings, base, environment_keys(environ))

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from dicom_node.config import CONFIG_ENV, ENV_PREFIX, Settings
+from dicom_node.config import Settings, environment_keys
 
 MASK = "********"
 #: Keys whose values are never printed, wherever they come from.
@@ -36,19 +36,8 @@ class SettingLine:
 
 
 def environment_overrides(environ: Mapping[str, str]) -> dict[str, str]:
-    """Dotted key -> variable name for every ``DICOM_NODE_<SECTION>__<KEY>`` set.
-
-    Only names of a settings section count: ``DICOM_NODE_CONFIG`` names the file, and
-    other ``DICOM_NODE_*`` variables (a test's knobs, say) are not settings at all.
-    """
-    found = {}
-    for name in environ:
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
-            continue
-        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        if key.split(".", 1)[0] in Settings.model_fields:
-            found[key] = name
-    return found
+    """Dotted key -> variable name for every ``DICOM_NODE_<SECTION>__<KEY>`` set (see :func:`environment_keys`)."""
+    return environment_keys(environ)
 
 
 def _in_file(raw: Mapping[str, Any], key: str) -> bool:

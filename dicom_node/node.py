@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
+from dicom_node.db.heartbeat import Heartbeat
 from dicom_node.db.session import describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
@@ -181,6 +182,12 @@ class Node:
         settings = self.live.current
         self.store.prepare()
         self.store.sweep_periodically(self._stop)
+        # First in, last out: the row says "stopped" only once everything after it has stopped.
+        heartbeat = Heartbeat.of_serving_process(
+            session_factory(self.engine), settings, listener=self.listener, worker=self.worker
+        )
+        heartbeat.start()
+        self._stops.append(heartbeat.stop)
         if settings.observability.enabled and self.supervised is None:
             port = settings.observability.port if self.listener else settings.observability.worker_port
             self._stops.append(serve_observability(lambda: self.live.current, self.engine, self.store, self.metrics, port))

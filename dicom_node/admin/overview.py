@@ -43,6 +43,9 @@ class JobLine:
     reason: str | None = None
     #: What the results lack and why (an object that could not be built).
     warnings: tuple[str, ...] = ()
+    #: How often an operator queued it again (``jobs retry``), and when last.
+    retries: int = 0
+    retried_at: datetime | None = None
 
     @property
     def call(self) -> str:
@@ -118,6 +121,8 @@ def _job_line(job: Job) -> JobLine:
         summary=summary if isinstance(summary, dict) else {},
         reason=job.reason,
         warnings=tuple(job.warnings.splitlines()) if job.warnings else (),
+        retries=job.retries or 0,
+        retried_at=job.retried_at,
     )
 
 

@@ -8,7 +8,7 @@ shows (UIDs, states, the AI call, times), never a patient name or ID.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
 from urllib.parse import quote
@@ -19,9 +19,12 @@ from sqlalchemy.orm import Session
 from dicom_node.admin.advice import advice
 from dicom_node.admin.destinations import DestinationHealth, destination_health
 from dicom_node.admin.overview import StudyOverview, recent_studies
+from dicom_node.admin.rejections import WINDOW, Rejection, advice_for, recent_rejections
+from dicom_node.admin.text import node_summary, node_warning
 from dicom_node.config import Settings
 from dicom_node.db import state
 from dicom_node.db.clock import database_now
+from dicom_node.db.heartbeat import NodePresence, presence
 
 REFRESH_S = 30
 
@@ -49,18 +52,25 @@ class PageData:
     errors: list[state.RecentError]
     destinations: list[DestinationHealth]
     viewer_url: str | None
+    #: Which listener and worker processes run (None: not read, e.g. in a rendering test).
+    presence: NodePresence | None = None
+    #: Associations turned away recently, by caller, address and reason.
+    rejections: list[Rejection] = field(default_factory=list)
 
 
 def collect(engine: Engine, session: Session, settings: Settings, limit: int = 50) -> PageData:
     """Read the page's data from the database (the same reads as ``dicom-node status``)."""
+    now = database_now(session)
     return PageData(
         ae_title=settings.node.ae_title,
-        now=database_now(session),
+        now=now,
         jobs=state.jobs_by_state(engine),
         studies=recent_studies(session, limit),
         errors=state.recent_errors(engine, limit=10),
         destinations=destination_health(session, list(settings.destinations)),
         viewer_url=settings.observability.viewer_url,
+        presence=presence(session, now=now),
+        rejections=recent_rejections(session, now=now),
     )
 
 
@@ -139,6 +149,25 @@ def _error_row(error: state.RecentError) -> str:
     )
 
 
+def _rejection_row(r: Rejection) -> str:
+    return (
+        f"<tr><td>{_e(r.calling_ae_title)}</td><td>{_e(r.peer_address)}</td><td>{_e(r.reason)}</td>"
+        f"<td>{r.count}</td><td>{_t(r.last_at)}</td><td>{_e(advice_for(r))}</td></tr>"
+    )
+
+
+def _node(data: PageData) -> str:
+    """The node's processes in one line: running or not, and what it lacks."""
+    if data.presence is None:
+        return ""
+    word = "running" if data.presence.running else "not running"
+    summary = node_summary(data.presence).removeprefix(word)
+    warning = node_warning(data.presence)
+    extra = f'<br><em class="failing">{_e(warning)}</em>' if warning else ""
+    css = "ok" if data.presence.running and warning is None else "failing"
+    return f'<p id="node">Node: <span class="{css}">{_e(word)}</span>{_e(summary)}{extra}</p>'
+
+
 def _table(headers: list[str], rows: list[str], empty: str) -> str:
     if not rows:
         return f'<p class="muted">{_e(empty)}</p>'
@@ -153,6 +182,7 @@ def render(data: PageData) -> bytes:
         f"<h1>dicom-node {_e(data.ae_title)}</h1>",
         '<p class="banner">Research use only: these results are not for diagnostic use.</p>',
         f'<p class="muted">As of {_t(data.now)} UTC (database clock); refreshes every {REFRESH_S} s. Jobs: {jobs}.</p>',
+        _node(data),
         "<h2>Destinations</h2>",
         _table(
             ["name", "address", "health", "deliveries", "last sent (UTC)", "latest problem and what to do"],
@@ -164,6 +194,12 @@ def render(data: PageData) -> bytes:
             ["what", "study", "error", "what to do"],
             [_error_row(e) for e in data.errors],
             "No errors.",
+        ),
+        f"<h2>Rejected associations (last {WINDOW.total_seconds() / 3600:g} h)</h2>",
+        _table(
+            ["calling AE title", "from", "reason", "times", "last (UTC)", "what to do"],
+            [_rejection_row(r) for r in data.rejections],
+            "No association was rejected.",
         ),
         "<h2>Recent studies</h2>",
         _table(

@@ -11,6 +11,8 @@ from datetime import datetime
 from dicom_node.admin.advice import advice
 from dicom_node.admin.destinations import DestinationHealth
 from dicom_node.admin.overview import JobLine, StudyDetail, StudyOverview
+from dicom_node.admin.rejections import WINDOW, Rejection, advice_for
+from dicom_node.db.heartbeat import NodePresence, ProcessSeen
 from dicom_node.db.state import RecentError
 
 
@@ -21,6 +23,63 @@ def utc(value: datetime | None) -> str:
 
 def _short(value: datetime | None) -> str:
     return f"{value:%Y-%m-%d %H:%M:%S}" if value else "-"
+
+
+def _ago(now: datetime, then: datetime) -> str:
+    return f"{max(0.0, (now - then).total_seconds()):.0f} s ago"
+
+
+def node_summary(presence: NodePresence) -> str:
+    """``running (listener pid 12, worker pid 13 on host; last seen 2 s ago)`` or ``not running (...)``."""
+    if not presence.running:
+        gone = presence.last_gone
+        if gone is None:
+            return "not running (no listener or worker has ever started with this database)"
+        how = f"stopped at {utc(gone.stopped_at)}" if gone.stopped_at else f"no heartbeat since {utc(gone.last_seen_at)}"
+        return f"not running ({how}; last: {gone.role} pid {gone.pid} on {gone.host})"
+    hosts = sorted({p.host for p in presence.alive})
+
+    def name(p: ProcessSeen) -> str:
+        return f"{p.role} pid {p.pid}" + (f" on {p.host}" if len(hosts) > 1 else "")
+
+    where = f" on {hosts[0]}" if len(hosts) == 1 else ""
+    latest = max(p.last_seen_at for p in presence.alive)
+    return f"running ({', '.join(name(p) for p in presence.alive)}{where}; last seen {_ago(presence.now, latest)})"
+
+
+def node_warning(presence: NodePresence) -> str | None:
+    """What a running node lacks: no worker (nothing analysed) or no listener (nothing received)."""
+    if not presence.running:
+        return None
+    roles = " ".join(presence.roles())
+    if "worker" not in roles:
+        return "no worker runs: studies are received but neither analysed nor sent (start `dicom-node worker`)"
+    if "listener" not in roles:
+        return "no listener runs: nothing is received (start `dicom-node scp`)"
+    return None
+
+
+def node_lines(presence: NodePresence) -> list[str]:
+    """``NODE  running (...)`` with what it lacks, or ``NODE  not running (...)`` with how to start it."""
+    lines = [f"NODE         {node_summary(presence)}"]
+    if (warning := node_warning(presence)) is not None:
+        lines.append(f"             {warning}")
+    if not presence.running:
+        lines.append("             start it: `dicom-node run --config ...`, or `systemctl start dicom-node` under systemd")
+    return lines
+
+
+def rejection_lines(rejections: list[Rejection]) -> list[str]:
+    """Associations turned away in the last 24 h, by caller, address and reason, with what to do."""
+    hours = WINDOW.total_seconds() / 3600
+    lines = []
+    for r in rejections:
+        lines.append(
+            f"REJECTED     {r.calling_ae_title or '(none)'} from {r.peer_address or '?'}: {r.reason}; "
+            f"{r.count} time(s) in {hours:g} h, last {utc(r.last_at)}"
+        )
+        lines.append(f"             what to do: {advice_for(r)}")
+    return lines
 
 
 def destination_lines(destinations: list[DestinationHealth]) -> list[str]:
@@ -69,10 +128,14 @@ def study_line(study: StudyOverview) -> str:
 
 def job_lines(job: JobLine, *, now: datetime | None = None) -> list[str]:
     """A job in full: times in UTC, the lease and its expiry, the error with the next step, the result."""
+    run = f" (run {job.retries + 1}: queued again by an operator)" if job.retries else ""
+    queued = utc(job.created_at)
+    if job.retried_at is not None:
+        queued = f"{utc(job.retried_at)} by `jobs retry` (first queued {utc(job.created_at)})"
     lines = [
-        f"job {job.id}: {job.state}, attempt {job.attempts} of {job.max_attempts}",
+        f"job {job.id}: {job.state}, attempt {job.attempts} of {job.max_attempts}{run}",
         f"  model      {job.model_key}",
-        f"  queued     {utc(job.created_at)}",
+        f"  queued     {queued}",
         f"  started    {utc(job.started_at)}",
         f"  finished   {utc(job.finished_at)}",
     ]
@@ -121,3 +184,25 @@ def study_detail_lines(detail: StudyDetail, *, now: datetime | None = None) -> l
             if d.last_error:
                 lines.append(f"             last problem: {d.last_error.splitlines()[0][:160]}")
     return lines
+
+
+def retry_refusal(job_id: int, found: tuple[JobLine, str] | None) -> str:
+    """Why ``jobs retry ID`` did nothing, and the command that does what was probably meant."""
+    if found is None:
+        return f"no job {job_id}: `dicom-node jobs list` shows the jobs there are"
+    job, study_instance_uid = found
+    if job.state == "succeeded":
+        return (
+            f"job {job_id} succeeded, and its results went to the destinations: "
+            f"`dicom-node resend {study_instance_uid}` sends the same results again; "
+            f"`dicom-node jobs retry {job_id} --rerun` analyses the study again and sends the new results "
+            "in place of the old (same UIDs, so the destinations replace them)"
+        )
+    if job.state in ("queued", "running"):
+        return f"job {job_id} is {job.state}: nothing to retry yet (`dicom-node jobs cancel {job_id}` stops it)"
+    if job.state == "superseded":
+        return (
+            f"job {job_id} was superseded: the study received more images and a newer job analyses it "
+            f"(`dicom-node jobs list --study {study_instance_uid}`)"
+        )
+    return f"job {job_id} is {job.state}: only dead, cancelled, skipped or (with --rerun) succeeded jobs are retried"

@@ -54,6 +54,26 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+def upgrade_and_report(engine: Engine, revision: str = "head") -> str:
+    """Upgrade as :func:`upgrade` does, and say which database it was and what changed.
+
+    The database is named in full (a SQLite file by its absolute path, a server's URL with
+    the password masked): an administrator who ran the command from the wrong directory,
+    or with the wrong settings, sees at once that it made a second database.
+    """
+    from dicom_node.db.session import describe_database
+
+    where = f"database {describe_database(engine.url.render_as_string(hide_password=False))}"
+    before = current_revision(engine)
+    upgrade(engine, revision)
+    after = current_revision(engine)
+    if before is None:
+        return f"{where}: schema created at revision {after}"
+    if before == after:
+        return f"{where}: already at revision {after} (nothing to do)"
+    return f"{where}: upgraded from revision {before} to {after}"
+
+
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None for an empty database."""
     from alembic.runtime.migration import MigrationContext

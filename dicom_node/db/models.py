@@ -168,6 +168,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: How often an operator queued the job again (``jobs retry``); its attempts start over each time.
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: When an operator last queued it again: ``created_at`` stays the first queueing.
+    retried_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     study: Mapped[Study] = relationship()
 
@@ -249,3 +253,25 @@ class TickLease(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str | None] = mapped_column(String(128))
     until: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class NodeProcess(Base):
+    """A serving process of the node (listener or worker) and when it last said it was alive.
+
+    ``dicom-node status`` and the status page read these rows to say whether the node runs:
+    with PostgreSQL, processes on several hosts share one database, so the database is
+    the one place that sees them all. A process renews ``last_seen_at`` every few seconds
+    and sets ``stopped_at`` when it stops cleanly; one killed stops renewing.
+    """
+
+    __tablename__ = "node_process"
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)  # as in leases: host:pid-ns:pid:random
+    role: Mapped[str] = mapped_column(String(16))  # listener | worker
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: What it serves: "DICOMNODE on 0.0.0.0:104" for a listener, the model for a worker.
+    detail: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime)

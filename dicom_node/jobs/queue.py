@@ -232,12 +232,24 @@ def reap_expired_leases(session: Session, *, policy: RetryPolicy, now: datetime)
     return reaped
 
 
-def retry_now(session: Session, job_id: int, *, now: datetime) -> bool:
-    """Operator retry: a finished job (dead, cancelled, succeeded, skipped) runs again, attempts reset."""
+def retry_now(session: Session, job_id: int, *, now: datetime, include_succeeded: bool = False) -> bool:
+    """Operator retry: a dead, cancelled or skipped job runs again, attempts reset; False if it is not one.
+
+    A succeeded job only with ``include_succeeded``: its results went out, and running it
+    again sends its new results in their place (see :func:`dicom_node.send.outbox.record_outputs`),
+    which an operator must mean (``jobs retry --rerun``; ``resend`` sends the same ones again).
+    The previous run's error, result and times are cleared; ``retries`` and ``retried_at``
+    say it is a run the operator asked for.
+    """
+    states = FINISHED_STATES if include_succeeded else tuple(s for s in FINISHED_STATES if s != JobState.SUCCEEDED)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state.in_(FINISHED_STATES))
-        .values(state=JobState.QUEUED, attempts=0, next_attempt_at=now, finished_at=None)
+        .where(Job.id == job_id, Job.state.in_(states))
+        .values(
+            state=JobState.QUEUED, attempts=0, next_attempt_at=now, started_at=None, finished_at=None,
+            last_error=None, reason=None, summary=None, warnings=None,
+            retries=Job.retries + 1, retried_at=now,
+        )
     )
     return result.rowcount == 1
 

@@ -86,8 +86,9 @@ def record_outputs(
     Run in the transaction that marks the job succeeded, so results and their deliveries
     are recorded together or not at all.
 
-    A re-run of the same job creates objects with the same UIDs: their rows are reused,
-    so a resend replaces rather than duplicates.
+    A re-run of the same job (``jobs retry --rerun``) creates objects with the same UIDs:
+    their rows are reused and their deliveries queued again, so the destinations get the
+    new results in place of the old ones, never a second copy.
     """
     for obj in objects:
         existing = session.scalars(
@@ -104,10 +105,14 @@ def record_outputs(
             )
             session.add(existing)
             session.flush()
+            rerun = False
         else:
             existing.job_id, existing.path = job_id, obj.path
+            rerun = True
         wanted = [name for name, kinds in destinations.items() if obj.kind in kinds]
         add_deliveries(session, output_id=existing.id, destinations=wanted, now=now)
+        if rerun and wanted:
+            _requeue(session, output_id=existing.id, destinations=wanted, now=now)
 
 
 def claim_due(
@@ -325,12 +330,19 @@ def requeue_job_outputs(
         wanted = [name for name, kinds in destinations.items() if kind in kinds]
         add_deliveries(session, output_id=output_id, destinations=wanted, now=now)
         if wanted:
-            count += session.execute(
-                update(Delivery)
-                .where(Delivery.output_id == output_id, Delivery.destination.in_(wanted))
-                .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, last_error=None)
-            ).rowcount
+            count += _requeue(session, output_id=output_id, destinations=wanted, now=now)
     return count
+
+
+def _requeue(session: Session, *, output_id: int, destinations: list[str], now: datetime) -> int:
+    """Make one object's deliveries to ``destinations`` pending again, from a first attempt."""
+    return int(
+        session.execute(
+            update(Delivery)
+            .where(Delivery.output_id == output_id, Delivery.destination.in_(destinations))
+            .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, last_error=None)
+        ).rowcount
+    )
 
 
 def cancel_pending(session: Session, *, destination: str, now: datetime) -> int:

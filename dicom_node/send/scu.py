@@ -1,7 +1,11 @@
 """A C-STORE SCU that negotiates only what it sends and checks every returned status.
 
 A refused presentation context, a failure status, a missing response or a lost
-association makes that item a failure, never "sent". A warning status (pynetdicom's
+association makes that item a failure, never "sent". Opening the association
+(:func:`open_association`) is shared with ``dicom-node echo``: both say why it failed
+in the same words (connection refused, timed out, rejected with the peer's reason,
+aborted), which is what an administrator needs to choose between a stopped peer, a
+firewall and an AE title the peer does not know. A warning status (pynetdicom's
 category: 0xB000, 0xB006, 0xB007 and the other warnings of PS3.4 and PS3.7) means the peer
 stored the object; it is reported so the outbox can record it.
 """
@@ -11,7 +15,9 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +72,136 @@ def _nodelay(event: evt.Event) -> None:
     sock = getattr(event.assoc.dul.socket, "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass(frozen=True)
+class AssociationFailure:
+    """Why no association was established, in one line that names the peer.
+
+    ``kind`` is one of ``refused`` (nothing listens there), ``unreachable`` (another
+    connection error: no route, unknown host), ``timed out`` (no TCP connection, or no
+    answer to the request, in time), ``rejected`` (A-ASSOCIATE-RJ, with the peer's result,
+    source and reason), ``contexts refused`` (accepted, but none of our presentation
+    contexts) and ``aborted`` (the peer dropped the connection before answering).
+    """
+
+    kind: str
+    reason: str
+
+
+class _ConnectErrors(logging.Handler):
+    """Collects pynetdicom's "TCP Initialisation Error" lines: the only place it reports the
+    socket error of a failed connect (refused, timed out, no route). Matched to an
+    association by its DUL thread, the thread that connects."""
+
+    PREFIX = "TCP Initialisation Error: "
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[tuple[int | None, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            self.seen.append((record.thread, message.removeprefix(self.PREFIX)))
+
+    def of(self, assoc: Association) -> str:
+        ident = assoc.dul.ident
+        return next((text for thread, text in self.seen if thread == ident), "")
+
+
+@contextmanager
+def _pynetdicom_log(*, quiet: bool) -> Iterator[_ConnectErrors]:
+    """Capture connect errors; with ``quiet``, also keep pynetdicom's own log lines out of ours
+    (``dicom-node echo`` prints one clear line instead of pynetdicom's raw ERROR lines)."""
+    logger_ = logging.getLogger("pynetdicom")
+    errors = _ConnectErrors()
+    propagate = logger_.propagate
+    logger_.addHandler(errors)
+    if quiet:
+        logger_.propagate = False
+    try:
+        yield errors
+    finally:
+        logger_.removeHandler(errors)
+        logger_.propagate = propagate
+
+
+@contextmanager
+def pynetdicom_quiet() -> Iterator[None]:
+    """Keep pynetdicom's log lines out of ours while the block runs (for ``dicom-node echo``)."""
+    logger_ = logging.getLogger("pynetdicom")
+    propagate = logger_.propagate
+    logger_.propagate = False
+    try:
+        yield
+    finally:
+        logger_.propagate = propagate
+
+
+def _seen(seen: dict[str, object], key: str) -> Callable[[evt.Event], None]:
+    def handler(event: evt.Event) -> None:
+        seen[key] = getattr(event, "primitive", True)
+        if key == "connected":
+            _nodelay(event)
+
+    return handler
+
+
+def open_association(
+    peer: Peer, contexts: Sequence[tuple[str, list[str]]], *, quiet: bool = False
+) -> Association | AssociationFailure:
+    """Associate with ``peer`` proposing ``contexts`` (abstract syntax, transfer syntaxes).
+
+    Every step is bounded by ``peer.timeout_s``, TCP connect included (pynetdicom's
+    default waits as long as the kernel does): the outbox lease relies on each attempt
+    ending within a few time-outs. Returns the established association, or why not.
+    """
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = peer.timeout_s
+    for abstract_syntax, transfer_syntaxes in contexts:
+        ae.add_requested_context(abstract_syntax, transfer_syntaxes)
+    tls_args = (peer.tls_context, peer.host) if peer.tls_context is not None else None
+    seen: dict[str, object] = {}
+    handlers = [(evt.EVT_CONN_OPEN, _seen(seen, "connected")), (evt.EVT_ACSE_RECV, _seen(seen, "response"))]
+    started = time.monotonic()
+    with _pynetdicom_log(quiet=quiet) as errors:
+        try:
+            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=handlers)
+        except OSError as exc:  # the host name does not resolve: pynetdicom looks it up before connecting
+            where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+            return AssociationFailure("unreachable", f"cannot connect to {where}: {exc.strerror or exc}")
+    if assoc.is_established:
+        return assoc
+    elapsed = time.monotonic() - started
+    return _failure(peer, assoc, seen, errors.of(assoc), timed_out=elapsed >= peer.timeout_s * 0.9)
+
+
+def _failure(peer: Peer, assoc: Association, seen: dict[str, object], error: str, *, timed_out: bool) -> AssociationFailure:
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    if "connected" not in seen:
+        if "refused" in error.lower():
+            return AssociationFailure("refused", f"connection refused by {where}: is the peer running, on that host and port?")
+        if "timed out" in error.lower() or (timed_out and not error):
+            return AssociationFailure(
+                "timed out", f"no connection to {where} within {peer.timeout_s:g} s (timed out): check the host, the port and any firewall"
+            )
+        return AssociationFailure("unreachable", f"cannot connect to {where}: {error or 'no connection'}")
+    response = seen.get("response")
+    if assoc.is_rejected:
+        detail = ""
+        if response is not None and hasattr(response, "reason_str"):
+            detail = f": {response.result_str}, by the {response.source_str}: {response.reason_str}"
+        return AssociationFailure("rejected", f"association rejected by {where}{detail}")
+    if response is not None and assoc.rejected_contexts and not assoc.accepted_contexts:
+        # pynetdicom aborts an association in which the peer accepted nothing.
+        return AssociationFailure("contexts refused", f"presentation context refused by the peer {where}")
+    if response is None and timed_out:
+        return AssociationFailure(
+            "timed out",
+            f"{where} accepted the connection but did not answer the association request within {peer.timeout_s:g} s (timed out)",
+        )
+    return AssociationFailure("aborted", f"association aborted by {where} before it was accepted")
 
 
 def _syntax_pair(item: SendItem) -> tuple[str, str]:
@@ -132,27 +268,11 @@ def send(
     items = [item for item in items if item.key in pairs]
     if not items:
         return results
-    ae = AE(ae_title=peer.calling_ae_title)
-    # Every step is bounded, TCP connect included (pynetdicom's default waits as long as
-    # the kernel does): the outbox lease relies on each attempt ending within a few time-outs.
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = peer.timeout_s
-    for sop_class, syntax in sorted(set(pairs.values())):
-        ae.add_requested_context(sop_class, proposed_transfer_syntaxes(syntax))
-    tls_args = (peer.tls_context, peer.host) if peer.tls_context is not None else None
-    assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
-    )
-    if not assoc.is_established:
-        where = f"{peer.ae_title}@{peer.host}:{peer.port}"  # what to check, named in the error
-        if assoc.is_rejected:
-            why = f"association rejected by {where}"
-        elif assoc.rejected_contexts and not assoc.accepted_contexts:
-            # pynetdicom aborts an association in which the peer accepted nothing.
-            why = f"presentation context refused by the peer {where}"
-        else:
-            why = f"association aborted or peer unreachable ({where})"
+    contexts = [(sop_class, proposed_transfer_syntaxes(syntax)) for sop_class, syntax in sorted(set(pairs.values()))]
+    assoc = open_association(peer, contexts)
+    if isinstance(assoc, AssociationFailure):  # the reason names the peer: what to check
         for item in items:
-            emit(SendResult(item.key, False, None, why))
+            emit(SendResult(item.key, False, None, assoc.reason))
         return results
     try:
         for item in items:

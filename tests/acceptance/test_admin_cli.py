@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from dicom_node.db.models import (
 )
 from dicom_node.db.session import create_db_engine, session_factory
 from tests.conftest import RunningNode
-from tests.support.node import NodeConfig, cli, free_port
+from tests.support.node import REPO, NodeConfig, cli, free_port
 
 STUDY = "1.2.826.0.1.3680043.10.1476.99.1001"
 RUNNING_STUDY = "1.2.826.0.1.3680043.10.1476.99.1002"
@@ -195,11 +197,76 @@ def test_echo_says_why_it_failed_and_what_to_try(node: RunningNode, tmp_path: Pa
     ok = cli("echo", peer, "--calling-ae", "ECHOSCU")
     assert ok.returncode == 0 and ok.stdout.strip() == f"C-ECHO to {peer}: success"
     closed = free_port()
-    unreachable = cli("echo", f"X@127.0.0.1:{closed}", "--timeout", "3")
-    assert unreachable.returncode == 1 and f"could not connect to 127.0.0.1:{closed}" in unreachable.stderr
+    refused = cli("echo", f"X@127.0.0.1:{closed}", "--timeout", "3")
+    # Refused at once, and said so: not "within 3 s", and none of pynetdicom's own log lines.
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"connection refused by X@127.0.0.1:{closed}: is the peer running, on that host and port?", refused.stderr
     # A configured destination by its name, calling with [node] ae_title from --config.
     config = NodeConfig(workdir=tmp_path / "n", destinations=[("self", "DICOMNODE", node.port, ["sr"])]).write()
     by_name = cli("echo", "self", "--config", str(config))
     assert by_name.returncode == 1 and "our calling AE title 'DICOMNODE'" in by_name.stderr, by_name.stderr
     unknown = cli("echo", "nosuch", "--config", str(config))
     assert unknown.returncode == 2 and "configured destinations: self" in unknown.stderr
+
+
+def test_a_settings_file_finds_its_database_from_any_directory(tmp_path: Path) -> None:
+    """The README walk: a copy of the example in .dicom-node/, used from another directory.
+
+    Its relative paths are relative to the file, so `status` run elsewhere reads the node's
+    database instead of asking for a second one, and creates nothing where it runs.
+    """
+    walk = tmp_path / "walk"
+    config = walk / ".dicom-node" / "dicom-node.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text((REPO / "config" / "dicom-node.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    database = walk / ".dicom-node" / "dicom-node.db"
+    upgraded = cli("db", "upgrade", "--config", str(config), cwd=walk)
+    assert upgraded.stdout.strip() == f"database SQLite file {database}: schema created at revision {migrate.head_revision()}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    status = cli("status", "--config", str(config), cwd=elsewhere)
+    assert status.returncode == 0, status.stderr
+    assert "(no studies received yet)" in status.stdout
+    assert list(elsewhere.iterdir()) == [], "a read-only command created something where it ran"
+    shown = cli("config", "show", "--config", str(config), cwd=elsewhere).stdout
+    assert f'root = "{walk / ".dicom-node" / "storage"}"' in shown, shown
+    assert f"# relative paths: of the file and defaults under {config.parent}" in shown
+
+
+def test_echo_tells_a_silent_port_from_one_that_drops_the_connection(tmp_path: Path) -> None:
+    """Two ports that are not DICOM peers, as a firewall or a wrong port looks: one accepts the
+    TCP connection and says nothing (timed out, after the time-out), one closes it at once (aborted)."""
+    silent = socket.create_server(("127.0.0.1", 0))  # listens; the kernel completes the handshake
+    dropping = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drop() -> None:
+        dropping.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = dropping.accept()
+            except TimeoutError:
+                continue
+            connection.close()
+
+    dropper = threading.Thread(target=drop, daemon=True)
+    dropper.start()
+    try:
+        config = NodeConfig(workdir=tmp_path).write()  # JSON logging: pynetdicom's lines would show as JSON
+        port = silent.getsockname()[1]
+        timed_out = cli("echo", f"X@127.0.0.1:{port}", "--timeout", "2", "--config", str(config))
+        assert timed_out.returncode == 1
+        assert timed_out.stderr.strip() == (
+            f"X@127.0.0.1:{port} accepted the connection but did not answer the association request within 2 s "
+            "(timed out); is it a DICOM port? does it want TLS?"
+        ), timed_out.stderr
+        port = dropping.getsockname()[1]
+        aborted = cli("echo", f"X@127.0.0.1:{port}", "--timeout", "5", "--config", str(config))
+        assert aborted.returncode == 1
+        assert aborted.stderr.startswith(f"association aborted by X@127.0.0.1:{port} before it was accepted; check the peer's log")
+        assert len(aborted.stderr.strip().splitlines()) == 1, aborted.stderr
+    finally:
+        stop.set()
+        dropper.join(timeout=5)
+        silent.close()
+        dropping.close()

@@ -61,7 +61,7 @@ def test_peer_down_fails_every_item(files: list[Path]) -> None:
     results = send(_peer(port), [SendItem(1, files[0])])
     # The error names the peer, so the administrator knows which host and port to check.
     assert [(r.stored, r.detail) for r in results] == [
-        (False, f"association aborted or peer unreachable (DEST@127.0.0.1:{port})")
+        (False, f"connection refused by DEST@127.0.0.1:{port}: is the peer running, on that host and port?")
     ]
 
 

@@ -55,7 +55,10 @@ def test_db_upgrade_command_is_idempotent(tmp_path: Path) -> None:
     first = cli("db", "upgrade", "--config", str(config))
     second = cli("db", "upgrade", "--config", str(config))
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    assert f"database at revision {migrate.head_revision()}" in second.stdout
+    # Each run names the database it worked on (the absolute SQLite path) and what it did.
+    database = f"database SQLite file {tmp_path / 'node.db'}"
+    assert first.stdout.strip() == f"{database}: schema created at revision {migrate.head_revision()}", first.stdout
+    assert second.stdout.strip() == f"{database}: already at revision {migrate.head_revision()} (nothing to do)"
 
 
 def test_run_refuses_an_unmigrated_database(tmp_path: Path) -> None:
@@ -115,3 +118,29 @@ def test_skipped_jobs_pass_the_state_constraint_on_postgresql(postgres_url: str)
     migrate.upgrade(engine)
     _check_job_state_constraint(engine)
     engine.dispose()
+
+
+def test_upgrade_names_a_server_database_without_its_password(postgres_url: str) -> None:
+    """`db upgrade` says which database it changed; a server's URL is shown with the password masked."""
+    url = postgres_url.replace("postgres@", "postgres:s3cret@")  # trust authentication ignores it
+    engine = create_db_engine(DatabaseSettings(url=url))
+    try:
+        first = migrate.upgrade_and_report(engine)
+        again = migrate.upgrade_and_report(engine)
+    finally:
+        engine.dispose()
+    shown = url.replace(":s3cret@", ":***@")
+    assert first == f"database {shown}: schema created at revision {migrate.head_revision()}"
+    assert again == f"database {shown}: already at revision {migrate.head_revision()} (nothing to do)"
+    assert "s3cret" not in first + again
+
+
+def test_upgrade_from_the_previous_revision_says_from_what_to_what(tmp_path: Path) -> None:
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'old.db'}"))
+    try:
+        migrate.upgrade(engine, "0007")
+        report = migrate.upgrade_and_report(engine)
+        _assert_schema_matches_models(engine)
+    finally:
+        engine.dispose()
+    assert report == f"database SQLite file {tmp_path / 'old.db'}: upgraded from revision 0007 to {migrate.head_revision()}"

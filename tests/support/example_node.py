@@ -1,8 +1,9 @@
 """`dicom-node run` on the shipped example settings, as a new user starts it.
 
-``config/dicom-node.toml`` is used in place, unchanged. The node runs in its own
-folder, so the example's relative paths (``.dicom-node/storage``, its SQLite
-database and audit log) land there. Only what a test machine must change is
+``config/dicom-node.toml`` is used unchanged, copied into ``config/`` of the node's own
+folder as a checkout has it: its relative paths (``../.dicom-node/storage``, its SQLite
+database and audit log) are relative to the file's folder, so they land in that
+folder's ``.dicom-node/``, not in the real checkout. Only what a test machine must change is
 overridden, through the ``DICOM_NODE_<SECTION>__<KEY>`` environment variables the
 example's header documents: the listening and metrics ports (free ones, so tests
 can run side by side), the quiet period (30 s in the example; a test need not wait
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ from sqlalchemy import create_engine, text
 from tests.support.node import REPO, echo_ok, free_port, terminate
 
 EXAMPLE_CONFIG = REPO / "config" / "dicom-node.toml"
-#: Where the example puts its database, relative to the folder the node runs in.
+#: Where the example puts its database, relative to the folder that holds its config/.
 EXAMPLE_DATABASE = Path(".dicom-node") / "dicom-node.db"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -78,6 +80,11 @@ class ExampleNode:
     process: subprocess.Popen[bytes] | None = None
 
     @property
+    def config(self) -> Path:
+        """The node's copy of the example, as ``config/dicom-node.toml`` of a checkout."""
+        return self.workdir / "config" / EXAMPLE_CONFIG.name
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "node.log"
 
@@ -99,18 +106,19 @@ class ExampleNode:
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """``dicom-node ARGS --config config/dicom-node.toml`` in the node's folder."""
         return subprocess.run(
-            [sys.executable, "-m", "dicom_node", *args, "--config", str(EXAMPLE_CONFIG)],
+            [sys.executable, "-m", "dicom_node", *args, "--config", str(self.config)],
             capture_output=True, text=True, timeout=timeout, env=self.env(), cwd=self.workdir,
         )
 
     def start(self) -> ExampleNode:
         """Create the database as the README says (``db upgrade``), then ``run``; ready when it answers C-ECHO."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(EXAMPLE_CONFIG, self.config)
         upgraded = self.cli("db", "upgrade")
         assert upgraded.returncode == 0, upgraded.stderr
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dicom_node", "run", "--config", str(EXAMPLE_CONFIG)],
+                [sys.executable, "-m", "dicom_node", "run", "--config", str(self.config)],
                 stdout=log, stderr=log, env=self.env(), cwd=self.workdir,
             )
         deadline = time.monotonic() + START_TIMEOUT_S

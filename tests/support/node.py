@@ -187,15 +187,19 @@ format = "json"
         return path
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``dicom-node ARGS`` as a user would, and return the finished process."""
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    """Run ``dicom-node ARGS`` as a user would (in the checkout, unless ``cwd``), and return the finished process."""
+    if env is None and cwd != REPO:  # outside the checkout, the package is found through PYTHONPATH
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
         [sys.executable, "-m", "dicom_node", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env or os.environ.copy(),
-        cwd=REPO,
+        cwd=cwd,
     )
 
 

@@ -167,8 +167,82 @@ def test_config_check_names_the_environment_when_an_override_is_set() -> None:
     env = {**os.environ, "DICOM_NODE_NODE__PORT": "notaport"}
     result = cli("config", "check", str(EXAMPLE), env=env)
     assert result.returncode == 1
-    assert "node.port:" in result.stdout
+    assert "node.port (environment variable DICOM_NODE_NODE__PORT):" in result.stdout, result.stdout
     assert "or the environment (DICOM_NODE_NODE__PORT)" in result.stdout, result.stdout
+
+
+def test_a_misspelt_environment_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in a variable of the service's environment file is named as the administrator wrote it."""
+    path = _write(tmp_path, "[node]\nallow_any_caller = true\n")
+    monkeypatch.setenv("DICOM_NODE_NODE__PROT", "104")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.problems == [
+        "node.prot (environment variable DICOM_NODE_NODE__PROT): unknown key (did you mean 'port'?)"
+    ]
+    # A misspelt section would otherwise be ignored without a word (pydantic-settings skips it).
+    monkeypatch.delenv("DICOM_NODE_NODE__PROT")
+    monkeypatch.setenv("DICOM_NODE_NODEE__PORT", "104")
+    monkeypatch.setenv("DICOM_NODE_FAULT_TRIALS", "3")  # no section part: not a setting, not a problem
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.problems == [
+        "environment variable DICOM_NODE_NODEE__PORT: no settings section 'nodee' (did you mean DICOM_NODE_NODE__...?)"
+    ]
+
+
+def test_relative_paths_are_relative_to_the_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same --config finds the same database and storage from any directory."""
+    folder = tmp_path / "site" / "etc"
+    folder.mkdir(parents=True)
+    (folder / "ca.pem").write_text("not checked until used", encoding="utf-8")
+    path = folder / "node.toml"
+    path.write_text(
+        '[node]\nallow_any_caller = true\n[storage]\nroot = "../data/storage"\n'
+        '[database]\nurl = "sqlite:///../data/node.db"\n[tls]\nca_bundle = "ca.pem"\n',
+        encoding="utf-8",
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(Path("..") / "site" / "etc" / "node.toml")
+    assert settings.storage.root == tmp_path / "site" / "data" / "storage"
+    assert settings.database.url == f"sqlite:///{tmp_path / 'site' / 'data' / 'node.db'}"
+    assert settings.tls.ca_bundle == folder / "ca.pem"  # checked to exist relative to the file, too
+    # A default is anchored the same way: the audit file was not in the file.
+    assert settings.audit.file == folder / ".dicom-node" / "audit.log"
+    # A path given in the environment is read as a shell reads it: from the working directory.
+    monkeypatch.setenv("DICOM_NODE_STORAGE__ROOT", "here")
+    monkeypatch.setenv("DICOM_NODE_DATABASE__URL", "sqlite:///db/x.db")
+    settings = load_settings(path)
+    assert settings.storage.root == elsewhere / "here"
+    assert settings.database.url == f"sqlite:///{elsewhere / 'db' / 'x.db'}"
+    # Absolute paths, other databases and in-memory SQLite are left as they are.
+    monkeypatch.setenv("DICOM_NODE_DATABASE__URL", "postgresql+psycopg://u:p@db/n")
+    assert load_settings(path).database.url == "postgresql+psycopg://u:p@db/n"
+    monkeypatch.setenv("DICOM_NODE_DATABASE__URL", "sqlite://")
+    assert load_settings(path).database.url == "sqlite://"
+
+
+def test_the_example_puts_its_files_in_the_checkouts_dicom_node_folder(tmp_path: Path) -> None:
+    """config/dicom-node.toml and a copy of it in .dicom-node/ (the README's first study) name the same files."""
+    in_place = load_settings(EXAMPLE)
+    assert in_place.storage.root == REPO / ".dicom-node" / "storage"
+    assert in_place.database.url == f"sqlite:///{REPO / '.dicom-node' / 'dicom-node.db'}"
+    assert in_place.audit.file == REPO / ".dicom-node" / "audit.log"
+    checkout = tmp_path / "checkout"
+    names = []
+    for folder in ("config", ".dicom-node"):
+        copy = checkout / folder / "dicom-node.toml"
+        copy.parent.mkdir(parents=True)
+        copy.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+        settings = load_settings(copy)
+        names.append((settings.storage.root, settings.database.url, settings.audit.file))
+    assert names[0] == names[1] == (
+        checkout / ".dicom-node" / "storage",
+        f"sqlite:///{checkout / '.dicom-node' / 'dicom-node.db'}",
+        checkout / ".dicom-node" / "audit.log",
+    )
 
 
 def test_a_misspelt_key_gets_a_did_you_mean(tmp_path: Path) -> None:
@@ -220,3 +294,10 @@ def test_viewer_url_must_be_an_http_template_with_the_study_uid(tmp_path: Path) 
         with pytest.raises(ConfigError) as info:
             load_settings(_write(tmp_path, base.format(bad)))
         assert why in info.value.problems[0], info.value.problems
+
+
+def test_a_database_url_that_is_not_a_url_is_a_config_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[node]\nallow_any_caller = true\n[database]\nurl = "not a url"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.problems == ["database: url must be a sqlite:/// or postgresql+psycopg:// URL"]

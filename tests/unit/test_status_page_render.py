@@ -60,3 +60,26 @@ def test_the_call_the_volume_and_the_stages_are_shown() -> None:
 def test_viewer_links_quote_the_uid_and_open_apart() -> None:
     page = _page("https://viewer.example/v?StudyInstanceUIDs={study_uid}&x=1", "x")
     assert f'<a href="https://viewer.example/v?StudyInstanceUIDs={UID}&amp;x=1" target="_blank" rel="noopener noreferrer">' in page
+
+
+def test_a_stopped_node_and_rejected_callers_are_shown_escaped() -> None:
+    from dataclasses import replace
+
+    from dicom_node.admin.page import PageData
+    from dicom_node.admin.rejections import Rejection
+    from dicom_node.db.heartbeat import NodePresence, ProcessSeen
+
+    gone = ProcessSeen("worker", "gpu-host", 42, None, NOW, NOW, None, alive=False)
+    data = PageData(
+        ae_title="NODE", now=NOW, jobs={}, studies=[], errors=[], destinations=[], viewer_url=None,
+        presence=NodePresence(NOW, [], gone),
+        rejections=[Rejection("<PACS>", "10.0.0.7", "calling AE title or host not allowed", 3, NOW, NOW)],
+    )
+    page = render(data).decode("utf-8")
+    assert 'Node: <span class="failing">not running</span> (no heartbeat since 2026-12-03 20:00:00 UTC; last: worker pid 42 on gpu-host)' in page
+    assert "<td>&lt;PACS&gt;</td><td>10.0.0.7</td><td>calling AE title or host not allowed</td><td>3</td>" in page
+    assert "add it to [[node.allowed_callers]]" in page
+    alone = replace(data, presence=NodePresence(NOW, [replace(gone, role="listener", alive=True)], None), rejections=[])
+    page = render(alone).decode("utf-8")
+    assert "no worker runs: studies are received but neither analysed nor sent" in page
+    assert "No association was rejected." in page

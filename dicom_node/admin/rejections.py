@@ -1,0 +1,66 @@
+"""Associations the listener turned away, as ``status`` and the status page show them.
+
+A PACS whose AE title is missing from ``[[node.allowed_callers]]``, or that calls the node
+by a wrong AE title, sends nothing and says little; the administrator's first question
+is "did it even reach us?". The listener records each rejection in the audit trail (see
+:meth:`dicom_node.ingest.scp.StorageSCP._record_rejection`); this groups the recent ones
+by caller, address and reason. AE titles and IP addresses are not patient data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import AuditEvent
+
+#: How far back ``status`` looks for rejected associations.
+WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Associations from one caller and address, rejected for one reason, within the window."""
+
+    calling_ae_title: str
+    peer_address: str
+    reason: str
+    count: int
+    first_at: datetime
+    last_at: datetime
+
+
+def recent_rejections(session: Session, *, now: datetime, window: timedelta = WINDOW, limit: int = 10) -> list[Rejection]:
+    """The callers rejected since ``now - window``, the most recent first."""
+    last = func.max(AuditEvent.at)
+    rows = session.execute(
+        select(
+            AuditEvent.calling_ae_title, AuditEvent.peer_address, AuditEvent.detail,
+            func.count(), func.min(AuditEvent.at), last,
+        )
+        .where(AuditEvent.event == "rejected", AuditEvent.at >= now - window)
+        .group_by(AuditEvent.calling_ae_title, AuditEvent.peer_address, AuditEvent.detail)
+        .order_by(last.desc())
+        .limit(limit)
+    ).all()
+    return [
+        Rejection(calling or "", address or "", reason or "", int(count), first, latest)
+        for calling, address, reason, count, first, latest in rows
+    ]
+
+
+def advice_for(rejection: Rejection) -> str:
+    """What to do about a rejection, by its reason (the wording of the listener's record)."""
+    if "not allowed" in rejection.reason:
+        return (
+            f"if {rejection.calling_ae_title!r} at {rejection.peer_address} should send, add it to "
+            "[[node.allowed_callers]] and reload (systemctl reload, or SIGHUP)"
+        )
+    if "called AE title" in rejection.reason:
+        return "the caller addresses another AE title: set our [node] ae_title as the called AE title in that PACS"
+    if "association limit" in rejection.reason:
+        return "too many associations at once: raise [node] max_associations, or have the sender open fewer"
+    return "see the log line 'association rejected' for details"
