@@ -22,6 +22,7 @@ CONTEXT_KEYS = (
     "calling_ae_title",
     "called_ae_title",
     "peer_address",
+    "listen_address",
     "status",
     "reason",
     "stage",

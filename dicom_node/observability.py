@@ -67,7 +67,7 @@ def serve_observability(
             page=page if settings.observability.status_page else None,
         )
     except OSError as exc:  # e.g. a second worker on this host: run on, without metrics
-        logger.error(f"metrics and health not served: {exc.strerror}", extra={"peer_address": address})
+        logger.error(f"metrics and health not served: {exc.strerror}", extra={"listen_address": address})
         return lambda: None
-    logger.info("metrics, health and status page", extra={"peer_address": address})
+    logger.info("metrics, health and status page", extra={"listen_address": address})
     return server.shutdown

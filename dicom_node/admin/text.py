@@ -65,7 +65,7 @@ def node_lines(presence: NodePresence) -> list[str]:
     if (warning := node_warning(presence)) is not None:
         lines.append(f"             {warning}")
     if not presence.running:
-        lines.append("             start it: `dicom-node run --config ...`, or `systemctl start dicom-node` under systemd")
+        lines.append("             start it: `dicom-node run --config ...`, or `systemctl start dicom-node.target` under systemd")
     return lines
 
 

@@ -187,7 +187,7 @@ class StorageSCP:
             threading.Thread(target=server.serve_forever, name="acceptor", daemon=True).start()
         logger.info(
             "listening",
-            extra={"called_ae_title": self.settings.ae_title, "peer_address": f"{self.settings.bind_address}:{self.settings.port}"},
+            extra={"called_ae_title": self.settings.ae_title, "listen_address": f"{self.settings.bind_address}:{self.settings.port}"},
         )
         return server
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from dicom_node.config import load_settings
 from dicom_node.db import migrate
@@ -16,7 +19,8 @@ def _audit_events(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
 
 
-def test_a_node_with_both_roles_serves_reloads_and_stops(tmp_path: Path) -> None:
+def test_a_node_with_both_roles_serves_reloads_and_stops(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     config = NodeConfig(workdir=tmp_path / "node", allowed_callers=[("ECHOSCU", None)])
     path = config.write()
     settings = load_settings(path)
@@ -29,6 +33,10 @@ def test_a_node_with_both_roles_serves_reloads_and_stops(tmp_path: Path) -> None
         assert node.model is not None and node.model.device == "cpu"
         summary = node.startup_summary()
         assert f"listening as DICOMNODE on 127.0.0.1:{config.port}" in summary
+        # Our own bind address is a listen_address, never a peer_address (that is the caller's).
+        listening = [r for r in caplog.records if r.getMessage() == "listening"]
+        assert listening and all(getattr(r, "listen_address", None) == f"127.0.0.1:{config.port}" for r in listening)
+        assert not any(hasattr(r, "peer_address") for r in listening)
         assert "model threshold on cpu; destinations none" in summary
         assert http_get(config.metrics_port, "/health")[0] == 200  # with a listener, on the listener's port
         assert echo_ok(config.port, "ECHOSCU") and not echo_ok(config.port, "NEWSCU")

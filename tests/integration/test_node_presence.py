@@ -68,7 +68,7 @@ def test_not_running_says_since_when_and_how_it_ended(sessions: sessionmaker[Ses
     with sessions() as session:
         lines = node_lines(presence(session))
     assert lines[0].startswith("NODE         not running (no heartbeat since 20") and "; last: worker pid 7 on host)" in lines[0]
-    assert "dicom-node run" in lines[1]
+    assert "dicom-node run" in lines[1] and "systemctl start dicom-node.target" in lines[1]  # the unit README installs
     # A clean stop is told apart from a process that vanished.
     beat_owner = Heartbeat(sessions, owner="h:1:8:y", role="listener")
     beat_owner.start()

@@ -155,6 +155,15 @@ def test_a_model_without_pytorch_is_a_configuration_error(monkeypatch: pytest.Mo
     assert "RestartPreventExitStatus=2" in (REPO / "systemd" / "dicom-node-worker.service").read_text()
 
 
+def test_every_unit_refuses_to_restart_into_a_configuration_or_migration_error() -> None:
+    """Exit 2 (bad configuration) and 3 (database not migrated) need an operator, not a restart loop."""
+    units = sorted((REPO / "systemd").glob("*.service"))
+    assert units
+    for unit in units:
+        lines = [line for line in unit.read_text().splitlines() if line.startswith("RestartPreventExitStatus=")]
+        assert lines and set(lines[0].split("=", 1)[1].split()) == {"2", "3"}, unit.name
+
+
 def test_config_check_warns_when_the_model_needs_pytorch_that_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     _without_torch(monkeypatch)
     result = CliRunner().invoke(cli_module.app, ["config", "check", str(EXAMPLE)])
