@@ -24,10 +24,13 @@ from dicom_node.admin.destinations import destination_health
 from dicom_node.admin.rejections import recent_rejections
 from dicom_node.admin.text import (
     STUDY_HEADER,
+    config_lines,
+    disk_lines,
     destination_lines,
     error_lines,
     job_lines,
     node_lines,
+    other_configs,
     rejection_lines,
     retry_refusal,
     study_detail_lines,
@@ -214,9 +217,13 @@ def status(
     jobs = state.jobs_by_state(engine)
     with sessions() as session:
         now = database_now(session)
-        typer.echo("\n".join(node_lines(presence(session, now=now))))
+        running = presence(session, now=now)
+        read = str(config.resolve())
+        others = other_configs(read, running)
+        typer.echo("\n".join([*config_lines(read, running), *node_lines(running), *disk_lines(running)]))
         typer.echo("JOBS         " + (", ".join(f"{n} {s}" for s, n in sorted(jobs.items())) or "none"))
-        for line in destination_lines(destination_health(session, list(settings.destinations))):
+        health = destination_health(session, list(settings.destinations))
+        for line in destination_lines(health, node_config=others[0] if others else None):
             typer.echo(line)
         ticks = tick_lease.holders(session)
         studies = overview.recent_studies(session, limit)

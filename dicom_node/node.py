@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
-from dicom_node.db.heartbeat import Heartbeat
+from dicom_node.db.heartbeat import Heartbeat, disk_guard_text
 from dicom_node.db.session import describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
@@ -184,7 +184,8 @@ class Node:
         self.store.sweep_periodically(self._stop)
         # First in, last out: the row says "stopped" only once everything after it has stopped.
         heartbeat = Heartbeat.of_serving_process(
-            session_factory(self.engine), settings, listener=self.listener, worker=self.worker
+            session_factory(self.engine), settings, listener=self.listener, worker=self.worker,
+            config_path=self.config, disk=lambda: disk_guard_text(self.store.free_bytes(), self.store.min_free_bytes),
         )
         heartbeat.start()
         self._stops.append(heartbeat.stop)

@@ -165,7 +165,13 @@ def _node(data: PageData) -> str:
     warning = node_warning(data.presence)
     extra = f'<br><em class="failing">{_e(warning)}</em>' if warning else ""
     css = "ok" if data.presence.running and warning is None else "failing"
-    return f'<p id="node">Node: <span class="{css}">{_e(word)}</span>{_e(summary)}{extra}</p>'
+    disks = "".join(
+        f'<br><span id="disk" class="{"failing" if p.refusing_for_disk else "ok"}">'
+        f"Disk (listener pid {p.pid} on {_e(p.host)}): {_e(p.disk)}</span>"
+        for p in data.presence.alive
+        if p.disk is not None
+    )
+    return f'<p id="node">Node: <span class="{css}">{_e(word)}</span>{_e(summary)}{extra}{disks}</p>'
 
 
 def _table(headers: list[str], rows: list[str], empty: str) -> str:

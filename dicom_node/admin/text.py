@@ -69,6 +69,37 @@ def node_lines(presence: NodePresence) -> list[str]:
     return lines
 
 
+def disk_lines(presence: NodePresence) -> list[str]:
+    """Each running listener's disk guard (free space vs ``storage.min_free_mb``), and what to do when it refuses."""
+    lines = []
+    for p in presence.alive:
+        if p.disk is None:
+            continue
+        lines.append(f"DISK         listener pid {p.pid} on {p.host}: {p.disk}")
+        if p.refusing_for_disk:
+            lines.append(
+                "             what to do: free space under storage.root (or lower storage.min_free_mb); "
+                "the PACS retries what was refused"
+            )
+    return lines
+
+
+def other_configs(read: str, presence: NodePresence) -> list[str]:
+    """The configuration files the running processes read that are not ``read`` (this command's)."""
+    return sorted({p.config_path for p in presence.alive if p.config_path and p.config_path != read})
+
+
+def config_lines(read: str, presence: NodePresence) -> list[str]:
+    """Which file this ``status`` read, and whether the running node reads another one."""
+    lines = [f"CONFIG       {read}"]
+    for other in other_configs(read, presence):
+        lines.append(
+            f"             the running node reads {other}: destinations and settings below may differ "
+            f"(`dicom-node status --config {other}`)"
+        )
+    return lines
+
+
 def rejection_lines(rejections: list[Rejection]) -> list[str]:
     """Associations turned away in the last 24 h, by caller, address and reason, with what to do."""
     hours = WINDOW.total_seconds() / 3600
@@ -82,14 +113,23 @@ def rejection_lines(rejections: list[Rejection]) -> list[str]:
     return lines
 
 
-def destination_lines(destinations: list[DestinationHealth]) -> list[str]:
-    """One line per destination: address, health, counts; and its latest problem with the next step."""
+def destination_lines(destinations: list[DestinationHealth], *, node_config: str | None = None) -> list[str]:
+    """One line per destination: address, health, counts; and its latest problem with the next step.
+
+    ``node_config``: the file the running node reads when it is not the one this command
+    read; a destination unknown here may then be configured there, and dropping its
+    deliveries would be wrong advice.
+    """
     if not destinations:
         return ["DESTINATION  none configured: results are kept, not sent (add a [[destinations]] entry)"]
     lines = []
     for d in destinations:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(d.by_state.items())) or "nothing yet"
-        where = d.address or f"not configured (`dicom-node jobs cancel-deliveries --to {d.name}` drops what waits)"
+        if node_config is not None:
+            unknown = f"not in this file; the running node reads {node_config}: `dicom-node status --config {node_config}`"
+        else:
+            unknown = f"not configured (`dicom-node jobs cancel-deliveries --to {d.name}` drops what waits)"
+        where = d.address or unknown
         lines.append(f"DESTINATION  {d.name} ({where}): {d.verdict}; {counts}; last sent {_short(d.last_sent_at)}")
         if d.last_error and d.address:  # a removed destination's old errors need no fixing
             next_try = f"; next try {utc(d.next_attempt_at)}" if d.next_attempt_at else ""

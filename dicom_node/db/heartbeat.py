@@ -14,8 +14,10 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,20 +39,35 @@ STOP_WAIT_S = 5.0
 FORGET_AFTER = timedelta(days=7)
 
 
-def register(session: Session, *, owner: str, role: str, detail: str | None, now: datetime) -> None:
+def register(
+    session: Session,
+    *,
+    owner: str,
+    role: str,
+    detail: str | None,
+    now: datetime,
+    config_path: str | None = None,
+    disk: str | None = None,
+) -> None:
     """Add this process's row (and forget processes gone for a week)."""
     session.execute(delete(NodeProcess).where(NodeProcess.last_seen_at < now - FORGET_AFTER))
     session.add(
         NodeProcess(
             owner=owner, role=role, host=socket.gethostname(), pid=os.getpid(), detail=detail,
-            started_at=now, last_seen_at=now,
+            started_at=now, last_seen_at=now, config_path=config_path, disk=disk,
         )
     )
 
 
-def beat(session: Session, *, owner: str, now: datetime) -> None:
-    """Renew this process's row."""
-    session.execute(update(NodeProcess).where(NodeProcess.owner == owner).values(last_seen_at=now))
+def beat(session: Session, *, owner: str, now: datetime, disk: str | None = None) -> None:
+    """Renew this process's row, with its listener's disk guard as it is now."""
+    session.execute(update(NodeProcess).where(NodeProcess.owner == owner).values(last_seen_at=now, disk=disk))
+
+
+def disk_guard_text(free_bytes: int, min_free_bytes: int) -> str:
+    """What ``status`` shows of a listener's disk: free space, the guard, and whether it refuses."""
+    verdict = "refusing C-STORE (A700)" if free_bytes < min_free_bytes else "ok"
+    return f"{free_bytes // 2**20} MiB free, guard {min_free_bytes // 2**20} MiB: {verdict}"
 
 
 def stopped(session: Session, *, owner: str, now: datetime) -> None:
@@ -72,6 +89,12 @@ class ProcessSeen:
     last_seen_at: datetime
     stopped_at: datetime | None
     alive: bool
+    config_path: str | None = None
+    disk: str | None = None
+
+    @property
+    def refusing_for_disk(self) -> bool:
+        return self.disk is not None and self.disk.endswith("refusing C-STORE (A700)")
 
 
 @dataclass(frozen=True)
@@ -99,7 +122,7 @@ def presence(session: Session, *, now: datetime | None = None) -> NodePresence:
     seen = [
         ProcessSeen(
             r.role, r.host, r.pid, r.detail, r.started_at, r.last_seen_at, r.stopped_at,
-            alive=r.stopped_at is None and r.last_seen_at >= fresh,
+            alive=r.stopped_at is None and r.last_seen_at >= fresh, config_path=r.config_path, disk=r.disk,
         )
         for r in rows
     ]
@@ -115,30 +138,58 @@ class Heartbeat:
     next beat: the node's work never depends on its heartbeat.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, owner: str, role: str, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        owner: str,
+        role: str,
+        detail: str | None = None,
+        config_path: Path | None = None,
+        disk: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.sessions = sessions
         self.owner = owner
         self.role = role
         self.detail = detail
+        self.config_path = str(config_path.resolve()) if config_path is not None else None
+        self.disk = disk
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
     def of_serving_process(
-        cls, sessions: sessionmaker[Session], settings: Settings, *, listener: bool, worker: bool
+        cls,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        *,
+        listener: bool,
+        worker: bool,
+        config_path: Path | None = None,
+        disk: Callable[[], str | None] = lambda: None,
     ) -> Heartbeat:
-        """The heartbeat of a listener and/or worker process, with what it serves as its detail."""
+        """The heartbeat of a listener and/or worker process, with what it serves as its detail.
+
+        ``disk`` is called at every beat (a listener's guard; None for a worker): free space
+        changes while the process runs, and a full disk must show in ``status``.
+        """
         node = settings.node
         parts = [f"{node.ae_title} on {node.bind_address}:{node.port}"] if listener else []
         if worker:
             parts.append(f"model {settings.analysis.model}")
         role = "+".join(name for name, on in (("listener", listener), ("worker", worker)) if on)
-        return cls(sessions, owner=process_owner(), role=role, detail="; ".join(parts) or None)
+        return cls(
+            sessions, owner=process_owner(), role=role, detail="; ".join(parts) or None,
+            config_path=config_path, disk=disk if listener else (lambda: None),
+        )
 
     def start(self) -> None:
         try:
             with self.sessions.begin() as session:
-                register(session, owner=self.owner, role=self.role, detail=self.detail, now=database_now(session))
+                register(
+                    session, owner=self.owner, role=self.role, detail=self.detail, now=database_now(session),
+                    config_path=self.config_path, disk=self._disk(),
+                )
         except Exception:  # noqa: BLE001 - the heartbeat is information, not a condition of serving
             logger.warning("heartbeat not registered; `status` may say the node is not running", exc_info=True)
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.role}", daemon=True)
@@ -149,7 +200,7 @@ class Heartbeat:
         while not self._stop.wait(BEAT_S):
             try:
                 with self.sessions.begin() as session:
-                    beat(session, owner=self.owner, now=database_now(session))
+                    beat(session, owner=self.owner, now=database_now(session), disk=self._disk())
                 failing = False
             except Exception:  # noqa: BLE001
                 if not failing:
@@ -160,6 +211,12 @@ class Heartbeat:
                 stopped(session, owner=self.owner, now=database_now(session))
         except Exception:  # noqa: BLE001
             logger.warning("heartbeat: stop not recorded; `status` says not running once the row is stale", exc_info=True)
+
+    def _disk(self) -> str | None:
+        try:
+            return self.disk()
+        except OSError:  # the store's file system away: /health says so; the beat goes on
+            return None
 
     def stop(self) -> None:
         """Record the stop from the heartbeat's own thread, waiting at most :data:`STOP_WAIT_S`:

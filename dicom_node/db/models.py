@@ -275,3 +275,7 @@ class NodeProcess(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: The configuration file it read: `status` run with another file says so.
+    config_path: Mapped[str | None] = mapped_column(String(1024))
+    #: A listener's disk guard at its last beat: "N MiB free, guard M MiB: ok|refusing C-STORE (A700)".
+    disk: Mapped[str | None] = mapped_column(String(255))

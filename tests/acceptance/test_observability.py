@@ -55,6 +55,30 @@ def test_health_reports_the_disk_guard(tmp_path: Path) -> None:
     try:
         status, body = http_get(node.config.metrics_port, "/health")
         assert status == 503 and "disk guard" in body, body
+        # `status` and the page say so too, not only /health and the log.
+        config = str(node.config.workdir / "dicom-node.toml")
+        shown = cli("status", "--config", config).stdout
+        assert f"guard {2**40} MiB: refusing C-STORE (A700)" in shown and "DISK         listener pid" in shown, shown
+        assert "what to do: free space under storage.root" in shown, shown
+        page = http_get(node.config.metrics_port, "/")[1]
+        assert 'id="disk" class="failing"' in page and "refusing C-STORE (A700)" in page, page
+    finally:
+        node.stop()
+
+
+def test_status_with_another_config_than_the_node_names_the_node_s_file(tmp_path: Path) -> None:
+    """A destination unknown to the file `status` read is not "to be cancelled" when the node reads another file."""
+    node = NodeProcess(NodeConfig(workdir=tmp_path / "node")).start()
+    try:
+        node_config = (node.config.workdir / "dicom-node.toml").resolve()
+        other = tmp_path / "other.toml"
+        other.write_text(node_config.read_text().replace("DICOMNODE", "OTHERNODE"))
+        shown = cli("status", "--config", str(other)).stdout
+        assert f"CONFIG       {other.resolve()}" in shown, shown
+        assert f"the running node reads {node_config}" in shown, shown
+        same = cli("status", "--config", str(node_config)).stdout
+        assert f"CONFIG       {node_config}" in same and "the running node reads" not in same, same
+        assert "DISK         listener pid" in same and ": ok" in same, same
     finally:
         node.stop()
 

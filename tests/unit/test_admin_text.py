@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from dicom_node.admin.destinations import DestinationHealth
 from dicom_node.admin.overview import JobLine
-from dicom_node.admin.text import job_lines
+from dicom_node.admin.text import destination_lines, job_lines
 
 NOW = datetime(2026, 12, 3, 20, 0, 0)
 JOB = JobLine(
@@ -34,3 +35,12 @@ def test_a_skipped_job_gives_its_reason_not_an_error() -> None:
     dead = job_lines(replace(skipped, state="dead", reason=None, last_error="no series qualifies for analysis (x)"), now=NOW)
     assert "  error      no series qualifies for analysis (x)" in dead
     assert any(line.startswith("  what to do the study has no series the model can use") for line in dead)
+
+
+def test_a_destination_unknown_here_is_not_to_be_cancelled_when_the_node_reads_another_file() -> None:
+    pacs = DestinationHealth("pacs", None, {"pending": 3}, None, None, None)
+    alone = destination_lines([pacs])
+    assert "jobs cancel-deliveries --to pacs" in alone[0], alone
+    elsewhere = destination_lines([pacs], node_config="/srv/node/dicom-node.toml")
+    assert "cancel-deliveries" not in elsewhere[0], elsewhere
+    assert "the running node reads /srv/node/dicom-node.toml: `dicom-node status --config /srv/node/dicom-node.toml`" in elsewhere[0]
