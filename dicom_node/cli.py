@@ -515,16 +515,23 @@ def demo(
         bool, typer.Option("--positive/--negative", help="With a planted 7 mL bleed (default), or without.")
     ] = True,
     slices: Annotated[int, typer.Option(help="Number of 5 mm slices.", min=8, max=200)] = 40,
+    chest: Annotated[bool, typer.Option("--chest", help="A chest CT (not a head: stored, job skipped).")] = False,
+    config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Write a synthetic head CT series (no patient data) to try the node with."""
-    from dicom_node.demo import write_demo_study
+    from dicom_node.demo import send_command, write_demo_study
 
-    written = write_demo_study(out_dir, positive=positive, n_slices=slices)
-    typer.echo(
-        f"{len(written.paths)} CT images written to {out_dir} (study {written.study_instance_uid}, "
-        f"{'planted bleed of %.1f mL' % written.lesion_ml if positive else 'no bleed'}); send them with e.g.\n"
-        f"  TCP_NODELAY=1 /usr/bin/storescu -aet STORESCU -aec DICOMNODE 127.0.0.1 11112 -xs +sd {out_dir}"
-    )
+    written = write_demo_study(out_dir, positive=positive and not chest, n_slices=slices, chest=chest)
+    what = "chest CT, not a head" if chest else ("planted bleed of %.1f mL" % written.lesion_ml if positive else "no bleed")
+    typer.echo(f"{len(written.paths)} CT images written to {out_dir} (study {written.study_instance_uid}, {what})")
+    if not config.exists():
+        typer.echo(f"no settings file {config}: see `--config` for the storescu line that sends them to your node")
+        return
+    node = _settings(config).node
+    callers = [c.ae_title for c in node.allowed_callers]
+    calling = "STORESCU" if "STORESCU" in callers or not callers else callers[0]
+    typer.echo(f"send them to the node of {config} with e.g.")
+    typer.echo("  " + send_command(out_dir, calling_ae=calling, called_ae=node.ae_title, host=node.bind_address, port=node.port))
 
 
 @app.command()

@@ -88,6 +88,8 @@ class SeriesSpec:
     patient_id: str = "SYN0001"
     series_number: int = 2
     series_description: str = "HEAD 5mm STND"
+    study_description: str = "CT HEAD WO CONTRAST"
+    body_part_examined: str = "HEAD"
     seed: int = 0
     gantry_tilt_deg: float = 0.0
     #: Anatomy beyond the plain ellipsoid (skull base, neck, vertex, craniectomy) or
@@ -316,13 +318,13 @@ def series_datasets(spec: SeriesSpec) -> list[Dataset]:
         ds.Modality = "CT"
         ds.Manufacturer = "dicom-node test phantom"
         ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "CT HEAD WO CONTRAST"
+        ds.StudyDescription = spec.study_description
         ds.SeriesDescription = spec.series_description
         ds.PatientName = spec.patient_name
         ds.PatientID = spec.patient_id
         ds.PatientBirthDate = ""
         ds.PatientSex = "O"
-        ds.BodyPartExamined = "HEAD"
+        ds.BodyPartExamined = spec.body_part_examined
         ds.SliceThickness = f"{spec.slice_thickness_mm:g}"
         ds.KVP = "120"
         ds.ConvolutionKernel = "STANDARD"
@@ -383,9 +385,28 @@ class DemoStudy:
     lesion_ml: float
 
 
-def write_demo_study(directory: Path, *, positive: bool = True, n_slices: int = 40) -> DemoStudy:
-    """Write a 5 mm axial head CT of ``n_slices`` images, with or without a bleed, into ``directory``."""
-    spec = SeriesSpec(n_slices=n_slices, lesions=[DEMO_LESION] if positive else [])
+def write_demo_study(
+    directory: Path, *, positive: bool = True, n_slices: int = 40, chest: bool = False
+) -> DemoStudy:
+    """Write a 5 mm axial head CT of ``n_slices`` images, with or without a bleed, into ``directory``.
+
+    ``chest``: a chest CT instead, headers and image alike, to see a series that is not a
+    head stored but not analysed (its job ends ``skipped``).
+    """
+    if chest:
+        spec = SeriesSpec(
+            n_slices=n_slices, anatomy=Anatomy(body="chest"), series_description="CHEST 5mm STND",
+            study_description="CT CHEST WO CONTRAST", body_part_examined="CHEST",
+        )
+        positive = False
+    else:
+        spec = SeriesSpec(n_slices=n_slices, lesions=[DEMO_LESION] if positive else [])
     paths = write_series(spec, directory)
     lesion_ml = lesion_volume_ml(spec, head_volume(spec)[1]) if positive else 0.0
     return DemoStudy(paths, spec.study_instance_uid, lesion_ml)
+
+
+def send_command(directory: Path, *, calling_ae: str, called_ae: str, host: str, port: int) -> str:
+    """The DCMTK line that sends ``directory`` to the node as its configuration says it listens."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    return f"TCP_NODELAY=1 /usr/bin/storescu -aet {calling_ae} -aec {called_ae} {host} {port} -xs +sd {directory}"
