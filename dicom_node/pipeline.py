@@ -215,6 +215,11 @@ class Pipeline:
 
     def select_and_load(self, study: StudyInput) -> tuple[CTVolume, list[Dataset]]:
         """Choose the series to analyse and assemble its HU volume; headers in volume order."""
+        volume, ordered, _ = self.select_load_and_explain(study)
+        return volume, ordered
+
+    def select_load_and_explain(self, study: StudyInput) -> tuple[CTVolume, list[Dataset], str]:
+        """As :meth:`select_and_load`, with why the chosen series is a head (``jobs show`` says it)."""
         headers = {
             uid: [dcmread(path, stop_before_pixels=True) for path in paths]
             for uid, paths in study.paths_by_series.items()
@@ -263,7 +268,8 @@ class Pipeline:
         self._check_coverage(volume)
         by_uid = {str(ds.SOPInstanceUID): ds for ds in headers[chosen]}
         ordered = [by_uid[uid] for uid in volume.source_sop_instance_uids if uid is not None]
-        return volume, ordered
+        decision = next(d for d in selection.decisions if d.selected)
+        return volume, ordered, decision.reasons[-1]
 
     def _check_coverage(self, volume: CTVolume) -> None:
         """A series too short to hold a head (a stray slice, a partial scan) is not analysed:
@@ -285,7 +291,7 @@ class Pipeline:
             with self.sessions() as session:
                 study = load_study_input(session, self.store, job)
                 earlier = find_earlier_report(session, self.store, job) if job.study_generation > 1 else None
-            volume, headers = self.select_and_load(study)
+            volume, headers, head_reason = self.select_load_and_explain(study)
         with _stage(timings, "infer", context):
             result = self.model.predict(volume)
         with _stage(timings, "build", context):
@@ -299,6 +305,7 @@ class Pipeline:
             "total_volume_ml": round(sum(f.volume_ml for f in result.findings), 2),
             "findings_outside_skull_dropped": result.gate.dropped if result.gate else None,
             "series_instance_uid": volume.series_instance_uid,
+            "selection": head_reason,
             "slices": int(volume.hu.shape[0]),
             "model": model_key(self.model),
             "timings_s": timings,

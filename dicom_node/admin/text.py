@@ -201,6 +201,8 @@ def job_lines(job: JobLine, *, now: datetime | None = None) -> list[str]:
             lines.append(f"  stages     {stages}")
         if "series_instance_uid" in job.summary:
             lines.append(f"  series     {job.summary['series_instance_uid']} ({job.summary.get('slices', '?')} slices)")
+        if job.summary.get("selection"):
+            lines.append(f"  selected   {job.summary['selection']}")
     return lines
 
 

@@ -20,6 +20,9 @@ def test_metrics_count_what_the_node_did(tmp_path: Path) -> None:
         write_series(spec, tmp_path / "s")
         send_study(node.config.port, tmp_path / "s")
         wait_for(lambda: "succeeded" in cli("jobs", "list", "--config", str(node.config.workdir / "dicom-node.toml")).stdout, 60, "the job")
+        # An analysed job says why its series counted as a head, as a skipped one says why not.
+        shown = cli("jobs", "show", "1", "--config", str(node.config.workdir / "dicom-node.toml")).stdout
+        assert "  selected   head: header BodyPartExamined=HEAD" in shown, shown
         status, body = http_get(node.config.metrics_port, "/metrics")
         assert status == 200
         assert metric_value(body, 'dicom_node_instances_received_total{outcome="stored"}') == 6
