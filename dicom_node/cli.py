@@ -25,6 +25,7 @@ from dicom_node.admin.rejections import recent_rejections
 from dicom_node.admin.text import (
     STUDY_HEADER,
     config_lines,
+    delivery_line,
     disk_lines,
     destination_lines,
     error_lines,
@@ -307,12 +308,7 @@ def jobs_show(job_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
     for line in lines:
         typer.echo(line)
     for d in deliveries:
-        why = f" ({d.last_error})" if d.last_error and d.last_error != d.last_status else ""
-        retry = f", next try {utc(d.next_attempt_at)}" if d.state.value == "pending" and d.attempts else ""
-        typer.echo(
-            f"  delivery   {d.kind:<10} {d.sop_instance_uid} -> {d.destination}: {d.state.value}, "
-            f"{d.attempts} attempt(s){retry}, last status {d.last_status or '-'}{why}"
-        )
+        typer.echo(delivery_line(d))
 
 
 @jobs_app.command("cancel-deliveries")

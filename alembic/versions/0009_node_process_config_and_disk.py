@@ -1,4 +1,4 @@
-"""node_process: the configuration file each serving process read, and its listener's disk guard
+"""node_process: the configuration file each process read, its disk guard; delivery: resends
 
 Revision ID: 0009
 Revises: 0008
@@ -22,9 +22,17 @@ def upgrade() -> None:
     with op.batch_alter_table('node_process', schema=None) as batch_op:
         batch_op.add_column(sa.Column('config_path', sa.String(length=1024), nullable=True))
         batch_op.add_column(sa.Column('disk', sa.String(length=255), nullable=True))
+    # `jobs show` after `resend`: the attempt count restarts, so how often and when it was
+    # resent is kept apart (else "sent, 1 attempt(s)" hides the resend).
+    with op.batch_alter_table('delivery', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('resends', sa.Integer(), server_default='0', nullable=False))
+        batch_op.add_column(sa.Column('resent_at', sa.DateTime(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('delivery', schema=None) as batch_op:
+        batch_op.drop_column('resent_at')
+        batch_op.drop_column('resends')
     with op.batch_alter_table('node_process', schema=None) as batch_op:
         batch_op.drop_column('disk')
         batch_op.drop_column('config_path')

@@ -14,6 +14,7 @@ from dicom_node.admin.overview import JobLine, StudyDetail, StudyOverview
 from dicom_node.admin.rejections import WINDOW, Rejection, advice_for
 from dicom_node.db.heartbeat import NodePresence, ProcessSeen
 from dicom_node.db.state import RecentError
+from dicom_node.send.outbox import DeliveryView
 
 
 def utc(value: datetime | None) -> str:
@@ -136,6 +137,28 @@ def destination_lines(destinations: list[DestinationHealth], *, node_config: str
             lines.append(f"             last problem: {d.last_error.splitlines()[0][:160]}{next_try}")
             lines.append(f"             what to do: {advice(d.last_error, delivery=True)}")
     return lines
+
+
+def delivery_line(d: DeliveryView) -> str:
+    """``jobs show``'s line for one delivery: state, attempts, resends and the last answer, once and whole.
+
+    ``last_status`` holds a DICOM status (``0xA700``) or, for an attempt that got none
+    (connection refused, association rejected), the start of the error; the full error is
+    then the status to show, not a cut copy of it followed by the whole again.
+    """
+    retry = f", next try {utc(d.next_attempt_at)}" if d.state.value == "pending" and d.attempts else ""
+    resent = f", resent {d.resends} time(s), last {utc(d.resent_at)}" if d.resends else ""
+    status = d.last_status or "-"
+    why = ""
+    if d.last_error:
+        if d.last_status and d.last_status.startswith("0x"):
+            why = f" ({d.last_error})"
+        else:
+            status = d.last_error
+    return (
+        f"  delivery   {d.kind:<10} {d.sop_instance_uid} -> {d.destination}: {d.state.value}, "
+        f"{d.attempts} attempt(s){retry}{resent}, last status {status}{why}"
+    )
 
 
 def error_lines(errors: list[RecentError]) -> list[str]:

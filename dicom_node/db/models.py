@@ -217,6 +217,9 @@ class Delivery(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime)  # a dead worker's claim expires
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: How often an operator sent it again (`resend`), and when last: attempts restart at 0.
+    resends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    resent_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     output: Mapped[OutputObject] = relationship()
 

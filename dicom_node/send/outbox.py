@@ -301,6 +301,8 @@ class DeliveryView:
     last_status: str | None
     last_error: str | None
     next_attempt_at: datetime | None = None
+    resends: int = 0
+    resent_at: datetime | None = None
 
 
 def deliveries_of_job(session: Session, job_id: int) -> list[DeliveryView]:
@@ -311,7 +313,10 @@ def deliveries_of_job(session: Session, job_id: int) -> list[DeliveryView]:
         .order_by(Delivery.destination, OutputObject.id)
     ).all()
     return [
-        DeliveryView(d.id, kind, uid, d.destination, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at)
+        DeliveryView(
+            d.id, kind, uid, d.destination, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at,
+            d.resends, d.resent_at,
+        )
         for d, kind, uid in rows
     ]
 
@@ -335,11 +340,21 @@ def requeue_job_outputs(
 
 
 def _requeue(session: Session, *, output_id: int, destinations: list[str], now: datetime) -> int:
-    """Make one object's deliveries to ``destinations`` pending again, from a first attempt."""
+    """Make one object's deliveries to ``destinations`` pending again, from a first attempt.
+
+    A row that was already sent or given up counts as resent (a row just added by this
+    resend, never tried, does not).
+    """
+    match = (Delivery.output_id == output_id, Delivery.destination.in_(destinations))
+    session.execute(
+        update(Delivery)
+        .where(*match, Delivery.state.in_([DeliveryState.SENT, DeliveryState.DEAD, DeliveryState.CANCELLED]))
+        .values(resends=Delivery.resends + 1, resent_at=now)
+    )
     return int(
         session.execute(
             update(Delivery)
-            .where(Delivery.output_id == output_id, Delivery.destination.in_(destinations))
+            .where(*match)
             .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, last_error=None)
         ).rowcount
     )

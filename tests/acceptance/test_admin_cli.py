@@ -98,7 +98,7 @@ def test_status_of_one_study_shows_its_jobs_and_deliveries(config: Path) -> None
     assert "result     positive, probability 0.91, volume 7.08 mL, 1 lesion(s)" in out
     assert "stages     load 0.30 s, infer 1.20 s" in out
     shown = cli("jobs", "show", "1", "--config", str(config)).stdout
-    assert re.search(r"-> oldpacs: pending, 4 attempt\(s\), next try 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC, last status -", shown), shown
+    assert re.search(r"-> oldpacs: pending, 4 attempt\(s\), next try 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC, last status association aborted or peer unreachable \(OLD@10.0.0.9:104\)$", shown, re.M), shown
     assert "delivery   oldpacs: 1 pending" in out and "last problem: association aborted or peer unreachable (OLD@10.0.0.9:104)" in out
     unknown = cli("status", STUDY + ".77", "--config", str(config))
     assert unknown.returncode == 1
@@ -132,6 +132,9 @@ def test_resend_says_what_is_wrong_and_what_to_do(config: Path, tmp_path: Path) 
     # As the README prints it: no --to sends to every configured destination.
     ok = cli("resend", STUDY, "--config", str(config))
     assert ok.returncode == 0 and ok.stdout.strip() == "1 deliveries of job 1 queued for pacs", ok.stdout + ok.stderr
+    # The attempt count restarts; `jobs show` says it was resent, and when.
+    shown = cli("jobs", "show", "1", "--config", str(config)).stdout
+    assert re.search(r"-> pacs: pending, 0 attempt\(s\), resent 1 time\(s\), last 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown), shown
     bare = NodeConfig(workdir=tmp_path / "bare", database_url=load_settings(config).database.url).write()
     none = cli("resend", STUDY, "--config", str(bare))
     assert none.returncode == 2 and "no destination is configured" in none.stderr and "[[destinations]]" in none.stderr

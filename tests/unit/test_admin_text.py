@@ -7,7 +7,9 @@ from datetime import datetime, timedelta
 
 from dicom_node.admin.destinations import DestinationHealth
 from dicom_node.admin.overview import JobLine
-from dicom_node.admin.text import destination_lines, job_lines
+from dicom_node.admin.text import delivery_line, destination_lines, job_lines
+from dicom_node.db.models import DeliveryState
+from dicom_node.send.outbox import DeliveryView
 
 NOW = datetime(2026, 12, 3, 20, 0, 0)
 JOB = JobLine(
@@ -44,3 +46,14 @@ def test_a_destination_unknown_here_is_not_to_be_cancelled_when_the_node_reads_a
     elsewhere = destination_lines([pacs], node_config="/srv/node/dicom-node.toml")
     assert "cancel-deliveries" not in elsewhere[0], elsewhere
     assert "the running node reads /srv/node/dicom-node.toml: `dicom-node status --config /srv/node/dicom-node.toml`" in elsewhere[0]
+
+
+def test_a_delivery_s_error_is_shown_once_and_whole() -> None:
+    """A refused connection has no DICOM status: the stored status is the error's first 64
+    characters; the line shows the whole error once, not the cut copy and then the whole."""
+    error = "connection refused by ARCHIVE@127.0.0.1:11499: is the peer running, on that host and port?"
+    refused = DeliveryView(1, "sr", "1.2.3", "archive", DeliveryState.PENDING, 2, error[:64], error, NOW)
+    line = delivery_line(refused)
+    assert line.endswith(f"last status {error}") and line.count("connection refused") == 1, line
+    answered = DeliveryView(2, "seg", "1.2.4", "pacs", DeliveryState.DEAD, 3, "0xA700", "failure 0xA700: out of resources")
+    assert delivery_line(answered).endswith("last status 0xA700 (failure 0xA700: out of resources)")
