@@ -32,7 +32,7 @@ from dicom_node.errors import AnalysisError, NotApplicableError, SourceDataError
 from dicom_node.imaging.anatomy import HeadEvidence, head_from_image
 from dicom_node.imaging.headers import check_headers
 from dicom_node.imaging.selection import SeriesCandidate, select_series
-from dicom_node.imaging.volume import CTVolume, assemble_volume
+from dicom_node.imaging.volume import REPEATED_POSITION, CTVolume, assemble_volume
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.models.result import ModelKind, ModelResult
 from dicom_node.outputs import (
@@ -312,7 +312,10 @@ class Pipeline:
         }
         if built.missing:
             summary["missing"] = built.missing
-        return JobOutput(objects=objects, summary=summary, timings_s=timings, warnings=built.missing)
+        # Instances dropped for repeating a slice position are the one assembly warning a job
+        # carries: the study was analysed, but not on every instance the PACS sent.
+        repeated = [w for w in volume.warnings if REPEATED_POSITION in w]
+        return JobOutput(objects=objects, summary=summary, timings_s=timings, warnings=[*built.missing, *repeated])
 
     def _write(self, kind: str, dataset: Dataset) -> WrittenObject:
         relative = result_path(

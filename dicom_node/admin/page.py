@@ -145,7 +145,7 @@ def _error_row(error: state.RecentError) -> str:
     first = error.why.splitlines()[0][:300] if error.why else ""
     return (
         f"<tr><td>{_e(error.what)}</td><td class='uid'>{_e(error.study_instance_uid)}</td>"
-        f"<td>{_e(first)}</td><td>{_e(advice(error.why, delivery=error.delivery))}</td></tr>"
+        f"<td>{_e(first)}</td><td>{_e(advice(error.why, delivery=error.delivery, job_id=error.job_id, study_instance_uid=error.study_instance_uid))}</td></tr>"
     )
 
 

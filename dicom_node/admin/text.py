@@ -166,7 +166,8 @@ def error_lines(errors: list[RecentError]) -> list[str]:
     for error in errors:
         first = error.why.splitlines()[0][:160] if error.why else ""
         lines.append(f"ERROR        {error.what}, study {error.study_instance_uid}: {first}")
-        lines.append(f"             what to do: {advice(error.why, delivery=error.delivery)}")
+        what = advice(error.why, delivery=error.delivery, job_id=error.job_id, study_instance_uid=error.study_instance_uid)
+        lines.append(f"             what to do: {what}")
     return lines
 
 
@@ -214,7 +215,7 @@ def job_lines(job: JobLine, *, now: datetime | None = None) -> list[str]:
         lines.append(f"  skipped    {job.reason}")
     if job.last_error:
         lines.append(f"  error      {job.last_error}")
-        lines.append(f"  what to do {advice(job.last_error)}")
+        lines.append(f"  what to do {_job_advice(job)}")
     lines.extend(f"  warning    {warning}" for warning in job.warnings)
     if job.summary:
         call = f"{job.call}, probability {job.probability}, volume {job.volume_ml} mL, {job.summary.get('lesions', '?')} lesion(s)"
@@ -227,6 +228,19 @@ def job_lines(job: JobLine, *, now: datetime | None = None) -> list[str]:
         if job.summary.get("selection"):
             lines.append(f"  selected   {job.summary['selection']}")
     return lines
+
+
+def _job_advice(job: JobLine) -> str:
+    """A job's next step; a job queued or running again needs none from the operator."""
+    if job.state in ("queued", "running"):
+        return (
+            f"none: it runs again by itself; the run that failed used one of its attempts "
+            f"({job.attempts} of {job.max_attempts} used)"
+        )
+    step = advice(job.last_error or "", job_id=job.id)
+    if "by itself" in step:  # a lost worker, but the job had no attempt left
+        return f"it used its last attempt ({job.attempts} of {job.max_attempts}): `dicom-node jobs retry {job.id}` runs it again"
+    return step
 
 
 def study_detail_lines(detail: StudyDetail, *, now: datetime | None = None) -> list[str]:

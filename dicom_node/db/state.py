@@ -56,6 +56,7 @@ class RecentError:
     why: str
     delivery: bool
     study_instance_uid: str
+    job_id: int | None = None  # a job's error: its id, for the advice's commands
 
 
 def recent_errors(engine: Engine, limit: int = 5) -> list[RecentError]:
@@ -79,7 +80,7 @@ def recent_errors(engine: Engine, limit: int = 5) -> list[RecentError]:
             .limit(limit)
         ).all()
     errors = [
-        RecentError(f"job {row.id} ({_value(row.state)})", row.last_error, False, row.study_instance_uid)
+        RecentError(f"job {row.id} ({_value(row.state)})", row.last_error, False, row.study_instance_uid, row.id)
         for row in jobs
     ]
     errors += [

@@ -316,7 +316,7 @@ def assemble_volume(
     warnings: list[str] = []
     slices, excluded = _read_series(sources, series_instance_uid, warnings)
     plane = _check_plane(slices, warnings)
-    slices, positions, along = _order(slices, plane.normal)
+    slices, positions, along = _order(slices, plane.normal, warnings)
     if len(slices) == 1:
         grid = _single_slice_grid(slices[0].header, plane.normal)
     else:
@@ -437,12 +437,51 @@ def _frame_of_reference(slices: list[_Slice], warnings: list[str]) -> str | None
     return frame_of_reference_uid
 
 
-def _order(slices: list[_Slice], normal: np.ndarray) -> tuple[list[_Slice], np.ndarray, np.ndarray]:
-    """Order: ascending along the normal; returns the slices, their positions and distances along it."""
+#: Job warnings start with this when instances repeated a slice position (``pipeline`` passes them on).
+REPEATED_POSITION = "instances repeating a slice position"
+#: Two slices closer than this (mm) along the normal are at one position.
+SAME_POSITION_MM = 1e-3
+
+
+def _order(
+    slices: list[_Slice], normal: np.ndarray, warnings: list[str]
+) -> tuple[list[_Slice], np.ndarray, np.ndarray]:
+    """Order: ascending along the normal; returns the slices, their positions and distances along it.
+
+    A PACS re-export can send a slice again under a new SOP Instance UID: of the instances
+    at one position the one received last (``slices`` is in receipt order) is kept.
+    """
     positions = np.stack([_floats(s.header, "ImagePositionPatient", 3) for s in slices])
     along = positions @ normal
     order = np.argsort(along, kind="stable")
-    return [slices[k] for k in order], positions[order], along[order]
+    keep = [k for i, k in enumerate(order) if i + 1 == len(order) or along[order[i + 1]] - along[k] > SAME_POSITION_MM]
+    if len(keep) < len(order):
+        _warn_repeated(slices, order, keep, warnings)
+    return [slices[k] for k in keep], positions[keep], along[keep]
+
+
+def _warn_repeated(slices: list[_Slice], order: np.ndarray, keep: list[int], warnings: list[str]) -> None:
+    """Say how many repeated instances were dropped, and how many differed in their pixels from the one kept."""
+    kept = set(keep)
+    differ = 0
+    group: list[int] = []  # the instances at one position; in ``order`` the kept one comes last
+    for k in order:
+        group.append(int(k))
+        if k in kept:
+            if len(group) > 1:
+                pixels = _pixel_bytes(slices[k].source)
+                differ += sum(_pixel_bytes(slices[m].source) != pixels for m in group[:-1])
+            group = []
+    dropped = len(order) - len(keep)
+    warnings.append(
+        f"{dropped} {REPEATED_POSITION} dropped, the one received last kept "
+        f"({dropped - differ} with identical pixel data, {differ} with different pixel data)"
+    )
+
+
+def _pixel_bytes(source: Source) -> bytes:
+    dataset = source if isinstance(source, Dataset) else dcmread(source)
+    return bytes(dataset.get("PixelData") or b"")
 
 
 def _single_slice_grid(header: Dataset, normal: np.ndarray) -> _Grid:

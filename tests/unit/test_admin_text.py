@@ -57,3 +57,16 @@ def test_a_delivery_s_error_is_shown_once_and_whole() -> None:
     assert line.endswith(f"last status {error}") and line.count("connection refused") == 1, line
     answered = DeliveryView(2, "seg", "1.2.4", "pacs", DeliveryState.DEAD, 3, "0xA700", "failure 0xA700: out of resources")
     assert delivery_line(answered).endswith("last status 0xA700 (failure 0xA700: out of resources)")
+
+
+def test_advice_names_the_job_and_a_job_running_again_needs_none() -> None:
+    """No literal ID to fill in; a job the lease scan requeued runs again by itself."""
+    broken = replace(JOB, state="dead", lease_owner=None, attempts=1,
+                     last_error="series 1.2.3 cannot be assembled into a volume: slice spacing is irregular")
+    assert any(line.startswith("  what to do") and "`dicom-node jobs retry 5`" in line for line in job_lines(broken, now=NOW))
+    assert not any(" ID`" in line for line in job_lines(broken, now=NOW))
+    crashed = "worker host:1:42:ab died (its process is gone from this host); reclaimed at once"
+    again = job_lines(replace(JOB, state="queued", lease_owner=None, attempts=1, last_error=crashed), now=NOW)
+    assert "  what to do none: it runs again by itself; the run that failed used one of its attempts (1 of 3 used)" in again
+    last = job_lines(replace(JOB, state="dead", lease_owner=None, attempts=3, last_error=crashed), now=NOW)
+    assert "  what to do it used its last attempt (3 of 3): `dicom-node jobs retry 5` runs it again" in last

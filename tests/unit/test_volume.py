@@ -201,17 +201,32 @@ def test_irregular_spacing_is_refused():
         assemble_volume(datasets, series_instance_uid=spec.series_instance_uid)
 
 
-def test_two_instances_at_one_position_are_refused_but_a_resent_instance_is_read_once():
+def test_two_instances_at_one_position_keep_the_one_received_last_and_a_resent_instance_is_read_once():
+    """A PACS re-export sends a slice again under a new SOP Instance UID: the volume keeps the
+    instance received last (last in the list) and says how many it dropped, and whether their
+    pixels differed."""
     spec = small_spec(n_slices=6)
     datasets = series_datasets(spec)
     volume = assemble_volume(datasets + [datasets[2]], series_instance_uid=spec.series_instance_uid)
     assert volume.shape[0] == 6
     assert any("duplicate" in w for w in volume.warnings)
 
-    twin = series_datasets(spec)[2]
-    twin.SOPInstanceUID = generate_uid(TEST_UID_PREFIX)
-    with pytest.raises(ValueError, match="share one slice position"):
-        assemble_volume(datasets + [twin], series_instance_uid=spec.series_instance_uid)
+    twin = series_datasets(spec)[2]  # same position and pixels, a new SOP Instance UID
+    assert twin.SOPInstanceUID != datasets[2].SOPInstanceUID
+    same = assemble_volume(datasets + [twin], series_instance_uid=spec.series_instance_uid)
+    assert same.shape[0] == 6 and twin.SOPInstanceUID in same.source_sop_instance_uids
+    assert datasets[2].SOPInstanceUID not in same.source_sop_instance_uids
+    assert "1 instances repeating a slice position dropped, the one received last kept (1 with identical pixel data, 0 with different pixel data)" in same.warnings
+    np.testing.assert_array_equal(same.hu, head_volume(spec)[0])
+
+    changed = series_datasets(spec)[2]
+    pixels = changed.pixel_array.copy()
+    pixels[:] = 1024  # water everywhere: visibly not the first one
+    changed.PixelData = pixels.tobytes()
+    newer = assemble_volume(datasets + [changed], series_instance_uid=spec.series_instance_uid)
+    assert any("(0 with identical pixel data, 1 with different pixel data)" in w for w in newer.warnings)
+    k = list(newer.source_sop_instance_uids).index(changed.SOPInstanceUID)
+    assert np.all(newer.hu[k] == 0)
 
 
 def test_missing_frame_of_reference_is_a_warning_not_a_failure():
