@@ -44,7 +44,7 @@ from dicom_node.config import CONFIG_ENV, Settings, load_settings
 from dicom_node.effective_config import effective_settings, environment_overrides, render as render_settings
 from dicom_node.db import migrate
 from dicom_node.db.clock import database_now
-from dicom_node.db.heartbeat import presence
+from dicom_node.db.heartbeat import listener_reload_pids, presence
 from dicom_node.db.models import JobState
 from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, describe_database, session_factory
@@ -228,7 +228,9 @@ def status(
             typer.echo(line)
         ticks = tick_lease.holders(session)
         studies = overview.recent_studies(session, limit)
-        rejected = rejection_lines(recent_rejections(session, now=now))
+        rejected = rejection_lines(
+            recent_rejections(session, now=now, admits=settings.node.admits), reload_pids=listener_reload_pids(running)
+        )
     for name, (owner, until) in sorted(ticks.items()):
         held = f"{owner} until {until:%H:%M:%S} UTC" if owner and until and until > now else "free (no live holder)"
         typer.echo(f"TICK         {name}: {held}")

@@ -12,6 +12,7 @@ process: it binds the port and keeps the children running, each of which builds 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -186,6 +187,7 @@ class Node:
         heartbeat = Heartbeat.of_serving_process(
             session_factory(self.engine), settings, listener=self.listener, worker=self.worker,
             config_path=self.config, disk=lambda: disk_guard_text(self.store.free_bytes(), self.store.min_free_bytes),
+            reload_pid=os.getppid() if self.supervised is not None else None,  # `run` passes SIGHUP on
         )
         heartbeat.start()
         self._stops.append(heartbeat.stop)

@@ -22,6 +22,8 @@ def upgrade() -> None:
     with op.batch_alter_table('node_process', schema=None) as batch_op:
         batch_op.add_column(sa.Column('config_path', sa.String(length=1024), nullable=True))
         batch_op.add_column(sa.Column('disk', sa.String(length=255), nullable=True))
+        # The pid a reload (SIGHUP) goes to: `dicom-node run`'s supervisor, not its children.
+        batch_op.add_column(sa.Column('reload_pid', sa.Integer(), nullable=True))
     # `jobs show` after `resend`: the attempt count restarts, so how often and when it was
     # resent is kept apart (else "sent, 1 attempt(s)" hides the resend).
     with op.batch_alter_table('delivery', schema=None) as batch_op:
@@ -34,5 +36,6 @@ def downgrade() -> None:
         batch_op.drop_column('resent_at')
         batch_op.drop_column('resends')
     with op.batch_alter_table('node_process', schema=None) as batch_op:
+        batch_op.drop_column('reload_pid')
         batch_op.drop_column('disk')
         batch_op.drop_column('config_path')

@@ -70,7 +70,7 @@ def collect(engine: Engine, session: Session, settings: Settings, limit: int = 5
         destinations=destination_health(session, list(settings.destinations)),
         viewer_url=settings.observability.viewer_url,
         presence=presence(session, now=now),
-        rejections=recent_rejections(session, now=now),
+        rejections=recent_rejections(session, now=now, admits=settings.node.admits),
     )
 
 

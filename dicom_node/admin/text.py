@@ -101,7 +101,7 @@ def config_lines(read: str, presence: NodePresence) -> list[str]:
     return lines
 
 
-def rejection_lines(rejections: list[Rejection]) -> list[str]:
+def rejection_lines(rejections: list[Rejection], *, reload_pids: list[int] | None = None) -> list[str]:
     """Associations turned away in the last 24 h, by caller, address and reason, with what to do."""
     hours = WINDOW.total_seconds() / 3600
     lines = []
@@ -109,8 +109,9 @@ def rejection_lines(rejections: list[Rejection]) -> list[str]:
         lines.append(
             f"REJECTED     {r.calling_ae_title or '(none)'} from {r.peer_address or '?'}: {r.reason}; "
             f"{r.count} time(s) in {hours:g} h, last {utc(r.last_at)}"
+            + (" (allowed now)" if r.allowed_now else "")
         )
-        lines.append(f"             what to do: {advice_for(r)}")
+        lines.append(f"             what to do: {advice_for(r, reload_pids=reload_pids)}")
     return lines
 
 

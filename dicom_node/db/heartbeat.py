@@ -48,6 +48,7 @@ def register(
     now: datetime,
     config_path: str | None = None,
     disk: str | None = None,
+    reload_pid: int | None = None,
 ) -> None:
     """Add this process's row (and forget processes gone for a week)."""
     session.execute(delete(NodeProcess).where(NodeProcess.last_seen_at < now - FORGET_AFTER))
@@ -55,6 +56,7 @@ def register(
         NodeProcess(
             owner=owner, role=role, host=socket.gethostname(), pid=os.getpid(), detail=detail,
             started_at=now, last_seen_at=now, config_path=config_path, disk=disk,
+            reload_pid=reload_pid or os.getpid(),
         )
     )
 
@@ -91,6 +93,7 @@ class ProcessSeen:
     alive: bool
     config_path: str | None = None
     disk: str | None = None
+    reload_pid: int | None = None
 
     @property
     def refusing_for_disk(self) -> bool:
@@ -114,6 +117,11 @@ class NodePresence:
         return {p.role for p in self.alive}
 
 
+def listener_reload_pids(presence: NodePresence) -> list[int]:
+    """The pids SIGHUP goes to for the running listeners to re-read their allowed callers."""
+    return sorted({p.reload_pid for p in presence.alive if "listener" in p.role and p.reload_pid})
+
+
 def presence(session: Session, *, now: datetime | None = None) -> NodePresence:
     """The processes alive now (renewed within :data:`STALE_S`, not stopped) and the last one gone."""
     now = now or database_now(session)
@@ -123,6 +131,7 @@ def presence(session: Session, *, now: datetime | None = None) -> NodePresence:
         ProcessSeen(
             r.role, r.host, r.pid, r.detail, r.started_at, r.last_seen_at, r.stopped_at,
             alive=r.stopped_at is None and r.last_seen_at >= fresh, config_path=r.config_path, disk=r.disk,
+            reload_pid=r.reload_pid,
         )
         for r in rows
     ]
@@ -147,8 +156,10 @@ class Heartbeat:
         detail: str | None = None,
         config_path: Path | None = None,
         disk: Callable[[], str | None] = lambda: None,
+        reload_pid: int | None = None,
     ) -> None:
         self.sessions = sessions
+        self.reload_pid = reload_pid
         self.owner = owner
         self.role = role
         self.detail = detail
@@ -167,6 +178,7 @@ class Heartbeat:
         worker: bool,
         config_path: Path | None = None,
         disk: Callable[[], str | None] = lambda: None,
+        reload_pid: int | None = None,
     ) -> Heartbeat:
         """The heartbeat of a listener and/or worker process, with what it serves as its detail.
 
@@ -180,7 +192,7 @@ class Heartbeat:
         role = "+".join(name for name, on in (("listener", listener), ("worker", worker)) if on)
         return cls(
             sessions, owner=process_owner(), role=role, detail="; ".join(parts) or None,
-            config_path=config_path, disk=disk if listener else (lambda: None),
+            config_path=config_path, disk=disk if listener else (lambda: None), reload_pid=reload_pid,
         )
 
     def start(self) -> None:
@@ -188,7 +200,7 @@ class Heartbeat:
             with self.sessions.begin() as session:
                 register(
                     session, owner=self.owner, role=self.role, detail=self.detail, now=database_now(session),
-                    config_path=self.config_path, disk=self._disk(),
+                    config_path=self.config_path, disk=self._disk(), reload_pid=self.reload_pid,
                 )
         except Exception:  # noqa: BLE001 - the heartbeat is information, not a condition of serving
             logger.warning("heartbeat not registered; `status` may say the node is not running", exc_info=True)

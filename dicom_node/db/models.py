@@ -282,3 +282,5 @@ class NodeProcess(Base):
     config_path: Mapped[str | None] = mapped_column(String(1024))
     #: A listener's disk guard at its last beat: "N MiB free, guard M MiB: ok|refusing C-STORE (A700)".
     disk: Mapped[str | None] = mapped_column(String(255))
+    #: Where SIGHUP goes to reload it: the supervisor of `dicom-node run`, else the process itself.
+    reload_pid: Mapped[int | None] = mapped_column(Integer)

@@ -7,7 +7,9 @@ by the real listener, through `dicom-node echo`.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from pathlib import Path
 
 from tests.support.node import NodeConfig, NodeProcess, cli, http_get, wait_for
@@ -48,6 +50,17 @@ def test_status_says_whether_the_node_runs_and_whom_it_turned_away(tmp_path: Pat
         assert 'Node: <span class="ok">running</span> (listener pid ' in page, page[:2000]
         assert "<td>NOBODY</td><td>127.0.0.1</td><td>calling AE title or host not allowed</td><td>2</td>" in page
         assert "<td>ECHOSCU</td><td>127.0.0.1</td><td>called AE title &#x27;OTHERAE&#x27; is not ours</td><td>1</td>" in page
+
+        # The hint names the pid a reload goes to (`run`'s supervisor); after adding the caller
+        # and reloading it, the old rejections read as allowed now, not as a problem to fix.
+        assert f"`kill -HUP {node.process.pid}`" in out and "systemctl reload dicom-node-scp" in out, out
+        config.allowed_callers = [*config.allowed_callers, ("NOBODY", None)]
+        config.write()
+        os.kill(node.process.pid, signal.SIGHUP)
+        wait_for(lambda: cli("echo", listener, "--calling-ae", "NOBODY", "--timeout", "5").returncode == 0, 30, "the reload")
+        out = status()
+        assert re.search(r"^REJECTED     NOBODY from .* \(allowed now\)$", out, re.M), out
+        assert "what to do: nothing if the node has reloaded since the last rejection" in out, out
     finally:
         assert node.stop() == 0
 
