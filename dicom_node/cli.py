@@ -23,6 +23,7 @@ from dicom_node.admin import overview
 from dicom_node.admin.destinations import destination_health
 from dicom_node.admin.rejections import recent_rejections
 from dicom_node.admin.text import (
+    unknown_destination_hint,
     STUDY_HEADER,
     config_lines,
     delivery_line,
@@ -178,13 +179,17 @@ def echo(
     ] = None,
 ) -> None:
     """Send a C-ECHO and report the peer's status (exit 0 on success), or why it failed."""
+    config = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     settings = _settings(config) if config is not None else None
     match = _PEER.match(peer)
     if match is None:
         destinations = {d.name: d for d in settings.destinations} if settings else {}
         if peer not in destinations:
-            known = f"; configured destinations: {', '.join(destinations)}" if destinations else ""
-            typer.echo(f"peer {peer!r} must look like AE@HOST:PORT or name a configured destination{known}", err=True)
+            typer.echo(
+                f"peer {peer!r} must look like AE@HOST:PORT or name a configured destination; "
+                + unknown_destination_hint(config, list(destinations)),
+                err=True,
+            )
             raise typer.Exit(2)
         d = destinations[peer]
         called, host, port = d.ae_title, d.host, d.port

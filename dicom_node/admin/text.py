@@ -7,6 +7,7 @@ database's clock), written out in full so that a line pasted into a ticket is un
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from dicom_node.admin.advice import advice
 from dicom_node.admin.destinations import DestinationHealth
@@ -138,6 +139,13 @@ def destination_lines(destinations: list[DestinationHealth], *, node_config: str
             lines.append(f"             last problem: {d.last_error.splitlines()[0][:160]}{next_try}")
             lines.append(f"             what to do: {advice(d.last_error, delivery=True)}")
     return lines
+
+
+def unknown_destination_hint(config: Path | None, names: list[str]) -> str:
+    """Which settings a destination name was looked up in, so that "unknown" is not misread."""
+    if config is None:
+        return "no settings file was read (pass --config or set DICOM_NODE_CONFIG; there is no config/dicom-node.toml here)"
+    return f"configured destinations in {config}: {', '.join(names) or 'none'}"
 
 
 def delivery_line(d: DeliveryView) -> str:

@@ -230,7 +230,7 @@ def test_echo_says_why_it_failed_and_what_to_try(node: RunningNode, tmp_path: Pa
     by_name = cli("echo", "self", "--config", str(config))
     assert by_name.returncode == 1 and "our calling AE title 'DICOMNODE'" in by_name.stderr, by_name.stderr
     unknown = cli("echo", "nosuch", "--config", str(config))
-    assert unknown.returncode == 2 and "configured destinations: self" in unknown.stderr
+    assert unknown.returncode == 2 and "dicom-node.toml: self" in unknown.stderr and "configured destinations in " in unknown.stderr, unknown.stderr
 
 
 def test_a_settings_file_finds_its_database_from_any_directory(tmp_path: Path) -> None:
@@ -294,3 +294,14 @@ def test_echo_tells_a_silent_port_from_one_that_drops_the_connection(tmp_path: P
         dropper.join(timeout=5)
         silent.close()
         dropping.close()
+
+
+def test_echo_by_name_says_which_settings_it_looked_the_name_up_in(tmp_path: Path) -> None:
+    """Without --config: the checkout's config/dicom-node.toml, as the other commands; outside
+    a checkout, that no settings were read (not just "unknown destination")."""
+    env = {k: v for k, v in os.environ.items() if k != "DICOM_NODE_CONFIG"}
+    env["PYTHONPATH"] = str(REPO)
+    nowhere = cli("echo", "pacs", env=env, cwd=tmp_path)
+    assert nowhere.returncode == 2 and "no settings file was read (pass --config or set DICOM_NODE_CONFIG" in nowhere.stderr, nowhere.stderr
+    here = cli("echo", "pacs", env=env)
+    assert here.returncode == 2 and "configured destinations in config/dicom-node.toml: none" in here.stderr, here.stderr
