@@ -41,7 +41,7 @@ from dicom_node.admin.text import (
 )
 from dicom_node.conformance import write_conformance_statement
 from dicom_node.audit import AuditLog
-from dicom_node.config import CONFIG_ENV, Settings, load_settings
+from dicom_node.config import CONFIG_ENV, Settings, load_settings, variables_named
 from dicom_node.effective_config import effective_settings, environment_overrides, render as render_settings
 from dicom_node.db import migrate
 from dicom_node.db.clock import database_now
@@ -473,7 +473,7 @@ def config_check(
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(problem)
-        overrides = sorted(environment_overrides(os.environ).values())
+        overrides = variables_named(exc.problems, os.environ)
         where = f"{path} or the environment ({', '.join(overrides)})" if overrides else str(path)
         typer.echo(f"{len(exc.problems)} problem(s) in {where}")
         raise typer.Exit(1) from exc

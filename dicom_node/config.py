@@ -562,6 +562,12 @@ def unknown_section_variables(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def variables_named(problems: list[str], environ: Mapping[str, str]) -> list[str]:
+    """The set environment variables the problem lines name (a bad value, or a section that does not exist)."""
+    named = {match for line in problems for match in re.findall(rf"\b{ENV_PREFIX}\w+", line)}
+    return sorted(name for name in named if name in environ)
+
+
 def validation_problems(exc: ValidationError, environ: Mapping[str, str] | None = None) -> list[str]:
     """One line per problem, each starting with the dotted key it concerns (and the variable that set it)."""
     variables = environment_keys(os.environ if environ is None else environ)

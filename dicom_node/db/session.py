@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import DatabaseSettings
+from dicom_node.config import DatabaseSettings, environment_keys
 from dicom_node.errors import DatabaseNotFoundError
 
 #: Seconds to wait for a PostgreSQL connection before the attempt counts as failed.
@@ -40,6 +41,12 @@ def describe_database(url_text: str) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def _url_source() -> str:
+    """Where the database URL came from: the environment wins over the file, so name it when it is set."""
+    variable = environment_keys(os.environ).get("database.url") or environment_keys(os.environ).get("database")
+    return f"environment variable {variable}" if variable else "[database] url"
+
+
 def create_db_engine(settings: DatabaseSettings, *, create: bool = True) -> Engine:
     """An engine for ``settings.url``; SQLite gets WAL, synchronous=FULL and a busy timeout.
 
@@ -54,7 +61,7 @@ def create_db_engine(settings: DatabaseSettings, *, create: bool = True) -> Engi
             if not create and not path.is_file():
                 relative = "" if path.is_absolute() else " (a relative path: relative to the directory the command runs in)"
                 raise DatabaseNotFoundError(
-                    f"no database at {describe_database(settings.url)}{relative}, from [database] url = "
+                    f"no database at {describe_database(settings.url)}{relative}, from {_url_source()} = "
                     f"{settings.url!r}: give the node's settings with --config or DICOM_NODE_CONFIG, "
                     "or create the database with `dicom-node db upgrade --config PATH`"
                 )

@@ -305,3 +305,19 @@ def test_echo_by_name_says_which_settings_it_looked_the_name_up_in(tmp_path: Pat
     assert nowhere.returncode == 2 and "no settings file was read (pass --config or set DICOM_NODE_CONFIG" in nowhere.stderr, nowhere.stderr
     here = cli("echo", "pacs", env=env)
     assert here.returncode == 2 and "configured destinations in config/dicom-node.toml: none" in here.stderr, here.stderr
+
+
+def test_problems_set_by_the_environment_name_their_variables(tmp_path: Path) -> None:
+    """The database URL from DICOM_NODE_DATABASE__URL says so when the file is missing; `config
+    check` names every variable behind its problems, a misspelt section included."""
+    missing = tmp_path / "nowhere" / "node.db"
+    env = {**os.environ, "DICOM_NODE_DATABASE__URL": f"sqlite:///{missing}"}
+    status = cli("status", "--config", str(REPO / "config" / "dicom-node.toml"), env=env)
+    assert status.returncode == 3, status.stderr
+    assert f"from environment variable DICOM_NODE_DATABASE__URL = 'sqlite:///{missing}'" in status.stderr, status.stderr
+    env = {**os.environ, "DICOM_NODE_NODEX__PORT": "1", "DICOM_NODE_NODE__PORT": "abc"}
+    check = cli("config", "check", str(REPO / "config" / "dicom-node.toml"), env=env)
+    assert check.returncode == 1
+    assert check.stdout.strip().splitlines()[-1].endswith(
+        "or the environment (DICOM_NODE_NODEX__PORT, DICOM_NODE_NODE__PORT)"
+    ), check.stdout
