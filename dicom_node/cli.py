@@ -484,7 +484,10 @@ def config_check(
 
 
 @config_app.command("show")
-def config_show(config: ConfigOption = DEFAULT_CONFIG) -> None:
+def config_show(
+    config: ConfigOption = DEFAULT_CONFIG,
+    explain: Annotated[bool, typer.Option("--explain", help="Also what each section and key is for.")] = False,
+) -> None:
     """Print the effective settings: every key, its value (secrets masked) and its source."""
     settings = _settings(config)
     overrides = sorted(environment_overrides(os.environ).values())
@@ -492,7 +495,7 @@ def config_show(config: ConfigOption = DEFAULT_CONFIG) -> None:
     typer.echo(f"# environment overrides: {', '.join(overrides) or 'none'}")
     typer.echo(f"# database: {describe_database(settings.database.url)}")
     typer.echo(f"# relative paths: of the file and defaults under {config.resolve().parent}, of the environment under {Path.cwd()}")
-    typer.echo(render_settings(effective_settings(config, settings)), nl=False)
+    typer.echo(render_settings(effective_settings(config, settings), explain=explain), nl=False)
 
 
 @app.command()

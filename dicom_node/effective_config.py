@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from dicom_node.config import Settings, environment_keys
@@ -33,6 +34,33 @@ class SettingLine:
     key: str
     value: Any
     source: str  # "file", "default" or "environment (NAME)"
+    description: str | None = None  # the key's description in config.py, where it has one
+
+
+#: Keys whose value, once read, differs from what was written, and why (shown beside the source).
+NORMALISED = {"identity.uid_root": "a final '.' is added once read: every UID is this root plus numbers"}
+
+
+def describe(key: str) -> str | None:
+    """The description config.py gives ``key`` (a dotted name), or None."""
+    model: Any = Settings
+    *sections, name = key.split(".")
+    for section in sections:
+        field = model.model_fields.get(section)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    field = model.model_fields.get(name)
+    return field.description if field is not None else None
+
+
+def section_purpose(section: str) -> str | None:
+    """The first line of a section's docstring: what the section is for."""
+    field = Settings.model_fields.get(section)
+    model = field.annotation if field is not None else None
+    if isinstance(model, type) and issubclass(model, BaseModel) and model.__doc__:
+        return model.__doc__.strip().splitlines()[0]
+    return None
 
 
 def environment_overrides(environ: Mapping[str, str]) -> dict[str, str]:
@@ -82,10 +110,13 @@ def effective_settings(path: Path, settings: Settings, environ: Mapping[str, str
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
     overrides = environment_overrides(environ)
     dump = settings.model_dump(mode="json")
-    return [
-        SettingLine(key, _masked(key, value), _source(key, raw, overrides))
-        for key, value in _leaves("", dump)
-    ]
+    lines = []
+    for key, value in _leaves("", dump):
+        source = _source(key, raw, overrides)
+        if key in NORMALISED and source != "default":
+            source += f"; {NORMALISED[key]}"
+        lines.append(SettingLine(key, _masked(key, value), source, describe(key)))
+    return lines
 
 
 def _toml(value: Any) -> str:
@@ -103,15 +134,24 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def render(lines: list[SettingLine]) -> str:
-    """``[section]`` blocks of ``key = value  # source`` lines, in the settings' own order."""
+def render(lines: list[SettingLine], *, explain: bool = False) -> str:
+    """``[section]`` blocks of ``key = value  # source`` lines, in the settings' own order.
+
+    ``explain``: each section's purpose above it and each key's description (where
+    config.py gives one) above the key, as TOML comments.
+    """
     out: list[str] = []
     section = None
     for line in lines:
         head, _, name = line.key.rpartition(".")
         if head != section:
             out.append(f"\n[{head}]" if head else "")
+            purpose = section_purpose(head.split(".")[0]) if explain and head else None
+            if purpose:
+                out.append(f"# {purpose}")
             section = head
+        if explain and line.description:
+            out.append(f"# {name}: {line.description}")
         text = f"{name} = {_toml(line.value)}"
         out.append(f"{text:<48}  # {line.source}")
     return "\n".join(out).lstrip("\n") + "\n"

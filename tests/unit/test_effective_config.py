@@ -87,3 +87,17 @@ def test_only_variables_of_a_settings_section_count_as_overrides() -> None:
 
     environ = {"DICOM_NODE_CONFIG": "/x.toml", "DICOM_NODE_FAULT_TRIALS": "4", "DICOM_NODE_TLS__ENABLED": "1", "HOME": "/"}
     assert environment_overrides(environ) == {"tls.enabled": "DICOM_NODE_TLS__ENABLED"}
+
+
+def test_config_show_explain_says_what_sections_and_keys_are_for_and_why_uid_root_ends_in_a_dot() -> None:
+    """Each section's purpose and each described key's description as TOML comments; the
+    dot that reading adds to uid_root is explained, not left to look like the file's."""
+    example = str(Path(__file__).resolve().parents[2] / "config" / "dicom-node.toml")
+    plain = cli("config", "show", "--config", example)
+    explained = cli("config", "show", "--explain", "--config", example)
+    assert plain.returncode == explained.returncode == 0, plain.stderr + explained.stderr
+    assert "# min_free_mb: refuse C-STORE with 0xA700 below this free space" in explained.stdout
+    assert "# Where received instances live" in explained.stdout
+    assert "# min_free_mb:" not in plain.stdout
+    uid_line = next(line for line in plain.stdout.splitlines() if line.startswith("uid_root = "))
+    assert uid_line.split("#", 1)[1].strip() == "file; a final '.' is added once read: every UID is this root plus numbers"
