@@ -233,9 +233,13 @@ def evaluate(
     report = EvaluationReport(model=str(model_dir) + (" (gated)" if gate else ""), data=str(data), splits=reports)
     if write_card:
         report.files = write_figures(report, model_dir, loaded.card.name)
+        # "evaluation" is the latest run; "evaluations" keeps one entry per data folder (and gate),
+        # so a card can carry its Kaggle figures and its whole-stack figures side by side.
+        earlier = dict(loaded.card.metrics.get("evaluations", {}))
         card = loaded.card.with_metrics(
             {
                 "evaluation": report.metrics(),
+                "evaluations": {**earlier, report.model.replace(str(model_dir), str(data)): report.metrics()},
                 "evaluation_data": str(data),
                 "evaluation_device": str(runner.device),
                 "evaluation_figures": [p.name for p in report.files],

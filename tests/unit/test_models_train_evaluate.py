@@ -102,6 +102,15 @@ def test_evaluate_writes_figures_into_the_card_and_plots_next_to_it(trained, tin
     assert "val" in table and "test" in table
 
 
+def test_the_card_keeps_one_evaluation_per_data_folder_and_gate(trained, tiny_kaggle):
+    evaluate(trained["unet"], tiny_kaggle, splits=["val"], device="cpu", resamples=20)
+    evaluate(trained["unet"], tiny_kaggle, splits=["test"], device="cpu", resamples=20, gate=True)
+    kept = ModelCard.load(trained["unet"]).metrics["evaluations"]
+    assert set(kept[str(tiny_kaggle)]) == {"val"}
+    assert set(kept[f"{tiny_kaggle} (gated)"]) == {"test"}
+    assert ModelCard.load(trained["unet"]).metrics["evaluation"] == kept[f"{tiny_kaggle} (gated)"]
+
+
 def test_evaluate_a_classifier_has_no_segmentation_figures(trained, tiny_kaggle):
     report = evaluate(trained["classifier"], tiny_kaggle, splits=["val"],
                       device="cpu", write_card=False, resamples=50)
