@@ -109,6 +109,10 @@ def calibrate_command(
 def evaluate_command(
     data: Annotated[Path, typer.Option("--data", help="Data folder: Kaggle, PHE-SICH, NIfTI or DICOM + SEG.")],
     model: Annotated[Path | None, typer.Option("--model", help="Model directory (card + weights).")] = None,
+    classifier: Annotated[
+        Path | None,
+        typer.Option("--classifier", help="With --model: evaluate this classifier and the model combined (rule gate)."),
+    ] = None,
     threshold_baseline: Annotated[
         bool, typer.Option("--threshold-baseline", help="Evaluate the HU threshold baseline instead of a model.")
     ] = False,
@@ -123,13 +127,19 @@ def evaluate_command(
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
     """Evaluate a model (or the threshold baseline) and print a table of its figures."""
-    from dicom_node.training.evaluate import evaluate, evaluate_threshold, format_table
+    from dicom_node.training.evaluate import evaluate, evaluate_combination, evaluate_threshold, format_table
 
     configure_logging(log_level.upper(), "text")
     if (model is None) == (not threshold_baseline):
         raise typer.BadParameter("give either --model DIR or --threshold-baseline")
     chosen = [s.strip() for s in splits.split(",") if s.strip()] or None
-    if model is not None:
+    if classifier is not None:
+        if model is None:
+            raise typer.BadParameter("--classifier needs --model (the segmenter it is combined with)")
+        report = evaluate_combination(
+            classifier, model, data, splits=chosen, device=device, batch_size=batch_size, seed=seed, gate=gate
+        )
+    elif model is not None:
         report = evaluate(
             model, data, splits=chosen, device=device, batch_size=batch_size,
             write_card=write_card, seed=seed, gate=gate,

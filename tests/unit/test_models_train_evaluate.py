@@ -143,6 +143,18 @@ def test_the_commands_train_and_evaluate(tmp_path, tiny_kaggle):
     assert result.exit_code != 0
 
 
+def test_evaluate_measures_a_classifier_and_a_segmenter_combined_and_gated(trained, tiny_kaggle):
+    app = typer.Typer()
+    commands.register(app)
+    args = ["evaluate", "--classifier", str(trained["classifier"]), "--model", str(trained["unet"]),
+            "--data", str(tiny_kaggle), "--splits", "val", "--gate"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "classifier+unet (gate, gated)" in result.output and "val" in result.output
+    alone = CliRunner().invoke(app, ["evaluate", "--classifier", str(trained["classifier"]), "--data", str(tiny_kaggle)])
+    assert alone.exit_code != 0
+
+
 def test_an_epoch_takes_every_positive_and_fresh_negatives(training_data):
     import torch
 
