@@ -69,6 +69,7 @@ def main() -> None:
         times.append(time.perf_counter() - started)
     load_after = os.getloadavg()
     print(f"model: {settings.analysis.model} ({settings.analysis.combination}), {args.threads} torch threads")
+    print(f"segmenter folder: {settings.analysis.unet_dir or 'shipped default'}")
     print(f"study: {volume.hu.shape[0]} x {volume.hu.shape[1]} x {volume.hu.shape[2]}")
     print(f"seconds: median {statistics.median(times):.1f} (runs: {', '.join(f'{t:.1f}' for t in times)})")
     print(f"call: p={result.study_probability:.2f}, {len(result.findings)} finding(s)")
