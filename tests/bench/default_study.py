@@ -2,7 +2,7 @@
 
 What it measures
     The model the example config (``config/dicom-node.toml``) builds, exactly as
-    the worker builds it (``dicom_node.cli._model``: the classifier and segmenter
+    the worker builds it (``dicom_node.models.loading.load_configured_model``: the classifier and segmenter
     runners, the anatomy gate, the combination rule), predicting one phantom
     study of ``--slices`` slices of 512x512 HU with skull base, neck and one
     lesion (0.625 mm slices by default, as a thin-slice scanner delivers them).
@@ -53,12 +53,12 @@ def main() -> None:
 
     import torch
 
-    from dicom_node.cli import _model
     from dicom_node.config import load_settings
+    from dicom_node.models.loading import load_configured_model
 
     torch.set_num_threads(args.threads)
     settings = load_settings(args.config)
-    model = _model(settings)
+    model = load_configured_model(settings.analysis).model
     volume = _volume(args.slices, args.thickness_mm)
     load_before = os.getloadavg()
     result = model.predict(volume)  # warm-up
