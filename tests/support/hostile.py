@@ -806,11 +806,6 @@ def garbage_cases() -> list[IngestCase]:
     return cases
 
 
-ORPHAN_BUG = ("ingest/scp.py _store (keep_first): the file is published at the new study/series path before the "
-              "catalog finds the SOP Instance UID already recorded; the DUPLICATE outcome returns success without "
-              "removing it, leaving a file no row references")
-
-
 def duplicate_of(name: str, *, other_study: bool = False, other_series: bool = False) -> bytes:
     """The prelude's instance again (same SOP Instance UID), perhaps filed under another study or series."""
     [ds] = ct_datasets(name)
@@ -916,22 +911,6 @@ def _one_syntax_per_series(name: str) -> list[Dataset]:
         series = ct_datasets(name, n_slices=6, series_key=f"series {k}", series_number=10 + k)
         datasets += [in_syntax(ds, syntax) for ds in series]
     return datasets
-
-
-#: Bugs the study corpus found in the analysis path (not in ingest); reported, not fixed here.
-TILT_BUG = ("outputs/keyimages.py: highdicom SC from_ref_dataset derives PatientOrientation 'PH'/'PF' from an oblique "
-            "ImageOrientationPatient and rejects it (ValueError): retried, then dead")
-DEFLATE_BUG = ("imaging/volume.py _decode: pydicom pixel_array(path) cannot read a deflated file (AttributeError 'no "
-               "Pixel Data'): retried, then dead, although ingest accepts Deflated Explicit VR Little Endian")
-NO_PIXELS_BUG = ("imaging/volume.py _decode: pydicom's AttributeError for absent Pixel Data is not turned into a "
-                 "ValueError/AnalysisError: the job is retried 3 times, then dies with a raw AttributeError")
-EXCESS_PIXELS_BUG = ("imaging/volume.py _decode: pydicom drops Pixel Data beyond Rows x Columns with a warning only, so "
-                     "a header that does not describe its pixels is analysed as if it did")
-
-
-HEADER_BUG = ("pipeline/imaging: a header value that is not a number (or has the wrong count) raises a plain "
-              "ValueError/TypeError/OverflowError outside the AnalysisError paths: the job is retried 3 times, then "
-              "dies with a raw exception message")
 
 
 def raw_value(ds: Dataset, keyword: str, value: str | bytes) -> None:
