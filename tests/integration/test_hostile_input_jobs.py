@@ -2,8 +2,8 @@
 
 :mod:`tests.integration.test_hostile_input` checks every study case's state and reason
 in one large run. These cases are the ones that once failed in the analysis path
-(a tilted study whose key images were refused, a deflated series, absent or surplus
-pixel data, header values that are not numbers). Here each is sent over C-STORE to an
+(a tilted study whose key images were refused, a deflated series, absent, short or surplus
+pixel data, header values that are not numbers or cannot describe a slice). Here each is sent over C-STORE to an
 in-process node, completed and run by the real worker and pipeline, and the whole
 outcome is checked:
 
@@ -65,8 +65,15 @@ EXPECTED: dict[str, Expected] = {
         JobState.DEAD, ("cannot be assembled", "bytes of Pixel Data", "expected for 32 x 32")),
     "study/pixel data twice Rows x Columns": Expected(
         JobState.DEAD, ("cannot be assembled", "bytes of Pixel Data", "expected for 32 x 32")),
+    # Less Pixel Data than the header describes: said in the same terms, not as numpy's "cannot reshape".
+    "study/pixel data half of Rows x Columns": Expected(
+        JobState.DEAD, ("cannot be assembled", "1024 bytes of Pixel Data", "2048 expected for 32 x 32")),
+    "study/BitsAllocated 32 on 16-bit pixels": Expected(
+        JobState.DEAD, ("cannot be assembled", "2048 bytes of Pixel Data", "4096 expected for 32 x 32")),
     # Header values that are not numbers, or have the wrong count: named, not a raw exception.
     **{f"study/{label}": Expected(JobState.DEAD, (attribute,)) for label, _, attribute in HOSTILE_HEADERS},
+    # ... while a series with such a header beside a good one only costs that series.
+    "study/an RGB series beside the CT series": Expected(JobState.SUCCEEDED),
 }
 CASES = [case for case in study_cases(long_series=2) if case.name in EXPECTED]
 

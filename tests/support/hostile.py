@@ -941,6 +941,15 @@ HOSTILE_HEADERS: tuple[tuple[str, dict[str, str | bytes], str], ...] = (
     ("RescaleIntercept is empty", {"RescaleIntercept": ""}, "RescaleIntercept"),
     ("RescaleSlope overflows a float", {"RescaleSlope": "1e400"}, "RescaleSlope"),
     ("SamplesPerPixel 3 on a 1-sample image", {"SamplesPerPixel": struct.pack("<H", 3)}, "SamplesPerPixel"),
+    # Numbers, but not ones that can describe a CT slice.
+    ("PixelSpacing is zero", {"PixelSpacing": "0\\0"}, "PixelSpacing must be positive"),
+    ("RescaleSlope is zero", {"RescaleSlope": "0"}, "RescaleSlope is 0"),
+    ("ImageOrientationPatient is all zeros", {"ImageOrientationPatient": "0\\0\\0\\0\\0\\0"},
+     "ImageOrientationPatient is not two orthogonal unit vectors"),
+    ("ImageOrientationPatient rows parallel to columns", {"ImageOrientationPatient": "1\\0\\0\\1\\0\\0"},
+     "ImageOrientationPatient is not two orthogonal unit vectors"),
+    ("PhotometricInterpretation RGB on a 1-sample image", {"PhotometricInterpretation": "RGB"},
+     "PhotometricInterpretation is RGB"),
 )
 
 
@@ -997,6 +1006,8 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                   ),
         StudyCase("pixel data vs Rows/Columns", "study/header says 32x32, pixels are 64x64", "dead", _excess_pixels,
                   "cannot be assembled"),
+        StudyCase("pixel data vs Rows/Columns", "study/BitsAllocated 32 on 16-bit pixels", "dead",
+                  _edit(eight, _each(_set(BitsAllocated=32))), "cannot be assembled"),
         StudyCase("missing pixel data", "study/no slice has pixel data", "dead",
                   _edit(eight, _each(_delete("PixelData"))), "cannot be assembled"),
         StudyCase("missing pixel data", "study/one slice lacks pixel data", "dead",
@@ -1013,6 +1024,11 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                       )
             for label, values, reason in HOSTILE_HEADERS
         ),
+        StudyCase("hostile header values", "study/an RGB series beside the CT series", "succeeded",
+                  lambda name: ct_datasets(name, n_slices=8) + _edit(
+                      partial(ct_datasets, n_slices=8, series_key="rgb", series_number=3),
+                      _raw_in_all({"PhotometricInterpretation": "RGB"}))(name),
+                  why="a series whose header is unusable is skipped; the good one is analysed"),
         *(
             StudyCase("character sets", f"study/character set {label}", "succeeded",
                       partial(charset_datasets, charset=charset, patient_name=patient_name, description=description,
