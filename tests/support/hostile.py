@@ -806,11 +806,6 @@ def garbage_cases() -> list[IngestCase]:
     return cases
 
 
-ORPHAN_BUG = ("ingest/scp.py _store (keep_first): the file is published at the new study/series path before the "
-              "catalog finds the SOP Instance UID already recorded; the DUPLICATE outcome returns success without "
-              "removing it, leaving a file no row references")
-
-
 def duplicate_of(name: str, *, other_study: bool = False, other_series: bool = False) -> bytes:
     """The prelude's instance again (same SOP Instance UID), perhaps filed under another study or series."""
     [ds] = ct_datasets(name)
@@ -918,22 +913,6 @@ def _one_syntax_per_series(name: str) -> list[Dataset]:
     return datasets
 
 
-#: Bugs the study corpus found in the analysis path (not in ingest); reported, not fixed here.
-TILT_BUG = ("outputs/keyimages.py: highdicom SC from_ref_dataset derives PatientOrientation 'PH'/'PF' from an oblique "
-            "ImageOrientationPatient and rejects it (ValueError): retried, then dead")
-DEFLATE_BUG = ("imaging/volume.py _decode: pydicom pixel_array(path) cannot read a deflated file (AttributeError 'no "
-               "Pixel Data'): retried, then dead, although ingest accepts Deflated Explicit VR Little Endian")
-NO_PIXELS_BUG = ("imaging/volume.py _decode: pydicom's AttributeError for absent Pixel Data is not turned into a "
-                 "ValueError/AnalysisError: the job is retried 3 times, then dies with a raw AttributeError")
-EXCESS_PIXELS_BUG = ("imaging/volume.py _decode: pydicom drops Pixel Data beyond Rows x Columns with a warning only, so "
-                     "a header that does not describe its pixels is analysed as if it did")
-
-
-HEADER_BUG = ("pipeline/imaging: a header value that is not a number (or has the wrong count) raises a plain "
-              "ValueError/TypeError/OverflowError outside the AnalysisError paths: the job is retried 3 times, then "
-              "dies with a raw exception message")
-
-
 def raw_value(ds: Dataset, keyword: str, value: str | bytes) -> None:
     """Put ``value`` in ``keyword`` as the sender wrote it: no conversion, no validation."""
     tag = BaseTag(tag_for_keyword(keyword))
@@ -962,6 +941,15 @@ HOSTILE_HEADERS: tuple[tuple[str, dict[str, str | bytes], str], ...] = (
     ("RescaleIntercept is empty", {"RescaleIntercept": ""}, "RescaleIntercept"),
     ("RescaleSlope overflows a float", {"RescaleSlope": "1e400"}, "RescaleSlope"),
     ("SamplesPerPixel 3 on a 1-sample image", {"SamplesPerPixel": struct.pack("<H", 3)}, "SamplesPerPixel"),
+    # Numbers, but not ones that can describe a CT slice.
+    ("PixelSpacing is zero", {"PixelSpacing": "0\\0"}, "PixelSpacing must be positive"),
+    ("RescaleSlope is zero", {"RescaleSlope": "0"}, "RescaleSlope is 0"),
+    ("ImageOrientationPatient is all zeros", {"ImageOrientationPatient": "0\\0\\0\\0\\0\\0"},
+     "ImageOrientationPatient is not two orthogonal unit vectors"),
+    ("ImageOrientationPatient rows parallel to columns", {"ImageOrientationPatient": "1\\0\\0\\1\\0\\0"},
+     "ImageOrientationPatient is not two orthogonal unit vectors"),
+    ("PhotometricInterpretation RGB on a 1-sample image", {"PhotometricInterpretation": "RGB"},
+     "PhotometricInterpretation is RGB"),
 )
 
 
@@ -1018,6 +1006,8 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                   ),
         StudyCase("pixel data vs Rows/Columns", "study/header says 32x32, pixels are 64x64", "dead", _excess_pixels,
                   "cannot be assembled"),
+        StudyCase("pixel data vs Rows/Columns", "study/BitsAllocated 32 on 16-bit pixels", "dead",
+                  _edit(eight, _each(_set(BitsAllocated=32))), "cannot be assembled"),
         StudyCase("missing pixel data", "study/no slice has pixel data", "dead",
                   _edit(eight, _each(_delete("PixelData"))), "cannot be assembled"),
         StudyCase("missing pixel data", "study/one slice lacks pixel data", "dead",
@@ -1034,6 +1024,11 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                       )
             for label, values, reason in HOSTILE_HEADERS
         ),
+        StudyCase("hostile header values", "study/an RGB series beside the CT series", "succeeded",
+                  lambda name: ct_datasets(name, n_slices=8) + _edit(
+                      partial(ct_datasets, n_slices=8, series_key="rgb", series_number=3),
+                      _raw_in_all({"PhotometricInterpretation": "RGB"}))(name),
+                  why="a series whose header is unusable is skipped; the good one is analysed"),
         *(
             StudyCase("character sets", f"study/character set {label}", "succeeded",
                       partial(charset_datasets, charset=charset, patient_name=patient_name, description=description,
