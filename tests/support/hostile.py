@@ -140,8 +140,6 @@ class IngestCase:
     prelude: Callable[[str], bytes] | None = field(default=None, repr=False, compare=False)
     #: For an accepted case: whether it adds a file and a row (a kept-out duplicate adds neither).
     stores: bool = True
-    #: A bug outside instance.py/storage.py that keeps the case from its expected outcome today.
-    known_bug: str = ""
 
     @cached_property
     def data(self) -> bytes:
@@ -178,8 +176,6 @@ class StudyCase:
     build: Callable[[str], list[Dataset]] = field(repr=False, compare=False)
     reason: str = ""  # substring of the job's last_error when dead
     why: str = ""
-    #: A bug (outside the ingest path) that keeps the job from its expected outcome today.
-    known_bug: str = ""
 
     @property
     def study_instance_uid(self) -> str:
