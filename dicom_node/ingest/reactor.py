@@ -1,0 +1,218 @@
+"""The acceptor's two threads per association, waking on events instead of polling every 1 ms.
+
+Why: pynetdicom 3.0 runs two loops per association. The DUL thread (socket and state
+machine) sleeps 1 ms whenever a turn found nothing to do; the association thread (which
+calls our C-STORE handler) sleeps 1 ms before every look at its message queue. A sender
+sends its next instance only after our response, so each C-STORE waits up to three times
+in a row: before the request is read, before it is served, before the response goes out.
+Each such sleep also wakes a thread that must take the GIL from the thread doing real
+work. pynetdicom's own comment on the DUL delay reads "TODO: try and make this event
+based"; there is no public setting for either loop.
+
+How: while an association is established (state Sta6, where every C-STORE happens), each
+thread blocks on what it actually waits for:
+
+- the DUL thread in ``select()`` on the peer's socket and on a wake-up pipe, written
+  whenever something is queued for it to send;
+- the association thread on an Event, set whenever a DIMSE message or an ACSE primitive is
+  queued for it, or when it is killed.
+
+Every wait ends after :data:`WAIT_S` at the latest, so a condition that nothing signals
+(the DUL thread dying, the network time-out, the ARTIM timer) is still seen, as with
+polling but about 50 times less often. Negotiation, release and abort keep pynetdicom's
+own loops. Nothing here changes what is sent or when a response is allowed: the handler
+still runs on the association thread and answers only after its file and row are durable.
+
+Private pynetdicom names this relies on (read in pynetdicom 3.0.4): ``RequestHandler.
+_create_association``, ``Association._run_reactor`` / ``_kill`` / ``_is_paused`` /
+``_reactor_checkpoint`` / ``_serve_request``, ``DULServiceProvider._is_transport_event`` /
+``_process_recv_primitive`` / ``_kill_thread``. tests/unit/test_reactor.py pins the source
+of every pynetdicom function involved, so an upgrade that changes one fails loudly there
+and this module is re-read before it is trusted again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import ssl
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import RequestHandler
+
+logger = logging.getLogger(__name__)
+
+#: Longest wait of either thread: how late an unsignalled condition (DUL thread gone,
+#: network time-out) may be noticed. Short enough for shutdown, long enough to cost no CPU.
+WAIT_S = 0.05
+#: pynetdicom's state "association established, data transfer".
+ESTABLISHED = "Sta6"
+
+
+class SignallingQueue(queue.Queue[Any]):
+    """A queue that calls ``signal`` after every ``put``: whoever waits for it wakes at once."""
+
+    def __init__(self, signal: Callable[[], None]) -> None:
+        super().__init__()
+        self._signal = signal
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._signal()
+
+
+def _close_both(read_fd: int, write_fd: int) -> None:
+    os.close(read_fd)
+    os.close(write_fd)
+
+
+class WakeUp:
+    """A pipe a thread blocked in ``select()`` can be woken through.
+
+    Its descriptors are closed only when the object is unreachable, so no thread can
+    write into a descriptor number the process has since reused.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        weakref.finalize(self, _close_both, self.read_fd, self.write_fd)
+
+    def set(self) -> None:
+        try:
+            os.write(self.write_fd, b"\0")
+        except BlockingIOError:  # the pipe is full of wake-ups already: one is enough
+            pass
+
+    def clear(self) -> None:
+        try:
+            os.read(self.read_fd, 4096)
+        except BlockingIOError:
+            pass
+
+
+class PromptDUL(DULServiceProvider):
+    """The DUL thread, blocking in ``select()`` while established instead of sleeping 1 ms a turn."""
+
+    wake: WakeUp
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake.set()
+
+    def _is_transport_event(self) -> bool:
+        """pynetdicom calls this each turn when nothing was queued to send; first wait for work."""
+        if self.state_machine.current_state == ESTABLISHED and self._nothing_queued():
+            self._wait_for_peer_or_user()
+            # Woken to send: queue its event now, or the next turn would start with a 1 ms sleep.
+            if self._process_recv_primitive():
+                return False
+        return super()._is_transport_event()
+
+    def _nothing_queued(self) -> bool:
+        return self.event_queue.empty() and self.to_provider_queue.empty() and not self._kill_thread
+
+    def _wait_for_peer_or_user(self) -> None:
+        sock = getattr(self.socket, "socket", None)
+        if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            return  # closed, or TLS bytes already decrypted: pynetdicom's own check handles it
+        try:
+            select.select([sock, self.wake.read_fd], [], [], WAIT_S)
+        except (OSError, ValueError):  # closed meanwhile: pynetdicom's own check reports it
+            return
+        self.wake.clear()
+
+
+class PromptAssociation(Association):
+    """The acceptor's association thread, blocking on an Event instead of sleeping 1 ms a turn."""
+
+    attention: threading.Event
+
+    def kill(self) -> None:
+        self.attention.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """Serve requests until the association ends, waking as soon as something is queued for us.
+
+        The same checks as pynetdicom's loop, in the same order: a request to serve, a release
+        or abort from the peer, the DUL thread gone, the network time-out. While waiting the
+        loop counts as paused (pynetdicom's ``_is_paused``): it touches no queue until it has
+        passed ``_reactor_checkpoint``, which pynetdicom's send_* methods close while they
+        use the association from another thread.
+        """
+        self._is_paused = False
+        while not self._kill:
+            self._is_paused = True
+            if self.dimse.msg_queue.empty():
+                self.attention.wait(WAIT_S)
+            # Cleared before the checks: whatever is queued after this wakes the next wait.
+            self.attention.clear()
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            if not self._turn():
+                return
+
+    def _turn(self) -> bool:
+        """One look at everything; False once the association is over."""
+        context_id, message = self.dimse.get_msg(block=False)
+        if message:
+            self._serve_request(message, context_id)  # type: ignore[arg-type]
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            self.is_released, self.is_established = True, False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+        elif self.acse.is_aborted():
+            self.dul.receive_pdu(wait=False)  # takes the A-ABORT off the queue: EVT_ACSE_RECV fires
+            self.is_aborted, self.is_established = True, False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+        elif self.dul.is_alive() and not self.dul.idle_timer_expired():
+            return True
+        elif self.dul.is_alive():
+            logger.warning("network time-out: no PDU from the peer in time, association ends")
+            self._end_after_idle_timeout()
+        self.kill()
+        return False
+
+    def _end_after_idle_timeout(self) -> None:
+        if self.network_timeout_response == "A-RELEASE":
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self.release()
+            self._is_paused = False
+        else:
+            self.abort()
+
+
+def make_prompt(assoc: Association) -> Association:
+    """Turn a freshly created acceptor (its threads not started) into the event-driven kind."""
+    attention = threading.Event()
+    wake = WakeUp()
+    assoc.__class__ = PromptAssociation
+    assoc.dul.__class__ = PromptDUL
+    assoc.attention = attention  # type: ignore[attr-defined]
+    assoc.dul.wake = wake  # type: ignore[attr-defined]
+    assoc.dimse.msg_queue = SignallingQueue(attention.set)
+    assoc.dul.to_user_queue = SignallingQueue(attention.set)
+    assoc.dul.to_provider_queue = SignallingQueue(wake.set)
+    return assoc
+
+
+class PromptRequestHandler(RequestHandler):
+    """pynetdicom's handler of an incoming connection, making its association event-driven.
+
+    ``AssociationServer(request_handler=...)`` is public; the association it builds comes
+    from ``_create_association`` (private), changed here before its threads start.
+    """
+
+    def _create_association(self) -> Association:
+        return make_prompt(super()._create_association())
