@@ -23,6 +23,9 @@ polling but about 50 times less often. Negotiation, release and abort keep pynet
 own loops. Nothing here changes what is sent or when a response is allowed: the handler
 still runs on the association thread and answers only after its file and row are durable.
 
+While at it, the socket reads each PDU with ``recv_into`` into one buffer instead of
+pynetdicom's 4 KiB pieces (:class:`WholeReadSocket`): less CPU per instance, same bytes.
+
 Private pynetdicom names this relies on (read in pynetdicom 3.0.4): ``RequestHandler.
 _create_association``, ``Association._run_reactor`` / ``_kill`` / ``_is_paused`` /
 ``_reactor_checkpoint`` / ``_serve_request``, ``DULServiceProvider._is_transport_event`` /
@@ -46,7 +49,7 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import RequestHandler
+from pynetdicom.transport import AssociationSocket, RequestHandler
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +135,31 @@ class PromptDUL(DULServiceProvider):
         self.wake.clear()
 
 
+class WholeReadSocket(AssociationSocket):
+    """pynetdicom's socket, reading a PDU into one buffer instead of 4 KiB at a time.
+
+    pynetdicom's ``recv`` calls ``socket.recv(4096)`` in a loop and appends each piece: 128
+    system calls and copies for a 512×512 CT slice. ``recv_into`` fills the buffer with as
+    many bytes as the kernel holds per call: the same bytes, about a third of the CPU.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """Read ``nr_bytes``; fewer only if the peer closed the connection (as pynetdicom's)."""
+        sock = self.socket
+        assert sock is not None
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        read = 0
+        while read < nr_bytes:
+            got = sock.recv_into(view[read:], nr_bytes - read)
+            if not got:
+                break
+            read += got
+        view.release()
+        del buffer[read:]
+        return buffer
+
+
 class PromptAssociation(Association):
     """The acceptor's association thread, blocking on an Event instead of sleeping 1 ms a turn."""
 
@@ -199,6 +227,8 @@ def make_prompt(assoc: Association) -> Association:
     wake = WakeUp()
     assoc.__class__ = PromptAssociation
     assoc.dul.__class__ = PromptDUL
+    if type(assoc.dul.socket) is AssociationSocket:
+        assoc.dul.socket.__class__ = WholeReadSocket
     assoc.attention = attention  # type: ignore[attr-defined]
     assoc.dul.wake = wake  # type: ignore[attr-defined]
     assoc.dimse.msg_queue = SignallingQueue(attention.set)

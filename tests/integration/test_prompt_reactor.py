@@ -20,7 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dicom_node.ingest.reactor import WAIT_S, PromptAssociation
+from dicom_node.ingest.reactor import WAIT_S, PromptAssociation, WholeReadSocket
 from dicom_node.ingest.scp import PromptServer
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
@@ -76,13 +76,14 @@ def _thread_cpu_s(thread: threading.Thread) -> float:
 
 
 def test_storescu_series_over_one_association_is_served_in_order(acceptor: Acceptor, tmp_path: Path) -> None:
-    paths = write_series(SeriesSpec(n_slices=40, rows=64, columns=64), tmp_path / "series")
+    paths = write_series(SeriesSpec(n_slices=40, rows=128, columns=128), tmp_path / "series")
     subprocess.run(
         [str(STORESCU), "-aec", "PROMPT", "127.0.0.1", str(acceptor.port), *map(str, paths)],
         check=True, capture_output=True, timeout=60, env={"TCP_NODELAY": "1"},
     )  # fmt: skip
     assert len(acceptor.associations) == 1
     assert isinstance(acceptor.associations[0], PromptAssociation)
+    assert isinstance(acceptor.associations[0].dul.socket, WholeReadSocket)
     assert len(acceptor.stored) == len(paths) == len(set(acceptor.stored))
     assert acceptor.ended["released"].wait(5)
 

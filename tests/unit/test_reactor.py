@@ -17,7 +17,7 @@ import inspect
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import AssociationServer, RequestHandler
+from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 #: sha256 (first 16 hex digits) of each function's source in pynetdicom 3.0.4.
 PINNED = {
@@ -36,6 +36,7 @@ PINNED = {
     RequestHandler._create_association: "05c8d12b79863cdb",
     RequestHandler.handle: "034823fb4df3a874",  # creates the association, then starts it
     AssociationServer.__init__: "edacb98bdfb7b974",  # takes request_handler
+    AssociationSocket.recv: "6bc20a33b1b7cfe7",  # WholeReadSocket.recv keeps its contract
 }
 
 
