@@ -187,6 +187,11 @@ class PromptAssociation(Association):
             self.attention.clear()
             self._reactor_checkpoint.wait()
             self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                # A send_* call closed the checkpoint as we passed it, and may have read the
+                # pause flag before we cleared it: leave the queues to it (pynetdicom's loop
+                # has this gap; see dicom_node.dicom.requestor).
+                continue
             if not self._turn():
                 return
 

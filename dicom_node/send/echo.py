@@ -14,6 +14,7 @@ from typing import Any
 from pynetdicom import AE, evt
 
 from dicom_node.dicom.contexts import VERIFICATION_CLASS
+from dicom_node.dicom.requestor import keep_responses_for_senders
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def verify(
     where = f"{called_ae}@{host}:{port}"
     if not assoc.is_established:
         return _why_not(assoc, seen, where, calling_ae, timeout_s)
-    status = assoc.send_c_echo()
+    status = keep_responses_for_senders(assoc).send_c_echo()
     assoc.release()
     code = getattr(status, "Status", None)
     if code != 0x0000:

@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
+from dicom_node.dicom.requestor import keep_responses_for_senders
 from dicom_node.dicom.statuses import SUCCESS, is_warning
 
 logger = logging.getLogger(__name__)
@@ -139,9 +140,9 @@ def send(
     for sop_class, syntax in sorted(set(pairs.values())):
         ae.add_requested_context(sop_class, proposed_transfer_syntaxes(syntax))
     tls_args = (peer.tls_context, peer.host) if peer.tls_context is not None else None
-    assoc = ae.associate(
+    assoc = keep_responses_for_senders(ae.associate(
         peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
-    )
+    ))
     if not assoc.is_established:
         where = f"{peer.ae_title}@{peer.host}:{peer.port}"  # what to check, named in the error
         if assoc.is_rejected:
