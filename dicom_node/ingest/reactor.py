@@ -23,6 +23,10 @@ polling but about 50 times less often. Negotiation, release and abort keep pynet
 own loops. Nothing here changes what is sent or when a response is allowed: the handler
 still runs on the association thread and answers only after its file and row are durable.
 
+Measured (2 shared cores, load 4 to 6): storescu sending 300 CT slices to a bare pynetdicom
+handler went from 160-190 to 230-370 instances/s, 2.5 to 2.2 ms of CPU each; an idle
+established association costs its two threads about 4 ms of CPU a second instead of 30.
+
 While at it, the socket reads each PDU with ``recv_into`` into one buffer instead of
 pynetdicom's 4 KiB pieces (:class:`WholeReadSocket`): less CPU per instance, same bytes.
 
