@@ -41,12 +41,11 @@ and this module is re-read before it is trusted again.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import select
+import socket
 import ssl
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -76,35 +75,39 @@ class SignallingQueue(queue.Queue[Any]):
         self._signal()
 
 
-def _close_both(read_fd: int, write_fd: int) -> None:
-    os.close(read_fd)
-    os.close(write_fd)
-
-
 class WakeUp:
-    """A pipe a thread blocked in ``select()`` can be woken through.
+    """A socket pair a thread blocked in ``select()`` can be woken through.
 
-    Its descriptors are closed only when the object is unreachable, so no thread can
-    write into a descriptor number the process has since reused.
+    Sockets rather than a pipe: once closed, a socket object refuses to write (its
+    descriptor is -1), so a late wake-up can never land in a descriptor number the process
+    has since given to something else. Closed when the association ends (``close``), or
+    when garbage-collected at the latest.
     """
 
     def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
-        weakref.finalize(self, _close_both, self.read_fd, self.write_fd)
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def fileno(self) -> int:
+        """For ``select()``."""
+        return self._reader.fileno()
 
     def set(self) -> None:
         try:
-            os.write(self.write_fd, b"\0")
-        except BlockingIOError:  # the pipe is full of wake-ups already: one is enough
+            self._writer.send(b"\0")
+        except OSError:  # full of wake-ups already (one is enough), or closed: nobody waits
             pass
 
     def clear(self) -> None:
         try:
-            os.read(self.read_fd, 4096)
-        except BlockingIOError:
+            self._reader.recv(4096)
+        except OSError:
             pass
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
 
 
 class PromptDUL(DULServiceProvider):
@@ -133,7 +136,7 @@ class PromptDUL(DULServiceProvider):
         if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             return  # closed, or TLS bytes already decrypted: pynetdicom's own check handles it
         try:
-            select.select([sock, self.wake.read_fd], [], [], WAIT_S)
+            select.select([sock, self.wake], [], [], WAIT_S)
         except (OSError, ValueError):  # closed meanwhile: pynetdicom's own check reports it
             return
         self.wake.clear()
@@ -172,6 +175,8 @@ class PromptAssociation(Association):
     def kill(self) -> None:
         self.attention.set()
         super().kill()
+        if not self.dul.is_alive():  # nobody selects on it any more: give its descriptors back now
+            self.dul.wake.close()  # type: ignore[attr-defined]
 
     def _run_reactor(self) -> None:
         """Serve requests until the association ends, waking as soon as something is queued for us.

@@ -9,6 +9,8 @@ release and abort by the peer, the network time-out; and an idle association mus
 
 from __future__ import annotations
 
+import gc
+import os
 import subprocess
 import threading
 import time
@@ -140,3 +142,20 @@ def test_the_network_timeout_still_ends_a_silent_association() -> None:
         requestor.abort()
     finally:
         acceptor.server.shutdown()
+
+
+def test_ended_associations_give_their_descriptors_back_without_waiting_for_the_gc(acceptor: Acceptor) -> None:
+    """A PACS may open an association per instance: each one's wake-up sockets must close
+    when it ends, not when a garbage collection happens to find the association."""
+    gc.disable()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            requestor = _requestor(acceptor.port)
+            assert requestor.send_c_echo().Status == 0
+            requestor.release()
+            acceptor.associations[-1].join(timeout=5)
+        after = len(os.listdir("/proc/self/fd"))
+    finally:
+        gc.enable()
+    assert after - before < 10, f"{after - before} descriptors still open after 20 associations"
