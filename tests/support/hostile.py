@@ -68,6 +68,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 
+from dicom_node.dicom.requestor import keep_responses_for_senders
 from dicom_node.ingest.scp import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -1075,7 +1076,7 @@ def send_raw(port: int, data: bytes, folder: Path, *, abort_after: int | None = 
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(sop_class, [syntax])
     ae.add_requested_context(Verification)  # keeps the association up when the other context is refused
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assoc = keep_responses_for_senders(ae.associate("127.0.0.1", port, ae_title=NODE_AE))
     assert assoc.is_established, "association was not established"
     no_delay(assoc)
     try:
@@ -1125,7 +1126,7 @@ def store_all(port: int, paths: Sequence[Path]) -> list[Dataset]:
                        for m in (read_meta(p.read_bytes()[:4096]) for p in paths)})
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assoc = keep_responses_for_senders(ae.associate("127.0.0.1", port, ae_title=NODE_AE))
     assert assoc.is_established, "association was not established"
     no_delay(assoc)
     try:
