@@ -1,6 +1,7 @@
-"""Numeric header attributes the analysis relies on, checked up front so that a bad value
-is reported by name ("RescaleSlope is not a finite number") instead of as a stray
-exception deep inside volume assembly."""
+"""Header attributes the analysis relies on, checked up front so that a bad value is
+reported by name ("RescaleSlope is not a finite number", "PixelSpacing must be
+positive") instead of as a stray exception, or a meaningless volume, deep inside
+volume assembly."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ NUMERIC_ATTRIBUTES: dict[str, int] = {
     "RescaleSlope": 1,
     "RescaleIntercept": 1,
 }
+
+
+#: Direction cosines this far from unit length, or from orthogonal, do not describe a plane.
+_COSINE_TOLERANCE = 1e-2
+#: What the CT Image module allows (PS3.3 C.8.2.1.1.1); HU come from the modality LUT either way.
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 
 def _values(value: object) -> list[object]:
@@ -50,9 +57,38 @@ def header_problem(ds: Dataset) -> str | None:
             return f"{keyword} is not numeric"
         if not all(math.isfinite(n) for n in numbers):
             return f"{keyword} is not a finite number"
-    samples = ds.get("SamplesPerPixel")
+        problem = _value_problem(keyword, numbers)
+        if problem is not None:
+            return problem
+    return _pixel_problem(ds)
+
+
+def _value_problem(keyword: str, numbers: list[float]) -> str | None:
+    """A number that is finite but still cannot describe a CT slice."""
+    if keyword == "PixelSpacing" and min(numbers) <= 0:
+        return "PixelSpacing must be positive: it is the distance between pixel centres"
+    if keyword == "RescaleSlope" and numbers[0] == 0:
+        return "RescaleSlope is 0: every pixel would map to the same value"
+    if keyword == "ImageOrientationPatient":
+        row, column = numbers[:3], numbers[3:]
+        lengths = [math.sqrt(sum(c * c for c in v)) for v in (row, column)]
+        dot = sum(r * c for r, c in zip(row, column, strict=True))
+        if any(abs(n - 1) > _COSINE_TOLERANCE for n in lengths) or abs(dot) > _COSINE_TOLERANCE:
+            return "ImageOrientationPatient is not two orthogonal unit vectors: the image plane is undefined"
+    return None
+
+
+def _pixel_problem(ds: Dataset) -> str | None:
+    """Pixels a CT slice cannot have: more than one sample, or a colour interpretation."""
+    try:
+        samples = ds.get("SamplesPerPixel")
+        photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
+    except Exception:  # pydicom refuses to convert the stored bytes
+        return "SamplesPerPixel or PhotometricInterpretation cannot be read"
     if samples not in (None, 1):
         return f"SamplesPerPixel is {samples}; CT slices have 1"
+    if photometric and photometric not in MONOCHROME:
+        return f"PhotometricInterpretation is {photometric}; CT slices are MONOCHROME1 or MONOCHROME2"
     return None
 
 

@@ -240,11 +240,11 @@ def _decode(slice_: _Slice, rows: int, columns: int) -> np.ndarray:
         dataset = None
     if dataset is not None and "PixelData" not in dataset:
         raise ValueError(f"instance {slice_.sop_instance_uid} has no Pixel Data")
+    _check_pixel_length(slice_, dataset if dataset is not None else source, rows, columns)
     try:
         frame = pixel_array(dataset if dataset is not None else os.fspath(source))
     except AttributeError as exc:  # pydicom's way of saying there is no Pixel Data element
         raise ValueError(f"instance {slice_.sop_instance_uid} has no Pixel Data") from exc
-    _check_pixel_length(slice_, dataset if dataset is not None else source, rows, columns)
     if frame.shape != (rows, columns):
         raise ValueError(
             f"instance {slice_.sop_instance_uid} decodes to shape {frame.shape}, expected "
@@ -260,7 +260,9 @@ def _is_deflated(path: Path | str) -> bool:
 
 def _check_pixel_length(slice_: _Slice, source: Dataset | Path | str, rows: int, columns: int) -> None:
     """Native Pixel Data must hold exactly Rows x Columns samples: pydicom silently drops a
-    surplus, and a header that does not describe its pixels must not be analysed."""
+    surplus, and a header that does not describe its pixels must not be analysed. Checked
+    before decoding, so that a shortfall is reported in these terms too, not as numpy's
+    "cannot reshape"."""
     header = slice_.header
     syntax = header.file_meta.get("TransferSyntaxUID") if hasattr(header, "file_meta") else None
     if syntax is None or UID(syntax).is_compressed:
@@ -271,7 +273,7 @@ def _check_pixel_length(slice_: _Slice, source: Dataset | Path | str, rows: int,
     raw = dataset.get_item("PixelData")  # the raw element: its length, without loading the value
     length = raw.length if hasattr(raw, "length") else len(dataset.PixelData)
     expected = rows * columns * int(header.get("BitsAllocated", 16)) // 8 * int(header.get("SamplesPerPixel", 1))
-    if length is not None and length > expected + 1:  # one byte of padding keeps the length even
+    if length is not None and not expected <= length <= expected + 1:  # one byte of padding keeps it even
         raise ValueError(
             f"instance {slice_.sop_instance_uid} has {length} bytes of Pixel Data, "
             f"{expected} expected for {rows} x {columns}"

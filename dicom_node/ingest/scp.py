@@ -50,6 +50,7 @@ from dicom_node.errors import (
 from dicom_node.ingest.catalog import Catalog, RecordOutcome, RecordResult
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.instance import ReceivedInstance, read_received
+from dicom_node.ingest.reactor import PromptRequestHandler
 from dicom_node.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,23 @@ def failure(status: int, comment: str) -> Dataset:
     return ds
 
 
-class SharedSocketServer(ThreadedAssociationServer):
+class PromptServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server whose associations wake on events instead of polling
+    (:mod:`dicom_node.ingest.reactor`): ``request_handler`` is a public parameter of
+    pynetdicom's server, and ``AE.make_server`` passes it on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("request_handler", PromptRequestHandler)
+        super().__init__(*args, **kwargs)
+
+    def shutdown(self) -> None:
+        """Stop accepting, then close; pynetdicom's version also unregisters the server from
+        the AE's list of servers ``AE.start_server`` keeps, which ``make_server`` never added it to."""
+        super(AssociationServer, self).shutdown()  # socketserver's: stop serve_forever
+        self.server_close()
+
+
+class SharedSocketServer(PromptServer):
     """A server that accepts on a listening socket its supervisor bound and shares with other processes.
 
     pynetdicom binds its own socket; ``AE.make_server(server_class=..., shared_socket=...)``
@@ -90,12 +107,6 @@ class SharedSocketServer(ThreadedAssociationServer):
         """Close our descriptor only. pynetdicom also calls ``shutdown(SHUT_RDWR)``, which on
         a shared listening socket would stop every listener process, not just this one."""
         self.socket.close()
-
-    def shutdown(self) -> None:
-        """Stop accepting, then close; pynetdicom's version also unregisters the server from
-        the AE's list of servers it started, which ``make_server`` never added it to."""
-        super(AssociationServer, self).shutdown()  # socketserver's: stop serve_forever
-        self.server_close()
 
 
 def _peer(assoc: Association) -> dict[str, Any]:
@@ -173,8 +184,8 @@ class StorageSCP:
         ae = self.application_entity()
         address = (self.settings.bind_address, self.settings.port)
         if listen_socket is None:
-            server = ae.start_server(
-                address, block=False, evt_handlers=self.handlers(), ssl_context=self.ssl_context
+            server = ae.make_server(
+                address, evt_handlers=self.handlers(), ssl_context=self.ssl_context, server_class=PromptServer
             )
         else:
             server = ae.make_server(
@@ -184,7 +195,7 @@ class StorageSCP:
                 server_class=SharedSocketServer,
                 shared_socket=listen_socket,
             )
-            threading.Thread(target=server.serve_forever, name="acceptor", daemon=True).start()
+        threading.Thread(target=server.serve_forever, name="acceptor", daemon=True).start()
         logger.info(
             "listening",
             extra={"called_ae_title": self.settings.ae_title, "listen_address": f"{self.settings.bind_address}:{self.settings.port}"},

@@ -28,8 +28,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Where the default models trained by ``dicom-node train`` ship, one folder per kind.
+#: Where the models trained by ``dicom-node train`` ship, one folder each.
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+#: The folder under :data:`SHIPPED_WEIGHTS` that is each kind's default. The U-Net default is
+#: the whole-stack one: it keeps false alarms at the skull base, sinuses and vertex down on real
+#: head CTs. ``weights/unet`` (Kaggle slices only) still ships: it is the ``--init`` of
+#: ``unet-stacks``, named in that card's command, and the way back via ``[analysis] unet_dir``.
+SHIPPED_FOLDERS: dict[str, str] = {"classifier": "classifier", "unet": "unet-stacks", "maskrcnn": "maskrcnn"}
 
 
 class VolumeDecoder(Protocol):
@@ -102,7 +108,7 @@ def shipped_model_dir(kind: ModelKind | str) -> Path:
     kind = ModelKind(kind)
     if kind == ModelKind.THRESHOLD:
         raise ValueError("the threshold baseline has no weights and no model directory")
-    return SHIPPED_WEIGHTS / kind.value
+    return SHIPPED_WEIGHTS / SHIPPED_FOLDERS[kind.value]
 
 
 def load_model(directory: str | Path, *, kind: ModelKind | str | None = None) -> LoadedModel:

@@ -27,6 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
+from dicom_node.dicom.requestor import keep_responses_for_senders
 from dicom_node.dicom.statuses import SUCCESS, is_warning
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def open_association(
             where = f"{peer.ae_title}@{peer.host}:{peer.port}"
             return AssociationFailure("unreachable", f"cannot connect to {where}: {exc.strerror or exc}")
     if assoc.is_established:
-        return assoc
+        return keep_responses_for_senders(assoc)
     elapsed = time.monotonic() - started
     return _failure(peer, assoc, seen, errors.of(assoc), timed_out=elapsed >= peer.timeout_s * 0.9)
 

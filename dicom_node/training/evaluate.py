@@ -233,9 +233,13 @@ def evaluate(
     report = EvaluationReport(model=str(model_dir) + (" (gated)" if gate else ""), data=str(data), splits=reports)
     if write_card:
         report.files = write_figures(report, model_dir, loaded.card.name)
+        # "evaluation" is the latest run; "evaluations" keeps one entry per data folder (and gate),
+        # so a card can carry its Kaggle figures and its whole-stack figures side by side.
+        earlier = dict(loaded.card.metrics.get("evaluations", {}))
         card = loaded.card.with_metrics(
             {
                 "evaluation": report.metrics(),
+                "evaluations": {**earlier, report.model.replace(str(model_dir), str(data)): report.metrics()},
                 "evaluation_data": str(data),
                 "evaluation_device": str(runner.device),
                 "evaluation_figures": [p.name for p in report.files],
@@ -297,8 +301,13 @@ def evaluate_combination(
     batch_size: int = 16,
     seed: int = 0,
     resamples: int = 2000,
+    gate: bool = False,
 ) -> EvaluationReport:
-    """Evaluate a classifier and a segmenter combined by ``rule`` (see :mod:`dicom_node.models.combine`)."""
+    """Evaluate a classifier and a segmenter combined by ``rule`` (see :mod:`dicom_node.models.combine`).
+
+    ``gate``: the segmenter's findings are restricted to the intracranial space
+    before combining, as the worker's default model does.
+    """
     from dicom_node.models.combine import combine
     from dicom_node.models.registry import load_model
     from dicom_node.models.runner import Runner
@@ -315,8 +324,13 @@ def evaluate_combination(
             return runner.predict_windowed(case.windowed, case.volume)
         return runner.predict(case.volume)
 
+    def lesions(case: Case) -> ModelResult:
+        return run(lesion_runner, case)
+
+    segment = _gated(lesions) if gate else lesions
+
     def predict(case: Case) -> ModelResult:
-        return combine(run(study_runner, case), run(lesion_runner, case), rule=rule)
+        return combine(run(study_runner, case), segment(case), rule=rule)
 
     reports = [
         evaluate_cases(
@@ -329,7 +343,7 @@ def evaluate_combination(
         )
         for split in (splits or _default_splits(data))
     ]
-    name = f"{Path(classifier_dir).name}+{Path(segmenter_dir).name} ({rule})"
+    name = f"{Path(classifier_dir).name}+{Path(segmenter_dir).name} ({rule}{', gated' if gate else ''})"
     return EvaluationReport(model=name, data=str(data), splits=reports)
 
 

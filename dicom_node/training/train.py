@@ -28,7 +28,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -250,6 +250,33 @@ def _draft_card(
     )
 
 
+@dataclass(frozen=True)
+class _RunSetup:
+    """Everything fixed before the first step: options, input, architecture, draft card, data."""
+
+    kind: ModelKind
+    options: TrainingOptions
+    loss: str
+    spec: InputSpec
+    architecture: dict[str, Any]
+    out: Path
+    draft: ModelCard
+    run_config: dict[str, Any]
+    training_data: TrainingData
+    train_set: SliceSet
+    val_set: SliceSet
+    init: Path | None
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint carries between epochs: history, best epoch so far, where to go on."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"score": -math.inf, "epoch": 0, "state": None})
+    first_epoch: int = 1
+
+
 def train(
     kind: ModelKind | str,
     data: str | Path | Sequence[str | Path],
@@ -283,12 +310,11 @@ def train(
     to start from instead of a random initialisation, e.g. to fine-tune a
     shipped model on more data; the card records their SHA-256. ``command`` is recorded in the card as the way to reproduce the
     run (default: this process's command line).
+
+    The steps: :func:`_setup` (options, data), :func:`_resume` (checkpoint),
+    :func:`_run_epoch` once per epoch, :func:`_finish` (weights, thresholds, card).
     """
-    kind = ModelKind(kind)
-    if kind not in _DEFAULT_ARCHITECTURES:
-        raise ValueError(f"{kind.value} has no trainable network")
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
+    started = time.perf_counter()
     options = TrainingOptions(
         epochs=epochs,
         seed=seed,
@@ -300,157 +326,237 @@ def train(
         negatives_per_positive=negatives_per_positive,
         augmentation=Augmentation(enabled=augment),
     )
-    spec = InputSpec(size=(size, size), windows=tuple(windows))
+    setup = _setup(
+        ModelKind(kind), data, Path(out), options,
+        loss=loss, spec=InputSpec(size=(size, size), windows=tuple(windows)), architecture=architecture,
+        init=None if init is None else Path(init), name=name, version=version, training_data=training_data,
+    )
+    with _torch_settings(threads):
+        torch.manual_seed(seed)
+        network = build_network(setup.draft)
+        if setup.init is not None:
+            network.load_state_dict(torch.load(setup.init, map_location="cpu", weights_only=True))
+        optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=options.weight_decay)
+        progress = _resume(setup, network, optimizer) if resume else _Progress()
+        schedule = _Schedule.of(setup)
+        for epoch in range(progress.first_epoch, epochs + 1):
+            _run_epoch(setup, schedule, network, optimizer, progress, epoch)
+        network.load_state_dict(progress.best["state"])
+        network.eval()
+        card = _finish(setup, network, progress, command=command, duration=lambda: time.perf_counter() - started)
+    duration = float(card.training["duration_s"])
+    logger.info(
+        "trained %s in %.0f s; best epoch %d (score %.4f)",
+        setup.kind.value,
+        duration,
+        progress.best["epoch"],
+        progress.best["score"],
+        extra={"path": str(setup.out), "duration_s": duration},
+    )
+    return TrainingSummary(
+        out=setup.out,
+        best_epoch=int(progress.best["epoch"]),
+        best_score=float(progress.best["score"]),
+        history=progress.history,
+        duration_s=duration,
+    )
+
+
+def _setup(
+    kind: ModelKind,
+    data: str | Path | Sequence[str | Path],
+    out: Path,
+    options: TrainingOptions,
+    *,
+    loss: str,
+    spec: InputSpec,
+    architecture: dict[str, Any] | None,
+    init: Path | None,
+    name: str | None,
+    version: str,
+    training_data: TrainingData | None,
+) -> _RunSetup:
+    """Check the arguments, make ``out``, read and split the data."""
+    if kind not in _DEFAULT_ARCHITECTURES:
+        raise ValueError(f"{kind.value} has no trainable network")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
     arch = {**_DEFAULT_ARCHITECTURES[kind], **(architecture or {})}
     if kind == ModelKind.UNET:
         arch["loss"] = loss
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    draft = _draft_card(kind, spec, arch, name or f"ich-{kind.value}", version)
     run_config = {
         "kind": kind.value,
         "input": spec.to_json(),
         "architecture": arch,
-        "seed": seed,
-        "negatives_per_positive": negatives_per_positive,
-        "init_sha256": None if init is None else sha256_of(Path(init)),
+        "seed": options.seed,
+        "negatives_per_positive": options.negatives_per_positive,
+        "init_sha256": None if init is None else sha256_of(init),
     }
-
-    started = time.perf_counter()
     if training_data is None:
         folders = [data] if isinstance(data, (str, Path)) else list(data)
-        training_data = load_training_sets(folders, spec, seed=seed, val_fraction=val_fraction)
-    train_set = trainable_slices(kind, training_data.train)
-    val_set = trainable_slices(kind, training_data.val)
+        training_data = load_training_sets(folders, spec, seed=options.seed, val_fraction=options.val_fraction)
+    return _RunSetup(
+        kind=kind,
+        options=options,
+        loss=loss,
+        spec=spec,
+        architecture=arch,
+        out=out,
+        draft=_draft_card(kind, spec, arch, name or f"ich-{kind.value}", version),
+        run_config=run_config,
+        training_data=training_data,
+        train_set=trainable_slices(kind, training_data.train),
+        val_set=trainable_slices(kind, training_data.val),
+        init=init,
+    )
 
-    with _torch_settings(threads):
-        torch.manual_seed(seed)
-        network = build_network(draft)
-        if init is not None:
-            network.load_state_dict(torch.load(Path(init), map_location="cpu", weights_only=True))
-        optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=options.weight_decay)
-        first_sample = train_set.subset(epoch_sample(train_set, torch.Generator().manual_seed(0), negatives_per_positive))
-        steps = steps_per_epoch or max(1, len(_list_batches(first_sample, batch_size)))
-        total_steps = steps * epochs
-        warmup = int(round(options.warmup_epochs * steps))
-        history: list[dict[str, float]] = []
-        best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "state": None}
-        first_epoch = 1
-        checkpoint_path = out / CHECKPOINT_FILE
-        if resume and checkpoint_path.is_file():
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            if checkpoint["config"] != run_config:
-                raise ValueError(
-                    f"{checkpoint_path} was written by a different run (kind, input, architecture or seed differ); "
-                    "resume only continues the same run"
-                )
-            network.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            history = list(checkpoint["history"])
-            best = dict(checkpoint["best"])
-            first_epoch = int(checkpoint["epoch"]) + 1
-            logger.info("resuming after epoch %d", first_epoch - 1, extra={"path": str(checkpoint_path)})
-        elif resume:
-            logger.info("no checkpoint to resume from; starting at epoch 1", extra={"path": str(checkpoint_path)})
 
-        for epoch in range(first_epoch, epochs + 1):
-            epoch_started = time.perf_counter()
-            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            network.train()
-            losses = []
-            epoch_set = train_set.subset(epoch_sample(train_set, generator, negatives_per_positive))
-            for step_in_epoch, index in enumerate(_batches(epoch_set, batch_size, generator, steps_per_epoch)):
-                step = (epoch - 1) * steps + step_in_epoch
-                _set_learning_rate(optimizer, learning_rate_at(step, total_steps, warmup, learning_rate))
-                images, instances, labels = _tensors(epoch_set, index)
-                images, instances = augment_batch(images, instances, generator, options.augmentation)
-                value = batch_loss(kind, network, images, instances, labels, loss=loss)
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                nn.utils.clip_grad_norm_(network.parameters(), 5.0)
-                optimizer.step()
-                losses.append(float(value.detach()))
-            figures = validate(kind, network, val_set)
-            record = {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)),
-                **{k: float(v) for k, v in figures.items()},
-                "seconds": round(time.perf_counter() - epoch_started, 2),
-            }
-            history.append(record)
-            if figures["score"] > best["score"]:
-                best = {
-                    "score": float(figures["score"]),
-                    "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in network.state_dict().items()},
-                }
-            logger.info(
-                "epoch %d/%d: %s",
-                epoch,
-                epochs,
-                " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch",)),
-                extra={"stage": "train"},
-            )
-            torch.save(
-                {
-                    "config": run_config,
-                    "epoch": epoch,
-                    "model": network.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "history": history,
-                    "best": best,
-                },
-                checkpoint_path,
-            )
+@dataclass(frozen=True)
+class _Schedule:
+    """Steps per epoch and the learning-rate schedule's length (fixed by the first epoch's sample)."""
 
-        network.load_state_dict(best["state"])
-        network.eval()
-        weights_path = out / WEIGHTS_FILE
-        torch.save(network.state_dict(), weights_path)
-        thresholds = _choose_thresholds(kind, network, val_set)
-        val_figures = validate(kind, network, val_set)
+    steps: int
+    total_steps: int
+    warmup: int
 
-    duration = time.perf_counter() - started
+    @classmethod
+    def of(cls, setup: _RunSetup) -> _Schedule:
+        options = setup.options
+        first_sample = setup.train_set.subset(
+            epoch_sample(setup.train_set, torch.Generator().manual_seed(0), options.negatives_per_positive)
+        )
+        steps = options.steps_per_epoch or max(1, len(_list_batches(first_sample, options.batch_size)))
+        return cls(steps=steps, total_steps=steps * options.epochs, warmup=int(round(options.warmup_epochs * steps)))
+
+
+def _resume(setup: _RunSetup, network: nn.Module, optimizer: torch.optim.Optimizer) -> _Progress:
+    """Network, optimizer and progress from ``out/checkpoint.pt`` of the same run (a fresh start without one)."""
+    checkpoint_path = setup.out / CHECKPOINT_FILE
+    if not checkpoint_path.is_file():
+        logger.info("no checkpoint to resume from; starting at epoch 1", extra={"path": str(checkpoint_path)})
+        return _Progress()
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if checkpoint["config"] != setup.run_config:
+        raise ValueError(
+            f"{checkpoint_path} was written by a different run (kind, input, architecture or seed differ); "
+            "resume only continues the same run"
+        )
+    network.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    progress = _Progress(
+        history=list(checkpoint["history"]), best=dict(checkpoint["best"]), first_epoch=int(checkpoint["epoch"]) + 1
+    )
+    logger.info("resuming after epoch %d", progress.first_epoch - 1, extra={"path": str(checkpoint_path)})
+    return progress
+
+
+def _run_epoch(
+    setup: _RunSetup,
+    schedule: _Schedule,
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: _Progress,
+    epoch: int,
+) -> None:
+    """One epoch: train on its sample, validate, keep the best state, write the checkpoint."""
+    options = setup.options
+    epoch_started = time.perf_counter()
+    generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+    network.train()
+    losses = []
+    epoch_set = setup.train_set.subset(epoch_sample(setup.train_set, generator, options.negatives_per_positive))
+    for step_in_epoch, index in enumerate(_batches(epoch_set, options.batch_size, generator, options.steps_per_epoch)):
+        step = (epoch - 1) * schedule.steps + step_in_epoch
+        _set_learning_rate(
+            optimizer, learning_rate_at(step, schedule.total_steps, schedule.warmup, options.learning_rate)
+        )
+        images, instances, labels = _tensors(epoch_set, index)
+        images, instances = augment_batch(images, instances, generator, options.augmentation)
+        value = batch_loss(setup.kind, network, images, instances, labels, loss=setup.loss)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        nn.utils.clip_grad_norm_(network.parameters(), 5.0)
+        optimizer.step()
+        losses.append(float(value.detach()))
+    figures = validate(setup.kind, network, setup.val_set)
+    record = {
+        "epoch": epoch,
+        "train_loss": float(np.mean(losses)),
+        **{k: float(v) for k, v in figures.items()},
+        "seconds": round(time.perf_counter() - epoch_started, 2),
+    }
+    progress.history.append(record)
+    if figures["score"] > progress.best["score"]:
+        progress.best = {
+            "score": float(figures["score"]),
+            "epoch": epoch,
+            "state": {k: v.detach().clone() for k, v in network.state_dict().items()},
+        }
+    logger.info(
+        "epoch %d/%d: %s",
+        epoch,
+        options.epochs,
+        " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch",)),
+        extra={"stage": "train"},
+    )
+    torch.save(
+        {
+            "config": setup.run_config,
+            "epoch": epoch,
+            "model": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "history": progress.history,
+            "best": progress.best,
+        },
+        setup.out / CHECKPOINT_FILE,
+    )
+
+
+def _finish(
+    setup: _RunSetup,
+    network: nn.Module,
+    progress: _Progress,
+    *,
+    command: str | None,
+    duration: Callable[[], float],
+) -> ModelCard:
+    """Write the selected weights and the card (thresholds and validation figures at model size)."""
+    kind, options = setup.kind, setup.options
+    weights_path = setup.out / WEIGHTS_FILE
+    torch.save(network.state_dict(), weights_path)
+    thresholds = _choose_thresholds(kind, network, setup.val_set)
+    val_figures = validate(kind, network, setup.val_set)
     card = ModelCard(
-        name=draft.name,
-        version=version,
+        name=setup.draft.name,
+        version=setup.draft.version,
         kind=kind,
         weights_file=WEIGHTS_FILE,
         weights_sha256=sha256_of(weights_path),
-        architecture=arch,
-        input=spec,
+        architecture=setup.architecture,
+        input=setup.spec,
         thresholds=thresholds,
         training={
             "command": command or shlex.join(["dicom-node", *sys.argv[1:]]),
-            "data": training_data.description,
-            "options": {**asdict(options), "loss": loss if kind == ModelKind.UNET else None},
+            "data": setup.training_data.description,
+            "options": {**asdict(options), "loss": setup.loss if kind == ModelKind.UNET else None},
             "selection": "val loss" if kind == ModelKind.CLASSIFIER else "val pooled Dice at model size",
-            "init": None if init is None else {"path": str(init), "sha256": run_config["init_sha256"]},
-            "best_epoch": int(best["epoch"]),
-            "duration_s": round(duration, 1),
+            "init": None if setup.init is None else {"path": str(setup.init), "sha256": setup.run_config["init_sha256"]},
+            "best_epoch": int(progress.best["epoch"]),
+            "duration_s": round(duration(), 1),
             "parameters": int(sum(p.numel() for p in network.parameters())),
             "environment": {
                 "torch": torch.__version__,
                 "python": platform.python_version(),
                 "device": "cpu",
-                "threads": threads or torch.get_num_threads(),
+                "threads": options.threads or torch.get_num_threads(),
             },
-            "history": history,
+            "history": progress.history,
         },
         metrics={"validation_model_size": {k: v for k, v in val_figures.items() if k != "score"}},
     )
-    card.save(out)
-    logger.info(
-        "trained %s in %.0f s; best epoch %d (score %.4f)",
-        kind.value,
-        duration,
-        best["epoch"],
-        best["score"],
-        extra={"path": str(out), "duration_s": round(duration, 1)},
-    )
-    return TrainingSummary(
-        out=out, best_epoch=int(best["epoch"]), best_score=float(best["score"]), history=history, duration_s=duration
-    )
+    card.save(setup.out)
+    return card
 
 
 def _list_batches(slices: SliceSet, batch_size: int) -> list[np.ndarray]:

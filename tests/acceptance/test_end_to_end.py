@@ -161,10 +161,11 @@ def assert_audit_trail(node: NodeProcess) -> None:
 
 
 def test_the_shipped_models_run_the_whole_loop(tmp_path: Path, pacs: StoreSCP) -> None:
-    """The product default (classifier gates, U-Net draws) on the CPU: valid objects come back.
+    """The product default (classifier gates, whole-stack U-Net draws) on the CPU: valid objects come back.
 
-    The phantom is not what these models learned from (8-bit screenshots of real scans), so
-    this checks the loop and the objects, not the call; the model cards hold the metrics.
+    The phantom is not what these models learned from (8-bit PNGs of real scans), so this
+    checks the loop and the objects, not the call; the model cards hold the metrics (the
+    anonymised-export test checks the default's SEG against the planted lesion).
     """
     node = start_node(tmp_path, pacs, model="classifier+unet")
     try:
@@ -173,7 +174,7 @@ def test_the_shipped_models_run_the_whole_loop(tmp_path: Path, pacs: StoreSCP) -
         config = str(node.config.workdir / "dicom-node.toml")
         wait_for(lambda: "succeeded" in cli("jobs", "list", "--config", config).stdout, 240, "the job")
         show = cli("jobs", "show", "1", "--config", config).stdout
-        assert "ich-classifier" in show and "ich-unet" in show, show
+        assert "ich-classifier" in show and "ich-unet-stacks" in show, show
         found = re.search(r"^  result     (positive|negative), .* (\d+) lesion\(s\)$", show, re.MULTILINE)
         assert found is not None, show
         summary = {"lesions": int(found.group(2))}

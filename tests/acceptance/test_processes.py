@@ -10,6 +10,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, func, select
 
 from dicom_node.db.models import Instance
@@ -96,6 +97,29 @@ def test_a_crashed_worker_is_restarted_while_the_listener_answers(tmp_path: Path
         assert echo_ok(config_port)
     finally:
         assert node.stop() == 0
+
+
+@pytest.mark.parametrize(("breakage", "status"), [("configuration", 2), ("database", 3)])
+def test_a_child_that_cannot_start_stops_the_node_with_its_status(tmp_path: Path, breakage: str, status: int) -> None:
+    """A restart cannot mend a broken configuration (2) or a database that is missing or not
+    migrated (3): the node stops with that status, other children included, instead of
+    restarting the child for ever; systemd then shows the status and does not restart."""
+    config = NodeConfig(workdir=tmp_path / "node")
+    node = NodeProcess(config).start()
+    try:
+        wait_for(lambda: sorted(children(node)) == ["listener 1", "worker"], 30, "the listener and the worker")
+        kids = children(node)
+        if breakage == "configuration":
+            (config.workdir / "dicom-node.toml").write_text("[node\nport = \n", encoding="utf-8")
+        else:
+            (config.workdir / "node.db").rename(config.workdir / "node.db.moved")
+        os.kill(kids["listener 1"], signal.SIGKILL)  # its restart reads the configuration and database again
+        assert node.process is not None
+        assert node.process.wait(timeout=120) == status, node.log()
+        assert f"listener 1 exited with status {status}: stopping the node" in node.log()
+        wait_for(lambda: not any(alive(pid) for pid in kids.values()), 30, "every child to stop")
+    finally:
+        node.stop()
 
 
 def test_scp_with_two_listener_processes_supervises_them_and_counts_both(tmp_path: Path) -> None:

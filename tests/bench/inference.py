@@ -4,8 +4,8 @@ What it measures
     The runner's ``predict`` on a synthetic head CT series (default 32 slices of
     512x512 HU, one 65 HU lesion), end to end as in production: windowing, head
     crop and resize, the network, mapping back to the source grid and the
-    post-processing into a ModelResult. For each kind (the shipped models in
-    dicom_node/models/weights/ and the HU threshold baseline) and each batch
+    post-processing into a ModelResult. For each kind (the default model of each kind
+    shipped in dicom_node/models/weights/, and the HU threshold baseline) and each batch
     size, the median of ``--runs`` runs after one warm-up run is reported.
 
 Peak memory
@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-WEIGHTS = REPO / "dicom_node" / "models" / "weights"
 KINDS = ("threshold", "classifier", "unet", "maskrcnn")
 
 
@@ -58,10 +57,10 @@ def _measure_one(kind: str, device: str, batch_sizes: list[int], slices: int, ru
             model = ThresholdModel()
             predict = model.predict
         else:
-            from dicom_node.models.registry import load_model
+            from dicom_node.models.registry import load_model, shipped_model_dir
             from dicom_node.models.runner import Runner
 
-            runner = Runner(load_model(WEIGHTS / kind), device=device, batch_size=batch_size)
+            runner = Runner(load_model(shipped_model_dir(kind)), device=device, batch_size=batch_size)
             predict = runner.predict
         predict(volume)  # warm-up
         times = []

@@ -107,17 +107,14 @@ def _name(code: int | None) -> str:
 
 
 @pytest.mark.parametrize("case", INGEST_CASES, ids=[c.name for c in INGEST_CASES])
-def test_ingest_case(ingest_node: RunningNode, case: IngestCase, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if case.known_bug:
-        # Strict: once the bug is fixed this case passes, the xfail fails, and the marker must go.
-        request.applymarker(pytest.mark.xfail(reason=f"known bug: {case.known_bug}", strict=True))
+def test_ingest_case(ingest_node: RunningNode, case: IngestCase, tmp_path: Path) -> None:
     if case.prelude_data is not None:
         assert status_code(send_raw(ingest_node.port, case.prelude_data, tmp_path)) == 0  # type: ignore[arg-type]
     files_before = set(ingest_node.stored_files())
     rows_before = _instance_rows(ingest_node)
     status = send_raw(ingest_node.port, case.data, tmp_path, abort_after=case.abort_after)
     observed = _observed(status)
-    INGEST_OUTCOMES[case.name] = (case.family, _name(case.expected), _name(observed) + (" [known bug]" if case.known_bug else ""))
+    INGEST_OUTCOMES[case.name] = (case.family, _name(case.expected), _name(observed))
     assert observed == case.expected, f"{case.name}: expected {_name(case.expected)}, got {_name(observed)}" + (
         f" ({status.get('ErrorComment', '')})" if isinstance(status, Dataset) else ""
     )
@@ -233,17 +230,12 @@ def study_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ru
 
 
 @pytest.mark.parametrize("case", STUDY_CASES, ids=[c.name for c in STUDY_CASES])
-def test_study_case(
-    study_results: tuple[RunningNode, dict[str, tuple[str, str]]], case: StudyCase, request: pytest.FixtureRequest
-) -> None:
-    if case.known_bug:
-        # Strict: once the bug is fixed this case passes, the xfail fails, and the marker must go.
-        request.applymarker(pytest.mark.xfail(reason=f"known bug: {case.known_bug}", strict=True))
+def test_study_case(study_results: tuple[RunningNode, dict[str, tuple[str, str]]], case: StudyCase) -> None:
     _, jobs = study_results
     state, error = jobs[case.study_instance_uid]
     expected = case.expected_job + (f" ({case.reason})" if case.reason else "")
     observed = f"{state}: {_UID.sub('<uid>', error)[:90]}" if error else state
-    STUDY_OUTCOMES[case.name] = (case.family, expected, observed + (" [known bug]" if case.known_bug else ""))
+    STUDY_OUTCOMES[case.name] = (case.family, expected, observed)
     assert state == case.expected_job, f"{case.name}: job {state}: {error}"
     assert case.reason in error, f"{case.name}: {error!r} lacks {case.reason!r}"
 
@@ -256,4 +248,4 @@ def test_study_node_survives_and_prints_its_table(study_results: tuple[RunningNo
     for case in STUDY_CASES:
         if case.name in STUDY_OUTCOMES:
             seconds = f"send {SEND_SECONDS.get(case.name, 0):5.1f} s, job {JOB_SECONDS.get(case.study_instance_uid, 0):4.1f} s"
-            print(f"  {case.name[6:]:<56} {seconds}" + (f"  known bug: {case.known_bug}" if case.known_bug else ""))
+            print(f"  {case.name[6:]:<56} {seconds}")

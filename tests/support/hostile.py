@@ -68,6 +68,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 
+from dicom_node.dicom.requestor import keep_responses_for_senders
 from dicom_node.ingest.scp import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -140,8 +141,6 @@ class IngestCase:
     prelude: Callable[[str], bytes] | None = field(default=None, repr=False, compare=False)
     #: For an accepted case: whether it adds a file and a row (a kept-out duplicate adds neither).
     stores: bool = True
-    #: A bug outside instance.py/storage.py that keeps the case from its expected outcome today.
-    known_bug: str = ""
 
     @cached_property
     def data(self) -> bytes:
@@ -178,8 +177,6 @@ class StudyCase:
     build: Callable[[str], list[Dataset]] = field(repr=False, compare=False)
     reason: str = ""  # substring of the job's last_error when dead
     why: str = ""
-    #: A bug (outside the ingest path) that keeps the job from its expected outcome today.
-    known_bug: str = ""
 
     @property
     def study_instance_uid(self) -> str:
@@ -806,11 +803,6 @@ def garbage_cases() -> list[IngestCase]:
     return cases
 
 
-ORPHAN_BUG = ("ingest/scp.py _store (keep_first): the file is published at the new study/series path before the "
-              "catalog finds the SOP Instance UID already recorded; the DUPLICATE outcome returns success without "
-              "removing it, leaving a file no row references")
-
-
 def duplicate_of(name: str, *, other_study: bool = False, other_series: bool = False) -> bytes:
     """The prelude's instance again (same SOP Instance UID), perhaps filed under another study or series."""
     [ds] = ct_datasets(name)
@@ -918,22 +910,6 @@ def _one_syntax_per_series(name: str) -> list[Dataset]:
     return datasets
 
 
-#: Bugs the study corpus found in the analysis path (not in ingest); reported, not fixed here.
-TILT_BUG = ("outputs/keyimages.py: highdicom SC from_ref_dataset derives PatientOrientation 'PH'/'PF' from an oblique "
-            "ImageOrientationPatient and rejects it (ValueError): retried, then dead")
-DEFLATE_BUG = ("imaging/volume.py _decode: pydicom pixel_array(path) cannot read a deflated file (AttributeError 'no "
-               "Pixel Data'): retried, then dead, although ingest accepts Deflated Explicit VR Little Endian")
-NO_PIXELS_BUG = ("imaging/volume.py _decode: pydicom's AttributeError for absent Pixel Data is not turned into a "
-                 "ValueError/AnalysisError: the job is retried 3 times, then dies with a raw AttributeError")
-EXCESS_PIXELS_BUG = ("imaging/volume.py _decode: pydicom drops Pixel Data beyond Rows x Columns with a warning only, so "
-                     "a header that does not describe its pixels is analysed as if it did")
-
-
-HEADER_BUG = ("pipeline/imaging: a header value that is not a number (or has the wrong count) raises a plain "
-              "ValueError/TypeError/OverflowError outside the AnalysisError paths: the job is retried 3 times, then "
-              "dies with a raw exception message")
-
-
 def raw_value(ds: Dataset, keyword: str, value: str | bytes) -> None:
     """Put ``value`` in ``keyword`` as the sender wrote it: no conversion, no validation."""
     tag = BaseTag(tag_for_keyword(keyword))
@@ -962,6 +938,15 @@ HOSTILE_HEADERS: tuple[tuple[str, dict[str, str | bytes], str], ...] = (
     ("RescaleIntercept is empty", {"RescaleIntercept": ""}, "RescaleIntercept"),
     ("RescaleSlope overflows a float", {"RescaleSlope": "1e400"}, "RescaleSlope"),
     ("SamplesPerPixel 3 on a 1-sample image", {"SamplesPerPixel": struct.pack("<H", 3)}, "SamplesPerPixel"),
+    # Numbers, but not ones that can describe a CT slice.
+    ("PixelSpacing is zero", {"PixelSpacing": "0\\0"}, "PixelSpacing must be positive"),
+    ("RescaleSlope is zero", {"RescaleSlope": "0"}, "RescaleSlope is 0"),
+    ("ImageOrientationPatient is all zeros", {"ImageOrientationPatient": "0\\0\\0\\0\\0\\0"},
+     "ImageOrientationPatient is not two orthogonal unit vectors"),
+    ("ImageOrientationPatient rows parallel to columns", {"ImageOrientationPatient": "1\\0\\0\\1\\0\\0"},
+     "ImageOrientationPatient is not two orthogonal unit vectors"),
+    ("PhotometricInterpretation RGB on a 1-sample image", {"PhotometricInterpretation": "RGB"},
+     "PhotometricInterpretation is RGB"),
 )
 
 
@@ -1018,6 +1003,8 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                   ),
         StudyCase("pixel data vs Rows/Columns", "study/header says 32x32, pixels are 64x64", "dead", _excess_pixels,
                   "cannot be assembled"),
+        StudyCase("pixel data vs Rows/Columns", "study/BitsAllocated 32 on 16-bit pixels", "dead",
+                  _edit(eight, _each(_set(BitsAllocated=32))), "cannot be assembled"),
         StudyCase("missing pixel data", "study/no slice has pixel data", "dead",
                   _edit(eight, _each(_delete("PixelData"))), "cannot be assembled"),
         StudyCase("missing pixel data", "study/one slice lacks pixel data", "dead",
@@ -1034,6 +1021,11 @@ def study_cases(*, long_series: int = 2000) -> list[StudyCase]:
                       )
             for label, values, reason in HOSTILE_HEADERS
         ),
+        StudyCase("hostile header values", "study/an RGB series beside the CT series", "succeeded",
+                  lambda name: ct_datasets(name, n_slices=8) + _edit(
+                      partial(ct_datasets, n_slices=8, series_key="rgb", series_number=3),
+                      _raw_in_all({"PhotometricInterpretation": "RGB"}))(name),
+                  why="a series whose header is unusable is skipped; the good one is analysed"),
         *(
             StudyCase("character sets", f"study/character set {label}", "succeeded",
                       partial(charset_datasets, charset=charset, patient_name=patient_name, description=description,
@@ -1084,7 +1076,7 @@ def send_raw(port: int, data: bytes, folder: Path, *, abort_after: int | None = 
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(sop_class, [syntax])
     ae.add_requested_context(Verification)  # keeps the association up when the other context is refused
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assoc = keep_responses_for_senders(ae.associate("127.0.0.1", port, ae_title=NODE_AE))
     assert assoc.is_established, "association was not established"
     no_delay(assoc)
     try:
@@ -1134,7 +1126,7 @@ def store_all(port: int, paths: Sequence[Path]) -> list[Dataset]:
                        for m in (read_meta(p.read_bytes()[:4096]) for p in paths)})
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assoc = keep_responses_for_senders(ae.associate("127.0.0.1", port, ae_title=NODE_AE))
     assert assoc.is_established, "association was not established"
     no_delay(assoc)
     try:

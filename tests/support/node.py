@@ -21,6 +21,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
+from dicom_node.dicom.requestor import keep_responses_for_senders
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 CT_3SLICE = SHARED_DATA / "dicom-interop" / "dcmqi" / "data" / "segmentations" / "ct-3slice"
@@ -360,7 +362,9 @@ def store_files(
         contexts = [(sop, [ts]) for sop, ts in seen]
     for sop_class, syntaxes in contexts:
         ae.add_requested_context(sop_class, syntaxes)
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    assoc = keep_responses_for_senders(
+        ae.associate("127.0.0.1", port, ae_title=NODE_AE, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    )
     assert assoc.is_established, "association was not established"
     try:
         return [assoc.send_c_store(path) for path in paths]

@@ -102,6 +102,15 @@ def test_evaluate_writes_figures_into_the_card_and_plots_next_to_it(trained, tin
     assert "val" in table and "test" in table
 
 
+def test_the_card_keeps_one_evaluation_per_data_folder_and_gate(trained, tiny_kaggle):
+    evaluate(trained["unet"], tiny_kaggle, splits=["val"], device="cpu", resamples=20)
+    evaluate(trained["unet"], tiny_kaggle, splits=["test"], device="cpu", resamples=20, gate=True)
+    kept = ModelCard.load(trained["unet"]).metrics["evaluations"]
+    assert set(kept[str(tiny_kaggle)]) == {"val"}
+    assert set(kept[f"{tiny_kaggle} (gated)"]) == {"test"}
+    assert ModelCard.load(trained["unet"]).metrics["evaluation"] == kept[f"{tiny_kaggle} (gated)"]
+
+
 def test_evaluate_a_classifier_has_no_segmentation_figures(trained, tiny_kaggle):
     report = evaluate(trained["classifier"], tiny_kaggle, splits=["val"],
                       device="cpu", write_card=False, resamples=50)
@@ -132,6 +141,18 @@ def test_the_commands_train_and_evaluate(tmp_path, tiny_kaggle):
     assert "accuracy" in result.output
     result = runner.invoke(app, ["train", "--kind", "svm", "--data", str(tiny_kaggle), "--out", str(out)])
     assert result.exit_code != 0
+
+
+def test_evaluate_measures_a_classifier_and_a_segmenter_combined_and_gated(trained, tiny_kaggle):
+    app = typer.Typer()
+    commands.register(app)
+    args = ["evaluate", "--classifier", str(trained["classifier"]), "--model", str(trained["unet"]),
+            "--data", str(tiny_kaggle), "--splits", "val", "--gate"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "classifier+unet (gate, gated)" in result.output and "val" in result.output
+    alone = CliRunner().invoke(app, ["evaluate", "--classifier", str(trained["classifier"]), "--data", str(tiny_kaggle)])
+    assert alone.exit_code != 0
 
 
 def test_an_epoch_takes_every_positive_and_fresh_negatives(training_data):

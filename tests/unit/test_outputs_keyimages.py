@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -225,4 +226,24 @@ def test_realistic_key_images_build_quickly(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - started
     assert elapsed < 5.0, f"building the key images took {elapsed:.2f} s"
     for path in write_key_images(images, tmp_path):
+        assert_valid(path)
+
+
+@pytest.mark.parametrize(
+    ("tilt_deg", "orientation"), [(15.0, ["L", "P"]), (-22.0, ["L", "P"]), (50.0, ["L", "F"])], ids=str
+)
+def test_tilted_sources_give_valid_images_oriented_by_their_major_axes(
+    case: Case, tmp_path: Path, tilt_deg: float, orientation: list[str]
+) -> None:
+    """Gantry tilt: the image plane is oblique, and PatientOrientation takes one letter per
+    direction, that of its major axis (highdicom refuses the two-letter oblique form that
+    once failed every tilted study's key images, and with them the job)."""
+    radians = np.deg2rad(tilt_deg)
+    tilted = copy.deepcopy(case.source_images)  # the module's case stays untilted
+    for source in tilted:
+        source.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, float(np.cos(radians)), float(-np.sin(radians))]
+    images = case_key_images(dataclasses.replace(case, source_images=tilted))
+    assert len(images) == len(case.lesions) + 1
+    for path in write_key_images(images, tmp_path):
+        assert list(pydicom.dcmread(path).PatientOrientation) == orientation
         assert_valid(path)
