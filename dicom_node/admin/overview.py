@@ -77,11 +77,14 @@ class DeliveryCounts:
     destination: str
     by_state: dict[str, int]
     last_error: str | None = None
+    #: The latest ``resend`` of these results to this destination, if any.
+    resent_at: datetime | None = None
 
     @property
     def text(self) -> str:
-        """``3 sent`` or ``2 sent, 1 pending``: the state of the study at this destination."""
-        return ", ".join(f"{n} {state}" for state, n in sorted(self.by_state.items()))
+        """``3 sent`` or ``2 sent, 1 pending``: the state of the study at this destination (and its last resend)."""
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(self.by_state.items()))
+        return counts + (f" (resent {self.resent_at:%Y-%m-%d %H:%M:%S} UTC)" if self.resent_at else "")
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,15 @@ def delivery_counts(session: Session, job_ids: Iterable[int]) -> dict[int, list[
         .where(OutputObject.job_id.in_(ids))
         .group_by(OutputObject.job_id, Delivery.destination, Delivery.state)
     ).all()
+    resent = {
+        (job_id, destination): at
+        for job_id, destination, at in session.execute(
+            select(OutputObject.job_id, Delivery.destination, func.max(Delivery.resent_at))
+            .join(OutputObject, OutputObject.id == Delivery.output_id)
+            .where(OutputObject.job_id.in_(ids), Delivery.resent_at.is_not(None))
+            .group_by(OutputObject.job_id, Delivery.destination)
+        ).all()
+    }
     # The latest error of each (job, destination), in id order so the newest wins.
     errors = {
         (job_id, destination): error
@@ -166,7 +178,10 @@ def delivery_counts(session: Session, job_ids: Iterable[int]) -> dict[int, list[
     for job_id, destination, state, count in rows:
         grouped.setdefault(job_id, {}).setdefault(destination, {})[str(getattr(state, "value", state))] = int(count)
     return {
-        job_id: [DeliveryCounts(name, states, errors.get((job_id, name))) for name, states in sorted(by_destination.items())]
+        job_id: [
+            DeliveryCounts(name, states, errors.get((job_id, name)), resent.get((job_id, name)))
+            for name, states in sorted(by_destination.items())
+        ]
         for job_id, by_destination in grouped.items()
     }
 

@@ -135,6 +135,8 @@ def test_resend_says_what_is_wrong_and_what_to_do(config: Path, tmp_path: Path) 
     # The attempt count restarts; `jobs show` says it was resent, and when.
     shown = cli("jobs", "show", "1", "--config", str(config)).stdout
     assert re.search(r"-> pacs: pending, 0 attempt\(s\), resent 1 time\(s\), last 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown), shown
+    listed = cli("status", "--config", str(config)).stdout
+    assert re.search(r"pacs: 1 pending \(resent 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC\)", listed), listed
     bare = NodeConfig(workdir=tmp_path / "bare", database_url=load_settings(config).database.url).write()
     none = cli("resend", STUDY, "--config", str(bare))
     assert none.returncode == 2 and "no destination is configured" in none.stderr and "[[destinations]]" in none.stderr
