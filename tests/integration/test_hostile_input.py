@@ -185,13 +185,7 @@ def study_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ru
     running, stop = start_node(config)
     try:
         for index, case in enumerate(STUDY_CASES):
-            folder = workdir / f"study{index}"
-            folder.mkdir()
-            paths = []
-            for k, data in enumerate(case.files()):
-                path = folder / f"{k:05d}.dcm"
-                path.write_bytes(data)
-                paths.append(path)
+            paths = case.write_files(workdir / f"study{index}")
             started = time.perf_counter()
             statuses = [status_code(s) for s in store_all(running.port, paths)]
             SEND_SECONDS[case.name] = time.perf_counter() - started

@@ -112,12 +112,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Out
 
 
 def _send(node: RunningNode, case: StudyCase, folder: Path) -> None:
-    folder.mkdir()
-    paths = []
-    for k, data in enumerate(case.files()):
-        path = folder / f"{k:05d}.dcm"
-        path.write_bytes(data)
-        paths.append(path)
+    paths = case.write_files(folder)
     statuses = [status_code(s) for s in store_all(node.port, paths)]
     assert statuses == [0] * len(paths), f"{case.name}: not every instance was accepted: {set(statuses)}"
 

@@ -189,6 +189,16 @@ class StudyCase:
             raise AssertionError(f"{self.name}: every instance must be in study {self.study_instance_uid}")
         return [encode(ds) for ds in datasets]
 
+    def write_files(self, folder: Path) -> list[Path]:
+        """The case's instances as numbered files in a new ``folder``, in sending order."""
+        folder.mkdir()
+        paths = []
+        for k, data in enumerate(self.files()):
+            path = folder / f"{k:05d}.dcm"
+            path.write_bytes(data)
+            paths.append(path)
+        return paths
+
 
 # --------------------------------------------------------------------------- bytes
 
