@@ -25,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_node.imaging import geometry, volume as volume_module
 from dicom_node.imaging.anatomy import intracranial_space
 from dicom_node.imaging.volume import CTVolume
 from dicom_node.models.gating import gate_result
-from dicom_node.models.inputs import ImagingFunctions
 from dicom_node.models.registry import load_model, shipped_model_dir
 from dicom_node.models.runner import Runner
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
@@ -57,13 +55,12 @@ def main() -> None:
     parser.add_argument("--kinds", default="unet,maskrcnn,threshold")
     args = parser.parse_args()
     patients = sorted({p.name[:4] for p in IMAGES.glob("*.png")})[: args.patients]
-    imaging = ImagingFunctions(geometry.prepare_hu, geometry.prepare_windowed, volume_module.assemble_volume)
     models = {}
     for kind in args.kinds.split(","):
         if kind == "threshold":
             models[kind] = ThresholdModel(ThresholdParameters())
         else:
-            models[kind] = Runner(load_model(shipped_model_dir(kind), kind=kind), imaging, device="cpu")
+            models[kind] = Runner(load_model(shipped_model_dir(kind), kind=kind), device="cpu")
     totals = {kind: dict(before=0, after=0, dropped=0, dropped_ml=0.0, in_box=0) for kind in models}
     for patient in patients:
         stack = read_stack(patient)
