@@ -116,7 +116,7 @@ class Worker:
             record_outputs(session, job_id=job.id, objects=output.objects, destinations=destinations, now=now)
         logger.info(f"job succeeded: {output.summary}", extra={**context, "stage": "record"})
         for warning in output.warnings:
-            logger.warning(f"job results incomplete: {warning}", extra={**context, "stage": "build"})
+            logger.warning(f"job warning: {warning}", extra={**context, "stage": "build"})
         if not any(destinations.values()):
             logger.warning(
                 "no destination wants these results: they are kept, not sent "
