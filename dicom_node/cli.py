@@ -286,9 +286,9 @@ def jobs_list(
     _, sessions = _sessions(config)
     with sessions() as session:
         jobs = queue.list_jobs(session, limit=limit, state=state, study_instance_uid=study)
-    typer.echo(f"{'ID':>6}  {'STATE':<10}  {'TRY':>5}  {'STUDY INSTANCE UID':<64}  GEN  MODEL / LAST ERROR")
+    typer.echo(f"{'ID':>6}  {'STATE':<10}  {'TRY':>5}  {'STUDY INSTANCE UID':<64}  GEN  MODEL, OR WHY (error, reason, warning)")
     for job in jobs:
-        problem = job.last_error or job.reason or (job.warnings[0] if job.warnings else None)
+        problem = job.last_error or job.reason or (f"warning: {job.warnings[0]}" if job.warnings else None)
         detail = problem.splitlines()[0][:80] if problem else job.model_key
         typer.echo(
             f"{job.id:>6}  {job.state.value:<10}  {job.attempts:>2}/{job.max_attempts:<2}  "

@@ -109,4 +109,4 @@ def test_results_that_went_out_incomplete_carry_warnings_shown_by_jobs_show(
     assert shown.returncode == 0, shown.stderr
     assert f"warning    {missing[0]}" in shown.stdout
     listed = cli("jobs", "list", "--config", str(config))
-    assert "segmentation (SEG) not created" in listed.stdout
+    assert "warning: segmentation (SEG) not created" in listed.stdout
