@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
-from dicom_node.db.heartbeat import Heartbeat, disk_guard_text
+from dicom_node.db.heartbeat import Heartbeat
 from dicom_node.db.session import describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
@@ -186,14 +186,15 @@ class Node:
         # First in, last out: the row says "stopped" only once everything after it has stopped.
         heartbeat = Heartbeat.of_serving_process(
             session_factory(self.engine), settings, listener=self.listener, worker=self.worker,
-            config_path=self.config, disk=lambda: disk_guard_text(self.store.free_bytes(), self.store.min_free_bytes),
+            config_path=self.config, disk=self.store.guard_state,
             reload_pid=os.getppid() if self.supervised is not None else None,  # `run` passes SIGHUP on
         )
         heartbeat.start()
         self._stops.append(heartbeat.stop)
         if settings.observability.enabled and self.supervised is None:
-            port = settings.observability.port if self.listener else settings.observability.worker_port
-            self._stops.append(serve_observability(lambda: self.live.current, self.engine, self.store, self.metrics, port))
+            self._stops.append(
+                serve_observability(lambda: self.live.current, self.engine, self.store, self.metrics, self._page_port())
+            )
         if self.listener:
             self._start_listener(settings)
         if self.worker:
@@ -225,6 +226,7 @@ class Node:
         """The model, the worker and its ticks; a dead process's jobs are reclaimed before the first claim."""
         self.model = load_configured_model(settings.analysis)
         sessions = session_factory(self.engine)
+        policy = RetryPolicy.from_settings(settings.jobs.retry)
         worker = Worker(
             metrics=self.metrics,
             audit=self.audit,
@@ -233,7 +235,7 @@ class Node:
             destinations=self.live.destination_kinds,
             lease=timedelta(seconds=settings.jobs.lease_s),
             heartbeat_every=timedelta(seconds=settings.jobs.heartbeat_s),
-            policy=RetryPolicy.from_settings(settings.jobs.retry),
+            policy=policy,
         )
         ticks = build_scheduler(
             settings,
@@ -246,7 +248,7 @@ class Node:
             stop=self._stop,
         )
         # Before the first claim: what a dead process of this host held runs again now, not after its lease.
-        reclaim_at_startup(sessions, owner=worker.owner, policy=RetryPolicy.from_settings(settings.jobs.retry))
+        reclaim_at_startup(sessions, owner=worker.owner, policy=policy)
         ticks.start()
 
         def stop_ticks() -> None:
@@ -271,11 +273,14 @@ class Node:
             names = ", ".join(d.name for d in settings.destinations) or "none (results are kept, not sent)"
             parts.append(f"destinations {names}")
         if settings.observability.enabled:
-            # Under `run` the supervisor serves the page on the listener's port for every child.
-            supervised = self.supervised is not None
-            port = settings.observability.port if self.listener or supervised else settings.observability.worker_port
-            parts.append(f"status page http://{settings.observability.bind_address}:{port}/")
+            parts.append(f"status page http://{settings.observability.bind_address}:{self._page_port()}/")
         return "started: " + "; ".join(parts)
+
+    def _page_port(self) -> int:
+        """Where this process's /metrics and status page are served: a worker alone has a port
+        of its own; under `run` the supervisor serves every child's on the listener's port."""
+        observability = self.live.current.observability
+        return observability.port if self.listener or self.supervised is not None else observability.worker_port
 
     def reload(self) -> bool:
         """SIGHUP: re-read the live part of the settings (see :class:`LiveSettings`)."""

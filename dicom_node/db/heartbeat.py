@@ -66,12 +66,6 @@ def beat(session: Session, *, owner: str, now: datetime, disk: str | None = None
     session.execute(update(NodeProcess).where(NodeProcess.owner == owner).values(last_seen_at=now, disk=disk))
 
 
-def disk_guard_text(free_bytes: int, min_free_bytes: int) -> str:
-    """What ``status`` shows of a listener's disk: free space, the guard, and whether it refuses."""
-    verdict = "refusing C-STORE (A700)" if free_bytes < min_free_bytes else "ok"
-    return f"{free_bytes // 2**20} MiB free, guard {min_free_bytes // 2**20} MiB: {verdict}"
-
-
 def stopped(session: Session, *, owner: str, now: datetime) -> None:
     """Mark this process's row as stopped cleanly."""
     session.execute(
@@ -97,6 +91,7 @@ class ProcessSeen:
 
     @property
     def refusing_for_disk(self) -> bool:
+        # The listener writes InstanceStore.guard_state() at each beat.
         return self.disk is not None and self.disk.endswith("refusing C-STORE (A700)")
 
 

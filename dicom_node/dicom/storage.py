@@ -155,10 +155,20 @@ class InstanceStore:
     def check_free_space(self, incoming_bytes: int = 0) -> None:
         """Raise :class:`DiskFullError` if storing ``incoming_bytes`` would cross the guard."""
         free = self.free_bytes()
-        if free - incoming_bytes < self.min_free_bytes:
+        if self._below_guard(free - incoming_bytes):
             raise DiskFullError(
                 f"{free // 2**20} MiB free, guard is {self.min_free_bytes // 2**20} MiB"
             )
+
+    def guard_state(self) -> str:
+        """The disk guard as ``status`` shows it: free space, the guard, and whether the
+        listener refuses C-STORE now."""
+        free = self.free_bytes()
+        verdict = "refusing C-STORE (A700)" if self._below_guard(free) else "ok"
+        return f"{free // 2**20} MiB free, guard {self.min_free_bytes // 2**20} MiB: {verdict}"
+
+    def _below_guard(self, free_bytes: int) -> bool:
+        return free_bytes < self.min_free_bytes
 
     def problems(self) -> list[str]:
         """Why the store cannot take instances now (for the health endpoint); empty if it can."""

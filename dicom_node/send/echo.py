@@ -60,7 +60,7 @@ def verify(
     )
     where = f"{called_ae}@{host}:{port}"
     with pynetdicom_quiet():
-        assoc = open_association(peer, [(VERIFICATION_CLASS, list(VERIFICATION_TRANSFER_SYNTAXES))], quiet=True)
+        assoc = open_association(peer, [(VERIFICATION_CLASS, list(VERIFICATION_TRANSFER_SYNTAXES))])
         if isinstance(assoc, AssociationFailure):
             return EchoResult(False, assoc.reason, _hint(assoc, peer), assoc.kind)
         status = assoc.send_c_echo()

@@ -112,25 +112,21 @@ class _ConnectErrors(logging.Handler):
 
 
 @contextmanager
-def _pynetdicom_log(*, quiet: bool) -> Iterator[_ConnectErrors]:
-    """Capture connect errors; with ``quiet``, also keep pynetdicom's own log lines out of ours
-    (``dicom-node echo`` prints one clear line instead of pynetdicom's raw ERROR lines)."""
+def _connect_errors() -> Iterator[_ConnectErrors]:
+    """Capture pynetdicom's connect errors while the block runs."""
     logger_ = logging.getLogger("pynetdicom")
     errors = _ConnectErrors()
-    propagate = logger_.propagate
     logger_.addHandler(errors)
-    if quiet:
-        logger_.propagate = False
     try:
         yield errors
     finally:
         logger_.removeHandler(errors)
-        logger_.propagate = propagate
 
 
 @contextmanager
 def pynetdicom_quiet() -> Iterator[None]:
-    """Keep pynetdicom's log lines out of ours while the block runs (for ``dicom-node echo``)."""
+    """Keep pynetdicom's log lines out of ours while the block runs: ``dicom-node echo``
+    prints one clear line instead of pynetdicom's raw ERROR lines."""
     logger_ = logging.getLogger("pynetdicom")
     propagate = logger_.propagate
     logger_.propagate = False
@@ -149,9 +145,7 @@ def _seen(seen: dict[str, object], key: str) -> Callable[[evt.Event], None]:
     return handler
 
 
-def open_association(
-    peer: Peer, contexts: Sequence[tuple[str, list[str]]], *, quiet: bool = False
-) -> Association | AssociationFailure:
+def open_association(peer: Peer, contexts: Sequence[tuple[str, list[str]]]) -> Association | AssociationFailure:
     """Associate with ``peer`` proposing ``contexts`` (abstract syntax, transfer syntaxes).
 
     Every step is bounded by ``peer.timeout_s``, TCP connect included (pynetdicom's
@@ -166,7 +160,7 @@ def open_association(
     seen: dict[str, object] = {}
     handlers = [(evt.EVT_CONN_OPEN, _seen(seen, "connected")), (evt.EVT_ACSE_RECV, _seen(seen, "response"))]
     started = time.monotonic()
-    with _pynetdicom_log(quiet=quiet) as errors:
+    with _connect_errors() as errors:
         try:
             assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=handlers)
         except OSError as exc:  # the host name does not resolve: pynetdicom looks it up before connecting
