@@ -526,12 +526,18 @@ def environment_keys(environ: Mapping[str, str]) -> dict[str, str]:
     """
     found = {}
     for name in environ:
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
-            continue
-        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        if key.split(".", 1)[0] in Settings.model_fields:
+        key = _dotted_key(name)
+        if key is not None and key.split(".", 1)[0] in Settings.model_fields:
             found[key] = name
     return found
+
+
+def _dotted_key(name: str) -> str | None:
+    """``DICOM_NODE_NODE__PORT`` -> ``node.port``; None for a variable that is not ``DICOM_NODE_*``
+    or is ``DICOM_NODE_CONFIG`` (the file's name, not a setting)."""
+    if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+        return None
+    return name[len(ENV_PREFIX) :].lower().replace("__", ".")
 
 
 def _variable_for(loc: tuple[Any, ...], variables: Mapping[str, str]) -> str | None:
@@ -552,9 +558,11 @@ def unknown_section_variables(environ: Mapping[str, str]) -> list[str]:
     """
     problems = []
     for name in sorted(environ):
-        rest = name[len(ENV_PREFIX) :] if name.upper().startswith(ENV_PREFIX) else ""
-        section = rest.split("__", 1)[0].lower()
-        if "__" not in rest or section in Settings.model_fields:
+        key = _dotted_key(name)
+        if key is None or "." not in key:
+            continue
+        section = key.split(".", 1)[0]
+        if section in Settings.model_fields:
             continue
         close = difflib.get_close_matches(section, list(Settings.model_fields), n=1, cutoff=0.6)
         guess = f" (did you mean DICOM_NODE_{close[0].upper()}__...?)" if close else ""
