@@ -26,14 +26,31 @@ def pid_namespace() -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """True while a process with this pid exists (ours or another user's)."""
+    """True while a process with this pid exists and runs (ours or another user's).
+
+    A zombie counts as gone: it has exited and only waits for its parent to reap it.
+    That matters after ``kill -9`` of ``run``: its children die with it and are handed to
+    pid 1, which in many containers never reaps them, so ``kill(pid, 0)`` would keep
+    answering "alive" for a process that holds nothing any more.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """True when /proc says the process has exited (state Z or X); False where /proc is not there."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) state ...": comm may hold spaces and parentheses, so split at the last ")".
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"Z", b"X")
 
 
 def process_owner() -> str:

@@ -63,6 +63,22 @@ def test_only_a_gone_process_of_this_host_and_namespace_is_dead() -> None:
     assert not is_dead_here(f"{socket.gethostname()}:{dead}:0badc0de", me=me)
 
 
+def test_an_exited_process_not_yet_reaped_is_dead() -> None:
+    """After kill -9 of `run`, its children become zombies of a pid 1 that may never reap them."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        _wait_until_exited_unreaped(zombie.pid)
+        assert is_dead_here(_owner(zombie.pid), me=process_owner()), "a zombie holds nothing"
+    finally:
+        zombie.wait()
+
+
+def _wait_until_exited_unreaped(pid: int) -> None:
+    """Wait for the child (it runs ``pass``) to exit; ``waitid`` with WNOWAIT leaves it a zombie."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    assert info is not None and info.si_pid == pid
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     url = f"sqlite:///{tmp_path / 'q.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
