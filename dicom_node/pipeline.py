@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,7 @@ from dicom_node.errors import AnalysisError, NotApplicableError, SourceDataError
 from dicom_node.imaging.anatomy import HeadEvidence, head_from_image
 from dicom_node.imaging.headers import check_headers
 from dicom_node.imaging.selection import SeriesCandidate, select_series
-from dicom_node.imaging.volume import REPEATED_POSITION, CTVolume, assemble_volume
+from dicom_node.imaging.volume import AssemblyWarning, AssemblyWarningKind, CTVolume, assemble_volume
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.models.result import ModelKind, ModelResult
 from dicom_node.outputs import (
@@ -204,6 +204,15 @@ def _lesions_without_seg(lesions: list[LesionMeasurement]) -> str:
     return f"lesion measurement groups omitted (they reference the SEG): {figures}"
 
 
+def job_warnings(missing: Sequence[str], assembly: Sequence[AssemblyWarning]) -> list[str]:
+    """What a succeeded job warns of: the objects not built, and instances dropped for
+    repeating a slice position (the study was analysed, but not on every instance the PACS
+    sent). The other assembly warnings (gantry tilt, a filled gap, ...) are in the log only:
+    the results are whole."""
+    repeated = [w.text for w in assembly if w.kind is AssemblyWarningKind.REPEATED_POSITION]
+    return [*missing, *repeated]
+
+
 class Pipeline:
     """Runs one claimed job with a model, building and writing the result objects."""
 
@@ -312,10 +321,7 @@ class Pipeline:
         }
         if built.missing:
             summary["missing"] = built.missing
-        # Instances dropped for repeating a slice position are the one assembly warning a job
-        # carries: the study was analysed, but not on every instance the PACS sent.
-        repeated = [w for w in volume.warnings if REPEATED_POSITION in w]
-        return JobOutput(objects=objects, summary=summary, timings_s=timings, warnings=[*built.missing, *repeated])
+        return JobOutput(objects=objects, summary=summary, timings_s=timings, warnings=job_warnings(built.missing, volume.warnings))
 
     def _write(self, kind: str, dataset: Dataset) -> WrittenObject:
         relative = result_path(

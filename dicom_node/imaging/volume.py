@@ -47,6 +47,7 @@ import os
 from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,6 +70,28 @@ _TILT_TOLERANCE_DEG = 0.05
 _ORIENTATION_TOLERANCE = 1e-3
 
 Source = Dataset | str | os.PathLike[str]
+
+
+class AssemblyWarningKind(Enum):
+    """What a volume assembly warning is about, so that callers choose by kind, not by its wording."""
+
+    OTHER_SERIES = "other-series"  # instances of another series were among the sources, left out
+    DUPLICATE_INSTANCES = "duplicate-instances"  # one SOP Instance UID received more than once, read once
+    NO_FRAME_OF_REFERENCE = "no-frame-of-reference"  # FrameOfReferenceUID absent: one frame assumed
+    REPEATED_POSITION = "repeated-position"  # instances at one slice position dropped, the last received kept
+    MISSING_SLICES = "missing-slices"  # gaps filled by interpolation: slices with no source instance
+    GANTRY_TILT = "gantry-tilt"  # a sheared grid, kept as acquired
+
+
+@dataclass(frozen=True)
+class AssemblyWarning:
+    """Something the assembly accepted but a reader of the result should know; ``text`` says it in full."""
+
+    kind: AssemblyWarningKind
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,7 +122,7 @@ class CTVolume:
     image_orientation: tuple[float, float, float, float, float, float] | None = None
     image_positions: np.ndarray | None = None
     gantry_tilt_deg: float = 0.0
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[AssemblyWarning, ...] = ()
     excluded_sop_instance_uids: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -315,7 +338,7 @@ def assemble_volume(
         raise ValueError("max_gap_slices must not be negative")
     if not 0 <= max_missing_fraction < 1:
         raise ValueError("max_missing_fraction must be in [0, 1)")
-    warnings: list[str] = []
+    warnings: list[AssemblyWarning] = []
     slices, excluded = _read_series(sources, series_instance_uid, warnings)
     plane = _check_plane(slices, warnings)
     slices, positions, along = _order(slices, plane.normal, warnings)
@@ -369,7 +392,7 @@ class _Grid:
 
 
 def _read_series(
-    sources: Sequence[Source], series_instance_uid: str, warnings: list[str]
+    sources: Sequence[Source], series_instance_uid: str, warnings: list[AssemblyWarning]
 ) -> tuple[list[_Slice], list[str]]:
     """Read: the headers of the series' instances, each SOP Instance UID once; others excluded."""
     slices: list[_Slice] = []
@@ -388,17 +411,19 @@ def _read_series(
         seen.add(sop_uid)
         slices.append(_Slice(source=source, header=header, sop_instance_uid=sop_uid))
     if excluded:
-        warnings.append(
-            f"{len(excluded)} instance(s) of other series were among the sources and were left out"
-        )
+        warnings.append(AssemblyWarning(
+            AssemblyWarningKind.OTHER_SERIES, f"{len(excluded)} instance(s) of other series were among the sources and were left out"
+        ))
     if duplicates:
-        warnings.append(f"{duplicates} duplicate instance(s) (same SOP Instance UID) were read once")
+        warnings.append(AssemblyWarning(
+            AssemblyWarningKind.DUPLICATE_INSTANCES, f"{duplicates} duplicate instance(s) (same SOP Instance UID) were read once"
+        ))
     if not slices:
         raise ValueError(f"no instance of series {series_instance_uid} among the sources")
     return slices, excluded
 
 
-def _check_plane(slices: list[_Slice], warnings: list[str]) -> _Plane:
+def _check_plane(slices: list[_Slice], warnings: list[AssemblyWarning]) -> _Plane:
     """Check: one frame per instance, and one matrix, orientation, pixel spacing and frame of reference."""
     first = slices[0].header
     for s in slices:
@@ -423,7 +448,7 @@ def _check_plane(slices: list[_Slice], warnings: list[str]) -> _Plane:
     return _Plane(rows, columns, orientation, pixel_spacing, _frame_of_reference(slices, warnings))
 
 
-def _frame_of_reference(slices: list[_Slice], warnings: list[str]) -> str | None:
+def _frame_of_reference(slices: list[_Slice], warnings: list[AssemblyWarning]) -> str | None:
     """The one FrameOfReferenceUID of the slices, None (with a warning) when none has one."""
     frames_of_reference = {s.header.get("FrameOfReferenceUID") for s in slices}
     frames_of_reference.discard(None)
@@ -432,21 +457,20 @@ def _frame_of_reference(slices: list[_Slice], warnings: list[str]) -> str | None
         raise ValueError("instances of one series must share one FrameOfReferenceUID")
     frame_of_reference_uid = next(iter(frames_of_reference), None)
     if frame_of_reference_uid is None:
-        warnings.append(
+        warnings.append(AssemblyWarning(
+            AssemblyWarningKind.NO_FRAME_OF_REFERENCE,
             "FrameOfReferenceUID is absent: positions are assumed to share one frame of reference; "
-            "our objects use a Frame of Reference UID derived from the series UID"
-        )
+            "our objects use a Frame of Reference UID derived from the series UID",
+        ))
     return frame_of_reference_uid
 
 
-#: Job warnings start with this when instances repeated a slice position (``pipeline`` passes them on).
-REPEATED_POSITION = "instances repeating a slice position"
 #: Two slices closer than this (mm) along the normal are at one position.
 SAME_POSITION_MM = 1e-3
 
 
 def _order(
-    slices: list[_Slice], normal: np.ndarray, warnings: list[str]
+    slices: list[_Slice], normal: np.ndarray, warnings: list[AssemblyWarning]
 ) -> tuple[list[_Slice], np.ndarray, np.ndarray]:
     """Order: ascending along the normal; returns the slices, their positions and distances along it.
 
@@ -462,7 +486,7 @@ def _order(
     return [slices[k] for k in keep], positions[keep], along[keep]
 
 
-def _warn_repeated(slices: list[_Slice], order: np.ndarray, keep: list[int], warnings: list[str]) -> None:
+def _warn_repeated(slices: list[_Slice], order: np.ndarray, keep: list[int], warnings: list[AssemblyWarning]) -> None:
     """Say how many repeated instances were dropped, and how many differed in their pixels from the one kept."""
     kept = set(keep)
     differ = 0
@@ -475,10 +499,11 @@ def _warn_repeated(slices: list[_Slice], order: np.ndarray, keep: list[int], war
                 differ += sum(_pixel_bytes(slices[m].source) != pixels for m in group[:-1])
             group = []
     dropped = len(order) - len(keep)
-    warnings.append(
-        f"{dropped} {REPEATED_POSITION} dropped, the one received last kept "
-        f"({dropped - differ} with identical pixel data, {differ} with different pixel data)"
-    )
+    warnings.append(AssemblyWarning(
+        AssemblyWarningKind.REPEATED_POSITION,
+        f"{dropped} instances repeating a slice position dropped, the one received last kept "
+        f"({dropped - differ} with identical pixel data, {differ} with different pixel data)",
+    ))
 
 
 def _pixel_bytes(source: Source) -> bytes:
@@ -499,7 +524,7 @@ def _stack_grid(
     positions: np.ndarray,
     along: np.ndarray,
     normal: np.ndarray,
-    warnings: list[str],
+    warnings: list[AssemblyWarning],
     *,
     max_gap_slices: int,
     max_missing_fraction: float,
@@ -536,15 +561,16 @@ def _stack_grid(
             for k, m in enumerate(multiples)
             if m > 1
         ]
-        warnings.append(
+        warnings.append(AssemblyWarning(
+            AssemblyWarningKind.MISSING_SLICES,
             f"{missing} missing slice(s) filled by linear interpolation ({'; '.join(gaps)}); "
-            "they have no source instance"
-        )
+            "they have no source instance",
+        ))
     return grid
 
 
 def _stacking_step(
-    indices: np.ndarray, positions: np.ndarray, normal: np.ndarray, nominal: float, warnings: list[str]
+    indices: np.ndarray, positions: np.ndarray, normal: np.ndarray, nominal: float, warnings: list[AssemblyWarning]
 ) -> _Grid:
     """The step between slices, fitted to all positions; a step off the normal is gantry tilt."""
     # Least-squares line through the positions: its slope is the stacking
@@ -563,10 +589,11 @@ def _stacking_step(
     tilt_deg = float(np.degrees(np.arccos(cosine)))
     if tilt_deg <= _TILT_TOLERANCE_DEG:
         return _Grid(indices=indices, step=normal * spacing_z, spacing_z=spacing_z)
-    warnings.append(
+    warnings.append(AssemblyWarning(
+        AssemblyWarningKind.GANTRY_TILT,
         f"gantry tilt of {tilt_deg:.2f} deg: the acquired (sheared) grid is kept and the "
-        "affine carries the shear; the volume is not resampled"
-    )
+        "affine carries the shear; the volume is not resampled",
+    ))
     return _Grid(indices=indices, step=step, spacing_z=spacing_z, tilt_deg=tilt_deg)
 
 
@@ -592,7 +619,7 @@ def _volume(
     hu: np.ndarray,
     origin: np.ndarray,
     series_instance_uid: str,
-    warnings: list[str],
+    warnings: list[AssemblyWarning],
     excluded: list[str],
 ) -> CTVolume:
     """The volume with its affine (voxel index -> patient mm) and the way back to each source."""

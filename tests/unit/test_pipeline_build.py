@@ -15,7 +15,8 @@ from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 from dicom_node.outputs import codes
 from tests.support.dciodvfy import run_dciodvfy
-from dicom_node.pipeline import BuiltObjects, Pipeline, StudyInput
+from dicom_node.imaging.volume import AssemblyWarning, AssemblyWarningKind as Kind
+from dicom_node.pipeline import BuiltObjects, Pipeline, StudyInput, job_warnings
 from tests.support.node import REPO
 from tests.support.outputs_fixtures import assert_valid
 from tests.support.synthetic_ct import Lesion, SeriesSpec, write_series
@@ -145,3 +146,15 @@ def test_malformed_source_uids_are_kept_and_are_the_only_thing_dciodvfy_flags(tm
         assert specific and all(
             "Leading zeroes in embedded numeric component(s)" in e and (study_uid in e or series_uid in e) for e in specific
         ), (kind, errors)
+
+
+def test_a_job_warns_of_missing_objects_and_repeated_slices_only_chosen_by_kind() -> None:
+    """The repeated-slice warning is picked by its kind, not by words in its text: a tilt whose
+    text happened to mention repeating positions stays in the log, not in the job's warnings."""
+    assembly = [
+        AssemblyWarning(Kind.GANTRY_TILT, "gantry tilt of 20.00 deg (no instances repeating a slice position)"),
+        AssemblyWarning(Kind.REPEATED_POSITION, "2 instances repeating a slice position dropped"),
+        AssemblyWarning(Kind.MISSING_SLICES, "1 missing slice(s) filled by linear interpolation"),
+    ]
+    assert job_warnings(["SEG not created: x"], assembly) == ["SEG not created: x", "2 instances repeating a slice position dropped"]
+    assert job_warnings([], assembly[:1]) == []

@@ -18,7 +18,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicom_node.imaging.volume import CTVolume, assemble_volume
+from dicom_node.imaging.volume import AssemblyWarningKind as Kind, CTVolume, assemble_volume
 from tests.support.synthetic_ct import (
     TEST_UID_PREFIX,
     Lesion,
@@ -148,7 +148,8 @@ def test_gantry_tilt_keeps_the_acquired_grid_with_a_sheared_affine():
     np.testing.assert_array_equal(volume.hu, expected)  # not resampled
     assert volume.is_tilted
     assert volume.gantry_tilt_deg == pytest.approx(20.0, abs=0.01)
-    assert any("gantry tilt" in w for w in volume.warnings)
+    assert [w.kind for w in volume.warnings] == [Kind.GANTRY_TILT]
+    assert "gantry tilt of 20.00 deg" in str(volume.warnings[0])
     # z is the distance between planes along their normal, so voxel volumes stay right.
     assert volume.spacing_mm[0] == pytest.approx(5.0, abs=1e-3)
     assert volume.voxel_volume_mm3 == pytest.approx(abs(np.linalg.det(volume.affine[:3, :3])), rel=1e-6)
@@ -175,7 +176,8 @@ def test_one_missing_slice_is_filled_and_recorded_without_compressing_z():
     assert volume.interpolated_slices == (missing,)
     assert volume.source_sop_instance_uids[missing] is None
     assert volume.source_sop_instance_uids[missing + 1] == datasets[missing + 1].SOPInstanceUID
-    assert any("1 missing slice(s) filled" in w for w in volume.warnings)
+    assert [w.kind for w in volume.warnings] == [Kind.MISSING_SLICES]
+    assert volume.warnings[0].text.startswith("1 missing slice(s) filled")
     expected, _ = head_volume(spec)
     blended = np.rint((expected[missing - 1].astype(np.float32) + expected[missing + 1]) / 2)
     np.testing.assert_array_equal(volume.hu[missing], blended)
@@ -209,14 +211,14 @@ def test_two_instances_at_one_position_keep_the_one_received_last_and_a_resent_i
     datasets = series_datasets(spec)
     volume = assemble_volume(datasets + [datasets[2]], series_instance_uid=spec.series_instance_uid)
     assert volume.shape[0] == 6
-    assert any("duplicate" in w for w in volume.warnings)
+    assert [w.kind for w in volume.warnings] == [Kind.DUPLICATE_INSTANCES]
 
     twin = series_datasets(spec)[2]  # same position and pixels, a new SOP Instance UID
     assert twin.SOPInstanceUID != datasets[2].SOPInstanceUID
     same = assemble_volume(datasets + [twin], series_instance_uid=spec.series_instance_uid)
     assert same.shape[0] == 6 and twin.SOPInstanceUID in same.source_sop_instance_uids
     assert datasets[2].SOPInstanceUID not in same.source_sop_instance_uids
-    assert "1 instances repeating a slice position dropped, the one received last kept (1 with identical pixel data, 0 with different pixel data)" in same.warnings
+    assert [(w.kind, w.text) for w in same.warnings] == [(Kind.REPEATED_POSITION, "1 instances repeating a slice position dropped, the one received last kept (1 with identical pixel data, 0 with different pixel data)")]
     np.testing.assert_array_equal(same.hu, head_volume(spec)[0])
 
     changed = series_datasets(spec)[2]
@@ -224,7 +226,8 @@ def test_two_instances_at_one_position_keep_the_one_received_last_and_a_resent_i
     pixels[:] = 1024  # water everywhere: visibly not the first one
     changed.PixelData = pixels.tobytes()
     newer = assemble_volume(datasets + [changed], series_instance_uid=spec.series_instance_uid)
-    assert any("(0 with identical pixel data, 1 with different pixel data)" in w for w in newer.warnings)
+    assert [w.kind for w in newer.warnings] == [Kind.REPEATED_POSITION]
+    assert newer.warnings[0].text.endswith("(0 with identical pixel data, 1 with different pixel data)")
     k = list(newer.source_sop_instance_uids).index(changed.SOPInstanceUID)
     assert np.all(newer.hu[k] == 0)
 
@@ -236,7 +239,7 @@ def test_missing_frame_of_reference_is_a_warning_not_a_failure():
         del ds.FrameOfReferenceUID
     volume = assemble_volume(datasets, series_instance_uid=spec.series_instance_uid)
     assert volume.frame_of_reference_uid is None
-    assert any("FrameOfReferenceUID is absent" in w for w in volume.warnings)
+    assert [w.kind for w in volume.warnings] == [Kind.NO_FRAME_OF_REFERENCE]
     np.testing.assert_array_equal(volume.hu, head_volume(spec)[0])
 
 
@@ -247,7 +250,7 @@ def test_stray_instance_of_another_series_is_left_out_and_recorded():
     datasets = series_datasets(spec)
     volume = assemble_volume(datasets[:3] + [stray] + datasets[3:], series_instance_uid=spec.series_instance_uid)
     assert volume.excluded_sop_instance_uids == (stray.SOPInstanceUID,)
-    assert any("other series" in w for w in volume.warnings)
+    assert [w.kind for w in volume.warnings] == [Kind.OTHER_SERIES]
     assert volume.shape[0] == 6
     assert stray.SOPInstanceUID not in volume.source_sop_instance_uids
 
