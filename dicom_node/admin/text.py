@@ -53,7 +53,7 @@ def node_warning(presence: NodePresence) -> str | None:
     """What a running node lacks: no worker (nothing analysed) or no listener (nothing received)."""
     if not presence.running:
         return None
-    roles = " ".join(presence.roles())
+    roles = presence.roles()
     if "worker" not in roles:
         return "no worker runs: studies are received but neither analysed nor sent (start `dicom-node worker`)"
     if "listener" not in roles:

@@ -37,6 +37,8 @@ STALE_S = 3 * BEAT_S + 5
 STOP_WAIT_S = 5.0
 #: Rows of processes stopped or gone this long ago are deleted when a process starts.
 FORGET_AFTER = timedelta(days=7)
+#: Joins the roles of a process that serves more than one: ``listener+worker``.
+ROLE_SEPARATOR = "+"
 
 
 def register(
@@ -90,6 +92,11 @@ class ProcessSeen:
     reload_pid: int | None = None
 
     @property
+    def roles(self) -> frozenset[str]:
+        """What it serves, each role whole: ``listener+worker`` is both, ``listener`` only the first."""
+        return frozenset(self.role.split(ROLE_SEPARATOR))
+
+    @property
     def refusing_for_disk(self) -> bool:
         # The listener writes InstanceStore.guard_state() at each beat.
         return self.disk is not None and self.disk.endswith("refusing C-STORE (A700)")
@@ -109,12 +116,13 @@ class NodePresence:
         return bool(self.alive)
 
     def roles(self) -> set[str]:
-        return {p.role for p in self.alive}
+        """Every role some live process serves (a ``listener+worker`` process counts for both)."""
+        return {role for p in self.alive for role in p.roles}
 
 
 def listener_reload_pids(presence: NodePresence) -> list[int]:
     """The pids SIGHUP goes to for the running listeners to re-read their allowed callers."""
-    return sorted({p.reload_pid for p in presence.alive if "listener" in p.role and p.reload_pid})
+    return sorted({p.reload_pid for p in presence.alive if "listener" in p.roles and p.reload_pid})
 
 
 def presence(session: Session, *, now: datetime | None = None) -> NodePresence:
@@ -184,7 +192,7 @@ class Heartbeat:
         parts = [f"{node.ae_title} on {node.bind_address}:{node.port}"] if listener else []
         if worker:
             parts.append(f"model {settings.analysis.model}")
-        role = "+".join(name for name, on in (("listener", listener), ("worker", worker)) if on)
+        role = ROLE_SEPARATOR.join(name for name, on in (("listener", listener), ("worker", worker)) if on)
         return cls(
             sessions, owner=process_owner(), role=role, detail="; ".join(parts) or None,
             config_path=config_path, disk=disk if listener else (lambda: None), reload_pid=reload_pid,
