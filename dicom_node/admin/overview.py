@@ -48,6 +48,12 @@ class JobLine:
     retried_at: datetime | None = None
 
     @property
+    def state_text(self) -> str:
+        """The state as ``status`` and the page print it: ``succeeded (warnings)`` for results that
+        went out with something to know (``jobs show`` lists the warnings), else the state."""
+        return f"{self.state} (warnings)" if self.state == "succeeded" and self.warnings else self.state
+
+    @property
     def call(self) -> str:
         """``positive``, ``negative`` or ``-`` (not analysed, or analysed by nothing that calls)."""
         if "hemorrhage" not in self.summary:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.admin.advice import advice
 from dicom_node.admin.destinations import DestinationHealth, destination_health
-from dicom_node.admin.overview import StudyOverview, recent_studies
+from dicom_node.admin.overview import JobLine, StudyOverview, recent_studies
 from dicom_node.admin.rejections import WINDOW, Rejection, advice_for, recent_rejections
 from dicom_node.admin.text import node_summary, node_warning
 from dicom_node.config import Settings
@@ -107,14 +107,25 @@ def _counts(by_state: dict[str, int]) -> str:
     return " ".join(_state(k, n) for k, n in sorted(by_state.items()))
 
 
+def _job_cell(job: JobLine) -> str:
+    """The job's state in the words of ``status`` (``succeeded (warnings)``), and its error or first warning."""
+    flag = _e(job.state_text.removeprefix(job.state))  # " (warnings)" or nothing
+    cell = f"{job.id}: {_state(job.state)}{flag} ({job.attempts}/{job.max_attempts})"
+    if job.last_error and job.state != "succeeded":
+        note = job.last_error.splitlines()[0]
+    elif job.state == "succeeded" and job.warnings:
+        note = f"warning: {job.warnings[0]}"
+    else:
+        return cell
+    return cell + f"<br><span class='muted'>{_e(note[:160])}</span>"
+
+
 def _study_row(study: StudyOverview, viewer_url: str | None) -> str:
     s, job = study.study, study.job
     call = job.call if job else "-"
     probability = f"{job.probability:.2f}" if job and job.probability is not None else "-"
     volume = f"{job.volume_ml:.1f} mL" if job and job.volume_ml is not None else "-"
-    job_text = f"{job.id}: {_state(job.state)} ({job.attempts}/{job.max_attempts})" if job else "-"
-    if job and job.last_error and job.state != "succeeded":
-        job_text += f"<br><span class='muted'>{_e(job.last_error.splitlines()[0][:160])}</span>"
+    job_text = _job_cell(job) if job else "-"
     deliveries = "<br>".join(f"{_e(d.destination)}: {_counts(d.by_state)}" for d in study.deliveries) or "-"
     return (
         "<tr>"

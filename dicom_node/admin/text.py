@@ -182,7 +182,7 @@ def error_lines(errors: list[RecentError]) -> list[str]:
 
 STUDY_HEADER = (
     f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  GEN  SERIES  INSTANCES  {'LAST RECEIVED (UTC)':<19}  "
-    f"{'JOB':>5}  {'JOB STATE':<10}  {'CALL':<8}  {'PROB':>5}  {'VOLUME':>9}  DELIVERY"
+    f"{'JOB':>5}  {'JOB STATE':<20}  {'CALL':<8}  {'PROB':>5}  {'VOLUME':>9}  DELIVERY"
 )
 
 
@@ -194,7 +194,7 @@ def study_line(study: StudyOverview) -> str:
     return (
         f"{s.study_instance_uid:<64}  {s.state.value:<9}  {s.generation:>3}  {s.series_count:>6}  "
         f"{s.instance_count:>9}  {_short(s.last_received_at):<19}  "
-        f"{job.id if job else '-':>5}  {job.state if job else '-':<10}  {job.call if job else '-':<8}  "
+        f"{job.id if job else '-':>5}  {job.state_text if job else '-':<20}  {job.call if job else '-':<8}  "
         f"{probability:>5}  {volume:>9}  {study.delivery_text}"
     )
 
@@ -206,7 +206,7 @@ def job_lines(job: JobLine, *, now: datetime | None = None) -> list[str]:
     if job.retried_at is not None:
         queued = f"{utc(job.retried_at)} by `jobs retry` (first queued {utc(job.created_at)})"
     lines = [
-        f"job {job.id}: {job.state}, attempt {job.attempts} of {job.max_attempts}{run}",
+        f"job {job.id}: {job.state_text}, attempt {job.attempts} of {job.max_attempts}{run}",
         f"  model      {job.model_key}",
         f"  queued     {queued}",
         f"  started    {utc(job.started_at)}",

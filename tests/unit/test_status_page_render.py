@@ -83,3 +83,29 @@ def test_a_stopped_node_and_rejected_callers_are_shown_escaped() -> None:
     page = render(alone).decode("utf-8")
     assert "no worker runs: studies are received but neither analysed nor sent" in page
     assert "No association was rejected." in page
+
+
+def test_a_job_that_succeeded_with_warnings_says_so_in_status_and_on_the_page() -> None:
+    """`status`'s table, `jobs show` and the page use one wording, and the page shows the first warning."""
+    from dataclasses import replace
+
+    from dicom_node.admin.text import STUDY_HEADER, job_lines, study_line
+
+    page = _page(None, "x")
+    assert "(warnings)" not in page, "a clean success is plain `succeeded`"
+    job = JobLine(
+        id=3, state="succeeded", study_generation=1, attempts=1, max_attempts=3, model_key="m@1",
+        created_at=NOW, started_at=NOW, finished_at=NOW, next_attempt_at=None, lease_owner=None,
+        lease_expires_at=None, last_error=None, summary={"hemorrhage": False},
+        warnings=("SEG not created: <no frame of reference>",),
+    )
+    study = StudyOverview(StudySummary(UID, StudyState.COMPLETE, 1, 1, 40, NOW, NOW, "quiet"), job, [])
+    line = study_line(study)
+    assert line[STUDY_HEADER.index("JOB STATE"):].startswith("succeeded (warnings)  negative"), line
+    assert job_lines(job)[0] == "job 3: succeeded (warnings), attempt 1 of 3"
+    clean = study_line(replace(study, job=replace(job, warnings=())))
+    assert clean[STUDY_HEADER.index("JOB STATE"):].startswith("succeeded             negative"), clean
+    data = PageData(ae_title="N", now=NOW, jobs={"succeeded": 1}, studies=[study], errors=[], destinations=[], viewer_url=None)
+    html = render(data).decode("utf-8")
+    assert "3: <span class=\"succeeded\">succeeded</span> (warnings) (1/3)" in html, html
+    assert "warning: SEG not created: &lt;no frame of reference&gt;" in html
