@@ -88,7 +88,7 @@ class _Section(BaseModel):
 class AllowedCaller(_Section):
     """A peer allowed to open associations: its AE title and, optionally, its address."""
 
-    ae_title: AETitle
+    ae_title: AETitle = Field(description="the calling AE title the peer uses (1-16 characters)")
     host: str | None = Field(
         default=None, description="IP address or CIDR network; absent means any host"
     )
@@ -117,30 +117,39 @@ class AllowedCaller(_Section):
 class NodeSettings(_Section):
     """The DICOM application entity we present to the network."""
 
-    ae_title: AETitle = "DICOMNODE"
-    bind_address: str = "127.0.0.1"
-    port: Port = 11112
-    allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+    ae_title: AETitle = Field(
+        default="DICOMNODE", description="our AE title: the called AE title a PACS sends to (1-16 characters)"
+    )
+    bind_address: str = Field(
+        default="127.0.0.1", description="IP address the listener accepts on; 0.0.0.0 for every interface"
+    )
+    port: Port = Field(default=11112, description="TCP port of the DICOM listener (104 is the well-known one)")
+    allowed_callers: list[AllowedCaller] = Field(
+        default_factory=list,
+        description="peers that may send: [[node.allowed_callers]] tables of ae_title and optional host",
+    )
     allow_any_caller: bool = Field(
         default=False, description="accept every calling AE title; for testing only"
     )
     require_called_ae_title: bool = Field(
         default=True, description="refuse associations addressed to another AE title"
     )
-    max_associations: int = Field(default=10, ge=1, le=1000, description="per listener process")
+    max_associations: int = Field(
+        default=10, ge=1, le=1000, description="associations open at once, per listener process; more are rejected"
+    )
     listener_processes: int = Field(
         default=2,
         ge=1,
         le=64,
         description="processes accepting on the port; each uses one CPU core at most (one GIL)",
     )
-    acse_timeout_s: float = Field(default=30.0, gt=0)
-    dimse_timeout_s: float = Field(default=60.0, gt=0)
-    network_timeout_s: float = Field(default=60.0, gt=0)
+    acse_timeout_s: float = Field(default=30.0, gt=0, description="seconds to wait for association messages")
+    dimse_timeout_s: float = Field(default=60.0, gt=0, description="seconds to wait for the next DIMSE message")
+    network_timeout_s: float = Field(default=60.0, gt=0, description="seconds without network traffic before an association is aborted")
     max_pdu_size: int = Field(
         # 1 MiB: a 512x512 CT slice arrives in one PDU instead of eight, which costs the
         # listener about a fifth less CPU per instance (tests/bench/ingest.py --max-pdu).
-        default=1048576, ge=0, description="largest P-DATA PDU we accept; 0 means unlimited"
+        default=1048576, ge=0, description="largest P-DATA PDU we accept, in bytes; 0 means unlimited"
     )
 
     @model_validator(mode="after")
@@ -162,19 +171,28 @@ class NodeSettings(_Section):
 class StorageSettings(_Section):
     """Where received instances live, and how duplicates and low disk are handled."""
 
-    root: Path = Path(".dicom-node/storage")
-    duplicate_policy: Literal["keep_first", "overwrite"] = "keep_first"
+    root: Path = Field(
+        default=Path(".dicom-node/storage"), description="folder of received instances and created objects"
+    )
+    duplicate_policy: Literal["keep_first", "overwrite"] = Field(
+        default="keep_first", description="an instance received again: keep_first keeps the stored file, overwrite replaces it"
+    )
     min_free_mb: int = Field(
-        default=1024, ge=0, description="refuse C-STORE with 0xA700 below this free space"
+        default=1024, ge=0, description="refuse C-STORE with 0xA700 below this free space, in MiB"
     )
 
 
 class DatabaseSettings(_Section):
     """The database that is the hand-off between all stages and processes."""
 
-    url: str = "sqlite:///.dicom-node/dicom-node.db"
-    sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
-    echo: bool = False
+    url: str = Field(
+        default="sqlite:///.dicom-node/dicom-node.db",
+        description="sqlite:///PATH or postgresql+psycopg://USER@HOST/NAME; the password best in the environment",
+    )
+    sqlite_busy_timeout_s: float = Field(
+        default=30.0, gt=0, description="seconds a SQLite writer waits for another's lock before failing"
+    )
+    echo: bool = Field(default=False, description="log every SQL statement (debugging only: very verbose)")
 
     @model_validator(mode="after")
     def _known_backend(self) -> DatabaseSettings:
@@ -186,11 +204,13 @@ class DatabaseSettings(_Section):
 class CompletionSettings(_Section):
     """When a study counts as complete: a quiet period, and a cap for endless streams."""
 
-    quiet_period_s: float = Field(default=30.0, gt=0)
-    max_open_s: float = Field(
-        default=3600.0, gt=0, description="complete a study this long after it opened, even if busy"
+    quiet_period_s: float = Field(
+        default=30.0, gt=0, description="seconds without a new instance after which a study is complete"
     )
-    scan_interval_s: float = Field(default=5.0, gt=0)
+    max_open_s: float = Field(
+        default=3600.0, gt=0, description="seconds after it opened that a study is complete, even if still busy"
+    )
+    scan_interval_s: float = Field(default=5.0, gt=0, description="seconds between two looks for complete studies")
 
     @model_validator(mode="after")
     def _cap_after_quiet(self) -> CompletionSettings:
@@ -202,12 +222,18 @@ class CompletionSettings(_Section):
 class TLSSettings(_Section):
     """DICOM TLS (PS3.15 Annex B) for the listener; destinations opt in one by one."""
 
-    enabled: bool = False
-    certificate: Path | None = None
-    private_key: Path | None = None
-    private_key_password: SecretStr | None = None
-    ca_bundle: Path | None = None
-    require_client_certificate: bool = False
+    enabled: bool = Field(default=False, description="the listener speaks DICOM TLS (certificate and private_key needed)")
+    certificate: Path | None = Field(default=None, description="PEM file of our certificate (and its chain)")
+    private_key: Path | None = Field(default=None, description="PEM file of the certificate's private key")
+    private_key_password: SecretStr | None = Field(
+        default=None, description="password of the private key, if encrypted; best set in the environment"
+    )
+    ca_bundle: Path | None = Field(
+        default=None, description="PEM file of the CAs whose certificates we trust (callers' and destinations')"
+    )
+    require_client_certificate: bool = Field(
+        default=False, description="refuse callers without a certificate signed by ca_bundle"
+    )
 
     @model_validator(mode="after")
     def _files_present(self) -> TLSSettings:
@@ -237,18 +263,22 @@ OutputKind = Literal["seg", "sr", "key_images"]
 class Destination(_Section):
     """A peer we send results to with C-STORE."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-    ae_title: AETitle
-    host: str
-    port: Port
-    tls: bool = False
-    objects: list[OutputKind] = Field(default_factory=lambda: ["seg", "sr", "key_images"])
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(
+        description="our name for it in commands and `status` (letters, digits, _ . -)"
+    )
+    ae_title: AETitle = Field(description="its AE title, called by ours")
+    host: str = Field(description="its host name or IP address")
+    port: Port = Field(description="its DICOM TCP port")
+    tls: bool = Field(default=False, description="send to it over DICOM TLS (trusting tls.ca_bundle)")
+    objects: list[OutputKind] = Field(
+        default_factory=lambda: ["seg", "sr", "key_images"], description="which of our objects it receives"
+    )
 
 
 class SelectionSettings(_Section):
     """Which series of a study go to the models, each rule recorded as a reason."""
 
-    modalities: list[str] = Field(default_factory=lambda: ["CT"])
+    modalities: list[str] = Field(default_factory=lambda: ["CT"], description="Modality values of series analysed")
     required_image_type: list[str] = Field(
         default_factory=lambda: ["ORIGINAL"],
         description="values that must all appear in ImageType",
@@ -257,16 +287,19 @@ class SelectionSettings(_Section):
         default_factory=lambda: ["LOCALIZER", "SCOUT"],
         description="values that exclude a series when present in ImageType",
     )
-    min_slice_thickness_mm: float = Field(default=0.4, ge=0)
-    max_slice_thickness_mm: float = Field(default=6.0, gt=0)
-    min_slices: int = Field(default=1, ge=1)
+    min_slice_thickness_mm: float = Field(default=0.4, ge=0, description="thinner series are not chosen, in mm")
+    max_slice_thickness_mm: float = Field(default=6.0, gt=0, description="thicker series are not chosen, in mm")
+    min_slices: int = Field(default=1, ge=1, description="series with fewer instances are not chosen")
     min_coverage_mm: float = Field(
         default=60.0,
         ge=0,
         description="a chosen series covering less along the head's axis is skipped as too small to analyse "
         "(a stray slice, a partial scan); a head is about 150 mm",
     )
-    head_regex: Regex = r"(?i)\b(head|brain|skull|cranial|cranium|neuro|kopf|cerebr\w*|ich)\b"
+    head_regex: Regex = Field(
+        default=r"(?i)\b(head|brain|skull|cranial|cranium|neuro|kopf|cerebr\w*|ich)\b",
+        description="a header matching this (regular expression) names the head",
+    )
     not_head_regex: Regex = Field(
         default=(
             r"(?i)\b(chest|thorax|thoracic|lung\w*|abdomen|abd|pelvis|spine|lumbar|cervical|neck|cardiac|heart"
@@ -283,8 +316,14 @@ class SelectionSettings(_Section):
             "header-or-image: the header decides when it names a body part, the image when it names none"
         ),
     )
-    soft_tissue_kernel_regex: Regex = r"(?i)(soft|standard|brain|\bH[0-4]\d|\bJ[0-4]\d|\bFC[0-4]\d|UB|^B$|\bB[0-4]\d|\bQr[0-4]\d)"
-    bone_kernel_regex: Regex = r"(?i)(bone|sharp|lung|edge|\bH[6-9]\d|\bJ[6-9]\d|\bB[6-9]\d|\bQr[6-9]\d|\bYC|\bFC[3-9][0-9])"
+    soft_tissue_kernel_regex: Regex = Field(
+        default=r"(?i)(soft|standard|brain|\bH[0-4]\d|\bJ[0-4]\d|\bFC[0-4]\d|UB|^B$|\bB[0-4]\d|\bQr[0-4]\d)",
+        description="ConvolutionKernel values of a soft-tissue reconstruction (preferred), as a regular expression",
+    )
+    bone_kernel_regex: Regex = Field(
+        default=r"(?i)(bone|sharp|lung|edge|\bH[6-9]\d|\bJ[6-9]\d|\bB[6-9]\d|\bQr[6-9]\d|\bYC|\bFC[3-9][0-9])",
+        description="ConvolutionKernel values of a bone or sharp reconstruction (avoided), as a regular expression",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> SelectionSettings:
@@ -300,31 +339,37 @@ class IdentitySettings(_Section):
         default="1.2.826.0.1.3680043.10.1476",
         description="UID root for every UID the node creates; replace with your organisation's",
     )
-    manufacturer: str = "dicom-node project"
-    manufacturer_model_name: str = "dicom-node"
+    manufacturer: str = Field(default="dicom-node project", description="Manufacturer in the objects we create")
+    manufacturer_model_name: str = Field(
+        default="dicom-node", description="Manufacturer's Model Name in the objects we create"
+    )
     device_serial_number: str = Field(
         default="dicom-node-1", min_length=1, max_length=64,
         description="names this installation in the objects it creates (Type 1 in the SEG)",
     )
-    institution_name: str | None = None
+    institution_name: str | None = Field(
+        default=None, description="Institution Name in the objects we create; absent: not written"
+    )
 
 
 class RetrySettings(_Section):
     """Exponential backoff with a cap, then a dead letter that keeps the reason."""
 
-    max_attempts: int = Field(default=3, ge=1, le=1000)
-    initial_delay_s: float = Field(default=30.0, ge=0)
-    backoff_factor: float = Field(default=2.0, ge=1.0)
-    max_delay_s: float = Field(default=900.0, ge=0)
+    max_attempts: int = Field(default=3, ge=1, le=1000, description="tries in all before it is given up (dead)")
+    initial_delay_s: float = Field(default=30.0, ge=0, description="seconds before the first retry")
+    backoff_factor: float = Field(default=2.0, ge=1.0, description="each further wait is this many times the last")
+    max_delay_s: float = Field(default=900.0, ge=0, description="the longest wait between two tries, in seconds")
 
 
 class JobSettings(_Section):
     """Analysis jobs: how workers claim them and how failures are retried."""
 
-    lease_s: float = Field(default=600.0, gt=0, description="a job not heartbeated for this long is reclaimed")
-    heartbeat_s: float = Field(default=30.0, gt=0)
-    dispatch_interval_s: float = Field(default=2.0, gt=0)
-    retry: RetrySettings = Field(default_factory=RetrySettings)
+    lease_s: float = Field(
+        default=600.0, gt=0, description="seconds: a job whose worker has not renewed it for this long is reclaimed"
+    )
+    heartbeat_s: float = Field(default=30.0, gt=0, description="seconds between a worker's renewals of its job's lease")
+    dispatch_interval_s: float = Field(default=2.0, gt=0, description="seconds between a worker's looks for queued jobs")
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="how a failed job is tried again")
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> JobSettings:
@@ -336,10 +381,11 @@ class JobSettings(_Section):
 class DeliverySettings(_Section):
     """The outbox: how often it is served and how failed sends are retried."""
 
-    interval_s: float = Field(default=5.0, gt=0)
-    timeout_s: float = Field(default=60.0, gt=0)
+    interval_s: float = Field(default=5.0, gt=0, description="seconds between two looks for deliveries due")
+    timeout_s: float = Field(default=60.0, gt=0, description="seconds to wait for a destination's answer (C-STORE)")
     retry: RetrySettings = Field(
-        default_factory=lambda: RetrySettings(max_attempts=20, initial_delay_s=30, max_delay_s=3600)
+        default_factory=lambda: RetrySettings(max_attempts=20, initial_delay_s=30, max_delay_s=3600),
+        description="how a failed send is tried again",
     )
 
 
@@ -352,16 +398,20 @@ class AnalysisSettings(_Section):
     default to the weights shipped in ``dicom_node/models/weights``.
     """
 
-    model: Literal["classifier+unet", "classifier+maskrcnn", "unet", "maskrcnn", "threshold"] = "classifier+unet"
+    model: Literal["classifier+unet", "classifier+maskrcnn", "unet", "maskrcnn", "threshold"] = Field(
+        default="classifier+unet", description="the pipeline that analyses a study (see the section's text)"
+    )
     combination: Literal["gate", "either"] = Field(
         default="gate", description="gate: lesions only when the classifier calls the study positive"
     )
-    classifier_dir: Path | None = None
-    unet_dir: Path | None = None
-    maskrcnn_dir: Path | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(default=16, ge=1, le=1024)
-    min_lesion_ml: float = Field(default=0.1, ge=0, description="for the threshold model")
+    classifier_dir: Path | None = Field(default=None, description="folder of the classifier's weights; absent: the shipped ones")
+    unet_dir: Path | None = Field(default=None, description="folder of the U-Net's weights; absent: the shipped ones")
+    maskrcnn_dir: Path | None = Field(default=None, description="folder of the Mask R-CNN's weights; absent: the shipped ones")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where the model runs; auto: a CUDA GPU when there is one, else the CPU"
+    )
+    batch_size: int = Field(default=16, ge=1, le=1024, description="slices per model call (more: faster, more memory)")
+    min_lesion_ml: float = Field(default=0.1, ge=0, description="smallest lesion the threshold model reports, in mL")
 
 
 SeriesDescription = Annotated[str, Field(min_length=1, max_length=64)]
@@ -371,12 +421,18 @@ SeriesNumber = Annotated[int, Field(ge=1, le=2**31 - 1)]
 class OutputSettings(_Section):
     """Series numbers and descriptions of the objects we create, and the negative-study choice."""
 
-    seg_series_number: SeriesNumber = 9001
-    seg_series_description: SeriesDescription = "AI ICH SEGMENTATION - RESEARCH USE ONLY"
-    sr_series_number: SeriesNumber = 9002
-    sr_series_description: SeriesDescription = "AI ICH REPORT - RESEARCH USE ONLY"
-    key_images_series_number: SeriesNumber = 9003
-    key_images_series_description: SeriesDescription = "AI ICH KEY IMAGES - RESEARCH USE ONLY"
+    seg_series_number: SeriesNumber = Field(default=9001, description="Series Number of the SEG we create")
+    seg_series_description: SeriesDescription = Field(
+        default="AI ICH SEGMENTATION - RESEARCH USE ONLY", description="Series Description of the SEG (at most 64 characters)"
+    )
+    sr_series_number: SeriesNumber = Field(default=9002, description="Series Number of the SR we create")
+    sr_series_description: SeriesDescription = Field(
+        default="AI ICH REPORT - RESEARCH USE ONLY", description="Series Description of the SR (at most 64 characters)"
+    )
+    key_images_series_number: SeriesNumber = Field(default=9003, description="Series Number of the key images")
+    key_images_series_description: SeriesDescription = Field(
+        default="AI ICH KEY IMAGES - RESEARCH USE ONLY", description="Series Description of the key images (at most 64 characters)"
+    )
     send_empty_seg: bool = Field(
         default=False,
         description="send a SEG with an empty segment for a negative study (the SR always states the result)",
@@ -386,10 +442,12 @@ class OutputSettings(_Section):
 class ObservabilitySettings(_Section):
     """The Prometheus /metrics and /health endpoints and the status page of each process (loopback by default)."""
 
-    enabled: bool = True
-    bind_address: str = "127.0.0.1"
-    port: Port = Field(default=9110, description="for `run` and `scp`")
-    worker_port: Port = Field(default=9111, description="for `worker`, which may run beside `scp`")
+    enabled: bool = Field(default=True, description="serve /metrics, /health and the status page over HTTP")
+    bind_address: str = Field(
+        default="127.0.0.1", description="IP address of the HTTP endpoints; loopback keeps them off the network"
+    )
+    port: Port = Field(default=9110, description="TCP port of the HTTP endpoints for `run` and `scp`")
+    worker_port: Port = Field(default=9111, description="TCP port of the HTTP endpoints for `worker`, which may run beside `scp`")
     status_page: bool = Field(default=True, description="serve the read-only status page at / beside /metrics")
     viewer_url: str | None = Field(
         default=None,
@@ -410,24 +468,32 @@ class ObservabilitySettings(_Section):
 class RetentionSettings(_Section):
     """Delete received instances and produced objects some days after delivery, never before."""
 
-    enabled: bool = False
+    enabled: bool = Field(default=False, description="delete old files at all; false keeps everything")
     # At most 100 years: datetime arithmetic overflows far beyond that ("never" is enabled = false).
-    received_days: float = Field(default=7.0, ge=0, le=36500)
-    results_days: float = Field(default=7.0, ge=0, le=36500)
-    interval_s: float = Field(default=3600.0, gt=0)
+    received_days: float = Field(
+        default=7.0, ge=0, le=36500, description="days after delivery that a study's received instances are deleted"
+    )
+    results_days: float = Field(
+        default=7.0, ge=0, le=36500, description="days after delivery that the objects we created are deleted"
+    )
+    interval_s: float = Field(default=3600.0, gt=0, description="seconds between two retention runs")
 
 
 class AuditSettings(_Section):
     """The audit trail: always the ``audit_event`` table, plus this JSON-lines file if set."""
 
-    file: Path | None = Path(".dicom-node/audit.log")
+    file: Path | None = Field(
+        default=Path(".dicom-node/audit.log"), description="JSON-lines copy of the audit trail; absent: the table only"
+    )
 
 
 class LoggingSettings(_Section):
     """Log level and format; logs carry UIDs, never patient names or IDs."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="the least severe level logged")
+    format: Literal["json", "text"] = Field(
+        default="json", description="json: one object a line (for journald and collectors); text: for reading"
+    )
 
 
 class Settings(BaseSettings):
@@ -446,7 +512,10 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     tls: TLSSettings = Field(default_factory=TLSSettings)
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: list[Destination] = Field(
+        default_factory=list,
+        description="peers the results are sent to: [[destinations]] tables of name, ae_title, host, port, tls, objects",
+    )
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)

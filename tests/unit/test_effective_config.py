@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import get_args
 
-from dicom_node.config import load_settings
-from dicom_node.effective_config import MASK, effective_settings, render
-from tests.support.node import cli
+from pydantic import BaseModel
+
+from dicom_node.config import Settings, load_settings
+from dicom_node.effective_config import MASK, describe, effective_settings, render
+from tests.support.node import REPO, cli
 
 TOML = """
 [node]
@@ -101,3 +104,30 @@ def test_config_show_explain_says_what_sections_and_keys_are_for_and_why_uid_roo
     assert "# min_free_mb:" not in plain.stdout
     uid_line = next(line for line in plain.stdout.splitlines() if line.startswith("uid_root = "))
     assert uid_line.split("#", 1)[1].strip() == "file; a final '.' is added once read: every UID is this root plus numbers"
+
+
+def _fields_without_description(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted names of the fields of ``model`` and of every section inside it that have no description
+    (a section itself is described by its docstring, the purpose ``--explain`` prints above it)."""
+    missing = []
+    for name, field in model.model_fields.items():
+        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        if not (field.description or (section.__doc__ if section else "") or "").strip():
+            missing.append(prefix + name)
+        annotation = field.annotation
+        for inner in (annotation, *get_args(annotation)):  # list[Destination], Path | None
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                missing.extend(_fields_without_description(inner, f"{prefix}{name}."))
+    return missing
+
+
+def test_every_key_has_a_description_in_the_settings_models() -> None:
+    """`config show --explain` reads the Field descriptions: one source, and none left out,
+    including the keys inside [[destinations]] and [[node.allowed_callers]]."""
+    assert _fields_without_description(Settings) == []
+    path = REPO / "config" / "dicom-node.toml"
+    lines = effective_settings(path, load_settings(path))
+    assert len(lines) > 80 and [line.key for line in lines if not line.description] == []
+    assert describe("delivery.retry.max_delay_s") == "the longest wait between two tries, in seconds"
+    shown = render(lines, explain=True)
+    assert "# port: TCP port of the DICOM listener (104 is the well-known one)" in shown
