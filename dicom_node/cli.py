@@ -49,6 +49,7 @@ from dicom_node.db.heartbeat import listener_reload_pids, presence
 from dicom_node.db.models import JobState
 from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, describe_database, session_factory
+from dicom_node.disk_guard import disk_guard_warning
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context
 from dicom_node.errors import ConfigError, DatabaseNotFoundError, DicomNodeError
@@ -480,6 +481,8 @@ def config_check(
     # Not an error of the file: a listener-only host needs no PyTorch.
     for missing in missing_packages(settings.analysis):
         typer.echo(f"warning: {missing}; a worker on this host would refuse to start")
+    if guard := disk_guard_warning(settings.storage.root, settings.storage.min_free_mb):
+        typer.echo(f"warning: {guard}")
     typer.echo(f"{path}: OK")
 
 

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.db.heartbeat import Heartbeat
+from dicom_node.disk_guard import disk_guard_warning
 from dicom_node.db.session import describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
@@ -182,6 +183,8 @@ class Node:
         """Prepare the store, serve HTTP (unless supervised), then start the listener and the worker."""
         settings = self.live.current
         self.store.prepare()
+        if self.listener and self.supervised is None:  # under `run`, its parent says it once for all children
+            _warn_of_disk_guard(settings)
         self.store.sweep_periodically(self._stop)
         # First in, last out: the row says "stopped" only once everything after it has stopped.
         heartbeat = Heartbeat.of_serving_process(
@@ -303,6 +306,12 @@ class Node:
         self.engine.dispose()
 
 
+def _warn_of_disk_guard(settings: Settings) -> None:
+    """Log at start-up a disk guard that refuses every C-STORE from the first (see :mod:`dicom_node.disk_guard`)."""
+    if warning := disk_guard_warning(settings.storage.root, settings.storage.min_free_mb):
+        logger.warning(warning, extra={"stage": "startup"})
+
+
 @dataclass
 class SupervisingNode:
     """``dicom-node run``'s parent: binds the port, runs the children, serves /metrics and /health.
@@ -321,6 +330,7 @@ class SupervisingNode:
     def build(cls, config: Path, settings: Settings, engine: Engine, *, worker: bool) -> SupervisingNode:
         store = InstanceStore(settings.storage.root, settings.storage.min_free_mb * 2**20)
         store.prepare()
+        _warn_of_disk_guard(settings)
         return cls(config, settings, engine, store, worker)
 
     def listen(self) -> None:
