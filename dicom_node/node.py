@@ -29,11 +29,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
-from dicom_node.db.heartbeat import Heartbeat
-from dicom_node.disk_guard import disk_guard_warning
+from dicom_node.db.heartbeat import DiskState, Heartbeat
 from dicom_node.db.session import describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
+from dicom_node.disk_guard import disk_guard_warning
+from dicom_node.errors import DiskFullError
 from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
@@ -189,7 +190,7 @@ class Node:
         # First in, last out: the row says "stopped" only once everything after it has stopped.
         heartbeat = Heartbeat.of_serving_process(
             session_factory(self.engine), settings, listener=self.listener, worker=self.worker,
-            config_path=self.config, disk=self.store.guard_state,
+            config_path=self.config, disk=self._disk_state,
             reload_pid=os.getppid() if self.supervised is not None else None,  # `run` passes SIGHUP on
         )
         heartbeat.start()
@@ -278,6 +279,18 @@ class Node:
         if settings.observability.enabled:
             parts.append(f"status page http://{settings.observability.bind_address}:{self._page_port()}/")
         return "started: " + "; ".join(parts)
+
+    def _disk_state(self) -> DiskState:
+        """The disk guard for the heartbeat: the store's words for it, and the store's rule for whether it refuses.
+
+        Two reads of the free space: at the instant the guard is crossed the words may lag
+        the flag by one beat; the flag is what ``status`` and the page decide by.
+        """
+        try:
+            self.store.check_free_space()
+        except DiskFullError:
+            return DiskState(self.store.guard_state(), refusing=True)
+        return DiskState(self.store.guard_state(), refusing=False)
 
     def _page_port(self) -> int:
         """Where this process's /metrics and status page are served: a worker alone has a port

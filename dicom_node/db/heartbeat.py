@@ -41,6 +41,18 @@ FORGET_AFTER = timedelta(days=7)
 ROLE_SEPARATOR = "+"
 
 
+@dataclass(frozen=True)
+class DiskState:
+    """A listener's disk guard at one beat: the words ``status`` shows, and whether it refuses C-STORE.
+
+    The flag decides; the text only describes (``InstanceStore.guard_state``), so rewording
+    the text cannot turn a refusing listener into one that reads as fine.
+    """
+
+    text: str
+    refusing: bool
+
+
 def register(
     session: Session,
     *,
@@ -49,7 +61,7 @@ def register(
     detail: str | None,
     now: datetime,
     config_path: str | None = None,
-    disk: str | None = None,
+    disk: DiskState | None = None,
     reload_pid: int | None = None,
 ) -> None:
     """Add this process's row (and forget processes gone for a week)."""
@@ -57,15 +69,21 @@ def register(
     session.add(
         NodeProcess(
             owner=owner, role=role, host=socket.gethostname(), pid=os.getpid(), detail=detail,
-            started_at=now, last_seen_at=now, config_path=config_path, disk=disk,
+            started_at=now, last_seen_at=now, config_path=config_path, **_disk_columns(disk),
             reload_pid=reload_pid or os.getpid(),
         )
     )
 
 
-def beat(session: Session, *, owner: str, now: datetime, disk: str | None = None) -> None:
+def beat(session: Session, *, owner: str, now: datetime, disk: DiskState | None = None) -> None:
     """Renew this process's row, with its listener's disk guard as it is now."""
-    session.execute(update(NodeProcess).where(NodeProcess.owner == owner).values(last_seen_at=now, disk=disk))
+    session.execute(
+        update(NodeProcess).where(NodeProcess.owner == owner).values(last_seen_at=now, **_disk_columns(disk))
+    )
+
+
+def _disk_columns(disk: DiskState | None) -> dict[str, str | bool | None]:
+    return {"disk": disk.text if disk else None, "disk_refusing": disk.refusing if disk else None}
 
 
 def stopped(session: Session, *, owner: str, now: datetime) -> None:
@@ -90,16 +108,13 @@ class ProcessSeen:
     config_path: str | None = None
     disk: str | None = None
     reload_pid: int | None = None
+    #: The listener's disk guard refused C-STORE at its last beat.
+    refusing_for_disk: bool = False
 
     @property
     def roles(self) -> frozenset[str]:
         """What it serves, each role whole: ``listener+worker`` is both, ``listener`` only the first."""
         return frozenset(self.role.split(ROLE_SEPARATOR))
-
-    @property
-    def refusing_for_disk(self) -> bool:
-        # The listener writes InstanceStore.guard_state() at each beat.
-        return self.disk is not None and self.disk.endswith("refusing C-STORE (A700)")
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,7 @@ def presence(session: Session, *, now: datetime | None = None) -> NodePresence:
         ProcessSeen(
             r.role, r.host, r.pid, r.detail, r.started_at, r.last_seen_at, r.stopped_at,
             alive=r.stopped_at is None and r.last_seen_at >= fresh, config_path=r.config_path, disk=r.disk,
-            reload_pid=r.reload_pid,
+            reload_pid=r.reload_pid, refusing_for_disk=bool(r.disk_refusing),
         )
         for r in rows
     ]
@@ -158,7 +173,7 @@ class Heartbeat:
         role: str,
         detail: str | None = None,
         config_path: Path | None = None,
-        disk: Callable[[], str | None] = lambda: None,
+        disk: Callable[[], DiskState | None] = lambda: None,
         reload_pid: int | None = None,
     ) -> None:
         self.sessions = sessions
@@ -180,7 +195,7 @@ class Heartbeat:
         listener: bool,
         worker: bool,
         config_path: Path | None = None,
-        disk: Callable[[], str | None] = lambda: None,
+        disk: Callable[[], DiskState | None] = lambda: None,
         reload_pid: int | None = None,
     ) -> Heartbeat:
         """The heartbeat of a listener and/or worker process, with what it serves as its detail.
@@ -227,7 +242,7 @@ class Heartbeat:
         except Exception:  # noqa: BLE001
             logger.warning("heartbeat: stop not recorded; `status` says not running once the row is stale", exc_info=True)
 
-    def _disk(self) -> str | None:
+    def _disk(self) -> DiskState | None:
         try:
             return self.disk()
         except OSError:  # the store's file system away: /health says so; the beat goes on

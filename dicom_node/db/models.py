@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, DateTime, Enum, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, Enum, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID_LENGTH = 64
@@ -280,7 +280,9 @@ class NodeProcess(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
     #: The configuration file it read: `status` run with another file says so.
     config_path: Mapped[str | None] = mapped_column(String(1024))
-    #: A listener's disk guard at its last beat: "N MiB free, guard M MiB: ok|refusing C-STORE (A700)".
+    #: A listener's disk guard at its last beat, as shown: "N MiB free, guard M MiB: ok|refusing C-STORE (A700)".
     disk: Mapped[str | None] = mapped_column(String(255))
+    #: Whether that listener refused C-STORE for the guard at its last beat (None: not a listener).
+    disk_refusing: Mapped[bool | None] = mapped_column(Boolean)
     #: Where SIGHUP goes to reload it: the supervisor of `dicom-node run`, else the process itself.
     reload_pid: Mapped[int | None] = mapped_column(Integer)

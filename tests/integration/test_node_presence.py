@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.admin.text import node_lines
+from dicom_node.admin.text import disk_lines, node_lines
 from dicom_node.config import DatabaseSettings
 from dicom_node.db import migrate
 from dicom_node.db.clock import database_now
-from dicom_node.db.heartbeat import STALE_S, Heartbeat, beat, presence, register, stopped
+from dicom_node.db.heartbeat import STALE_S, DiskState, Heartbeat, NodePresence, beat, presence, register, stopped
 from dicom_node.db.models import NodeProcess
 from dicom_node.db.session import create_db_engine, session_factory
 
@@ -86,3 +86,31 @@ def test_a_stopped_process_is_never_alive_even_when_seen_just_now(sessions: sess
         stopped(session, owner="h:1:9:z", now=database_now(session))
     with sessions() as session:
         assert not presence(session).running
+
+
+def test_the_disk_guard_s_state_is_a_flag_not_the_words_shown(sessions: sessionmaker[Session]) -> None:
+    """`status` decides "refusing" by the stored flag, not by the words shown beside it."""
+    with sessions.begin() as session:
+        now = database_now(session)
+        register(session, owner="a:1:10:x", role="listener", detail=None, now=now,
+                 disk=DiskState("900 MiB free, guard 1000 MiB: refusing C-STORE (A700)", refusing=True))
+        register(session, owner="a:1:11:x", role="worker", detail=None, now=now)
+    with sessions() as session:
+        seen = {p.role: p for p in presence(session).alive}
+    assert seen["listener"].refusing_for_disk
+    assert not seen["worker"].refusing_for_disk and seen["worker"].disk is None
+    # Reworded text, same state: the flag still decides (the text is only shown).
+    with sessions.begin() as session:
+        beat(session, owner="a:1:10:x", now=database_now(session), disk=DiskState("full (words changed)", refusing=True))
+    with sessions() as session:
+        listener = next(p for p in presence(session).alive if p.role == "listener")
+    assert listener.refusing_for_disk and listener.disk == "full (words changed)"
+    assert any(line.startswith("             what to do: free space under storage.root") for line in disk_lines(presence_of(sessions)))
+    with sessions.begin() as session:
+        beat(session, owner="a:1:10:x", now=database_now(session), disk=DiskState("5000 MiB free, guard 1000 MiB: ok", refusing=False))
+    assert not any("what to do" in line for line in disk_lines(presence_of(sessions)))
+
+
+def presence_of(sessions: sessionmaker[Session]) -> NodePresence:
+    with sessions() as session:
+        return presence(session)
