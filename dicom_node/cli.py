@@ -33,6 +33,7 @@ from dicom_node.admin.text import (
     job_lines,
     node_lines,
     other_configs,
+    page_lines,
     rejection_lines,
     retry_refusal,
     study_detail_lines,
@@ -49,9 +50,9 @@ from dicom_node.db.heartbeat import listener_reload_pids, presence
 from dicom_node.db.models import JobState
 from dicom_node.db import state
 from dicom_node.db.session import create_db_engine, describe_database, session_factory
-from dicom_node.disk_guard import disk_guard_warning
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context
+from dicom_node.disk_guard import disk_guard_warning
 from dicom_node.errors import ConfigError, DatabaseNotFoundError, DicomNodeError
 from dicom_node.jobs import queue, tick_lease
 from dicom_node.logs import configure_logging
@@ -234,8 +235,10 @@ def status(
             typer.echo(line)
         ticks = tick_lease.holders(session)
         studies = overview.recent_studies(session, limit)
+        # Whether a rejected caller is allowed now is the running node's file's to say, not this one's.
+        admits = None if others else settings.node.admits
         rejected = rejection_lines(
-            recent_rejections(session, now=now, admits=settings.node.admits), reload_pids=listener_reload_pids(running)
+            recent_rejections(session, now=now, admits=admits), reload_pids=listener_reload_pids(running)
         )
     for name, (owner, until) in sorted(ticks.items()):
         held = f"{owner} until {until:%H:%M:%S} UTC" if owner and until and until > now else "free (no live holder)"
@@ -248,9 +251,8 @@ def status(
         typer.echo(study_line(study))
     if not studies:
         typer.echo("(no studies received yet)")
-    if settings.observability.enabled and settings.observability.status_page:
-        o = settings.observability
-        typer.echo(f"\nweb page: http://{o.bind_address}:{o.port}/ (while the node runs)")
+    if pages := page_lines(settings.observability.page_url(), running):
+        typer.echo("\n" + "\n".join(pages))
 
 
 def _study_status(sessions: sessionmaker[Session], study_instance_uid: str) -> None:

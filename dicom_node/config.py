@@ -455,6 +455,12 @@ class ObservabilitySettings(_Section):
         "http://viewer.example/viewer?StudyInstanceUIDs={study_uid}",
     )
 
+    def page_url(self, port: int | None = None) -> str | None:
+        """The status page's address on ``port`` (default: :attr:`port`, that of `run` and `scp`); None when off."""
+        if not (self.enabled and self.status_page):
+            return None
+        return f"http://{self.bind_address}:{self.port if port is None else port}/"
+
     @model_validator(mode="after")
     def _viewer_template(self) -> ObservabilitySettings:
         if self.viewer_url is not None:

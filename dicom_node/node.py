@@ -190,7 +190,7 @@ class Node:
         # First in, last out: the row says "stopped" only once everything after it has stopped.
         heartbeat = Heartbeat.of_serving_process(
             session_factory(self.engine), settings, listener=self.listener, worker=self.worker,
-            config_path=self.config, disk=self._disk_state,
+            config_path=self.config, disk=self._disk_state, page_url=self._page_url(),
             reload_pid=os.getppid() if self.supervised is not None else None,  # `run` passes SIGHUP on
         )
         heartbeat.start()
@@ -276,9 +276,13 @@ class Node:
             parts.append(f"model {settings.analysis.model} on {self.model.device}")
             names = ", ".join(d.name for d in settings.destinations) or "none (results are kept, not sent)"
             parts.append(f"destinations {names}")
-        if settings.observability.enabled:
-            parts.append(f"status page http://{settings.observability.bind_address}:{self._page_port()}/")
+        if page := self._page_url():
+            parts.append(f"status page {page}")
         return "started: " + "; ".join(parts)
+
+    def _page_url(self) -> str | None:
+        """The status page this process serves (or its supervisor serves for it); None when off."""
+        return self.live.current.observability.page_url(self._page_port())
 
     def _disk_state(self) -> DiskState:
         """The disk guard for the heartbeat: the store's words for it, and the store's rule for whether it refuses.

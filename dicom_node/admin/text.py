@@ -92,14 +92,31 @@ def other_configs(read: str, presence: NodePresence) -> list[str]:
 
 
 def config_lines(read: str, presence: NodePresence) -> list[str]:
-    """Which file this ``status`` read, and whether the running node reads another one."""
+    """Which file this ``status`` read, and, in one line each, another file the running node reads.
+
+    The database, the processes and their disk guards and pages are the running node's;
+    the destinations are this file's, and rejected callers are not judged by it.
+    """
     lines = [f"CONFIG       {read}"]
     for other in other_configs(read, presence):
         lines.append(
-            f"             the running node reads {other}: destinations and settings below may differ "
-            f"(`dicom-node status --config {other}`)"
+            f"             the running node reads {other}: destinations below are this file's and rejected "
+            f"callers are not checked against it (`dicom-node status --config {other}`)"
         )
     return lines
+
+
+def page_lines(configured: str | None, presence: NodePresence) -> list[str]:
+    """Where the status page is: the one the running node serves (its heartbeat says), else this file's.
+
+    ``configured``: the page this command's file names. When the node was started from
+    another file, or before the file was edited, the running page is elsewhere; both show.
+    """
+    if not presence.running:
+        return [f"web page: {configured} (while the node runs)"] if configured else []
+    served = sorted({p.page_url for p in presence.alive if p.page_url})  # none: the running node serves none
+    differs = f" (this file says {configured}: the node serves it once restarted with this file)"
+    return [f"web page: {url}" + (differs if configured and configured not in served else "") for url in served]
 
 
 def rejection_lines(rejections: list[Rejection], *, reload_pids: list[int] | None = None) -> list[str]:

@@ -63,6 +63,7 @@ def register(
     config_path: str | None = None,
     disk: DiskState | None = None,
     reload_pid: int | None = None,
+    page_url: str | None = None,
 ) -> None:
     """Add this process's row (and forget processes gone for a week)."""
     session.execute(delete(NodeProcess).where(NodeProcess.last_seen_at < now - FORGET_AFTER))
@@ -70,7 +71,7 @@ def register(
         NodeProcess(
             owner=owner, role=role, host=socket.gethostname(), pid=os.getpid(), detail=detail,
             started_at=now, last_seen_at=now, config_path=config_path, **_disk_columns(disk),
-            reload_pid=reload_pid or os.getpid(),
+            reload_pid=reload_pid or os.getpid(), page_url=page_url,
         )
     )
 
@@ -110,6 +111,8 @@ class ProcessSeen:
     reload_pid: int | None = None
     #: The listener's disk guard refused C-STORE at its last beat.
     refusing_for_disk: bool = False
+    #: The status page it serves (its supervisor's under `run`), as it was started.
+    page_url: str | None = None
 
     @property
     def roles(self) -> frozenset[str]:
@@ -149,7 +152,7 @@ def presence(session: Session, *, now: datetime | None = None) -> NodePresence:
         ProcessSeen(
             r.role, r.host, r.pid, r.detail, r.started_at, r.last_seen_at, r.stopped_at,
             alive=r.stopped_at is None and r.last_seen_at >= fresh, config_path=r.config_path, disk=r.disk,
-            reload_pid=r.reload_pid, refusing_for_disk=bool(r.disk_refusing),
+            reload_pid=r.reload_pid, refusing_for_disk=bool(r.disk_refusing), page_url=r.page_url,
         )
         for r in rows
     ]
@@ -175,8 +178,10 @@ class Heartbeat:
         config_path: Path | None = None,
         disk: Callable[[], DiskState | None] = lambda: None,
         reload_pid: int | None = None,
+        page_url: str | None = None,
     ) -> None:
         self.sessions = sessions
+        self.page_url = page_url
         self.reload_pid = reload_pid
         self.owner = owner
         self.role = role
@@ -197,6 +202,7 @@ class Heartbeat:
         config_path: Path | None = None,
         disk: Callable[[], DiskState | None] = lambda: None,
         reload_pid: int | None = None,
+        page_url: str | None = None,
     ) -> Heartbeat:
         """The heartbeat of a listener and/or worker process, with what it serves as its detail.
 
@@ -211,6 +217,7 @@ class Heartbeat:
         return cls(
             sessions, owner=process_owner(), role=role, detail="; ".join(parts) or None,
             config_path=config_path, disk=disk if listener else (lambda: None), reload_pid=reload_pid,
+            page_url=page_url,
         )
 
     def start(self) -> None:
@@ -219,6 +226,7 @@ class Heartbeat:
                 register(
                     session, owner=self.owner, role=self.role, detail=self.detail, now=database_now(session),
                     config_path=self.config_path, disk=self._disk(), reload_pid=self.reload_pid,
+                    page_url=self.page_url,
                 )
         except Exception:  # noqa: BLE001 - the heartbeat is information, not a condition of serving
             logger.warning("heartbeat not registered; `status` may say the node is not running", exc_info=True)

@@ -284,5 +284,7 @@ class NodeProcess(Base):
     disk: Mapped[str | None] = mapped_column(String(255))
     #: Whether that listener refused C-STORE for the guard at its last beat (None: not a listener).
     disk_refusing: Mapped[bool | None] = mapped_column(Boolean)
+    #: The status page it serves (or its supervisor serves for it), as started; None: none.
+    page_url: Mapped[str | None] = mapped_column(String(255))
     #: Where SIGHUP goes to reload it: the supervisor of `dicom-node run`, else the process itself.
     reload_pid: Mapped[int | None] = mapped_column(Integer)

@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, text
 
 from dicom_node.db.state import database_problem
 from tests.acceptance.test_end_to_end import send_study
-from tests.support.node import NodeConfig, NodeProcess, cli, http_get, metric_value, wait_for
+from tests.support.node import NodeConfig, NodeProcess, cli, echo_ok, http_get, metric_value, wait_for
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
 
@@ -70,18 +70,28 @@ def test_health_reports_the_disk_guard(tmp_path: Path) -> None:
 
 
 def test_status_with_another_config_than_the_node_names_the_node_s_file(tmp_path: Path) -> None:
-    """A destination unknown to the file `status` read is not "to be cancelled" when the node reads another file."""
+    """`status --config OTHER` describes the node that runs: the node's page (not OTHER's port),
+    callers rejected judged by no file but the node's, and one line that says the node reads another file."""
     node = NodeProcess(NodeConfig(workdir=tmp_path / "node")).start()
     try:
         node_config = (node.config.workdir / "dicom-node.toml").resolve()
-        other = tmp_path / "other.toml"
-        other.write_text(node_config.read_text().replace("DICOMNODE", "OTHERNODE"))
+        assert not echo_ok(node.config.port, "NEWSCU")  # rejected by the node's file
+        # Another file on the same database: another page port, and NEWSCU allowed in it.
+        elsewhere = NodeConfig(workdir=tmp_path / "other", database_url=node.config.db_url,
+                               allowed_callers=[("NEWSCU", None)])
+        other = elsewhere.write().resolve()
+        wait_for(lambda: "REJECTED     NEWSCU" in cli("status", "--config", str(other)).stdout, 10, "the rejection recorded")
         shown = cli("status", "--config", str(other)).stdout
-        assert f"CONFIG       {other.resolve()}" in shown, shown
-        assert f"the running node reads {node_config}" in shown, shown
+        assert f"CONFIG       {other}" in shown, shown
+        assert f"the running node reads {node_config}: destinations below are this file's" in shown, shown
+        assert (f"web page: http://127.0.0.1:{node.config.metrics_port}/ (this file says "
+                f"http://127.0.0.1:{elsewhere.metrics_port}/: the node serves it once restarted with this file)") in shown, shown
+        rejected = next(line for line in shown.splitlines() if line.startswith("REJECTED     NEWSCU"))
+        assert "(allowed now)" not in rejected, rejected
         same = cli("status", "--config", str(node_config)).stdout
         assert f"CONFIG       {node_config}" in same and "the running node reads" not in same, same
         assert "DISK         listener pid" in same and ": ok" in same, same
+        assert f"web page: http://127.0.0.1:{node.config.metrics_port}/\n" in same, same
     finally:
         node.stop()
 

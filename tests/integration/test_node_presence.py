@@ -88,16 +88,17 @@ def test_a_stopped_process_is_never_alive_even_when_seen_just_now(sessions: sess
         assert not presence(session).running
 
 
-def test_the_disk_guard_s_state_is_a_flag_not_the_words_shown(sessions: sessionmaker[Session]) -> None:
+def test_the_disk_guard_s_state_is_a_flag_and_the_page_is_the_one_the_process_serves(sessions: sessionmaker[Session]) -> None:
     """`status` decides "refusing" by the stored flag, not by the words shown beside it."""
     with sessions.begin() as session:
         now = database_now(session)
         register(session, owner="a:1:10:x", role="listener", detail=None, now=now,
-                 disk=DiskState("900 MiB free, guard 1000 MiB: refusing C-STORE (A700)", refusing=True))
+                 disk=DiskState("900 MiB free, guard 1000 MiB: refusing C-STORE (A700)", refusing=True),
+                 page_url="http://127.0.0.1:9110/")
         register(session, owner="a:1:11:x", role="worker", detail=None, now=now)
     with sessions() as session:
         seen = {p.role: p for p in presence(session).alive}
-    assert seen["listener"].refusing_for_disk
+    assert seen["listener"].refusing_for_disk and seen["listener"].page_url == "http://127.0.0.1:9110/"
     assert not seen["worker"].refusing_for_disk and seen["worker"].disk is None
     # Reworded text, same state: the flag still decides (the text is only shown).
     with sessions.begin() as session:
