@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.dialect import upsert_insert
@@ -143,20 +143,10 @@ def succeed(session: Session, job: ClaimedJob, *, summary: str, now: datetime, w
     ``warnings`` say what the results lack and why (an object that could not be built):
     the job still succeeded, since the rest of its results go out.
     """
-    result = session.execute(
-        update(Job)
-        .where(_held(job))
-        .values(
-            state=JobState.SUCCEEDED,
-            summary=summary,
-            warnings="\n".join(warnings) or None,
-            last_error=None,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+    return _release(
+        session, job, state=JobState.SUCCEEDED, summary=summary, warnings="\n".join(warnings) or None,
+        last_error=None, finished_at=now,
     )
-    return result.rowcount == 1
 
 
 def skip(session: Session, job: ClaimedJob, *, reason: str, summary: str | None, now: datetime) -> bool:
@@ -164,18 +154,16 @@ def skip(session: Session, job: ClaimedJob, *, reason: str, summary: str | None,
 
     Not retried and not dead: nothing went wrong, and running it again would decide the same.
     """
+    return _release(
+        session, job, state=JobState.SKIPPED, reason=reason[:4000], summary=summary, last_error=None, finished_at=now
+    )
+
+
+def _release(session: Session, job: ClaimedJob, **outcome: object) -> bool:
+    """Write the outcome of a job this worker holds and give up its lease; False (nothing
+    written) when the lease was lost meanwhile (reclaimed, superseded, cancelled)."""
     result = session.execute(
-        update(Job)
-        .where(_held(job))
-        .values(
-            state=JobState.SKIPPED,
-            reason=reason[:4000],
-            summary=summary,
-            last_error=None,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+        update(Job).where(_held(job)).values(lease_owner=None, lease_expires_at=None, **outcome)
     )
     return result.rowcount == 1
 
@@ -202,34 +190,51 @@ def fail(
     Returns the new state, or None if the job was no longer ours.
     """
     values = _after_failure(job.attempts, job.max_attempts, policy, permanent=permanent, now=now)
-    result = session.execute(
-        update(Job)
-        .where(_held(job))
-        .values(last_error=error[:4000], lease_owner=None, lease_expires_at=None, **values)
-    )
-    return values["state"] if result.rowcount == 1 else None  # type: ignore[return-value]
+    return values["state"] if _release(session, job, last_error=error[:4000], **values) else None  # type: ignore[return-value]
 
 
 def reap_expired_leases(session: Session, *, policy: RetryPolicy, now: datetime) -> list[int]:
     """Return jobs whose worker vanished (lease expired) to the queue, or dead-letter them."""
-    expired = session.execute(
+    reaped = []
+    for lost in lost_jobs(session, Job.lease_expires_at < now):
+        if give_back(session, lost, reason=f"lease of worker {lost.lease_owner} expired (worker lost)", policy=policy, now=now):
+            reaped.append(lost.id)
+    return reaped
+
+
+@dataclass(frozen=True)
+class LostJob:
+    """A running job whose worker is gone (its lease expired, or its process died here)."""
+
+    id: int
+    attempts: int
+    max_attempts: int
+    lease_owner: str
+
+
+def lost_jobs(session: Session, *where: ColumnElement[bool]) -> list[LostJob]:
+    """The running jobs matching ``where``, locked; rows another process has locked are skipped."""
+    rows = session.execute(
         select(Job.id, Job.attempts, Job.max_attempts, Job.lease_owner)
-        .where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
+        .where(Job.state == JobState.RUNNING, *where)
         .with_for_update(skip_locked=True)
     ).all()
-    reaped = []
-    for row in expired:
-        reason = f"lease of worker {row.lease_owner} expired (worker lost)"
-        # A lost worker is no fault of the study: it is queued again at once, not after a backoff.
-        values = _after_failure(row.attempts, row.max_attempts, policy, permanent=False, now=now, retry_at=now)
-        done = session.execute(
-            update(Job)
-            .where(Job.id == row.id, Job.state == JobState.RUNNING, Job.lease_owner == row.lease_owner)
-            .values(last_error=reason, lease_owner=None, lease_expires_at=None, **values)
-        )
-        if done.rowcount == 1:
-            reaped.append(row.id)
-    return reaped
+    return [LostJob(row.id, row.attempts, row.max_attempts, row.lease_owner) for row in rows]
+
+
+def give_back(session: Session, lost: LostJob, *, reason: str, policy: RetryPolicy, now: datetime) -> JobState | None:
+    """Queue a lost worker's job again at once, or dead-letter it when its attempts are used up.
+
+    A lost worker is no fault of the study: no backoff. Returns the new state, or None
+    when the job changed meanwhile (finished, or claimed again by another owner).
+    """
+    values = _after_failure(lost.attempts, lost.max_attempts, policy, permanent=False, now=now, retry_at=now)
+    done = session.execute(
+        update(Job)
+        .where(Job.id == lost.id, Job.state == JobState.RUNNING, Job.lease_owner == lost.lease_owner)
+        .values(last_error=reason, lease_owner=None, lease_expires_at=None, **values)
+    )
+    return values["state"] if done.rowcount == 1 else None  # type: ignore[return-value]
 
 
 def retry_now(session: Session, job_id: int, *, now: datetime, include_succeeded: bool = False) -> bool:

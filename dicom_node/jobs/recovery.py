@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db.clock import database_now
 from dicom_node.db.models import Delivery, DeliveryState, Job, JobState, TickLease
+from dicom_node.jobs.queue import give_back, lost_jobs
 from dicom_node.process import is_dead_here
 from dicom_node.retry import RetryPolicy
 
@@ -67,25 +68,12 @@ def reclaim_dead_owners(
 def _reclaim_jobs(
     session: Session, dead: list[str], *, policy: RetryPolicy, now: datetime
 ) -> tuple[list[int], list[int]]:
-    rows = session.execute(
-        select(Job.id, Job.attempts, Job.max_attempts, Job.lease_owner)
-        .where(Job.state == JobState.RUNNING, Job.lease_owner.in_(dead))
-        .with_for_update(skip_locked=True)
-    ).all()
     requeued, given_up = [], []
-    for row in rows:
-        reason = f"worker {row.lease_owner} died (its process is gone from this host); reclaimed at once"
-        if policy.gives_up_after(row.attempts) or row.attempts >= row.max_attempts:
-            values = {"state": JobState.DEAD, "finished_at": now}
-        else:
-            values = {"state": JobState.QUEUED, "next_attempt_at": now}
-        done = session.execute(
-            update(Job)
-            .where(Job.id == row.id, Job.state == JobState.RUNNING, Job.lease_owner == row.lease_owner)
-            .values(last_error=reason, lease_owner=None, lease_expires_at=None, **values)
-        )
-        if done.rowcount == 1:
-            (given_up if values["state"] == JobState.DEAD else requeued).append(row.id)
+    for lost in lost_jobs(session, Job.lease_owner.in_(dead)):
+        reason = f"worker {lost.lease_owner} died (its process is gone from this host); reclaimed at once"
+        state = give_back(session, lost, reason=reason, policy=policy, now=now)
+        if state is not None:
+            (given_up if state == JobState.DEAD else requeued).append(lost.id)
     return requeued, given_up
 
 
