@@ -29,11 +29,16 @@ established association costs its two threads about 4 ms of CPU a second instead
 
 While at it, the socket reads each PDU with ``recv_into`` into one buffer instead of
 pynetdicom's 4 KiB pieces (:class:`WholeReadSocket`): less CPU per instance, same bytes.
+And pynetdicom's own logging handlers, which format a multi-line report of every PDU and
+DIMSE message it sends or receives, are unbound when the ``pynetdicom`` logger would drop
+those lines anyway (:func:`quiet_standard_logging`; the node sets it to WARNING): about
+0.1 ms of CPU per instance spent formatting text nobody reads.
 
 Private pynetdicom names this relies on (read in pynetdicom 3.0.4): ``RequestHandler.
 _create_association``, ``Association._run_reactor`` / ``_kill`` / ``_is_paused`` /
 ``_reactor_checkpoint`` / ``_serve_request``, ``DULServiceProvider._is_transport_event`` /
-``_process_recv_primitive`` / ``_kill_thread``. tests/unit/test_reactor.py pins the source
+``_process_recv_primitive`` / ``_kill_thread``, the module ``pynetdicom._handlers`` (the
+standard logging handlers ``Association._bind_defaults`` binds). tests/unit/test_reactor.py pins the source
 of every pynetdicom function involved, so an upgrade that changes one fails loudly there
 and this module is re-read before it is trusted again.
 """
@@ -50,6 +55,12 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
@@ -235,6 +246,29 @@ class PromptAssociation(Association):
             self.abort()
 
 
+#: The handlers pynetdicom binds to every association when ``_config.LOG_HANDLER_LEVEL`` is
+#: "standard" (its default): they log at INFO and DEBUG on the ``pynetdicom`` logger.
+STANDARD_LOG_HANDLERS: tuple[tuple[evt.NotificationEvent, Callable[[evt.Event], Any]], ...] = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
+
+def quiet_standard_logging(assoc: Association) -> None:
+    """Unbind pynetdicom's logging handlers from ``assoc`` when their lines would be dropped.
+
+    Why not ``_config.LOG_HANDLER_LEVEL = "none"``: that is process-wide, also silencing the
+    associations we request and anyone debugging with the ``pynetdicom`` logger at DEBUG; this
+    follows the logger's level at the moment each association is accepted.
+    """
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return
+    for event, handler in STANDARD_LOG_HANDLERS:
+        assoc.unbind(event, handler)
+
+
 def make_prompt(assoc: Association) -> Association:
     """Turn a freshly created acceptor (its threads not started) into the event-driven kind."""
     attention = threading.Event()
@@ -248,6 +282,7 @@ def make_prompt(assoc: Association) -> Association:
     assoc.dimse.msg_queue = SignallingQueue(attention.set)
     assoc.dul.to_user_queue = SignallingQueue(attention.set)
     assoc.dul.to_provider_queue = SignallingQueue(wake.set)
+    quiet_standard_logging(assoc)
     return assoc
 
 

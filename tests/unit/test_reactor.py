@@ -14,10 +14,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 
+import logging
+
+import pytest
+from pynetdicom import AE
+from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
+
+from dicom_node.ingest.reactor import STANDARD_LOG_HANDLERS, make_prompt
 
 #: sha256 (first 16 hex digits) of each function's source in pynetdicom 3.0.4.
 PINNED = {
@@ -25,6 +32,7 @@ PINNED = {
     Association._run_reactor: "f28838c5559e462a",  # the loop PromptAssociation._run_reactor replaces
     Association.kill: "8f9713666a7f4cff",
     Association.run_reactor: "ed8bbbe3b3d6ddae",  # calls _run_reactor once established
+    Association._bind_defaults: "4cada43c3a193724",  # binds the logging handlers quiet_standard_logging unbinds
     DULServiceProvider.__init__: "c82dafa9438ddf70",
     DULServiceProvider.run_reactor: "e3a10eb3a0931e48",  # calls _is_transport_event when nothing to send
     DULServiceProvider._is_transport_event: "8725ed03bb8fbdef",
@@ -50,3 +58,27 @@ def test_the_pynetdicom_code_the_prompt_reactor_relies_on_is_unchanged() -> None
         f"pynetdicom changed {', '.join(changed)}: dicom_node/ingest/reactor.py replaces or hooks "
         "these; re-read them against it before updating the fingerprints in this test"
     )
+
+
+def _bound(assoc: Association) -> list[str]:
+    """The names of pynetdicom's standard logging handlers bound to ``assoc``."""
+    return [
+        handler.__name__
+        for event, handler in STANDARD_LOG_HANDLERS
+        if handler in [bound for bound, _ in assoc.get_handlers(event)]
+    ]
+
+
+@pytest.mark.parametrize(("level", "kept"), [(logging.WARNING, False), (logging.DEBUG, True)])
+def test_pynetdicom_logging_handlers_are_unbound_only_when_their_lines_would_be_dropped(level: int, kept: bool) -> None:
+    everyone = [handler.__name__ for _, handler in STANDARD_LOG_HANDLERS]
+    logger = logging.getLogger("pynetdicom")
+    before = logger.level
+    logger.setLevel(level)  # setLevel, not the attribute: it clears isEnabledFor's cache
+    try:
+        assoc = Association(AE(), MODE_ACCEPTOR)
+        assert _bound(assoc) == everyone, "pynetdicom no longer binds these by default: re-read quiet_standard_logging"
+        make_prompt(assoc)
+        assert _bound(assoc) == (everyone if kept else [])
+    finally:
+        logger.setLevel(before)
