@@ -32,13 +32,16 @@ pynetdicom's 4 KiB pieces (:class:`WholeReadSocket`): less CPU per instance, sam
 And pynetdicom's own logging handlers, which format a multi-line report of every PDU and
 DIMSE message it sends or receives, are unbound when the ``pynetdicom`` logger would drop
 those lines anyway (:func:`quiet_standard_logging`; the node sets it to WARNING): about
-0.1 ms of CPU per instance spent formatting text nobody reads.
+0.1 ms of CPU per instance spent formatting text nobody reads. And the C-STORE response is
+packed directly (:class:`PromptDIMSE`, :mod:`dicom_node.dicom.dimse`) instead of through a
+pydicom Dataset encoded twice: about 0.3 ms less per instance, the same bytes.
 
 Private pynetdicom names this relies on (read in pynetdicom 3.0.4): ``RequestHandler.
 _create_association``, ``Association._run_reactor`` / ``_kill`` / ``_is_paused`` /
 ``_reactor_checkpoint`` / ``_serve_request``, ``DULServiceProvider._is_transport_event`` /
 ``_process_recv_primitive`` / ``_kill_thread``, the module ``pynetdicom._handlers`` (the
-standard logging handlers ``Association._bind_defaults`` binds). tests/unit/test_reactor.py pins the source
+standard logging handlers ``Association._bind_defaults`` binds), ``DIMSEServiceProvider.send_msg``
+(what :class:`PromptDIMSE` does instead, for a plain C-STORE response). tests/unit/test_reactor.py pins the source
 of every pynetdicom function involved, so an upgrade that changes one fails loudly there
 and this module is re-read before it is trusted again.
 """
@@ -52,6 +55,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
+import struct
 from typing import Any
 
 from pynetdicom import evt
@@ -62,8 +66,13 @@ from pynetdicom._handlers import (
     standard_pdu_sent_handler,
 )
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicom_node.dicom.dimse import encode_store_response
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +187,48 @@ class WholeReadSocket(AssociationSocket):
         return buffer
 
 
+class PromptDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, sending a plain C-STORE response without building a Dataset.
+
+    Plain: a status only (no Error Comment, no Offending Element), nobody bound to
+    ``EVT_DIMSE_SENT`` (whose handlers expect pynetdicom's message object), and a command set
+    that fits one PDV. pynetdicom's ``send_msg`` sends exactly this: one P-DATA primitive
+    holding one PDV, the last command fragment (control header 0x03), queued for the DUL.
+    """
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        command = self._plain_store_response(primitive)
+        if command is None:
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+        self.dul.send_pdu(pdata)
+
+    def _plain_store_response(self, primitive: Any) -> bytes | None:
+        """The encoded command set when :meth:`send_msg` may send it itself, else None."""
+        if (
+            type(primitive) is not C_STORE
+            or primitive.MessageIDBeingRespondedTo is None
+            or primitive.ErrorComment is not None
+            or primitive.OffendingElement is not None
+            or primitive.Status is None
+            or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        ):
+            return None
+        try:
+            command = encode_store_response(
+                message_id_being_responded_to=primitive.MessageIDBeingRespondedTo,
+                sop_class_uid=primitive.AffectedSOPClassUID,
+                sop_instance_uid=primitive.AffectedSOPInstanceUID,
+                status=primitive.Status,
+            )
+        except (UnicodeEncodeError, struct.error, AttributeError):
+            return None
+        limit = self.maximum_pdu_size
+        return command if limit == 0 or len(command) <= limit - 6 else None
+
+
 class PromptAssociation(Association):
     """The acceptor's association thread, blocking on an Event instead of sleeping 1 ms a turn."""
 
@@ -275,6 +326,7 @@ def make_prompt(assoc: Association) -> Association:
     wake = WakeUp()
     assoc.__class__ = PromptAssociation
     assoc.dul.__class__ = PromptDUL
+    assoc.dimse.__class__ = PromptDIMSE
     if type(assoc.dul.socket) is AssociationSocket:
         assoc.dul.socket.__class__ = WholeReadSocket
     assoc.attention = attention  # type: ignore[attr-defined]

@@ -41,6 +41,7 @@ PINNED = {
     DULServiceProvider.send_pdu: "7cbce5da8594124e",  # queues for the DUL thread through put()
     DIMSEServiceProvider.__init__: "bbecd186810e7700",
     DIMSEServiceProvider.get_msg: "890e3e04283f5aeb",
+    DIMSEServiceProvider.send_msg: "a839cf2fb46976d9",  # what PromptDIMSE.send_msg does itself for a plain C-STORE-RSP
     RequestHandler._create_association: "05c8d12b79863cdb",
     RequestHandler.handle: "034823fb4df3a874",  # creates the association, then starts it
     AssociationServer.__init__: "edacb98bdfb7b974",  # takes request_handler
