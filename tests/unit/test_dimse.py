@@ -1,19 +1,27 @@
-"""The C-STORE-RSP the listener packs itself is byte for byte the one pynetdicom would send."""
+"""What the listener packs itself (the C-STORE-RSP, a spooled file's File Meta) is byte for byte
+what pynetdicom and pydicom would write."""
 
 from __future__ import annotations
 
+import warnings
+from io import BytesIO
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pynetdicom import AE, evt
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
-from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu_primitives import P_DATA
 
-from dicom_node.dicom.dimse import encode_store_response
-from dicom_node.ingest.reactor import PromptDIMSE, make_prompt
+from dicom_node.dicom.dimse import encode_file_meta, encode_store_response
+from dicom_node.ingest.reactor import PromptDIMSE, make_prompt, spooling_message
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -125,3 +133,57 @@ def test_someone_bound_to_dimse_sent_gets_pynetdicom_message(monkeypatch: pytest
     assoc.dul = _Recorder()  # type: ignore[assignment]
     assoc.dimse.send_msg(_response(1, "1.2.3.4", 0x0000), 1)
     assert [type(message) for message in seen] == [C_STORE_RSP]
+
+
+# ------------------------------------------------------------------ the spooled file's File Meta
+
+
+@pytest.mark.parametrize(
+    "sop_instance_uid",
+    ["1.2.3", "1.2.34", "1." + "9" * 63, "../../../tmp/x", "1.2 .4", "\xe9\xff"],
+    ids=["odd", "even", "65 characters", "a path", "a space", "latin-1"],
+)
+def test_the_packed_file_meta_is_what_pydicom_writes(sop_instance_uid: str) -> None:
+    with warnings.catch_warnings():  # pydicom warns about the odd UIDs the hostile senders use
+        warnings.simplefilter("ignore", UserWarning)
+        meta = create_file_meta(sop_class_uid=CT, sop_instance_uid=sop_instance_uid, transfer_syntax=ExplicitVRLittleEndian)
+        expected = BytesIO()
+        write_file_meta_info(expected, meta)
+    assert encode_file_meta(
+        sop_class_uid=CT,
+        sop_instance_uid=sop_instance_uid,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+        implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+    ) == expected.getvalue()
+
+
+def _store_request_pdata(dataset: bytes, max_pdu: int) -> list[P_DATA]:
+    """The P-DATA primitives a peer sends for one C-STORE-RQ, as pynetdicom encodes them."""
+    request = C_STORE()
+    request.MessageID = 5
+    request.AffectedSOPClassUID = CT
+    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.7"
+    request.Priority = 2
+    request.DataSet = BytesIO(dataset)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return list(message.encode_msg(1, max_pdu))
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 64], ids=["one PDU", "16 KiB PDUs", "command in fragments"])
+def test_a_spooled_data_set_is_the_file_pynetdicom_writes(max_pdu: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", True)
+    assoc = SimpleNamespace(_accepted_cx={1: SimpleNamespace(transfer_syntax=[ExplicitVRLittleEndian])})
+    dataset = bytes(range(256)) * 200
+    files = []
+    for make in (DIMSEMessage, spooling_message):
+        message = make()
+        done = [message.decode_msg(pdata, assoc) for pdata in _store_request_pdata(dataset, max_pdu)]  # type: ignore[arg-type]
+        assert done[-1] and not any(done[:-1])
+        assert type(message) is C_STORE_RQ
+        message._data_set_file.close()
+        files.append(message._data_set_path.read_bytes())
+        message._data_set_path.unlink()
+    assert files[1] == files[0]
+    assert files[0].endswith(dataset)

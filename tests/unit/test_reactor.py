@@ -5,8 +5,9 @@ hooks the DUL loop at ``_is_transport_event`` and swaps the queues the loops wai
 correct only while those pynetdicom functions do what they did when it was written (3.0.4).
 If this test fails, pynetdicom changed one of them: re-read it against reactor.py (is every
 queue still filled through ``put``? does the DUL loop still call ``_is_transport_event``
-when nothing was queued to send? does the acceptor loop check anything new?), adapt
-reactor.py, then record the new fingerprint here.
+when nothing was queued to send? does the acceptor loop check anything new? does
+``decode_msg`` still do what ``SpoolingMessage.decode_msg`` repeats? does ``send_msg`` still
+send a response as ``PromptDIMSE`` does?), adapt reactor.py, then record the new fingerprint here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pynetdicom import AE
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dsutils import create_file_meta
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
@@ -41,6 +44,10 @@ PINNED = {
     DULServiceProvider.send_pdu: "7cbce5da8594124e",  # queues for the DUL thread through put()
     DIMSEServiceProvider.__init__: "bbecd186810e7700",
     DIMSEServiceProvider.get_msg: "890e3e04283f5aeb",
+    DIMSEServiceProvider.receive_primitive: "5f99c86b14a15cef",  # makes a message only when none is pending
+    DIMSEMessage.__init__: "b9c44307ebf25f19",  # why spooling_message changes the class after it
+    DIMSEMessage.decode_msg: "f51c777e841a76be",  # SpoolingMessage.decode_msg repeats it
+    create_file_meta: "035ed415f5aeea15",  # the File Meta encode_file_meta packs
     DIMSEServiceProvider.send_msg: "a839cf2fb46976d9",  # what PromptDIMSE.send_msg does itself for a plain C-STORE-RSP
     RequestHandler._create_association: "05c8d12b79863cdb",
     RequestHandler.handle: "034823fb4df3a874",  # creates the association, then starts it
