@@ -33,13 +33,14 @@ from pathlib import Path
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("worker: scheduler, ticks, jobs", ("apscheduler", "scheduler.py", "pipeline.py", "torch", "dicom_node/models/")),
     ("our parse and checks", ("ingest/instance.py",)),
-    ("file fsync", ("_fsync_path",)),
+    ("file fsync", ("InstanceStore._stage",)),  # the received file's fsync (a copy first if on another file system)
+    ("directory fsync", ("_fsync_path",)),  # the rest are directories': after the link, and mkdir's parents
     ("file publish (stat, link, rename, mkdir)", ("dicom/storage.py",)),
     ("db commit", ("commit (", "_commit_impl", "do_commit")),
     ("db statements", ("ingest/catalog.py", "sqlalchemy", "sqlite3", "psycopg")),
     ("group-commit hand-off", ("ingest/committer.py", "concurrent/futures")),
     ("our handler: logging, metrics, audit", ("ingest/scp.py", "logging/", "prometheus_client", "audit.py")),
-    ("pynetdicom: writing the received data set", ("_recv_pdata", "dsutils.py", "dimse_messages.py")),
+    ("pynetdicom: writing the received data set", ("_recv_pdata", "dsutils.py", "dimse_messages.py", "SpoolingMessage", "_spool (")),
     ("pynetdicom: PDU decode and state machine", ("pdu.py", "pdu_items.py", "fsm.py", "dimse.py", "pdu_primitives.py")),
     ("pynetdicom: socket polling (select, sleep)", ("transport.py", "select", "sleep")),
     ("pynetdicom: reactor loops", ("dul.py", "association.py", "acse.py", "events.py")),
