@@ -43,6 +43,16 @@ fi
 $SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" main status >/dev/null 2>&1 \
     || $SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
 
+# The viewer tests run OHIF's parsers (dcmjs 0.52, @cornerstonejs 5) under Node.js: they
+# need Node 20 or later. Debian 12's own nodejs is 18, under which dcmjs does not even load
+# ("Named export 'constants' not found"); Debian 13 has 20. Say so now, not after 20 minutes.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+    echo "Node.js 20 or later is needed for the viewer tests; found $(node --version 2>/dev/null || echo none)" \
+         "(Debian 12's nodejs is 18: install Node 20 from Debian 13 or NodeSource)" >&2
+    exit 1
+fi
+
 # Orthanc's Debian package starts a system service on port 4242/8042; the tests start
 # their own instances on free loopback ports and do not need it.
 
