@@ -330,13 +330,13 @@ class NodeProcess:
         if self.process is None:
             migrated = cli("db", "upgrade", "--config", str(config_path))
             assert migrated.returncode == 0, migrated.stderr
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node", self.command, "--config", str(config_path)],
-            stdout=log,
-            stderr=log,
-            cwd=REPO,
-        )
+        with self.log_path.open("ab") as log:  # the child has its own copy
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dicom_node", self.command, "--config", str(config_path)],
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -348,6 +348,9 @@ class NodeProcess:
             elif echo_ok(self.config.port) and self._observability_ready():
                 return self
             time.sleep(0.2)
+        # The caller gets no handle to stop it: a node left running would hold its ports and
+        # take CPU from every later test of the session, turning one slow start into many.
+        terminate(self.process)
         raise AssertionError(f"node did not answer C-ECHO within {timeout_s} s: {self.log()}")
 
     def _observability_ready(self) -> bool:

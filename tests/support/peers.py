@@ -48,6 +48,8 @@ class StoreSCP:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"storescp exited with {self.process.returncode} (port {self.port} taken?)")
             ae = AE("PROBE")
             ae.add_requested_context("1.2.840.10008.1.1")
             assoc = ae.associate("127.0.0.1", self.port, ae_title="DEST")
@@ -55,7 +57,8 @@ class StoreSCP:
                 assoc.release()
                 return self
             time.sleep(0.1)
-        raise AssertionError("storescp did not start")
+        self.stop()  # not left holding its port into the tests after this one
+        raise AssertionError(f"storescp did not answer on port {self.port} within 10 s")
 
     def received(self) -> list[str]:
         """SOP Instance UIDs of every file received (a UID received twice is listed twice)."""
