@@ -18,6 +18,11 @@ command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
+# The .venv below: a minimal Debian has no python3, and Debian's python3 has no venv module
+# without python3-venv (a python3 from elsewhere, pyenv say, brings its own).
+if [ ! -x .venv/bin/python ] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+    need_apt+=(python3 python3-venv)
+fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if ((${#need_apt[@]})); then
