@@ -137,14 +137,21 @@ class Supervisor:
         if threading.active_count() > 1:  # another thread could hold a lock the child needs
             self._launch(child)
             return
-        listen_fd = self.listen_socket.fileno() if self.listen_socket is not None else None
-        env = self._child_env(child, None if listen_fd is None else os.dup(listen_fd))
+        listen_fd = None
+        if self.listen_socket is not None and child.spec.command == "scp":
+            listen_fd = os.dup(self.listen_socket.fileno())  # the listener's own copy; ours is closed after the fork
+        env = self._child_env(child, listen_fd)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the supervisor's code
             status = 1
             try:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(signum, signal.SIG_DFL)
+                # fork copied every descriptor: a listener serves on its own copy (LISTEN_FD_ENV),
+                # and the worker must not hold the port, or it would stay open, accepting
+                # connections nobody serves, for as long as the worker outlives the listeners.
+                if self.listen_socket is not None:
+                    self.listen_socket.close()
                 os.environ.update(env)
                 use_multiprocess_metrics()
                 run_forked(child.spec)
@@ -157,8 +164,8 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)  # no atexit, no finalizers of the parent's objects
-        if LISTEN_FD_ENV in env:
-            os.close(int(env[LISTEN_FD_ENV]))
+        if listen_fd is not None:
+            os.close(listen_fd)
         child.process = _Forked(pid)
         child.started_at = self.clock()
         child.restart_at = None

@@ -18,6 +18,11 @@ command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v /usr/bin/openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
+# The .venv below: a minimal Debian has no python3, and Debian's python3 has no venv module
+# without python3-venv (a python3 from elsewhere, pyenv say, brings its own).
+if [ ! -x .venv/bin/python ] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+    need_apt+=(python3 python3-venv)
+fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if ((${#need_apt[@]})); then
@@ -42,6 +47,16 @@ if ((${#need_apt[@]})) && [[ " ${need_apt[*]} " == *" postgresql "* ]]; then
 fi
 $SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" main status >/dev/null 2>&1 \
     || $SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+
+# The viewer tests run OHIF's parsers (dcmjs 0.52, @cornerstonejs 5) under Node.js: they
+# need Node 20 or later. Debian 12's own nodejs is 18, under which dcmjs does not even load
+# ("Named export 'constants' not found"); Debian 13 has 20. Say so now, not after 20 minutes.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+    echo "Node.js 20 or later is needed for the viewer tests; found $(node --version 2>/dev/null || echo none)" \
+         "(Debian 12's nodejs is 18: install Node 20 from Debian 13 or NodeSource)" >&2
+    exit 1
+fi
 
 # Orthanc's Debian package starts a system service on port 4242/8042; the tests start
 # their own instances on free loopback ports and do not need it.

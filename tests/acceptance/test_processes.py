@@ -44,6 +44,18 @@ def nice_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
+def holds_listening_socket(pid: int, port: int) -> bool:
+    """True when the process has a descriptor of the socket listening on 127.0.0.1:``port``."""
+    inodes = {
+        fields[9]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if (fields := line.split())[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+    }
+    assert inodes, f"nothing listens on port {port}"
+    descriptors = Path(f"/proc/{pid}/fd").iterdir()
+    return any(os.readlink(fd) in {f"socket:[{inode}]" for inode in inodes} for fd in descriptors)
+
+
 def test_four_associations_into_two_listener_processes_store_everything_once(tmp_path: Path) -> None:
     config = NodeConfig(workdir=tmp_path / "node", listener_processes=2, quiet_period_s=30.0)
     node = NodeProcess(config).start()
@@ -83,6 +95,21 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     wait_for(lambda: not any(alive(pid) for pid in kids), 10, "the children to die with their parent")
     node.restart()  # the port is free again at once
     node.stop()
+
+
+def test_only_the_listeners_and_the_supervisor_hold_the_dicom_port(tmp_path: Path) -> None:
+    """A worker forked at boot must not keep the listening socket it inherited: while it outlived
+    the listeners (finishing a job at stop, or dying slowly after kill -9) the port would still
+    accept connections nobody serves, and a restarted node could not bind it."""
+    node = NodeProcess(NodeConfig(workdir=tmp_path / "node")).start()
+    try:
+        wait_for(lambda: sorted(children(node)) == ["listener 1", "worker"], 30, "the listener and the worker")
+        kids, port = children(node), node.config.port
+        assert node.process is not None and holds_listening_socket(node.process.pid, port)
+        assert holds_listening_socket(kids["listener 1"], port)
+        assert not holds_listening_socket(kids["worker"], port), "the worker holds the DICOM port"
+    finally:
+        assert node.stop() == 0
 
 
 def test_a_crashed_worker_is_restarted_while_the_listener_answers(tmp_path: Path) -> None:

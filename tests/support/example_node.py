@@ -128,6 +128,7 @@ class ExampleNode:
             if echo_ok(self.port):  # STORESCU and ECHOSCU on 127.0.0.1 are the example's allowed callers
                 return self
             time.sleep(0.2)
+        self.stop()  # not left running into the tests after this one
         raise AssertionError(f"node did not answer C-ECHO within {START_TIMEOUT_S} s: {self.log()[-3000:]}")
 
     def stop(self) -> int:

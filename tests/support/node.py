@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -30,11 +31,67 @@ NODE_AE = "DICOMNODE"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+#: Where free_port looks when the kernel's ephemeral range leaves no room below it.
+_LOWEST_PORT = 10000
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1, free now and not handed out before in this test session.
+
+    A port is chosen here and bound later by someone else (a node, storescp, Orthanc). Two
+    things could take it in between, more often on a busy machine that opens many sockets:
+
+    - another ``free_port`` call of the same test (a node's DICOM and metrics ports, a
+      peer's): the kernel's port 0 is random, so two calls can return the same port;
+    - any socket that binds port 0 or connects out, which the kernel gives a port of its
+      ephemeral range (``ip_local_port_range``).
+
+    So the ports come from below the ephemeral range, each handed out once.
+    """
+    return _port_pool().take()
+
+
+@dataclass
+class _PortPool:
+    """Ports below the ephemeral range, in turn from a start that differs per process."""
+
+    low: int
+    high: int
+    given: set[int] = field(default_factory=set)
+    next_port: int = 0
+
+    @classmethod
+    def below_ephemeral_range(cls) -> _PortPool:
+        try:
+            ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            ephemeral_low = 32768  # Linux's default
+        low, high = _LOWEST_PORT, max(_LOWEST_PORT + 1000, ephemeral_low)
+        # Another test session on this host starts elsewhere in the range.
+        return cls(low, high, next_port=low + os.getpid() * 7919 % (high - low))
+
+    def take(self) -> int:
+        for _ in range(self.high - self.low):
+            port = self.next_port
+            self.next_port = self.low + (port + 1 - self.low) % (self.high - self.low)
+            if port not in self.given and _bindable(port):
+                self.given.add(port)
+                return port
+        raise AssertionError(f"no free TCP port left between {self.low} and {self.high} on 127.0.0.1")
+
+
+@functools.cache
+def _port_pool() -> _PortPool:
+    return _PortPool.below_ephemeral_range()
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def shared_data(path: Path) -> Path:
@@ -273,13 +330,13 @@ class NodeProcess:
         if self.process is None:
             migrated = cli("db", "upgrade", "--config", str(config_path))
             assert migrated.returncode == 0, migrated.stderr
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node", self.command, "--config", str(config_path)],
-            stdout=log,
-            stderr=log,
-            cwd=REPO,
-        )
+        with self.log_path.open("ab") as log:  # the child has its own copy
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dicom_node", self.command, "--config", str(config_path)],
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -291,6 +348,9 @@ class NodeProcess:
             elif echo_ok(self.config.port) and self._observability_ready():
                 return self
             time.sleep(0.2)
+        # The caller gets no handle to stop it: a node left running would hold its ports and
+        # take CPU from every later test of the session, turning one slow start into many.
+        terminate(self.process)
         raise AssertionError(f"node did not answer C-ECHO within {timeout_s} s: {self.log()}")
 
     def _observability_ready(self) -> bool:

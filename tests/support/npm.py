@@ -33,12 +33,29 @@ NPM_TIMEOUT_S = 600
 LOCKED_MANIFESTS = ("package.json", "package-lock.json")
 
 
+#: dcmjs 0.52 (OHIF's parser) does not load under Node 18, Debian 12's own nodejs.
+MIN_NODE_MAJOR = 20
+
+
 def tool(name: str) -> str:
     """The path of ``node`` or ``npm``, or a test failure that says how to install them."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} not found: install Node.js 20+ with npm (Debian: apt-get install nodejs npm)")
+        pytest.fail(f"{name} not found: install Node.js {MIN_NODE_MAJOR}+ with npm (Debian 13: apt-get install nodejs npm)")
+    if name == "node":
+        _check_node_version(path)
     return path
+
+
+def _check_node_version(node: str) -> None:
+    """Fail with the reason when ``node`` is older than the parsers need (not later, with a SyntaxError)."""
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60, check=False).stdout.strip()
+    major = int(version.lstrip("v").split(".")[0]) if version.lstrip("v")[:1].isdigit() else 0
+    if major < MIN_NODE_MAJOR:
+        pytest.fail(
+            f"{node} is Node.js {version or '(unknown version)'}; the viewer tests need {MIN_NODE_MAJOR}+ "
+            "(Debian 12's nodejs is 18: take Node 20 from Debian 13 or NodeSource)"
+        )
 
 
 def cache_root() -> Path:

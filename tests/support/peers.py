@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 from pynetdicom import AE
 
@@ -48,6 +48,8 @@ class StoreSCP:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"storescp exited with {self.process.returncode} (port {self.port} taken?)")
             ae = AE("PROBE")
             ae.add_requested_context("1.2.840.10008.1.1")
             assoc = ae.associate("127.0.0.1", self.port, ae_title="DEST")
@@ -55,28 +57,50 @@ class StoreSCP:
                 assoc.release()
                 return self
             time.sleep(0.1)
-        raise AssertionError("storescp did not start")
+        self.stop()  # not left holding its port into the tests after this one
+        raise AssertionError(f"storescp did not answer on port {self.port} within 10 s")
 
     def received(self) -> list[str]:
         """SOP Instance UIDs of every file received (a UID received twice is listed twice)."""
         return sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.files())
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
+        """The files storescp has finished writing.
+
+        With ``+B`` storescp writes each object into its final file name as the PDUs arrive,
+        and closes the file before it answers the C-STORE. A file it still holds open is
+        half written: a test polling the folder would read a truncated object, or one
+        without its Study Instance UID, and more often the more loaded the machine. The
+        folder is listed before storescp's open files are read, so a file created after
+        that read is not in the listing; names are unique (``+uf``), so none is reopened.
+        """
+        listed = [p for p in self.folder.iterdir() if p.is_file()]
+        writing = self._open_files()
+        return sorted(p for p in listed if p.resolve() not in writing)
+
+    def _open_files(self) -> set[Path]:
+        """The files storescp holds open now (from /proc; none once it has exited)."""
+        if self.process is None:
+            return set()
+        held = set()
+        try:
+            descriptors = list(Path(f"/proc/{self.process.pid}/fd").iterdir())
+        except FileNotFoundError:
+            return set()
+        for descriptor in descriptors:
+            try:
+                held.add(Path(os.readlink(descriptor)))
+            except OSError:  # closed since the listing
+                continue
+        return held
 
     def results_of(self, study_instance_uid: str) -> Arrived:
-        """Our SEG, SR and key images among the files received for the study.
-
-        A file storescp is still writing is left for the next call.
-        """
+        """Our SEG, SR and key images among the files received for the study (whole files only: see :meth:`files`)."""
         kinds: dict[str, list[Path]] = {
             SegmentationStorage: [], Comprehensive3DSRStorage: [], SecondaryCaptureImageStorage: []
         }
         for path in self.files():
-            try:
-                ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPClassUID"])
-            except (InvalidDicomError, OSError, EOFError, ValueError):
-                continue
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPClassUID"])
             if ds.get("StudyInstanceUID") == study_instance_uid and ds.get("SOPClassUID") in kinds:
                 kinds[ds.SOPClassUID].append(path)
         return Arrived(kinds[SegmentationStorage], kinds[Comprehensive3DSRStorage], kinds[SecondaryCaptureImageStorage])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path, PurePosixPath
@@ -84,6 +86,22 @@ def test_prepare_sweeps_only_what_a_dead_process_left(tmp_path: Path) -> None:
     store.prepare()
     left = sorted(p.name for p in store.incoming.iterdir())
     assert left == sorted([names["live"], names["other host"], names["other container"], names["new"], "sub"])
+
+
+def test_a_listener_that_exited_unreaped_left_its_file_to_the_sweep(tmp_path: Path) -> None:
+    """After kill -9 of `run` its listener is a zombie of a pid 1 that may never reap it (many
+    containers, CI's included): the restarted node must still sweep the file it was writing."""
+    store = InstanceStore(tmp_path / "root", 0)
+    store.prepare()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, left unreaped
+        me = f"{socket.gethostname()}~{os.stat('/proc/self/ns/pid').st_ino}"
+        (store.incoming / f"{me}~{zombie.pid}~a.part").write_bytes(b"half")
+        store.prepare()
+        assert list(store.incoming.iterdir()) == []
+    finally:
+        zombie.wait()
 
 
 def test_a_running_process_sweeps_periodically_but_never_its_own_files(tmp_path: Path) -> None:
