@@ -32,10 +32,11 @@ logger = logging.getLogger(__name__)
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 #: The folder under :data:`SHIPPED_WEIGHTS` that is each kind's default. The U-Net default is
-#: the whole-stack one: it keeps false alarms at the skull base, sinuses and vertex down on real
-#: head CTs. ``weights/unet`` (Kaggle slices only) still ships: it is the ``--init`` of
-#: ``unet-stacks``, named in that card's command, and the way back via ``[analysis] unet_dir``.
-SHIPPED_FOLDERS: dict[str, str] = {"classifier": "classifier", "unet": "unet-stacks", "maskrcnn": "maskrcnn"}
+#: the 2.5D whole-stack one (``unet-25d``): it sees the slices 5 mm below and above, and keeps
+#: false alarms at the skull base, sinuses and vertex down on real head CTs. ``weights/unet-stacks``
+#: (2D, whole stacks + Kaggle) still ships: it is the ``--init`` of ``unet-25d``, named in that
+#: card's command, and the way back via ``[analysis] unet_dir``.
+SHIPPED_FOLDERS: dict[str, str] = {"classifier": "classifier", "unet": "unet-25d", "maskrcnn": "maskrcnn"}
 
 
 class VolumeDecoder(Protocol):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dicom_node.models.combine import decide_study
-from dicom_node.models.inputs import ModelSlice, slice_from_hu, slice_from_windowed
+from dicom_node.models.inputs import ModelSlice, slice_from_hu_stack, slice_from_windowed_stack
 from dicom_node.models.registry import LoadedModel
 from dicom_node.models.result import ModelResult, VolumeLike
 
@@ -47,6 +47,19 @@ def select_device(preference: str | None = None) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return device
+
+
+def measured_slices(volume: VolumeLike) -> tuple[bool, ...] | None:
+    """Which slices are real images, for a 2.5D model's neighbours; None when all are (or none can tell).
+
+    A DICOM volume fills a missing instance by interpolation and marks it with no
+    source SOP Instance UID; such a slice is not a neighbour a 2.5D model
+    should read. Volumes without DICOM provenance (every UID None) say nothing.
+    """
+    uids = getattr(volume, "source_sop_instance_uids", None)
+    if not uids or all(uid is None for uid in uids):
+        return None
+    return tuple(uid is not None for uid in uids)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -89,9 +102,13 @@ class Runner:
         """Run on every slice of an HU volume."""
         spec = self.model.card.input
         pixel_spacing = (float(volume.spacing_mm[1]), float(volume.spacing_mm[2]))
+        measured = measured_slices(volume)
 
         def prepare(index: int) -> ModelSlice:
-            return slice_from_hu(volume.hu[index], spec=spec, pixel_spacing=pixel_spacing)
+            return slice_from_hu_stack(
+                volume.hu, index, spec=spec, pixel_spacing=pixel_spacing,
+                spacing_z=float(volume.spacing_mm[0]), measured=measured,
+            )
 
         return self._run(volume, prepare)
 
@@ -100,9 +117,12 @@ class Runner:
         if brain.shape != volume.hu.shape:
             raise ValueError("the windowed slices and the measurement volume must have one shape")
         spec = self.model.card.input
+        measured = measured_slices(volume)
 
         def prepare(index: int) -> ModelSlice:
-            return slice_from_windowed(brain[index], spec=spec)
+            return slice_from_windowed_stack(
+                brain, index, spec=spec, spacing_z=float(volume.spacing_mm[0]), measured=measured
+            )
 
         return self._run(volume, prepare)
 

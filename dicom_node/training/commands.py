@@ -39,6 +39,16 @@ def train_command(
     learning_rate: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine).")] = 2e-3,
     size: Annotated[int, typer.Option(help="Model input size in pixels (square, multiple of 32).")] = 256,
     windows: Annotated[str, typer.Option(help="Windows as channels, e.g. brain,subdural,bone.")] = "brain",
+    context_slices: Annotated[
+        int, typer.Option(help="2.5D: neighbouring slices on each side given as extra channels (0 = 2D).")
+    ] = 0,
+    context_spacing_mm: Annotated[
+        float, typer.Option(help="2.5D: distance between the slices the network sees, in mm.")
+    ] = 5.0,
+    oversample: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=N: repeat the training slices of the data folder named NAME N times per epoch."),
+    ] = None,
     loss: Annotated[str, typer.Option(help="U-Net loss: dice_bce, dice_focal, bce, focal.")] = "dice_bce",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     negatives_per_positive: Annotated[
@@ -70,6 +80,9 @@ def train_command(
         learning_rate=learning_rate,
         size=size,
         windows=[w.strip() for w in windows.split(",") if w.strip()],
+        context_slices=context_slices,
+        context_spacing_mm=context_spacing_mm,
+        oversample=_oversample(oversample or []),
         loss=loss,
         threads=threads,
         negatives_per_positive=negatives_per_positive,
@@ -82,6 +95,17 @@ def train_command(
         f"{kind}: best epoch {summary.best_epoch}, score {summary.best_score:.4f}, "
         f"{summary.duration_s:.0f} s -> {out}"
     )
+
+
+def _oversample(values: list[str]) -> dict[str, int]:
+    """``["headct-kaggle=3"]`` -> ``{"headct-kaggle": 3}``; a malformed entry is a BadParameter."""
+    out = {}
+    for value in values:
+        name, _, factor = value.partition("=")
+        if not name or not factor.isdigit():
+            raise typer.BadParameter(f"--oversample takes NAME=N (a data folder's name, a whole number), not {value!r}")
+        out[name] = int(factor)
+    return out
 
 
 def calibrate_command(

@@ -10,7 +10,7 @@ what was expected.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,19 +101,38 @@ def load_training_data(
 
 
 def load_training_sets(
-    paths: Sequence[str | Path], spec: InputSpec, *, seed: int, val_fraction: float = 0.2
+    paths: Sequence[str | Path],
+    spec: InputSpec,
+    *,
+    seed: int,
+    val_fraction: float = 0.2,
+    oversample: Mapping[str, int] | None = None,
 ) -> TrainingData:
     """Several data folders trained together: each split as :func:`load_training_data` does, then joined.
 
     Each folder keeps its own split (Kaggle's fixed one, by patient elsewhere),
-    so no patient is ever on both sides.
+    so no patient is ever on both sides. ``oversample`` maps a folder's name
+    (its last path part) to how many times its *training* slices are repeated:
+    a small set beside a large one (140 Kaggle slices beside 2,779 whole-stack
+    ones) is otherwise seen too rarely to keep what it taught. Each copy is
+    augmented afresh; validation is never repeated.
     """
     if not paths:
         raise ValueError("give at least one data folder")
+    repeats = dict(oversample or {})
+    names = [Path(p).name for p in paths]
+    unknown = sorted(set(repeats) - set(names))
+    if unknown:
+        raise ValueError(f"oversample names {unknown}, which are not among the data folders {names}")
+    if any(n < 1 for n in repeats.values()):
+        raise ValueError("an oversampling factor is a whole number of at least 1")
     parts = [load_training_data(p, spec, seed=seed, val_fraction=val_fraction) for p in paths]
-    if len(parts) == 1:
+    for part, name in zip(parts, names, strict=True):
+        if repeats.get(name, 1) > 1:
+            part.description["train_repeats"] = repeats[name]
+    if len(parts) == 1 and repeats.get(names[0], 1) == 1:
         return parts[0]
-    train = SliceSet.concat([p.train for p in parts])
+    train = SliceSet.concat([p.train for p, n in zip(parts, names, strict=True) for _ in range(repeats.get(n, 1))])
     val = SliceSet.concat([p.val for p in parts])
     description = {
         "folders": [p.description for p in parts],

@@ -42,7 +42,7 @@ from dicom_node.models import classifier as classifier_module
 from dicom_node.models import maskrcnn as maskrcnn_module
 from dicom_node.models import unet as unet_module
 from dicom_node.models.card import ModelCard, Thresholds, sha256_of
-from dicom_node.models.inputs import InputSpec
+from dicom_node.models.inputs import DEFAULT_CONTEXT_SPACING_MM, InputSpec
 from dicom_node.models.losses import LOSSES
 from dicom_node.models.registry import build_network
 from dicom_node.models.result import ModelKind
@@ -76,6 +76,7 @@ class TrainingOptions:
     val_fraction: float = 0.2
     threads: int | None = None
     negatives_per_positive: float | None = None
+    oversample: dict[str, int] = field(default_factory=dict)
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
@@ -289,6 +290,9 @@ def train(
     learning_rate: float = 2e-3,
     size: int = 256,
     windows: Sequence[str] = ("brain",),
+    context_slices: int = 0,
+    context_spacing_mm: float = DEFAULT_CONTEXT_SPACING_MM,
+    oversample: dict[str, int] | None = None,
     architecture: dict[str, Any] | None = None,
     loss: str = "dice_bce",
     augment: bool = True,
@@ -308,7 +312,11 @@ def train(
     several kinds trained on one read); it must come from ``data`` with the same
     input spec. ``init`` names weights (of the same kind, architecture and input)
     to start from instead of a random initialisation, e.g. to fine-tune a
-    shipped model on more data; the card records their SHA-256. ``command`` is recorded in the card as the way to reproduce the
+    shipped model on more data; the card records their SHA-256. Weights of a 2D
+    model may start a 2.5D one (``context_slices`` > 0) of the same kind and
+    architecture: see :func:`expand_input_channels`. ``oversample`` repeats a
+    data folder's training slices (by folder name, see
+    :func:`~dicom_node.training.data.load_training_sets`). ``command`` is recorded in the card as the way to reproduce the
     run (default: this process's command line).
 
     The steps: :func:`_setup` (options, data), :func:`_resume` (checkpoint),
@@ -324,18 +332,25 @@ def train(
         val_fraction=val_fraction,
         threads=threads,
         negatives_per_positive=negatives_per_positive,
+        oversample=dict(oversample or {}),
         augmentation=Augmentation(enabled=augment),
     )
     setup = _setup(
         ModelKind(kind), data, Path(out), options,
-        loss=loss, spec=InputSpec(size=(size, size), windows=tuple(windows)), architecture=architecture,
+        loss=loss,
+        spec=InputSpec(
+            size=(size, size), windows=tuple(windows),
+            context_slices=context_slices, context_spacing_mm=context_spacing_mm,
+        ),
+        architecture=architecture,
         init=None if init is None else Path(init), name=name, version=version, training_data=training_data,
     )
     with _torch_settings(threads):
         torch.manual_seed(seed)
         network = build_network(setup.draft)
         if setup.init is not None:
-            network.load_state_dict(torch.load(setup.init, map_location="cpu", weights_only=True))
+            initial = torch.load(setup.init, map_location="cpu", weights_only=True)
+            network.load_state_dict(expand_input_channels(initial, network.state_dict(), setup.spec))
         optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=options.weight_decay)
         progress = _resume(setup, network, optimizer) if resume else _Progress()
         schedule = _Schedule.of(setup)
@@ -391,11 +406,14 @@ def _setup(
         "architecture": arch,
         "seed": options.seed,
         "negatives_per_positive": options.negatives_per_positive,
+        **({"oversample": options.oversample} if options.oversample else {}),
         "init_sha256": None if init is None else sha256_of(init),
     }
     if training_data is None:
         folders = [data] if isinstance(data, (str, Path)) else list(data)
-        training_data = load_training_sets(folders, spec, seed=options.seed, val_fraction=options.val_fraction)
+        training_data = load_training_sets(
+            folders, spec, seed=options.seed, val_fraction=options.val_fraction, oversample=options.oversample
+        )
     return _RunSetup(
         kind=kind,
         options=options,
@@ -541,7 +559,7 @@ def _finish(
             "data": setup.training_data.description,
             "options": {**asdict(options), "loss": setup.loss if kind == ModelKind.UNET else None},
             "selection": "val loss" if kind == ModelKind.CLASSIFIER else "val pooled Dice at model size",
-            "init": None if setup.init is None else {"path": str(setup.init), "sha256": setup.run_config["init_sha256"]},
+            "init": _init_record(setup),
             "best_epoch": int(progress.best["epoch"]),
             "duration_s": round(duration(), 1),
             "parameters": int(sum(p.numel() for p in network.parameters())),
@@ -557,6 +575,50 @@ def _finish(
     )
     card.save(setup.out)
     return card
+
+
+def expand_input_channels(
+    initial: dict[str, torch.Tensor], target: dict[str, torch.Tensor], spec: InputSpec
+) -> dict[str, torch.Tensor]:
+    """``initial`` (a 2D model's state) fitted to a 2.5D network's ``target`` state, else unchanged.
+
+    Only tensors whose input-channel axis (dim 1) is ``spec.slices`` times too
+    narrow are changed (the first convolution): the centre slice's channels take
+    the initial weights and the neighbours' start at zero, so the 2.5D network
+    starts out computing exactly what the 2D one did and learns from there what
+    the neighbours add. Any other mismatch is left for ``load_state_dict`` to
+    refuse.
+    """
+    if spec.context_slices == 0:
+        return initial
+    out = dict(initial)
+    per_slice = len(spec.windows)
+    centre = spec.context_slices * per_slice
+    for key, value in initial.items():
+        wanted = target.get(key)
+        if wanted is None or wanted.shape == value.shape or value.ndim < 2:
+            continue
+        if value.shape[1] == per_slice and wanted.shape[1] == per_slice * spec.slices and (
+            value.shape[0] == wanted.shape[0] and value.shape[2:] == wanted.shape[2:]
+        ):
+            expanded = torch.zeros_like(wanted)
+            expanded[:, centre : centre + per_slice] = value
+            out[key] = expanded
+    return out
+
+
+def _init_record(setup: _RunSetup) -> dict[str, Any] | None:
+    """The card's ``training.init``: which weights the run started from, and how they were fitted."""
+    if setup.init is None:
+        return None
+    record: dict[str, Any] = {"path": str(setup.init), "sha256": setup.run_config["init_sha256"]}
+    if setup.spec.context_slices:
+        record["input_channels"] = (
+            "2D weights widened to 2.5D input: the first convolution's centre-slice channels take the "
+            "initial weights, the neighbour slices' channels start at zero (the network starts equal to "
+            "the 2D model)"
+        )
+    return record
 
 
 def _list_batches(slices: SliceSet, batch_size: int) -> list[np.ndarray]:

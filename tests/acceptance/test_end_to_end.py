@@ -174,7 +174,7 @@ def test_the_shipped_models_run_the_whole_loop(tmp_path: Path, pacs: StoreSCP) -
         config = str(node.config.workdir / "dicom-node.toml")
         wait_for(lambda: "succeeded" in cli("jobs", "list", "--config", config).stdout, 240, "the job")
         show = cli("jobs", "show", "1", "--config", config).stdout
-        assert "ich-classifier" in show and "ich-unet-stacks" in show, show
+        assert "ich-classifier" in show and "ich-unet-25d" in show, show
         found = re.search(r"^  result     (positive|negative), .* (\d+) lesion\(s\)$", show, re.MULTILINE)
         assert found is not None, show
         summary = {"lesions": int(found.group(2))}

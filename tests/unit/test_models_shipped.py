@@ -28,7 +28,7 @@ KINDS = ("classifier", "unet", "maskrcnn")
 #: The default model of each kind together must stay under this many bytes of weights.
 SIZE_BUDGET = 20 * 1024 * 1024
 #: Everything the package ships under ``weights/`` (every folder: weights, cards, figures),
-#: which includes the Kaggle-only U-Net kept as the whole-stack one's ``--init``.
+#: which includes the 2D whole-stack U-Net kept as the 2.5D one's ``--init``.
 PACKAGE_BUDGET = 32 * 1024 * 1024
 
 
@@ -47,8 +47,10 @@ def test_everything_shipped_under_weights_fits_the_package_budget():
     assert total <= PACKAGE_BUDGET, f"dicom_node/models/weights is {total / 2**20:.1f} MiB, the budget is 32 MiB"
 
 
-def test_the_default_unet_is_the_whole_stack_one():
-    assert load_model(shipped_model_dir("unet"), kind="unet").card.name == "ich-unet-stacks"
+def test_the_default_unet_is_the_25d_whole_stack_one():
+    card = load_model(shipped_model_dir("unet"), kind="unet").card
+    assert card.name == "ich-unet-25d"
+    assert card.input.context_slices == 1
 
 
 def _phantom(lesions: list[Lesion]):  # type: ignore[no-untyped-def]
@@ -80,9 +82,9 @@ def test_the_default_models_find_a_planted_bleed_and_nothing_on_a_clean_head(mod
     assert negative.findings == ()
 
 
-#: Shipped folders and their kinds: the default of each kind (the U-Net's is ``unet-stacks``),
-#: and the Kaggle-only U-Net (``unet``: the init of ``unet-stacks``, selectable by ``unet_dir``).
-FOLDERS = {"classifier": "classifier", "unet": "unet", "maskrcnn": "maskrcnn", "unet-stacks": "unet"}
+#: Shipped folders and their kinds: the default of each kind (the U-Net's is ``unet-25d``),
+#: and the 2D whole-stack U-Net (``unet-stacks``: the init of ``unet-25d``, selectable by ``unet_dir``).
+FOLDERS = {"classifier": "classifier", "maskrcnn": "maskrcnn", "unet-stacks": "unet", "unet-25d": "unet"}
 
 
 @pytest.mark.parametrize("folder", sorted(FOLDERS))
