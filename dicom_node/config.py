@@ -401,8 +401,10 @@ class AnalysisSettings(_Section):
     model: Literal["classifier+unet", "classifier+maskrcnn", "unet", "maskrcnn", "threshold"] = Field(
         default="classifier+unet", description="the pipeline that analyses a study (see the section's text)"
     )
-    combination: Literal["gate", "either"] = Field(
-        default="gate", description="gate: lesions only when the classifier calls the study positive"
+    combination: Literal["gate", "either", "both"] = Field(
+        default="gate",
+        description="gate: lesions only when the classifier calls the study positive; either: positive when "
+        "either model is; both: positive only when the classifier is and a lesion is kept",
     )
     classifier_dir: Path | None = Field(default=None, description="folder of the classifier's weights; absent: the shipped ones")
     unet_dir: Path | None = Field(default=None, description="folder of the U-Net's weights; absent: the shipped ones")

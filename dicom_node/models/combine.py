@@ -1,7 +1,7 @@
 """Combine a study-level classifier with a segmenter into one result.
 
 The classifier is trained for the study call; the segmenters are trained for
-contours and volumes. Two rules are offered (:data:`RULES`):
+contours and volumes. Three rules are offered (:data:`RULES`):
 
 * ``gate`` (proposed default): the classifier makes the study call and gives
   the probability; the segmenter's lesions are reported only in studies the
@@ -11,6 +11,13 @@ contours and volumes. Two rules are offered (:data:`RULES`):
 * ``either``: positive when the classifier is, or when the segmenter keeps a
   lesion; the probability is the classifier's, raised to the decision
   threshold when only the segmenter fires. More sensitive, less specific.
+* ``both``: positive only when the classifier calls the study positive *and*
+  the segmenter keeps a lesion; the probability is the lower of the two. A
+  study then never reads "positive, no lesion", and one slice's classifier
+  maximum cannot call it on its own: the call needs a 3D finding, which thin
+  slices of the same anatomy do not multiply as they multiply slices. The two
+  models' decision thresholds must be equal for the lower probability to make
+  the same call.
 
 The result keeps the segmenter's label map and findings (so its kind is the
 segmenter's), the classifier's slice probabilities (for key images), and a
@@ -35,7 +42,7 @@ import numpy as np
 
 from dicom_node.models.result import LesionFinding, ModelKind, ModelResult, VolumeLike, findings_from_labels
 
-RULES = ("gate", "either")
+RULES = ("gate", "either", "both")
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,14 @@ def combine(study: ModelResult, lesions: ModelResult, *, rule: str = "gate") -> 
     probability = study.study_probability
     if rule == "gate":
         keep = study.positive
+    elif rule == "both":
+        if lesions.decision_threshold != study.decision_threshold:
+            raise ValueError(
+                "rule 'both' takes the lower of two probabilities: the classifier's and the segmenter's "
+                f"decision thresholds must be equal ({study.decision_threshold} != {lesions.decision_threshold})"
+            )
+        probability = min(study.study_probability, lesions.study_probability)
+        keep = study.positive and lesions.positive
     else:
         keep = True
         if lesions.findings and not study.positive:

@@ -135,8 +135,11 @@ def evaluate_command(
     model: Annotated[Path | None, typer.Option("--model", help="Model directory (card + weights).")] = None,
     classifier: Annotated[
         Path | None,
-        typer.Option("--classifier", help="With --model: evaluate this classifier and the model combined (rule gate)."),
+        typer.Option("--classifier", help="With --model: evaluate this classifier and the model combined (--rule)."),
     ] = None,
+    rule: Annotated[
+        str, typer.Option(help="With --classifier: the combination rule (gate, either, both; models/combine.py).")
+    ] = "gate",
     threshold_baseline: Annotated[
         bool, typer.Option("--threshold-baseline", help="Evaluate the HU threshold baseline instead of a model.")
     ] = False,
@@ -161,7 +164,8 @@ def evaluate_command(
         if model is None:
             raise typer.BadParameter("--classifier needs --model (the segmenter it is combined with)")
         report = evaluate_combination(
-            classifier, model, data, splits=chosen, device=device, batch_size=batch_size, seed=seed, gate=gate
+            classifier, model, data, rule=rule, splits=chosen, device=device, batch_size=batch_size, seed=seed,
+            gate=gate,
         )
     elif model is not None:
         report = evaluate(
