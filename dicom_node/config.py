@@ -392,8 +392,9 @@ class DeliverySettings(_Section):
 class AnalysisSettings(_Section):
     """Which model analyses complete studies, and on which device.
 
-    ``model`` names the pipeline: ``classifier+unet`` (the default: the classifier makes
-    the study call, the U-Net draws the lesions), ``classifier+maskrcnn``, one trained kind
+    ``model`` names the pipeline: ``classifier+unet`` (the default: the U-Net draws the
+    lesions; with ``combination = "both"`` a study is positive only when the classifier
+    says so and the U-Net keeps a lesion), ``classifier+maskrcnn``, one trained kind
     alone, or ``threshold`` (the HU baseline, no weights, no torch). The model directories
     default to the weights shipped in ``dicom_node/models/weights``.
     """
@@ -402,7 +403,7 @@ class AnalysisSettings(_Section):
         default="classifier+unet", description="the pipeline that analyses a study (see the section's text)"
     )
     combination: Literal["gate", "either", "both"] = Field(
-        default="gate",
+        default="both",
         description="gate: lesions only when the classifier calls the study positive; either: positive when "
         "either model is; both: positive only when the classifier is and a lesion is kept",
     )

@@ -3,21 +3,23 @@
 The classifier is trained for the study call; the segmenters are trained for
 contours and volumes. Three rules are offered (:data:`RULES`):
 
-* ``gate`` (proposed default): the classifier makes the study call and gives
-  the probability; the segmenter's lesions are reported only in studies the
-  classifier calls positive. This removes segmentation false positives from
-  negative studies (the most visible error of a segmenter on normal scans),
-  at the price that a bleed the classifier misses gets no contour either.
+* ``gate``: the classifier makes the study call and gives the probability;
+  the segmenter's lesions are reported only in studies the classifier calls
+  positive. This removes segmentation false positives from negative studies,
+  at the price that a bleed the classifier misses gets no contour either. Its
+  call is the classifier's maximum over slices, which grows with the slice
+  count: on the held-out whole stacks the classifier reaches the threshold on
+  14 % of the slices without clot, so one such slice calls a normal head.
 * ``either``: positive when the classifier is, or when the segmenter keeps a
   lesion; the probability is the classifier's, raised to the decision
   threshold when only the segmenter fires. More sensitive, less specific.
-* ``both``: positive only when the classifier calls the study positive *and*
-  the segmenter keeps a lesion; the probability is the lower of the two. A
-  study then never reads "positive, no lesion", and one slice's classifier
-  maximum cannot call it on its own: the call needs a 3D finding, which thin
-  slices of the same anatomy do not multiply as they multiply slices. The two
-  models' decision thresholds must be equal for the lower probability to make
-  the same call.
+* ``both`` (the default): positive only when the classifier calls the study
+  positive *and* the segmenter keeps a lesion; the probability is the lower of
+  the two. A study then never reads "positive, no lesion", and one slice's
+  classifier maximum cannot call it on its own: the call needs a 3D finding,
+  which thin slices of the same anatomy do not multiply as they multiply
+  slices. The two models' decision thresholds must be equal for the lower
+  probability to make the same call.
 
 The result keeps the segmenter's label map and findings (so its kind is the
 segmenter's), the classifier's slice probabilities (for key images), and a

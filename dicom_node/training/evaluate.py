@@ -407,7 +407,7 @@ def _whole_study_lines(reports: Sequence[EvaluationReport]) -> list[str]:
     if not rows:
         return []
     header = (
-        f"{'model':<28} {'split':<5} {'patients':>8} {'FP/patient':>10} {'FP mL/pt':>8} "
+        f"{'model':<28} {'split':<5} {'patients':>8} {'FP/patient':>10} {'pts w/ FP':>9} {'FP mL/pt':>8} "
         f"{'spec lower':>10} {'spec mid':>8} {'spec upper':>10} {'lesion sens':>11} {'Dice pool':>9} {'Dice/slice+':>11}"
     )
     lines = ["", "whole stacks", header, "-" * len(header)]
@@ -417,6 +417,7 @@ def _whole_study_lines(reports: Sequence[EvaluationReport]) -> list[str]:
         name = report.model if report.model == "threshold" or "+" in report.model else Path(report.model).name
         lines.append(
             f"{name:<28} {split.name:<5} {w['patients']:>8} {_fmt(w['false_positive_findings_per_patient']):>10} "
+            f"{w['patients_with_a_false_positive']:>9} "
             f"{_fmt(w['false_positive_ml_per_patient']):>8} {_fmt(spec['lower']):>10} {_fmt(spec['middle']):>8} "
             f"{_fmt(spec['upper']):>10} {_fmt(w['lesion_sensitivity']):>11} {_fmt(w['dice_pooled']):>9} "
             f"{_fmt(w['dice_mean_positive_slices']):>11}"
