@@ -189,6 +189,24 @@ class CombinedModel:
         return combine(self.classifier.predict(volume), self.segmenter.predict(volume), rule=self.rule)
 
 
+class DecidedModel:
+    """A segmenter (``predict(volume)``) followed by its study decision.
+
+    The worker wraps the *gated* segmenter in it, so that the decision sees the
+    findings as ``dicom-node calibrate --gate`` fitted it on: clipped to the
+    intracranial space and measured again, those outside the skull gone.
+    """
+
+    def __init__(self, model: Predictor, decision: StudyDecision) -> None:
+        self.model = model
+        self.decision = decision
+        self.name = model.name
+        self.version = model.version
+
+    def predict(self, volume: VolumeLike) -> ModelResult:
+        return decide_study(self.model.predict(volume), self.decision, volume)
+
+
 class Predictor(Protocol):
     """A named, versioned model that turns a volume into a :class:`ModelResult`."""
 

@@ -3,8 +3,10 @@
 The worker calls :func:`load_configured_model` once at start-up. Trained kinds import torch
 there, never in the listener (which imports this module only to ask
 :func:`missing_packages`). Every kind's findings are restricted to the intracranial space
-(:class:`~dicom_node.models.gating.GatedModel`). The device is reported here, where it is
-chosen, so that the start-up line names it without looking inside the running model.
+(:class:`~dicom_node.models.gating.GatedModel`); a card's study decision comes after the
+gate (:class:`~dicom_node.models.combine.DecidedModel`), as it was fitted. The device is
+reported here, where it is chosen, so that the start-up line names it without looking
+inside the running model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from dicom_node.config import AnalysisSettings
 from dicom_node.errors import ConfigError
-from dicom_node.models.combine import Predictor
+from dicom_node.models.combine import DecidedModel, Predictor
 
 #: Where the threshold baseline runs: numpy, on the CPU.
 CPU = "cpu"
@@ -72,5 +74,14 @@ def _runner(analysis: AnalysisSettings, kind: str, directory: Path | None) -> Lo
     from dicom_node.models.runner import Runner
 
     loaded = load_model(directory or shipped_model_dir(kind), kind=kind)
-    runner = Runner(loaded, device=None if analysis.device == "auto" else analysis.device, batch_size=analysis.batch_size)
-    return LoadedModel(GatedModel(runner), str(runner.device))
+    runner = Runner(
+        loaded,
+        device=None if analysis.device == "auto" else analysis.device,
+        batch_size=analysis.batch_size,
+        apply_study_decision=False,  # below, after the gate: it was fitted on gated findings
+    )
+    decision = loaded.card.study_decision
+    model: Predictor = GatedModel(runner)
+    if decision is not None:
+        model = DecidedModel(model, decision)
+    return LoadedModel(model, str(runner.device))

@@ -85,6 +85,7 @@ class Runner:
         device: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         amp: bool = True,
+        apply_study_decision: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -95,6 +96,9 @@ class Runner:
         self.network = model.network.to(self.device).eval()
         self.name = model.card.name
         self.version = model.card.version
+        #: False when the caller applies the card's study decision itself, after the intracranial
+        #: gate: the decision is fitted on gated findings (``calibrate --gate``), so it must see them.
+        self.apply_study_decision = apply_study_decision
         #: Largest number of model inputs held at once during the last run (for tests and benchmarks).
         self.peak_batch = 0
 
@@ -151,7 +155,7 @@ class Runner:
                 for index, output, prepared in zip(indices, outputs, slices, strict=True):
                     decoder.add(index, output, prepared.transform)
         result = decoder.result()
-        if self.model.card.study_decision is not None:
+        if self.apply_study_decision and self.model.card.study_decision is not None:
             result = decide_study(result, self.model.card.study_decision, volume)
         elapsed = time.perf_counter() - started
         logger.info(

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from dicom_node.models.combine import StudyDecision, decide_study
 from dicom_node.models.inputs import InputSpec
 from dicom_node.models.result import ModelResult
 from dicom_node.models.threshold import ThresholdModel
@@ -210,7 +211,8 @@ def evaluate(
 
     model_dir, data = Path(model_dir), Path(data)
     loaded = load_model(model_dir)
-    runner = Runner(loaded, device=device, batch_size=batch_size)
+    # Gated, the card's study decision comes after the gate, as in the worker (models/loading.py).
+    runner = Runner(loaded, device=device, batch_size=batch_size, apply_study_decision=not gate)
 
     def predict(case: Case) -> ModelResult:
         if case.windowed is not None:
@@ -219,6 +221,8 @@ def evaluate(
 
     if gate:
         predict = _gated(predict)
+        if loaded.card.study_decision is not None:
+            predict = _decided(predict, loaded.card.study_decision)
     reports = [
         evaluate_cases(
             split,
@@ -290,6 +294,15 @@ def _gated(predict: Predict) -> Predict:
     return gated
 
 
+def _decided(predict: Predict, decision: StudyDecision) -> Predict:
+    """``predict`` followed by a study decision (:func:`dicom_node.models.combine.decide_study`)."""
+
+    def decided(case: Case) -> ModelResult:
+        return decide_study(predict(case), decision, case.volume)
+
+    return decided
+
+
 def evaluate_combination(
     classifier_dir: str | Path,
     segmenter_dir: str | Path,
@@ -313,11 +326,8 @@ def evaluate_combination(
     from dicom_node.models.runner import Runner
 
     data = Path(data)
-    runners = [
-        Runner(load_model(directory), device=device, batch_size=batch_size)
-        for directory in (classifier_dir, segmenter_dir)
-    ]
-    study_runner, lesion_runner = runners
+    study_runner = Runner(load_model(classifier_dir), device=device, batch_size=batch_size)
+    lesion_runner = Runner(load_model(segmenter_dir), device=device, batch_size=batch_size, apply_study_decision=not gate)
 
     def run(runner: Runner, case: Case) -> ModelResult:
         if case.windowed is not None:
@@ -328,6 +338,9 @@ def evaluate_combination(
         return run(lesion_runner, case)
 
     segment = _gated(lesions) if gate else lesions
+    decision = lesion_runner.model.card.study_decision
+    if gate and decision is not None:  # after the gate, as in the worker
+        segment = _decided(segment, decision)
 
     def predict(case: Case) -> ModelResult:
         return combine(run(study_runner, case), segment(case), rule=rule)

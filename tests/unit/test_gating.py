@@ -7,7 +7,7 @@ import pytest
 
 from dicom_node.imaging.anatomy import intracranial_space
 from dicom_node.imaging.volume import CTVolume
-from dicom_node.models.combine import combine
+from dicom_node.models.combine import DecidedModel, StudyDecision, combine
 from dicom_node.models.gating import GatedModel, GateParameters, gate_result
 from dicom_node.models.result import ModelKind, ModelResult, findings_from_labels
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
@@ -134,6 +134,34 @@ def test_combined_results_keep_the_classifier_call_and_the_gated_lesions(head):
     lesions = gate_result(_result(volume, blobs, ModelKind.UNET, ["brain", "pharynx"]), volume, intracranial_space(volume))
     combined = combine(study, lesions)
     assert combined.positive and len(combined.findings) == 1 and combined.gate.dropped == 1
+
+
+class _Fixed:
+    """A stand-in model that returns one prepared result."""
+
+    name, version = "fixed", "1"
+
+    def __init__(self, result: ModelResult) -> None:
+        self.result = result
+
+    def predict(self, volume: CTVolume) -> ModelResult:
+        return self.result
+
+
+def test_a_study_decision_sees_the_gated_findings_as_it_was_fitted(head):
+    """The worker decides after the gate: a large pharynx finding cannot lend the study its probability."""
+    volume, _, blobs = head
+    decision = StudyDecision(intercept=-2.0, log_volume=6.0, confidence=3.0, threshold=0.5)
+    brain = np.zeros_like(blobs["brain"])
+    middle = int(np.argmax(blobs["brain"].sum(axis=(1, 2))))
+    brain[middle] = blobs["brain"][middle]  # one slice of the brain blob: smaller than the pharynx one
+    # Confidence 0.6 in the brain, 0.7 in the pharynx: outside, the larger and more confident finding.
+    result = _result(volume, {"brain": brain, "pharynx": blobs["pharynx"]}, ModelKind.UNET, ["brain", "pharynx"])
+    decided = DecidedModel(GatedModel(_Fixed(result)), decision).predict(volume)
+    assert [f.voxel_count for f in decided.findings] == [int(brain.sum())]
+    assert decided.study_probability == pytest.approx(decision.probability(decided.findings[0]))
+    assert decided.study_probability < max(decision.probability(f) for f in result.findings)
+    assert decided.gate is not None and decided.gate.dropped == 1
 
 
 def test_gated_model_runs_any_model_and_keeps_its_name():

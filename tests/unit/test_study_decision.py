@@ -136,3 +136,26 @@ def test_cross_fitting_counts_every_held_out_finding_once():
     figures = cross_fit(finding_examples(results))
     assert 0.0 <= figures["false_positive_findings_per_patient"] <= 2.0
     assert figures["true_findings_kept"] == 1.0
+
+
+def test_the_worker_applies_a_cards_decision_after_the_gate(tmp_path):
+    """``calibrate --gate`` fits on gated findings, so the worker's model gates first, then decides."""
+    import shutil
+    from dataclasses import replace
+
+    from dicom_node.config import AnalysisSettings
+    from dicom_node.models.card import ModelCard
+    from dicom_node.models.combine import DecidedModel
+    from dicom_node.models.gating import GatedModel
+    from dicom_node.models.loading import load_configured_model
+    from dicom_node.models.registry import shipped_model_dir
+
+    folder = tmp_path / "unet"
+    shutil.copytree(shipped_model_dir("unet"), folder)
+    card = ModelCard.load(folder)
+    replace(card, study_decision=DECISION).save(folder)
+
+    model = load_configured_model(AnalysisSettings(model="unet", unet_dir=folder, device="cpu")).model
+    assert isinstance(model, DecidedModel) and model.decision == DECISION
+    assert isinstance(model.model, GatedModel)
+    assert model.model.model.apply_study_decision is False  # the runner leaves it to the wrapper
