@@ -251,13 +251,9 @@ def slice_from_windowed(
     """The model input of a brain-windowed [0, 1] image (an 8-bit PNG divided by 255).
 
     Only brain-only models can be fed this way: the other windows cannot be
-    recovered from a brain window, which clips everything outside 0-80 HU.
+    recovered from a brain window, which clips everything outside 0-80 HU
+    (:func:`slice_from_windowed_stack` refuses them).
     """
-    if not spec.brain_only:
-        raise ValueError(
-            f"this model reads windows {spec.windows}; a brain-windowed image holds only the brain "
-            "window, so it needs HU input"
-        )
     if brain.ndim != 2:
         raise ValueError("a windowed slice is one grey image (rows, cols)")
     return slice_from_windowed_stack(brain[None], 0, spec=spec, pixel_spacing=pixel_spacing, spacing_z=None)
