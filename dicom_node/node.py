@@ -34,7 +34,6 @@ from dicom_node.db.session import describe_database, session_factory
 from dicom_node.dicom.storage import InstanceStore
 from dicom_node.dicom.tls import client_context, server_context
 from dicom_node.disk_guard import disk_guard_warning
-from dicom_node.errors import DiskFullError
 from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
@@ -285,16 +284,10 @@ class Node:
         return self.live.current.observability.page_url(self._page_port())
 
     def _disk_state(self) -> DiskState:
-        """The disk guard for the heartbeat: the store's words for it, and the store's rule for whether it refuses.
-
-        Two reads of the free space: at the instant the guard is crossed the words may lag
-        the flag by one beat; the flag is what ``status`` and the page decide by.
-        """
-        try:
-            self.store.check_free_space()
-        except DiskFullError:
-            return DiskState(self.store.guard_state(), refusing=True)
-        return DiskState(self.store.guard_state(), refusing=False)
+        """The disk guard for the heartbeat: the store's words for it and whether it refuses,
+        both from one reading of the free space."""
+        state = self.store.guard_state()
+        return DiskState(state.text(), refusing=state.refusing)
 
     def _page_port(self) -> int:
         """Where this process's /metrics and status page are served: a worker alone has a port

@@ -27,6 +27,7 @@ import stat
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pydicom.dataset import Dataset
@@ -100,6 +101,20 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class GuardState:
+    """The disk guard at one instant, in MiB: free space, the guard, and whether C-STORE is refused."""
+
+    free_mb: int
+    guard_mb: int
+    refusing: bool
+
+    def text(self) -> str:
+        """As ``status`` and the page show it."""
+        verdict = "refusing C-STORE (A700)" if self.refusing else "ok"
+        return f"{self.free_mb} MiB free, guard {self.guard_mb} MiB: {verdict}"
+
+
 class InstanceStore:
     """Files under one storage root, written atomically and durably."""
 
@@ -160,12 +175,11 @@ class InstanceStore:
                 f"{free // 2**20} MiB free, guard is {self.min_free_bytes // 2**20} MiB"
             )
 
-    def guard_state(self) -> str:
-        """The disk guard as ``status`` shows it: free space, the guard, and whether the
-        listener refuses C-STORE now."""
+    def guard_state(self) -> GuardState:
+        """The disk guard now, from one reading of the free space: the flag and the words
+        ``status`` shows can then never disagree."""
         free = self.free_bytes()
-        verdict = "refusing C-STORE (A700)" if self._below_guard(free) else "ok"
-        return f"{free // 2**20} MiB free, guard {self.min_free_bytes // 2**20} MiB: {verdict}"
+        return GuardState(free // 2**20, self.min_free_bytes // 2**20, refusing=self._below_guard(free))
 
     def _below_guard(self, free_bytes: int) -> bool:
         return free_bytes < self.min_free_bytes

@@ -137,3 +137,15 @@ def test_disk_guard(tmp_path: Path) -> None:
     with pytest.raises(DiskFullError, match="guard"):
         store.check_free_space(1)
     InstanceStore(tmp_path / "root", min_free_bytes=0).check_free_space(1)
+
+
+def test_the_guard_s_flag_and_words_come_from_one_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the instant the guard is crossed, status must not say "ok" beside a refusing flag."""
+    store = InstanceStore(tmp_path / "root", min_free_bytes=100 * 2**20)
+    store.prepare()
+    readings = iter([99 * 2**20, 101 * 2**20])  # a second reading would see the other side
+    monkeypatch.setattr(store, "free_bytes", lambda: next(readings))
+    state = store.guard_state()
+    assert state.refusing and state.text() == "99 MiB free, guard 100 MiB: refusing C-STORE (A700)"
+    state = store.guard_state()
+    assert not state.refusing and state.text().endswith(": ok")
