@@ -321,11 +321,12 @@ def context_indices(
     if spacing_z is None or not spacing_z > 0:
         return (index,) * spec.slices
     step = max(1, int(round(spec.context_spacing_mm / spacing_z)))
+    if step * spacing_z > CONTEXT_GAP_FACTOR * spec.context_spacing_mm:  # slices too thick: every neighbour too far
+        return (index,) * spec.slices
     indices = []
     for offset in range(-k, k + 1):
         j = index + offset * step
-        too_far = abs(offset) * step * spacing_z > CONTEXT_GAP_FACTOR * abs(offset) * spec.context_spacing_mm
-        missing = not 0 <= j < count or too_far or (measured is not None and not measured[j])
+        missing = not 0 <= j < count or (measured is not None and not measured[j])
         indices.append(index if missing else j)
     return tuple(indices)
 
@@ -349,8 +350,7 @@ def _with_context(
         ]
         image = np.concatenate(parts)
     if spec.mask_outside_head:
-        outside = ~head_mask(image[spec.centre_brain_channel])
-        image[:, outside] = 0.0
+        mask_outside_head(image, brain_channel=spec.centre_brain_channel)
     return ModelSlice(image=image, transform=transform)
 
 
