@@ -45,7 +45,7 @@ ROLE_SEPARATOR = "+"
 class DiskState:
     """A listener's disk guard at one beat: the words ``status`` shows, and whether it refuses C-STORE.
 
-    The flag decides; the text only describes (``InstanceStore.guard_state``), so rewording
+    The flag decides; the text only describes (``InstanceStore.guard_state().text()``), so rewording
     the text cannot turn a refusing listener into one that reads as fine.
     """
 
