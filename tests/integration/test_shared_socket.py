@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from collections.abc import Callable
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from dicom_node.ingest.scp import SharedSocketServer
+from dicom_node.ingest.scp import MAX_ACCEPT_YIELD_S, SharedSocketServer, accept_yield_s
 from dicom_node.supervisor import listening_socket
 
 
@@ -50,3 +52,46 @@ def test_two_servers_on_one_socket_and_one_stopping_leaves_the_other_serving() -
     finally:
         second.shutdown()
         bound.close()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_busy_listener_lets_an_idle_one_take_the_next_connection() -> None:
+    """Associations opened at once spread over the listener processes (here: two servers in
+    one process, as two listener processes would share the socket)."""
+    bound = listening_socket("127.0.0.1", 0)
+    port = bound.getsockname()[1]
+    busy = _server(socket.socket(fileno=bound.dup().detach()))
+    clients: list[socket.socket] = []
+    idle: SharedSocketServer | None = None
+    try:
+        for _ in range(4):
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        assert _wait_for(lambda: busy.serving() == 4), "the only server took every connection"
+        idle = _server(socket.socket(fileno=bound.dup().detach()))
+        clients.append(socket.create_connection(("127.0.0.1", port)))
+        assert _wait_for(lambda: busy.serving() + idle.serving() == 5)
+        assert idle.serving() == 1, "the idle server, not the one serving four, took the new connection"
+        for client in clients:
+            client.close()
+        assert _wait_for(lambda: busy.serving() + idle.serving() == 0), "closed connections are no longer counted"
+    finally:
+        for client in clients:
+            client.close()
+        busy.shutdown()
+        if idle is not None:
+            idle.shutdown()
+        bound.close()
+
+
+def test_the_wait_before_accepting_grows_with_the_associations_served_and_is_bounded() -> None:
+    assert accept_yield_s(0) == 0
+    assert 0 < accept_yield_s(1) < accept_yield_s(2) <= MAX_ACCEPT_YIELD_S
+    assert accept_yield_s(100) == MAX_ACCEPT_YIELD_S
