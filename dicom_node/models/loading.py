@@ -78,8 +78,8 @@ def _runner(analysis: AnalysisSettings, kind: str, directory: Path | None) -> Lo
         loaded,
         device=None if analysis.device == "auto" else analysis.device,
         batch_size=analysis.batch_size,
-        apply_study_decision=False,  # below, after the gate: it was fitted on gated findings
     )
+    # The runner never applies the card's decision; it comes here, after the gate: it was fitted on gated findings.
     decision = loaded.card.study_decision
     model: Predictor = GatedModel(runner)
     if decision is not None:

@@ -23,7 +23,6 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from dicom_node.models.combine import decide_study
 from dicom_node.models.inputs import ModelSlice, slice_from_hu_stack, slice_from_windowed_stack
 from dicom_node.models.registry import LoadedModel
 from dicom_node.models.result import ModelResult, VolumeLike
@@ -76,6 +75,11 @@ class Runner:
     :class:`ModelResult` on its source grid. ``predict_windowed`` does the same
     for brain-windowed [0, 1] images (8-bit PNG renderings), with ``volume``
     giving the grid, spacing and HU used for measurements.
+
+    The result is the network's findings as they are: the card's study decision is
+    never applied here. It was fitted on gated findings (``calibrate --gate``), so
+    it belongs after the intracranial gate, and :class:`~dicom_node.models.combine.DecidedModel`
+    (worker) or ``evaluate``'s wrapper puts it there; one place for it, not a flag per caller.
     """
 
     def __init__(
@@ -85,7 +89,6 @@ class Runner:
         device: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         amp: bool = True,
-        apply_study_decision: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -96,9 +99,6 @@ class Runner:
         self.network = model.network.to(self.device).eval()
         self.name = model.card.name
         self.version = model.card.version
-        #: False when the caller applies the card's study decision itself, after the intracranial
-        #: gate: the decision is fitted on gated findings (``calibrate --gate``), so it must see them.
-        self.apply_study_decision = apply_study_decision
         #: Largest number of model inputs held at once during the last run (for tests and benchmarks).
         self.peak_batch = 0
 
@@ -155,8 +155,6 @@ class Runner:
                 for index, output, prepared in zip(indices, outputs, slices, strict=True):
                     decoder.add(index, output, prepared.transform)
         result = decoder.result()
-        if self.apply_study_decision and self.model.card.study_decision is not None:
-            result = decide_study(result, self.model.card.study_decision, volume)
         elapsed = time.perf_counter() - started
         logger.info(
             "%s model ran on %d slices in %.2f s (%.1f slices/s) on %s",

@@ -140,8 +140,7 @@ def calibrate(
 
     model_dir = Path(model_dir)
     loaded = load_model(model_dir)
-    undecided = replace(loaded, card=replace(loaded.card, study_decision=None))
-    runner = Runner(undecided, device=device, batch_size=batch_size)
+    runner = Runner(loaded, device=device, batch_size=batch_size)  # never applies the card's decision: we refit it
     results, cases = [], []
     for case in evaluation_cases(data, loaded.card.input, split=split, seed=seed):
         if case.truth is None or case.truth.shape[0] < 2:

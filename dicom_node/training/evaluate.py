@@ -211,18 +211,14 @@ def evaluate(
 
     model_dir, data = Path(model_dir), Path(data)
     loaded = load_model(model_dir)
-    # Gated, the card's study decision comes after the gate, as in the worker (models/loading.py).
-    runner = Runner(loaded, device=device, batch_size=batch_size, apply_study_decision=not gate)
+    runner = Runner(loaded, device=device, batch_size=batch_size)
 
     def predict(case: Case) -> ModelResult:
         if case.windowed is not None:
             return runner.predict_windowed(case.windowed, case.volume)
         return runner.predict(case.volume)
 
-    if gate:
-        predict = _gated(predict)
-        if loaded.card.study_decision is not None:
-            predict = _decided(predict, loaded.card.study_decision)
+    predict = _decided(_gated(predict) if gate else predict, loaded.card.study_decision)
     reports = [
         evaluate_cases(
             split,
@@ -294,8 +290,15 @@ def _gated(predict: Predict) -> Predict:
     return gated
 
 
-def _decided(predict: Predict, decision: StudyDecision) -> Predict:
-    """``predict`` followed by a study decision (:func:`dicom_node.models.combine.decide_study`)."""
+def _decided(predict: Predict, decision: StudyDecision | None) -> Predict:
+    """``predict`` followed by the card's study decision, if it has one; else ``predict`` itself.
+
+    The runner never applies the decision, so this is where evaluation does, last
+    (after the gate when there is one), as the worker's
+    :class:`~dicom_node.models.combine.DecidedModel` does (models/loading.py).
+    """
+    if decision is None:
+        return predict
 
     def decided(case: Case) -> ModelResult:
         return decide_study(predict(case), decision, case.volume)
@@ -327,7 +330,7 @@ def evaluate_combination(
 
     data = Path(data)
     study_runner = Runner(load_model(classifier_dir), device=device, batch_size=batch_size)
-    lesion_runner = Runner(load_model(segmenter_dir), device=device, batch_size=batch_size, apply_study_decision=not gate)
+    lesion_runner = Runner(load_model(segmenter_dir), device=device, batch_size=batch_size)
 
     def run(runner: Runner, case: Case) -> ModelResult:
         if case.windowed is not None:
@@ -337,13 +340,15 @@ def evaluate_combination(
     def lesions(case: Case) -> ModelResult:
         return run(lesion_runner, case)
 
-    segment = _gated(lesions) if gate else lesions
-    decision = lesion_runner.model.card.study_decision
-    if gate and decision is not None:  # after the gate, as in the worker
-        segment = _decided(segment, decision)
+    def studies(case: Case) -> ModelResult:
+        return run(study_runner, case)
+
+    # Each model's own decision comes last, after the gate, as in the worker (models/loading.py).
+    segment = _decided(_gated(lesions) if gate else lesions, lesion_runner.model.card.study_decision)
+    classify = _decided(studies, study_runner.model.card.study_decision)
 
     def predict(case: Case) -> ModelResult:
-        return combine(run(study_runner, case), segment(case), rule=rule)
+        return combine(classify(case), segment(case), rule=rule)
 
     reports = [
         evaluate_cases(

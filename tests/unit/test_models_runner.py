@@ -134,6 +134,19 @@ def test_a_lesion_free_study_is_negative(phantom):
     assert not result.findings and not result.positive and result.study_probability == 0.0
 
 
+def test_the_runner_never_applies_the_cards_study_decision(phantom):
+    """The decision was fitted on gated findings: DecidedModel applies it after the gate, never the runner."""
+    from dataclasses import replace
+
+    from dicom_node.models.combine import StudyDecision
+
+    _, volume = phantom
+    rejects_all = StudyDecision(intercept=-100.0, log_volume=0.0, confidence=0.0, threshold=0.5)
+    card = replace(tiny_card("unet", size=128), study_decision=rejects_all)
+    result = Runner(LoadedModel(card, BloodUNet(), Path(".")), device="cpu").predict(volume)
+    assert len(result.findings) == 1 and result.positive
+
+
 def test_windowed_input_must_match_the_measurement_grid(phantom):
     _, volume = phantom
     runner = Runner(LoadedModel(tiny_card("unet"), BloodUNet(), Path(".")), device="cpu")

@@ -149,6 +149,7 @@ def test_the_worker_applies_a_cards_decision_after_the_gate(tmp_path):
     from dicom_node.models.gating import GatedModel
     from dicom_node.models.loading import load_configured_model
     from dicom_node.models.registry import shipped_model_dir
+    from dicom_node.models.runner import Runner
 
     folder = tmp_path / "unet"
     shutil.copytree(shipped_model_dir("unet"), folder)
@@ -158,4 +159,4 @@ def test_the_worker_applies_a_cards_decision_after_the_gate(tmp_path):
     model = load_configured_model(AnalysisSettings(model="unet", unet_dir=folder, device="cpu")).model
     assert isinstance(model, DecidedModel) and model.decision == DECISION
     assert isinstance(model.model, GatedModel)
-    assert model.model.model.apply_study_decision is False  # the runner leaves it to the wrapper
+    assert isinstance(model.model.model, Runner)  # the bare runner: it never decides (test_models_runner.py)
