@@ -110,6 +110,12 @@ class CTVolume:
 
     ``affine`` is None only for volumes built with :meth:`from_array` without one
     (for instance from PNG training data); everything from DICOM has one.
+
+    ``real_hu`` says whether ``hu`` holds measured Hounsfield units (always, from
+    DICOM). It is False for pseudo-HU read back from a windowed 8-bit image, where
+    everything above the window's top is a saturated pixel set to a placeholder,
+    not a measurement: rules that judge a density (the gate's ceiling on blood,
+    :mod:`dicom_node.models.gating`) must not run on such values.
     """
 
     hu: np.ndarray
@@ -124,6 +130,7 @@ class CTVolume:
     gantry_tilt_deg: float = 0.0
     warnings: tuple[AssemblyWarning, ...] = ()
     excluded_sop_instance_uids: tuple[str, ...] = field(default=())
+    real_hu: bool = True
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:
@@ -146,13 +153,15 @@ class CTVolume:
         *,
         spacing_mm: tuple[float, float, float],
         affine: np.ndarray | None = None,
+        real_hu: bool = True,
     ) -> CTVolume:
-        """A volume without DICOM provenance: PNG training data, or tests."""
+        """A volume without DICOM provenance: PNG training data (``real_hu=False``), or tests."""
         return cls(
             hu=hu,
             spacing_mm=tuple(float(s) for s in spacing_mm),  # type: ignore[arg-type]
             affine=affine,
             source_sop_instance_uids=(None,) * hu.shape[0],
+            real_hu=real_hu,
         )
 
     @property

@@ -96,11 +96,18 @@ class SliceSet:
 
 @dataclass(frozen=True, eq=False)
 class PseudoVolume:
-    """A volume without DICOM provenance (PNG or NIfTI data), enough to measure lesions on."""
+    """A volume without DICOM provenance (PNG or NIfTI data), enough to measure lesions on.
+
+    ``real_hu``: True only for measured HU (NIfTI CT). PNG data hold pseudo-HU read
+    back from an 8-bit window, saturated pixels set to a placeholder, so no rule that
+    judges a density may run on them (see :class:`~dicom_node.imaging.volume.CTVolume`);
+    False by default, the safe side.
+    """
 
     hu: np.ndarray
     spacing_mm: tuple[float, float, float]
     affine: np.ndarray | None = None
+    real_hu: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -172,6 +172,7 @@ def kaggle_cases(dataset: KaggleHeadCT, split: str, spec: InputSpec) -> Iterator
             volume=PseudoVolume(
                 hu=pseudo_hu(brain)[None],
                 spacing_mm=nominal_spacing(prepared.transform, spec.margin_fraction),
+                real_hu=False,  # saturated white is a placeholder, not a density
             ),
             label=labels[image_id],
             truth=truth,

@@ -82,6 +82,7 @@ def nifti_cases(root: str | Path, names: Sequence[str] | None = None) -> Iterato
     for name, scan, mask in nifti_pairs(root):
         if names is None or name in names:
             hu, truth, spacing = read_nifti_case(scan, mask)
-            yield Case(key=name, volume=PseudoVolume(hu=hu, spacing_mm=spacing), label=int(truth.any()), truth=truth)
+            volume = PseudoVolume(hu=hu, spacing_mm=spacing, real_hu=True)  # NIfTI CT: measured HU
+            yield Case(key=name, volume=volume, label=int(truth.any()), truth=truth)
 
 

@@ -340,7 +340,8 @@ def phe_cases(root: str | Path, patients: Sequence[str] | None = None) -> Iterat
         stack = dataset.stack(patient)
         yield Case(
             key=patient,
-            volume=PseudoVolume(hu=stack.hu, spacing_mm=stack.spacing_mm),
+            # Pseudo-HU read back from an 8-bit window: no density rule may judge them.
+            volume=PseudoVolume(hu=stack.hu, spacing_mm=stack.spacing_mm, real_hu=False),
             label=int(stack.labels.any()),
             truth=stack.hematoma,
         )

@@ -64,7 +64,7 @@ def main() -> None:
     totals = {kind: dict(before=0, after=0, dropped=0, dropped_ml=0.0, in_box=0) for kind in models}
     for patient in patients:
         stack = read_stack(patient)
-        volume = CTVolume.from_array(grey_to_hu(stack), spacing_mm=(SLICE_MM, PIXEL_MM, PIXEL_MM))
+        volume = CTVolume.from_array(grey_to_hu(stack), spacing_mm=(SLICE_MM, PIXEL_MM, PIXEL_MM), real_hu=False)
         space = intracranial_space(volume)
         boxes = _boxes(patient, stack.shape)
         for kind, model in models.items():
