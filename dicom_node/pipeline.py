@@ -313,6 +313,7 @@ class Pipeline:
             "lesions": len(result.findings),
             "total_volume_ml": round(sum(f.volume_ml for f in result.findings), 2),
             "findings_outside_skull_dropped": result.gate.dropped if result.gate else None,
+            "findings_denser_than_blood_dropped": result.gate.dense if result.gate else None,
             "series_instance_uid": volume.series_instance_uid,
             "selection": head_reason,
             "slices": int(volume.hu.shape[0]),

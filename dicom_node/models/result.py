@@ -90,7 +90,8 @@ class GateReport:
     kept: int
     dropped: int  # mostly outside the skull
     clipped_voxels: int  # voxels of kept findings that lay outside
-    skull_found: bool = True  # False: no intracranial space found, nothing was gated
+    dense: int = 0  # denser than blood (median HU over the ceiling): contrast, calcification, bone
+    skull_found: bool = True  # False: no intracranial space found, nothing was clipped or dropped as outside
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,6 +1,9 @@
-"""The intracranial gate: findings outside the skull dropped, extra-axial bleeds on the inner table kept."""
+"""The intracranial gate: findings outside the skull dropped, extra-axial bleeds on the inner table kept,
+findings denser than blood (contrast, calcification) dropped on measured HU only."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,9 +11,10 @@ import pytest
 from dicom_node.imaging.anatomy import intracranial_space
 from dicom_node.imaging.volume import CTVolume
 from dicom_node.models.combine import DecidedModel, StudyDecision, combine
-from dicom_node.models.gating import GatedModel, GateParameters, gate_result
+from dicom_node.models.gating import GatedModel, GateParameters, _medians, gate_result
 from dicom_node.models.result import ModelKind, ModelResult, findings_from_labels
 from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
+from dicom_node.training.cases import PseudoVolume
 from tests.support.synthetic_ct import Anatomy, Lesion, SeriesSpec, anatomical_volume
 
 SPEC = SeriesSpec(n_slices=34, rows=256, columns=256, pixel_spacing_mm=(0.9, 0.9), anatomy=Anatomy())
@@ -32,9 +36,13 @@ def head() -> tuple[CTVolume, np.ndarray, dict[str, np.ndarray]]:
     # reaching 1 mm into the bone as a model's contour does.
     inner_x = 68.0 * np.sqrt(np.clip(1 - (yy / 85.0) ** 2 - (zz / 78.0) ** 2, 0, None))
     epidural = (xx > inner_x - 7.0) & (xx < inner_x + 1.0) & (np.abs(yy) < 25) & (np.abs(zz) < 15)
+    # A thicker one on the right, 3 mm into the bone (inside the 4 mm margin): about 30 % bone voxels.
+    deep = (xx < -inner_x + 7.0) & (xx > -inner_x - 3.0) & (np.abs(yy) < 25) & (np.abs(zz) < 15)
     blobs = {
         "brain": ball(-20.0, 10.0, 10.0, 10.0),
+        "clot": ball(25.0, -20.0, -5.0, 8.0),
         "epidural": epidural,
+        "epidural_deep": deep,
         "pharynx": ball(0.0, -15.0, -65.0, 9.0),  # in the neck, below the skull base
         "scalp": ball(0.0, -94.0, 20.0, 4.0),  # in front of the frontal bone
     }
@@ -179,8 +187,82 @@ def test_gated_model_runs_any_model_and_keeps_its_name():
     assert (largest & planted).sum() >= 0.5 * planted.sum()
 
 
+def _mimics(volume: CTVolume, truth: np.ndarray, blobs: dict[str, np.ndarray]) -> CTVolume:
+    """The head with contrast (200 HU) under "brain", a 70 HU clot under "clot" and under the
+    intracranial part of "epidural_deep" (its part in the inner table stays bone)."""
+    hu = volume.hu.copy()
+    hu[blobs["brain"]] = 200
+    hu[blobs["clot"]] = 70
+    hu[blobs["epidural_deep"] & truth] = 70
+    return replace(volume, hu=hu)
+
+
+def test_a_finding_denser_than_blood_is_dropped_and_blood_kept(head):
+    """Contrast dropped as dense; a clot kept, and an epidural clot whose contour takes in a rim of bone too."""
+    volume, truth, blobs = head
+    dense = _mimics(volume, truth, blobs)
+    deep = blobs["epidural_deep"]
+    assert dense.hu[deep].mean() > 100 > np.median(dense.hu[deep]), "the bone rim lifts the mean, not the median"
+    result = _result(dense, blobs, ModelKind.UNET, ["brain", "clot", "epidural_deep"])
+    gated = gate_result(result, dense, intracranial_space(volume))
+    assert gated.gate is not None
+    assert (gated.gate.kept, gated.gate.dropped, gated.gate.dense) == (2, 0, 1)
+    kept = gated.label_map != 0
+    assert not (kept & blobs["brain"]).any()
+    assert (kept & blobs["clot"]).sum() == blobs["clot"].sum()
+    assert (kept & deep & truth).sum() == (deep & truth).sum()
+    assert gated.positive and [f.label for f in gated.findings] == [1, 2]
+
+
+def test_only_contrast_left_makes_the_result_negative_and_the_model_logs_it(head, caplog):
+    volume, truth, blobs = head
+    dense = _mimics(volume, truth, blobs)
+    result = _result(dense, blobs, ModelKind.MASKRCNN, ["brain"])
+    with caplog.at_level("INFO", logger="dicom_node.models.gating"):
+        gated = GatedModel(_Fixed(result)).predict(dense)
+    assert gated.findings == () and gated.study_probability == 0.0 and not gated.positive
+    assert gated.gate.dense == 1 and gated.gate.dropped == 0
+    assert "1 dropped as denser than blood" in caplog.text
+
+
+def test_the_density_rule_never_judges_pseudo_hu_and_can_be_turned_off(head):
+    """PNG data carry pseudo-HU (saturated white is a placeholder): the rule must not fire on them."""
+    volume, truth, blobs = head
+    dense = _mimics(volume, truth, blobs)
+    space = intracranial_space(volume)
+    for pseudo in (replace(dense, real_hu=False), PseudoVolume(hu=dense.hu, spacing_mm=dense.spacing_mm)):
+        result = _result(pseudo, blobs, ModelKind.UNET, ["brain", "clot"])  # type: ignore[arg-type]
+        gated = gate_result(result, pseudo, space)  # type: ignore[arg-type]
+        assert (gated.gate.kept, gated.gate.dense) == (2, 0)
+    off = gate_result(_result(dense, blobs, ModelKind.UNET, ["brain"]), dense, space, GateParameters(max_blood_hu=None))
+    assert (off.gate.kept, off.gate.dense) == (1, 0)
+
+
+def test_the_density_rule_applies_where_no_skull_is_found(head):
+    volume, _, blobs = head
+    hu = np.full(volume.hu.shape, 40, dtype=np.int16)
+    hu[blobs["brain"]] = 400  # a calcification in a skull-less image
+    blank = CTVolume.from_array(hu, spacing_mm=volume.spacing_mm)
+    gated = gate_result(_result(blank, blobs, ModelKind.UNET, ["brain", "clot"]), blank, intracranial_space(blank))
+    assert gated.gate.skull_found is False
+    assert (gated.gate.kept, gated.gate.dense) == (1, 1)
+    assert (gated.label_map != 0).sum() == blobs["clot"].sum()
+
+
+def test_per_label_medians_match_numpys():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(1, 5, 101)
+    labels[labels == 3] = 4  # label 3 absent: no median
+    values = rng.normal(60.0, 40.0, labels.size).astype(np.float32)
+    medians = _medians(values, labels, 6)
+    expected = [np.median(values[labels == i]) if (labels == i).any() else np.nan for i in range(6)]
+    np.testing.assert_allclose(medians, expected, rtol=1e-6)
+
+
 def test_gate_parameters_are_checked():
     with pytest.raises(ValueError, match="margin_mm"):
         GateParameters(margin_mm=-1)
     with pytest.raises(ValueError, match="min_inside_fraction"):
         GateParameters(min_inside_fraction=0)
+    with pytest.raises(ValueError, match="max_blood_hu"):
+        GateParameters(max_blood_hu=float("nan"))
