@@ -56,6 +56,15 @@ class Anatomy:
     and a craniectomy (``craniectomy_deg`` of the ring missing on the patient's
     right over ``craniectomy_z_mm``, scalp lying on the brain).
 
+    The hyperdense mimics of blood, both off by default (None): ``venous_sinus_hu``,
+    the dural venous sinuses of a contrast-enhanced CT (about 180 HU: the superior
+    sagittal sinus, a 6 mm tube along the midline under the inner table from the
+    forehead over the vertex to the torcular, and the transverse sinuses from there
+    along the posterior inner table), each with a 1 mm partial-volume rim halfway
+    between it and the brain; ``calcification_hu``, physiological calcifications
+    (about 300-600 HU: the pineal gland near the centre, the choroid plexus glomera
+    in the posterior horns), small balls without a rim.
+
     ``body="chest"``: a wide thorax (lungs, ribs, spine, sternum): no skull ring.
 
     The intracranial space is known exactly: inside the inner table, above the
@@ -69,6 +78,8 @@ class Anatomy:
     opening_width_mm: float = 20.0
     craniectomy_deg: float = 0.0
     craniectomy_z_mm: tuple[float, float] = (0.0, 60.0)
+    venous_sinus_hu: float | None = None
+    calcification_hu: float | None = None
 
 
 @dataclass
@@ -203,6 +214,11 @@ _INNER_TABLE = (68.0, 85.0, 78.0)
 _FLOOR_MM = 7.0
 _FORAMEN = (0.0, 30.0, 15.0)  # centre x, y and radius, mm
 _CORD_RADIUS_MM = 9.0
+#: Radius of the enhanced venous sinuses, and the torcular's height above the skull base.
+_SINUS_RADIUS_MM = 3.0
+_TORCULAR_ABOVE_BASE_MM = 15.0
+#: Calcifications (x, y, z, radius in mm; +y is posterior): the pineal gland, the two choroid plexus glomera.
+_CALCIFICATIONS = ((0.0, 12.0, 0.0, 3.0), (-24.0, 32.0, 6.0, 2.5), (24.0, 32.0, 6.0, 2.5))
 
 
 def _ellipse(px: np.ndarray, py: np.ndarray, pz: np.ndarray, semi: tuple[float, float, float]) -> np.ndarray:
@@ -234,6 +250,12 @@ def _head_plane(anatomy: Anatomy, px: np.ndarray, py: np.ndarray, pz: np.ndarray
         plane[defect] = 30
     intracranial = inner & above
     plane[intracranial] = 35
+    if anatomy.venous_sinus_hu is not None:
+        _enhance_sinuses(plane, intracranial, (px, py, pz), anatomy.venous_sinus_hu, base)
+    if anatomy.calcification_hu is not None:
+        for cx, cy, cz, radius in _CALCIFICATIONS:
+            ball = (px - cx) ** 2 + (py - cy) ** 2 + (pz - cz) ** 2 <= radius**2
+            plane[intracranial & ball] = int(round(anatomy.calcification_hu))
     floor = (pz <= base) & (pz > base - _FLOOR_MM) & _ellipse(px, py, np.full_like(pz, base), _OUTER_TABLE)
     plane[floor] = 1000
     fx, fy, fr = _FORAMEN
@@ -244,6 +266,43 @@ def _head_plane(anatomy: Anatomy, px: np.ndarray, py: np.ndarray, pz: np.ndarray
     plane[neck & _disc(px, py, fx, fy, 16.0)] = 1000
     plane[(neck | floor) & _disc(px, py, fx, fy, _CORD_RADIUS_MM)] = 35
     return plane, intracranial
+
+
+def _depth_under_inner_table(px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> np.ndarray:
+    """Distance (mm) inward from the inner table, along the ray from the head centre.
+
+    Along the ray the inner table lies at ``|p| / rho`` (``rho``: the point's
+    ellipsoidal radius, 1 on the table), so the depth is ``|p| (1 - rho) / rho``;
+    close to the normal distance on a head this round.
+    """
+    rho = np.sqrt((px / _INNER_TABLE[0]) ** 2 + (py / _INNER_TABLE[1]) ** 2 + (pz / _INNER_TABLE[2]) ** 2)
+    return np.sqrt(px**2 + py**2 + pz**2) * (1.0 - rho) / np.maximum(rho, 1e-6)
+
+
+def _enhance_sinuses(
+    plane: np.ndarray,
+    intracranial: np.ndarray,
+    coordinates: tuple[np.ndarray, np.ndarray, np.ndarray],
+    hu: float,
+    base: float,
+) -> None:
+    """Write the contrast-filled sinuses into ``plane``, in place (see :class:`Anatomy`).
+
+    Both are tubes of :data:`_SINUS_RADIUS_MM` whose axis runs just under the inner
+    table: the superior sagittal one in the midline plane, from the forehead (z > 0
+    at the front) over the vertex down to the torcular behind; the transverse ones
+    in the torcular's axial plane, along the posterior half of the table.
+    """
+    px, py, pz = coordinates
+    depth = _depth_under_inner_table(px, py, pz) - (_SINUS_RADIUS_MM + 0.5)
+    torcular_z = base + _TORCULAR_ABOVE_BASE_MM
+    sagittal = np.sqrt(px**2 + depth**2)
+    sagittal = np.where((pz > torcular_z) & ((py > 0) | (pz > 0)), sagittal, np.inf)
+    transverse = np.sqrt((pz - torcular_z) ** 2 + depth**2)
+    transverse = np.where(py > 0, transverse, np.inf)
+    distance = np.minimum(sagittal, transverse)
+    plane[intracranial & (distance <= _SINUS_RADIUS_MM + 1.0)] = int(round((hu + 35.0) / 2.0))
+    plane[intracranial & (distance <= _SINUS_RADIUS_MM)] = int(round(hu))
 
 
 def _chest_plane(px: np.ndarray, py: np.ndarray) -> np.ndarray:

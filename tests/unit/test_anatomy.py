@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from dicom_node.imaging.anatomy import (
     AnatomyParameters,
@@ -49,6 +50,7 @@ def _below_skull_base(spec: SeriesSpec) -> np.ndarray:
                       "pixel_spacing_mm": (1.2, 1.2)}, id="0.625mm"),
         pytest.param({"slice_thickness_mm": 2.5, "n_slices": 68}, id="2.5mm"),
         pytest.param({"anatomy": Anatomy(base_opening_mm=25.0, opening_width_mm=30.0)}, id="wide-skull-base-opening"),
+        pytest.param({"anatomy": Anatomy(venous_sinus_hu=180.0, calcification_hu=600.0)}, id="contrast-calcified"),
     ],
 )
 def test_mask_matches_the_inside_of_the_skull_and_leaves_the_neck_out(overrides):
@@ -58,6 +60,25 @@ def test_mask_matches_the_inside_of_the_skull_and_leaves_the_neck_out(overrides)
     assert not mask[_below_skull_base(spec)].any(), "the neck, pharynx and cord are outside the skull"
     assert head_from_image(volume).is_head
     assert (mask & ~truth).sum() <= 0.01 * truth.sum()
+
+
+def test_the_phantoms_hyperdense_mimics_lie_inside_the_skull_and_are_off_by_default():
+    """Enhanced sinuses and calcifications change only intracranial voxels, and only when asked for."""
+    _, plain, truth = _phantom()
+    _, mimics, mimics_truth = _phantom(anatomy=Anatomy(venous_sinus_hu=180.0, calcification_hu=400.0))
+    np.testing.assert_array_equal(mimics_truth, truth)
+    changed = mimics.hu != plain.hu
+    assert changed.any() and not (changed & ~truth).any()
+    assert plain.hu[truth].max() < 100, "by default nothing inside the skull is denser than blood"
+    voxel_ml = float(np.prod(plain.spacing_mm)) / 1000.0
+    sinus = truth & (np.abs(mimics.hu.astype(np.int32) - 180) <= 20)
+    # Superior sagittal (about 250 mm) and transverse (about 2 x 100 mm) tubes of 3 mm radius: about 13 mL.
+    assert 8.0 <= sinus.sum() * voxel_ml <= 18.0
+    x = (np.arange(plain.hu.shape[2]) - (plain.hu.shape[2] - 1) / 2.0) * plain.spacing_mm[2]
+    top = int(np.flatnonzero(truth.any(axis=(1, 2)))[-1]) - 1  # near the vertex only the sagittal one
+    assert np.abs(x[np.nonzero(sinus[top])[1]]).max() <= 3.5, "over the vertex the sinus is in the midline"
+    _, count = ndimage.label(truth & (mimics.hu >= 300))
+    assert count == 3, "the pineal gland and the two choroid plexus glomera"
 
 
 def test_gantry_tilt():

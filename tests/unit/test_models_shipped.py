@@ -53,9 +53,11 @@ def test_the_default_unet_is_the_25d_whole_stack_one():
     assert card.input.context_slices == 1
 
 
-def _phantom(lesions: list[Lesion]):  # type: ignore[no-untyped-def]
-    """A 2.5 mm phantom head from neck to vertex, with skull base, and the given bleeds."""
-    spec = SeriesSpec(n_slices=72, slice_thickness_mm=2.5, anatomy=Anatomy(head_centre_z_mm=20.0), lesions=lesions)
+def _phantom(lesions: list[Lesion], **anatomy: float):  # type: ignore[no-untyped-def]
+    """A 2.5 mm phantom head from neck to vertex, with skull base, the given bleeds and ``Anatomy`` options."""
+    spec = SeriesSpec(
+        n_slices=72, slice_thickness_mm=2.5, anatomy=Anatomy(head_centre_z_mm=20.0, **anatomy), lesions=lesions
+    )
     return assemble_volume(series_datasets(spec), series_instance_uid=spec.series_instance_uid)
 
 
@@ -80,6 +82,33 @@ def test_the_default_models_find_a_planted_bleed_and_nothing_on_a_clean_head(mod
     assert finding.centroid_patient_mm is not None
     assert math.dist(finding.centroid_patient_mm, bleed.center_mm) < bleed.radius_mm / 2
     assert negative.findings == ()
+
+
+def test_the_default_model_reports_no_enhanced_sinus_or_calcification_and_finds_the_bleed_among_them():
+    """Issue #13: on a contrast-enhanced CT, the dural venous sinuses (about 180 HU) and the
+    calcifications (about 400 HU) are as white as blood in the brain window the networks read.
+
+    The shipped default, built as the worker builds it: without a bleed the study is negative with
+    no finding; with one, exactly the bleed is found. Measured before the gate's density rule:
+    the U-Net marks the superior sagittal sinus at the vertex (0.31 mL, median 179 HU), which made
+    the study positive; the gate now drops it as denser than blood, which ``gate.dense`` shows.
+    """
+    predictor = load_configured_model(AnalysisSettings(device="cpu")).model
+    mimics = {"venous_sinus_hu": 180.0, "calcification_hu": 400.0}
+    bleed = Lesion(center_mm=(20.0, 10.0, 30.0), radius_mm=10.0)
+
+    negative = predictor.predict(_phantom([], **mimics))
+    positive = predictor.predict(_phantom([bleed], **mimics))
+
+    assert negative.findings == () and not negative.positive
+    assert negative.gate is not None and negative.gate.dense >= 1, (
+        "the default model no longer marks the enhanced sinus: this test no longer exercises the density rule"
+    )
+    assert positive.positive and len(positive.findings) == 1, positive.findings
+    finding = positive.findings[0]
+    assert finding.centroid_patient_mm is not None
+    assert math.dist(finding.centroid_patient_mm, bleed.center_mm) < bleed.radius_mm / 2
+    assert finding.mean_hu == pytest.approx(bleed.hu, abs=10)
 
 
 #: Shipped folders and their kinds: the default of each kind (the U-Net's is ``unet-25d``),
