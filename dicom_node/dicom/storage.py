@@ -103,6 +103,11 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    """fsync a file's data: its own name, so a profile tells it from a directory's fsync."""
+    _fsync_path(path)
+
+
 def _replace_durably(staged: Path, final: Path) -> None:
     """fsync ``staged``, rename it over ``final``, fsync the directory.
 
@@ -110,7 +115,7 @@ def _replace_durably(staged: Path, final: Path) -> None:
     renaming data that is not yet durable over it could leave, after a crash, neither the
     old copy nor a whole new one.
     """
-    _fsync_path(staged)
+    _fsync_file(staged)
     os.replace(staged, final)
     _fsync_path(final.parent)
 
@@ -134,7 +139,7 @@ def _link_durably(staged: Path, final: Path) -> bool:
     except FileExistsError:
         return False
     try:
-        _fsync_path(staged)
+        _fsync_file(staged)
         _fsync_path(final.parent)
     except OSError:
         _unlink_if_same(final, staged)
