@@ -187,13 +187,19 @@ def _store_with_series_dir(tmp_path: Path) -> InstanceStore:
 RELATIVE = instance_path("1.2", "1.2.3", "1.2.3.4")
 
 
+def _incoming(tmp_path: Path, data: bytes) -> Path:
+    """A received file, as pynetdicom leaves it on the storage file system."""
+    source = tmp_path / "incoming.dcm"
+    source.write_bytes(data)
+    return source
+
+
 def test_a_new_name_is_linked_before_its_data_and_directory_are_fsynced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On ext4 the file's fsync then also commits the new entry (one journal commit, not two)."""
     store = _store_with_series_dir(tmp_path)
-    source = tmp_path / "incoming.dcm"
-    source.write_bytes(b"DICM-new")
+    source = _incoming(tmp_path, b"DICM-new")
     calls = _record_syncs(monkeypatch)
     assert store.publish_new(source, RELATIVE) == 8
     assert calls == ["link", "fsync file", "fsync dir"]
@@ -206,8 +212,7 @@ def test_a_replacement_is_fsynced_before_it_is_renamed_over_the_old_file(
     """The old file may be recorded: data that is not durable must never replace it."""
     store = _store_with_series_dir(tmp_path)
     store.absolute(RELATIVE).write_bytes(b"DICM-old")
-    source = tmp_path / "incoming.dcm"
-    source.write_bytes(b"DICM-newer")
+    source = _incoming(tmp_path, b"DICM-newer")
     calls = _record_syncs(monkeypatch)
     assert store.publish(source, RELATIVE) == 10
     assert calls == ["fsync file", "replace", "fsync dir"]
@@ -217,8 +222,7 @@ def test_a_replacement_is_fsynced_before_it_is_renamed_over_the_old_file(
 def test_publish_new_keeps_a_taken_name_and_the_source(tmp_path: Path) -> None:
     store = _store_with_series_dir(tmp_path)
     store.absolute(RELATIVE).write_bytes(b"DICM-first")
-    source = tmp_path / "incoming.dcm"
-    source.write_bytes(b"DICM-second")
+    source = _incoming(tmp_path, b"DICM-second")
     assert store.publish_new(source, RELATIVE) is None
     assert store.absolute(RELATIVE).read_bytes() == b"DICM-first" and source.read_bytes() == b"DICM-second"
 
@@ -229,8 +233,7 @@ def test_a_failed_fsync_of_a_new_name_leaves_no_file_under_it(
 ) -> None:
     """The name was linked before the fsync: it is taken back, the caller answers a failure."""
     store = _store_with_series_dir(tmp_path)
-    source = tmp_path / "incoming.dcm"
-    source.write_bytes(b"DICM-new")
+    source = _incoming(tmp_path, b"DICM-new")
     calls = _record_syncs(monkeypatch)
     recording_fsync = os.fsync
 
@@ -251,8 +254,7 @@ def test_a_failed_fsync_keeps_a_file_another_writer_put_under_the_name_meanwhile
 ) -> None:
     """A concurrent resend may replace our link before our fsync fails: its file is not ours to remove."""
     store = _store_with_series_dir(tmp_path)
-    source = tmp_path / "incoming.dcm"
-    source.write_bytes(b"DICM-ours")
+    source = _incoming(tmp_path, b"DICM-ours")
     theirs = tmp_path / "theirs.dcm"
     theirs.write_bytes(b"DICM-theirs")
     real_fsync = os.fsync
