@@ -3,9 +3,11 @@
 Layout: ``<root>/<study uid>/<series uid>/<sop instance uid>.dcm``. Paths are built
 only from UIDs, never from patient data. A UID that is not a plain dotted-number string
 (``../../x``, spaces, over-long values) is replaced by a hash, so no value a sender
-controls can name a path outside the root. Files become visible only by an atomic
-rename after ``fsync``; a crash leaves either the old file, the new file or nothing,
-and stray temporary files are swept from ``.incoming`` at start-up and every hour.
+controls can name a path outside the root. A file replaces another only by an atomic
+rename after ``fsync``, so a crash leaves either the old file or the new one; a new name
+is linked before its data is fsynced (:func:`_link_durably`), so a crash can leave a file
+there that no row points at, which a resend replaces. Stray temporary files are swept from
+``.incoming`` at start-up and every hour.
 
 Several processes, on several hosts, may share one root. Each names its temporary files
 after its host, pid namespace and pid, and a starting process sweeps only what a dead process of
@@ -99,6 +101,61 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    """fsync a file's data: its own name, so a profile tells it from a directory's fsync."""
+    _fsync_path(path)
+
+
+def _replace_durably(staged: Path, final: Path) -> None:
+    """fsync ``staged``, rename it over ``final``, fsync the directory.
+
+    The data is made durable before the rename because ``final`` may be a recorded file:
+    renaming data that is not yet durable over it could leave, after a crash, neither the
+    old copy nor a whole new one.
+    """
+    _fsync_file(staged)
+    os.replace(staged, final)
+    _fsync_path(final.parent)
+
+
+def _link_durably(staged: Path, final: Path) -> bool:
+    """Give ``staged`` the new name ``final``, make its data and the new entry durable, drop
+    the name ``staged``; False if ``final`` is taken (link() never replaces: the first copy
+    of an instance is kept).
+
+    Linked first, fsynced after: on ext4 the file's fsync then commits the journal
+    transaction that also holds the new directory entry, so the directory's fsync that
+    follows has nothing left to commit (one journal commit per instance instead of two);
+    it stays for file systems that do not commit an entry with its file. A crash in between
+    can leave ``final`` with incomplete data, but no row points at it (the row is committed
+    after both fsyncs) and a resend replaces such a file
+    (:meth:`dicom_node.ingest.scp.StorageSCP._store`). When an fsync fails ``final`` is
+    removed again, unless another writer has replaced it meanwhile.
+    """
+    try:
+        os.link(staged, final)
+    except FileExistsError:
+        return False
+    try:
+        _fsync_file(staged)
+        _fsync_path(final.parent)
+    except OSError:
+        _unlink_if_same(final, staged)
+        raise
+    os.unlink(staged)
+    return True
+
+
+def _unlink_if_same(path: Path, twin: Path) -> None:
+    """Remove ``path`` if it is still the file ``twin`` names (our link, not a file another
+    writer put there since); errors are ignored, the caller is already failing."""
+    try:
+        if os.path.samefile(path, twin):
+            path.unlink()
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -224,17 +281,15 @@ class InstanceStore:
             _fsync_path(path.parent)
 
     def _stage(self, source: Path) -> Path:
-        """``source`` itself when it is on our file system, else a copy in ``.incoming``; fsynced.
+        """``source`` itself when it is on our file system, else a copy in ``.incoming``; not yet fsynced.
 
         pynetdicom writes each received data set to a temporary file; when that is on
         the storage file system we rename it into place instead of copying 0.5 MB again.
         """
         if source.stat().st_dev == self.root.stat().st_dev:
-            staged = source
-        else:
-            staged = self.incoming / _temporary_name(".part")
-            shutil.copyfile(source, staged)
-        _fsync_path(staged)
+            return source
+        staged = self.incoming / _temporary_name(".part")
+        shutil.copyfile(source, staged)
         return staged
 
     def _publish(self, source: Path, relative: PurePosixPath, *, overwrite: bool) -> int | None:
@@ -245,16 +300,10 @@ class InstanceStore:
             size = staged.stat().st_size
             self._make_dirs(final.parent)
             if overwrite:
-                os.replace(staged, final)
-            else:
-                try:
-                    # link() refuses to replace: the first copy of an instance is kept.
-                    os.link(staged, final)
-                except FileExistsError:
-                    return None
-                os.unlink(staged)
+                _replace_durably(staged, final)
+            elif not _link_durably(staged, final):
+                return None
             staged = None
-            _fsync_path(final.parent)
             return size
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -33,7 +33,7 @@ from pathlib import Path
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("worker: scheduler, ticks, jobs", ("apscheduler", "scheduler.py", "pipeline.py", "torch", "dicom_node/models/")),
     ("our parse and checks", ("ingest/instance.py",)),
-    ("file fsync", ("InstanceStore._stage",)),  # the received file's fsync (a copy first if on another file system)
+    ("file fsync", ("InstanceStore._stage", "_fsync_file")),  # the received file's fsync (and its copy if on another file system)
     ("directory fsync", ("_fsync_path",)),  # the rest are directories': after the link, and mkdir's parents
     ("file publish (stat, link, rename, mkdir)", ("dicom/storage.py",)),
     ("db commit", ("commit (", "_commit_impl", "do_commit")),

@@ -14,6 +14,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import func, select
 
 from dicom_node.db.models import Instance, Series, Study
+from dicom_node.dicom.storage import instance_path
 from dicom_node.metrics import Metrics
 from dicom_node.ingest.scp import (
     CANNOT_UNDERSTAND,
@@ -250,6 +251,24 @@ def test_duplicate_keep_first_keeps_one_copy(node: RunningNode, one_slice: Path,
     [stored] = node.stored_files()
     assert dataset_bytes(stored) == dataset_bytes(one_slice)
     assert _counts(node)[2] == 1
+
+
+def test_a_file_left_without_a_row_is_replaced_by_the_resend(node: RunningNode, one_slice: Path) -> None:
+    """A crash after the link but before the data was durable leaves a final-named file that
+    is incomplete and has no row (keep_first links a new name before fsyncing it): the
+    sender got no success and resends, and the resend must replace that file, not be
+    answered 'duplicate' and leave it there."""
+    ds = dcmread(one_slice, stop_before_pixels=True)
+    leftover = node.store.absolute(
+        instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    )
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"\x00" * 100)  # a crash before the data reached the disk
+    [status] = store_files(node.port, [one_slice])
+    assert status_code(status) == SUCCESS
+    assert node.stored_files() == [leftover]
+    assert dataset_bytes(leftover) == dataset_bytes(one_slice)
+    assert _counts(node) == (1, 1, 1)
 
 
 def test_duplicate_overwrite_replaces_the_copy(tmp_path: Path, one_slice: Path) -> None:

@@ -12,10 +12,10 @@ _HANDLER = "StorageSCP.on_store (dicom_node/ingest/scp.py:300);StorageSCP._store
 @pytest.mark.parametrize(
     ("leaf", "category"),
     [
-        ("InstanceStore._publish (dicom_node/dicom/storage.py:240);InstanceStore._stage (dicom_node/dicom/storage.py:222);"
-         "_fsync_path (dicom_node/dicom/storage.py:105)", "file fsync"),
-        ("InstanceStore._publish (dicom_node/dicom/storage.py:254);_fsync_path (dicom_node/dicom/storage.py:105)",
-         "directory fsync"),
+        ("InstanceStore._publish (dicom_node/dicom/storage.py:299);_link_durably (dicom_node/dicom/storage.py:140);"
+         "_fsync_file (dicom_node/dicom/storage.py:109);_fsync_path (dicom_node/dicom/storage.py:101)", "file fsync"),
+        ("InstanceStore._publish (dicom_node/dicom/storage.py:299);_link_durably (dicom_node/dicom/storage.py:141);"
+         "_fsync_path (dicom_node/dicom/storage.py:101)", "directory fsync"),
         ("InstanceStore._publish (dicom_node/dicom/storage.py:247)", "file publish (stat, link, rename, mkdir)"),
     ],
     ids=["the received file", "its directory", "the link"],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -149,3 +151,120 @@ def test_the_guard_s_flag_and_words_come_from_one_reading(tmp_path: Path, monkey
     assert state.refusing and state.text() == "99 MiB free, guard 100 MiB: refusing C-STORE (A700)"
     state = store.guard_state()
     assert not state.refusing and state.text().endswith(": ok")
+
+
+def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record, in order, the link, rename and fsync calls storage makes (fsync: of a file or a directory)."""
+    calls: list[str] = []
+    real_fsync, real_link, real_replace = os.fsync, os.link, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def link(src: object, dst: object) -> None:
+        calls.append("link")
+        real_link(src, dst)  # type: ignore[arg-type]
+
+    def replace(src: object, dst: object) -> None:
+        calls.append("replace")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def _store_with_series_dir(tmp_path: Path) -> InstanceStore:
+    """A prepared store whose series directory exists, so publishing makes no directories."""
+    store = InstanceStore(tmp_path / "root", 0)
+    store.prepare()
+    store.absolute(RELATIVE).parent.mkdir(parents=True)
+    return store
+
+
+RELATIVE = instance_path("1.2", "1.2.3", "1.2.3.4")
+
+
+def _incoming(tmp_path: Path, data: bytes) -> Path:
+    """A received file, as pynetdicom leaves it on the storage file system."""
+    source = tmp_path / "incoming.dcm"
+    source.write_bytes(data)
+    return source
+
+
+def test_a_new_name_is_linked_before_its_data_and_directory_are_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On ext4 the file's fsync then also commits the new entry (one journal commit, not two)."""
+    store = _store_with_series_dir(tmp_path)
+    source = _incoming(tmp_path, b"DICM-new")
+    calls = _record_syncs(monkeypatch)
+    assert store.publish_new(source, RELATIVE) == 8
+    assert calls == ["link", "fsync file", "fsync dir"]
+    assert store.absolute(RELATIVE).read_bytes() == b"DICM-new" and not source.exists()
+
+
+def test_a_replacement_is_fsynced_before_it_is_renamed_over_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old file may be recorded: data that is not durable must never replace it."""
+    store = _store_with_series_dir(tmp_path)
+    store.absolute(RELATIVE).write_bytes(b"DICM-old")
+    source = _incoming(tmp_path, b"DICM-newer")
+    calls = _record_syncs(monkeypatch)
+    assert store.publish(source, RELATIVE) == 10
+    assert calls == ["fsync file", "replace", "fsync dir"]
+    assert store.absolute(RELATIVE).read_bytes() == b"DICM-newer"
+
+
+def test_publish_new_keeps_a_taken_name_and_the_source(tmp_path: Path) -> None:
+    store = _store_with_series_dir(tmp_path)
+    store.absolute(RELATIVE).write_bytes(b"DICM-first")
+    source = _incoming(tmp_path, b"DICM-second")
+    assert store.publish_new(source, RELATIVE) is None
+    assert store.absolute(RELATIVE).read_bytes() == b"DICM-first" and source.read_bytes() == b"DICM-second"
+
+
+@pytest.mark.parametrize("failing", ["fsync file", "fsync dir"])
+def test_a_failed_fsync_of_a_new_name_leaves_no_file_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The name was linked before the fsync: it is taken back, the caller answers a failure."""
+    store = _store_with_series_dir(tmp_path)
+    source = _incoming(tmp_path, b"DICM-new")
+    calls = _record_syncs(monkeypatch)
+    recording_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        recording_fsync(fd)
+        if calls[-1] == failing:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(StorageError, match="Input/output error"):
+        store.publish_new(source, RELATIVE)
+    assert not store.absolute(RELATIVE).exists()
+    assert list(store.incoming.iterdir()) == []
+
+
+def test_a_failed_fsync_keeps_a_file_another_writer_put_under_the_name_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A concurrent resend may replace our link before our fsync fails: its file is not ours to remove."""
+    store = _store_with_series_dir(tmp_path)
+    source = _incoming(tmp_path, b"DICM-ours")
+    theirs = tmp_path / "theirs.dcm"
+    theirs.write_bytes(b"DICM-theirs")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        os.replace(theirs, store.absolute(RELATIVE))
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(StorageError):
+        store.publish_new(source, RELATIVE)
+    assert store.absolute(RELATIVE).read_bytes() == b"DICM-theirs"
