@@ -21,7 +21,7 @@ from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 
 from dicom_node.dicom.dimse import encode_file_meta, encode_store_response
-from dicom_node.ingest.reactor import PromptDIMSE, make_prompt, spooling_message
+from dicom_node.ingest.reactor import STANDARD_LOG_HANDLERS, PromptDIMSE, make_prompt, spooling_message
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -49,6 +49,8 @@ class _Recorder:
 
 def _sent_by(provider_class: type[DIMSEServiceProvider], primitive: Any, max_pdu: int = 16384) -> list[list[tuple[int, bytes]]]:
     assoc = Association(AE(), MODE_ACCEPTOR)
+    for event, handler in STANDARD_LOG_HANDLERS:  # bound by default; PromptDIMSE leaves to pynetdicom while they are
+        assoc.unbind(event, handler)
     assoc.requestor.maximum_length = max_pdu
     recorder = _Recorder()
     assoc.dimse.__class__ = provider_class
