@@ -36,6 +36,9 @@ those lines anyway (:func:`quiet_standard_logging`; the node sets it to WARNING)
 packed directly (:class:`PromptDIMSE`, :mod:`dicom_node.dicom.dimse`) instead of through a
 pydicom Dataset encoded twice: about 0.3 ms less per instance, the same bytes. The File Meta
 Information at the head of each spooled data set is packed the same way (:class:`SpoolingMessage`).
+And that response is written to the socket by the association thread itself when it is safe
+(:meth:`PromptDUL.send_at_once`), instead of queued for the DUL thread to wake, run its state
+machine and write: one hand-off between threads less per instance.
 
 Private pynetdicom names this relies on (read in pynetdicom 3.0.4): ``RequestHandler.
 _create_association``, ``Association._run_reactor`` / ``_kill`` / ``_is_paused`` /
@@ -44,7 +47,12 @@ _create_association``, ``Association._run_reactor`` / ``_kill`` / ``_is_paused``
 standard logging handlers ``Association._bind_defaults`` binds), ``DIMSEServiceProvider.send_msg``
 (what :class:`PromptDIMSE` does instead, for a plain C-STORE response), ``DIMSEServiceProvider.
 receive_primitive`` (creates a message only when none is pending) and ``DIMSEMessage.decode_msg``
-(which :class:`SpoolingMessage` repeats, writing the File Meta Information itself). tests/unit/test_reactor.py pins the source
+(which :class:`SpoolingMessage` repeats, writing the File Meta Information itself), and for
+:meth:`PromptDUL.send_at_once`: ``StateMachine.do_action`` (wrapped by :class:`LockedStateMachine`)
+and ``.dul``, ``fsm.DT_1`` (what the DUL thread does for a P-DATA in Sta6), ``DULServiceProvider.
+_send`` (fires ``EVT_PDU_SENT``), ``AssociationSocket.send`` (used as is: fires ``EVT_DATA_SENT``,
+queues Evt17 when the write fails) and the DUL's ``event_queue``, ``to_provider_queue`` and
+``state_machine.current_state``. tests/unit/test_reactor.py pins the source
 of every pynetdicom function involved, so an upgrade that changes one fails loudly there
 and this module is re-read before it is trusted again.
 """
@@ -77,10 +85,12 @@ from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, decode
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from dicom_node.dicom.dimse import encode_file_meta, encode_store_response
+from dicom_node.dicom.pdu import encode_command_pdu
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +99,9 @@ logger = logging.getLogger(__name__)
 WAIT_S = 0.05
 #: pynetdicom's state "association established, data transfer".
 ESTABLISHED = "Sta6"
+#: What pynetdicom fires as its DUL thread writes a P-DATA: with a handler bound to any, the
+#: association thread leaves the writing to it (:meth:`PromptDUL.send_at_once`).
+SENDING_EVENTS = (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_FSM_TRANSITION)
 
 
 class SignallingQueue(queue.Queue[Any]):
@@ -139,9 +152,69 @@ class WakeUp:
 
 
 class PromptDUL(DULServiceProvider):
-    """The DUL thread, blocking in ``select()`` while established instead of sleeping 1 ms a turn."""
+    """The DUL thread, blocking in ``select()`` while established instead of sleeping 1 ms a turn.
+
+    It also lets the association thread write a P-DATA-TF itself (:meth:`send_at_once`).
+    """
 
     wake: WakeUp
+    #: Held by whoever writes to the socket: the DUL thread for each state machine action
+    #: (:class:`LockedStateMachine`), the association thread in :meth:`send_at_once`.
+    send_lock: threading.Lock
+
+    def send_at_once(self, pdu: bytes) -> bool:
+        """Write ``pdu``, an encoded P-DATA-TF, from the calling thread if that is safe; else False.
+
+        Why: pynetdicom's way (``send_pdu``) queues a P-DATA primitive and wakes the DUL thread,
+        which leaves ``select()``, runs the state machine (Sta6 + Evt9, DT-1, Sta6), encodes the
+        PDU and writes it. A sender waits for our response before its next instance, so that
+        hand-off from thread to thread is on the path of every instance received.
+
+        Safe, checked under :attr:`send_lock` (which the DUL thread holds through every state
+        machine action, so none is half done): pynetdicom's plain TCP socket (not TLS: an
+        OpenSSL object must not be written by one thread while another reads it), established
+        (Sta6, where DT-1 does nothing but write), nothing queued for or by the DUL thread
+        (the PDU keeps its place after everything sent before it, and no event pending could
+        change the state first), the DUL thread alive, and nobody bound to the events the DUL
+        thread's way fires (``EVT_PDU_SENT`` with pynetdicom's PDU object, ``EVT_FSM_TRANSITION``
+        for DT-1, ``EVT_DATA_SENT``, whose handlers expect to run on the DUL thread and would
+        here run holding the lock). The lock is only tried: when the DUL thread holds it, the
+        PDU is queued the usual way, behind whatever it is doing.
+
+        The write is pynetdicom's own ``AssociationSocket.send``: when it fails it queues Evt17
+        (transport closed) for the state machine, as when the DUL thread's write fails (and
+        swallows the exception, as there); the DUL thread is woken to act on
+        it (AA-4: the association is aborted, the sender sees the connection drop). Timers are
+        untouched, as by DT-1: the idle timer restarts only when a PDU is received, and ARTIM
+        does not run in Sta6. As with the DUL thread's write, a peer that stops reading blocks
+        the writer (here the association thread) once the socket's buffers are full. One write
+        of pynetdicom's does not take the lock: the A-ABORT its DUL loop sends when an action
+        raises, after which the association is over anyway.
+        """
+        if self._observed_sending() or not self.send_lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._may_send_at_once():
+                return False
+            self.socket.send(pdu)  # type: ignore[union-attr]
+        finally:
+            self.send_lock.release()
+        if not self.event_queue.empty():  # Evt17 from a failed write: the DUL thread acts on it now
+            self.wake.set()
+        return True
+
+    def _observed_sending(self) -> bool:
+        return any(self.assoc.get_handlers(event) for event in SENDING_EVENTS)
+
+    def _may_send_at_once(self) -> bool:
+        connection = self.socket
+        return (
+            type(connection) is WholeReadSocket  # pynetdicom's own socket class, as make_prompt found it
+            and type(connection.socket) is socket.socket  # open, and plain TCP (ssl.SSLSocket is a subclass)
+            and self.state_machine.current_state == ESTABLISHED
+            and self._nothing_queued()
+            and self.is_alive()
+        )
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -168,6 +241,21 @@ class PromptDUL(DULServiceProvider):
         except (OSError, ValueError):  # closed meanwhile: pynetdicom's own check reports it
             return
         self.wake.clear()
+
+
+class LockedStateMachine(StateMachine):
+    """pynetdicom's state machine, holding the DUL's send lock through each action.
+
+    An action may take a primitive off the queue and then write its PDU (DT-1 and the like):
+    holding the lock from one to the other is what lets :meth:`PromptDUL.send_at_once` tell,
+    by an empty queue, that everything queued before has been written.
+    """
+
+    dul: PromptDUL
+
+    def do_action(self, event: str) -> None:
+        with self.dul.send_lock:
+            super().do_action(event)
 
 
 class WholeReadSocket(AssociationSocket):
@@ -277,6 +365,8 @@ class PromptDIMSE(DIMSEServiceProvider):
     ``EVT_DIMSE_SENT`` (whose handlers expect pynetdicom's message object), and a command set
     that fits one PDV. pynetdicom's ``send_msg`` sends exactly this: one P-DATA primitive
     holding one PDV, the last command fragment (control header 0x03), queued for the DUL.
+    Here the P-DATA-TF that the DUL thread would make of it is written at once when
+    :meth:`PromptDUL.send_at_once` finds that safe, and the primitive queued otherwise.
     """
 
     def receive_primitive(self, primitive: Any) -> None:
@@ -290,6 +380,8 @@ class PromptDIMSE(DIMSEServiceProvider):
         command = self._plain_store_response(primitive)
         if command is None:
             super().send_msg(primitive, context_id)
+            return
+        if self.dul.send_at_once(encode_command_pdu(context_id, command)):  # type: ignore[attr-defined]
             return
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
@@ -421,6 +513,8 @@ def make_prompt(assoc: Association) -> Association:
         assoc.dul.socket.__class__ = WholeReadSocket
     assoc.attention = attention  # type: ignore[attr-defined]
     assoc.dul.wake = wake  # type: ignore[attr-defined]
+    assoc.dul.send_lock = threading.Lock()  # type: ignore[attr-defined]
+    assoc.dul.state_machine.__class__ = LockedStateMachine
     assoc.dimse.msg_queue = SignallingQueue(attention.set)
     assoc.dul.to_user_queue = SignallingQueue(attention.set)
     assoc.dul.to_provider_queue = SignallingQueue(wake.set)

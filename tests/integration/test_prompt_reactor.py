@@ -22,7 +22,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dicom_node.ingest.reactor import WAIT_S, PromptAssociation, WholeReadSocket
+from dicom_node.ingest.reactor import WAIT_S, PromptAssociation, PromptDUL, WholeReadSocket
 from dicom_node.ingest.scp import PromptServer
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
@@ -87,6 +87,29 @@ def test_storescu_series_over_one_association_is_served_in_order(acceptor: Accep
     assert isinstance(acceptor.associations[0], PromptAssociation)
     assert isinstance(acceptor.associations[0].dul.socket, WholeReadSocket)
     assert len(acceptor.stored) == len(paths) == len(set(acceptor.stored))
+    assert acceptor.ended["released"].wait(5)
+
+
+def test_storescus_responses_are_written_by_the_association_thread(
+    acceptor: Acceptor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each plain C-STORE response goes out at once, not through the DUL thread (unless that
+    thread happens to be in a state machine action at that moment: then it is queued)."""
+    written: list[bool] = []
+    send_at_once = PromptDUL.send_at_once
+
+    def recording(dul: PromptDUL, pdu: bytes) -> bool:
+        written.append(send_at_once(dul, pdu))
+        return written[-1]
+
+    monkeypatch.setattr(PromptDUL, "send_at_once", recording)
+    paths = write_series(SeriesSpec(n_slices=40, rows=64, columns=64), tmp_path / "series")
+    subprocess.run(
+        [str(STORESCU), "-aec", "PROMPT", "127.0.0.1", str(acceptor.port), *map(str, paths)],
+        check=True, capture_output=True, timeout=60, env={"TCP_NODELAY": "1"},
+    )  # fmt: skip
+    assert len(acceptor.stored) == len(paths) == len(written)
+    assert sum(written) >= 0.9 * len(paths), f"written at once: {sum(written)} of {len(paths)}"
     assert acceptor.ended["released"].wait(5)
 
 

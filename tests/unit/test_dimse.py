@@ -18,10 +18,12 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
 from dicom_node.dicom.dimse import encode_file_meta, encode_store_response
-from dicom_node.ingest.reactor import PromptDIMSE, make_prompt, spooling_message
+from dicom_node.dicom.pdu import encode_command_pdu
+from dicom_node.ingest.reactor import STANDARD_LOG_HANDLERS, PromptDIMSE, make_prompt, spooling_message
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -38,23 +40,38 @@ def _response(message_id: int, sop_instance_uid: str, status: int, **optional: A
 
 
 class _Recorder:
-    """Stands in for the DUL: keeps what would be queued for the peer."""
+    """Stands in for the DUL: keeps what would be queued for the peer, and what would be
+    written at once (``send_at_once``, which it accepts only when told to)."""
 
-    def __init__(self) -> None:
+    def __init__(self, writes_at_once: bool = False) -> None:
         self.sent: list[list[tuple[int, bytes]]] = []
+        self.primitives: list[P_DATA] = []
+        self.written: list[bytes] = []
+        self._writes_at_once = writes_at_once
 
     def send_pdu(self, primitive: Any) -> None:
+        self.primitives.append(primitive)
         self.sent.append([(context_id, bytes(data)) for context_id, data in primitive.presentation_data_value_list])
 
+    def send_at_once(self, pdu: bytes) -> bool:
+        if self._writes_at_once:
+            self.written.append(pdu)
+        return self._writes_at_once
 
-def _sent_by(provider_class: type[DIMSEServiceProvider], primitive: Any, max_pdu: int = 16384) -> list[list[tuple[int, bytes]]]:
+
+def _sending(provider_class: type[DIMSEServiceProvider], primitive: Any, max_pdu: int, recorder: _Recorder) -> _Recorder:
     assoc = Association(AE(), MODE_ACCEPTOR)
+    for event, handler in STANDARD_LOG_HANDLERS:  # bound by default; PromptDIMSE leaves to pynetdicom while they are
+        assoc.unbind(event, handler)
     assoc.requestor.maximum_length = max_pdu
-    recorder = _Recorder()
     assoc.dimse.__class__ = provider_class
     assoc.dul = recorder  # type: ignore[assignment]
     assoc.dimse.send_msg(primitive, 3)
-    return recorder.sent
+    return recorder
+
+
+def _sent_by(provider_class: type[DIMSEServiceProvider], primitive: Any, max_pdu: int = 16384) -> list[list[tuple[int, bytes]]]:
+    return _sending(provider_class, primitive, max_pdu, _Recorder()).sent
 
 
 @pytest.mark.parametrize(
@@ -74,6 +91,26 @@ def test_the_packed_response_is_what_pynetdicom_sends(message_id: int, sop_insta
         message_id_being_responded_to=message_id, sop_class_uid=CT, sop_instance_uid=sop_instance_uid, status=status
     )
     assert pdv[0] == 0x03  # the last (and only) fragment of a command
+
+
+@pytest.mark.parametrize(
+    ("message_id", "sop_instance_uid", "status"),
+    [(1, "1.2.3.4", 0x0000), (65535, "1.2.826.0.1.3680043.8.498." + "1" * 37, 0x0000), (7, "1.2.3", 0xB000)],
+)
+def test_the_pdu_written_at_once_is_what_pynetdicoms_dul_thread_writes(message_id: int, sop_instance_uid: str, status: int) -> None:
+    queued = _sending(DIMSEServiceProvider, _response(message_id, sop_instance_uid, status), 16384, _Recorder())
+    expected = [P_DATA_TF(primitive).encode() for primitive in queued.primitives]  # what DT-1 writes for each
+    at_once = _sending(PromptDIMSE, _response(message_id, sop_instance_uid, status), 16384, _Recorder(writes_at_once=True))
+    assert at_once.written == expected
+    assert at_once.sent == []  # written, not also queued
+
+
+@pytest.mark.parametrize("context_id", [1, 127, 255])
+def test_a_command_pdu_is_pynetdicoms_p_data_tf(context_id: int) -> None:
+    command = encode_store_response(message_id_being_responded_to=1, sop_class_uid=CT, sop_instance_uid="1.2.3", status=0)
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+    assert encode_command_pdu(context_id, command) == P_DATA_TF(pdata).encode()
 
 
 @pytest.mark.parametrize(

@@ -7,27 +7,35 @@ If this test fails, pynetdicom changed one of them: re-read it against reactor.p
 queue still filled through ``put``? does the DUL loop still call ``_is_transport_event``
 when nothing was queued to send? does the acceptor loop check anything new? does
 ``decode_msg`` still do what ``SpoolingMessage.decode_msg`` repeats? does ``send_msg`` still
-send a response as ``PromptDIMSE`` does?), adapt reactor.py, then record the new fingerprint here.
+send a response as ``PromptDIMSE`` does? does the state machine still write a P-DATA in Sta6
+only from inside ``do_action``, and does a failed write still queue Evt17?), adapt reactor.py, then record the new fingerprint here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-
 import logging
+import select
+import socket
+import ssl
+from collections.abc import Callable, Iterator
 
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
+from pynetdicom.fsm import DT_1, StateMachine
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
+from pynetdicom.transport import AddressInformation, AssociationServer, AssociationSocket, RequestHandler
 
-from dicom_node.ingest.reactor import STANDARD_LOG_HANDLERS, make_prompt
+from dicom_node.ingest.reactor import STANDARD_LOG_HANDLERS, PromptDUL, make_prompt
 
 #: sha256 (first 16 hex digits) of each function's source in pynetdicom 3.0.4.
 PINNED = {
@@ -53,6 +61,12 @@ PINNED = {
     RequestHandler.handle: "034823fb4df3a874",  # creates the association, then starts it
     AssociationServer.__init__: "edacb98bdfb7b974",  # takes request_handler
     AssociationSocket.recv: "6bc20a33b1b7cfe7",  # WholeReadSocket.recv keeps its contract
+    # PromptDUL.send_at_once writes a P-DATA-TF from the association thread instead of DT-1:
+    StateMachine.__init__: "13802ade1a356dce",  # keeps the DUL as .dul (LockedStateMachine's lock)
+    StateMachine.do_action: "9a883f44c7f31641",  # every action, and every transition, runs inside it
+    DT_1: "82e5c5d4114534fa",  # Sta6 + P-DATA: takes the primitive off the queue, writes it, stays in Sta6
+    DULServiceProvider._send: "a850a7919e68484e",  # fires EVT_PDU_SENT (send_at_once yields to its handlers)
+    AssociationSocket.send: "1ea8158c0b51faca",  # fires EVT_DATA_SENT; a failed write queues Evt17
 }
 
 
@@ -90,3 +104,117 @@ def test_pynetdicom_logging_handlers_are_unbound_only_when_their_lines_would_be_
         assert _bound(assoc) == (everyone if kept else [])
     finally:
         logger.setLevel(before)
+
+
+# ------------------------------------------------------------------ the response written at once
+
+
+class _Established:
+    """An acceptor's association made prompt, established (Sta6) on one end of a socket pair,
+    its DUL thread taken as alive; ``peer`` is the other end."""
+
+    def __init__(self, wrap: Callable[[socket.socket], socket.socket] = lambda sock: sock) -> None:
+        self._ours, self.peer = socket.socketpair()
+        self.peer.settimeout(5)
+        self.assoc = Association(AE(), MODE_ACCEPTOR)
+        self.assoc.requestor.address_info = AddressInformation("127.0.0.1", 11112)  # named in an abort
+        self.assoc.dul.socket = AssociationSocket(self.assoc, client_socket=wrap(self._ours))
+        self.assoc.dul.event_queue.get()  # Evt5, the connection: acted on long before Sta6
+        make_prompt(self.assoc)
+        for event, handler in STANDARD_LOG_HANDLERS:  # as with the node's logging (pynetdicom at WARNING)
+            self.assoc.unbind(event, handler)
+        self.assoc.dul.state_machine.current_state = "Sta6"
+        self.dul.is_alive = lambda: True  # type: ignore[method-assign]
+
+    @property
+    def dul(self) -> PromptDUL:
+        return self.assoc.dul  # type: ignore[return-value]
+
+    def send_response(self) -> None:
+        """What the C-STORE handler's return leads to: PromptDIMSE sends a plain response."""
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = 1
+        response.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        response.AffectedSOPInstanceUID = "1.2.3.4"
+        response.Status = 0x0000
+        self.assoc.requestor.maximum_length = 16384
+        self.assoc.dimse.send_msg(response, 1)
+
+    def queued_pdu(self) -> bytes:
+        """The PDU pynetdicom's DUL thread would write for what was queued: DT-1's encoding."""
+        return P_DATA_TF(self.dul.to_provider_queue.get_nowait()).encode()
+
+    def close(self) -> None:
+        self.peer.close()
+        self._ours.close()
+        self.dul.wake.close()
+
+
+@pytest.fixture
+def established() -> Iterator[_Established]:
+    association = _Established()
+    yield association
+    association.close()
+
+
+def test_a_plain_response_is_written_at_once_as_pynetdicom_would_write_it(established: _Established) -> None:
+    established.dul.is_alive = lambda: False  # type: ignore[method-assign]
+    established.send_response()  # the DUL thread gone: queued, as by pynetdicom
+    expected = established.queued_pdu()
+    established.dul.is_alive = lambda: True  # type: ignore[method-assign]
+    established.send_response()
+    assert established.dul.to_provider_queue.empty() and established.dul.event_queue.empty()
+    assert established.peer.recv(len(expected) + 1) == expected
+
+
+def _queued_not_written(association: _Established) -> None:
+    queued = association.dul.to_provider_queue.qsize()
+    association.send_response()
+    assert association.dul.to_provider_queue.qsize() == queued + 1
+    assert type(association.dul.to_provider_queue.queue[-1]) is P_DATA
+    association.peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        association.peer.recv(1)
+
+
+@pytest.mark.parametrize(
+    "unsafe",
+    [
+        lambda a: setattr(a.dul.state_machine, "current_state", "Sta8"),  # releasing (AR-7 may still send)
+        lambda a: a.dul.to_provider_queue.put(P_DATA()),  # something queued before it keeps its place
+        lambda a: a.dul.event_queue.put("Evt12"),  # a release request read, not yet acted on
+        lambda a: setattr(a.dul, "is_alive", lambda: False),  # the DUL thread gone
+        lambda a: a.dul.kill_dul(),
+        lambda a: a.assoc.bind(evt.EVT_PDU_SENT, lambda event: None),  # wants pynetdicom's PDU object
+        lambda a: a.assoc.bind(evt.EVT_FSM_TRANSITION, lambda event: None),  # wants DT-1's transition
+        lambda a: a.assoc.bind(evt.EVT_DATA_SENT, lambda event: None),  # expects the DUL thread
+        lambda a: a.dul.send_lock.acquire(),  # the DUL thread in a state machine action
+        lambda a: setattr(a.dul.socket, "socket", None),  # closed
+    ],
+    ids=["Sta8", "queued", "event pending", "DUL gone", "DUL killed", "PDU_SENT", "FSM_TRANSITION", "DATA_SENT", "DUL busy", "closed"],
+)
+def test_unless_it_is_safe_the_response_is_queued_for_pynetdicoms_dul_thread(
+    established: _Established, unsafe: Callable[[_Established], object]
+) -> None:
+    unsafe(established)
+    _queued_not_written(established)
+
+
+def test_over_tls_the_response_is_queued_for_pynetdicoms_dul_thread() -> None:
+    context = ssl.create_default_context()
+    association = _Established(lambda sock: context.wrap_socket(sock, server_hostname="peer", do_handshake_on_connect=False))
+    try:
+        assert isinstance(association.dul.socket.socket, ssl.SSLSocket)  # type: ignore[union-attr]
+        _queued_not_written(association)
+    finally:
+        association.close()
+
+
+def test_a_failed_write_aborts_the_association_as_pynetdicoms_would(established: _Established) -> None:
+    established.peer.close()  # the sender gone: the write fails (EPIPE)
+    established.send_response()
+    assert established.dul.event_queue.queue[0] == "Evt17"  # what AssociationSocket.send queues on failure
+    assert select.select([established.dul.wake], [], [], 0)[0], "the DUL thread is not woken to act on it"
+    established.dul.state_machine.do_action(established.dul.event_queue.get())
+    assert established.dul.state_machine.current_state == "Sta1"  # AA-4: the association is aborted
+    assert type(established.dul.to_user_queue.get_nowait()) is A_P_ABORT
