@@ -9,6 +9,7 @@ completion scan and a late instance cannot both win.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.clock import Clock, database_now
 from dicom_node.db.models import Instance, Series, SeriesState, Study, StudyState
+from dicom_node.db.writer_lock import WriterLock
 from dicom_node.dicom.contexts import is_input_class
 from dicom_node.errors import DatabaseUnavailableError, SeriesConflictError
 from dicom_node.ingest.instance import ReceivedInstance
@@ -243,6 +245,7 @@ class Catalog:
         self.clock = clock
         self._sql = _Statements(engine.dialect.name)
         self._writer: Connection | None = None
+        self._writer_lock = WriterLock.for_engine(engine)
 
     def is_stored(self, sop_instance_uid: str) -> bool:
         """True when an instance with this SOP Instance UID is already recorded."""
@@ -260,6 +263,8 @@ class Catalog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._writer_lock is not None:
+            self._writer_lock.close()
 
     def _write(self, items: list[ReceivedInstance]) -> list[RecordResult | Exception]:
         """One transaction on the kept connection; a dropped connection is replaced once."""
@@ -268,7 +273,7 @@ class Catalog:
                 self.close()
                 self._writer = self.engine.connect()
             try:
-                with self._writer.begin():
+                with self._exclusive(), self._writer.begin():
                     now = self.clock(self._writer)
                     return [_record_one(self._writer, self._sql, item, self.policy, now) for item in items]
             except DBAPIError as exc:
@@ -276,6 +281,10 @@ class Catalog:
                     raise
                 logger.warning("database connection lost; recording on a new one")
         raise AssertionError("unreachable")
+
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """The inter-process writer lock on SQLite (:mod:`dicom_node.db.writer_lock`), else nothing."""
+        return self._writer_lock.held() if self._writer_lock is not None else contextlib.nullcontext()
 
     def record_batch(self, items: list[ReceivedInstance]) -> list[RecordResult | Exception]:
         """Record ``items`` in one transaction (group commit); isolate failures if it fails.

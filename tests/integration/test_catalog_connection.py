@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import time
+from pathlib import Path
+
 from sqlalchemy import create_engine, text
 
 from dicom_node.config import DatabaseSettings
 from dicom_node.db import migrate
 from dicom_node.db.session import create_db_engine
+from dicom_node.db.writer_lock import WriterLock
 from dicom_node.ingest.catalog import Catalog, RecordOutcome, RecordResult
 from dicom_node.ingest.instance import ReceivedInstance
 
@@ -51,3 +56,32 @@ def test_a_connection_killed_between_batches_is_replaced(postgres_url: str) -> N
         catalog.close()
         other.dispose()
         engine.dispose()
+
+
+def _hold_writer_lock(path: str, seconds: float, ready: multiprocessing.synchronize.Event) -> None:
+    with WriterLock(Path(path)).held():
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_on_sqlite_a_batch_waits_for_another_listener_holding_the_writer_lock(tmp_path: Path) -> None:
+    """Listener processes queue their transactions on the writer lock instead of colliding
+    in SQLite and sleeping in its busy handler."""
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'node.db'}"))
+    migrate.upgrade(engine, "head")
+    catalog = Catalog(engine, "keep_first")
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    holder = context.Process(target=_hold_writer_lock, args=(str(tmp_path / "node.db.writer-lock"), 0.5, ready))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        start = time.monotonic()
+        (result,) = catalog.record_batch([_instance(1)])
+        waited = time.monotonic() - start
+    finally:
+        holder.join(10)
+        catalog.close()
+        engine.dispose()
+    assert isinstance(result, RecordResult) and result.outcome == RecordOutcome.STORED
+    assert waited > 0.3, f"recorded after {waited:.2f} s while another process held the writer lock for 0.5 s"
