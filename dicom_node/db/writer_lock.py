@@ -60,7 +60,8 @@ class WriterLock:
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # closed meanwhile by close() at shutdown: closing released it
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _open(self) -> int | None:
         """The lock file's descriptor, opened once. Read-only is enough for ``flock``, so a

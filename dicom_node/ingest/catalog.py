@@ -259,18 +259,22 @@ class Catalog:
         return found is not None
 
     def close(self) -> None:
-        """Give the writing connection back (at shutdown)."""
+        """Give the writing connection and the writer lock's file back (at shutdown)."""
+        self._drop_writer()
+        if self._writer_lock is not None:
+            self._writer_lock.close()
+
+    def _drop_writer(self) -> None:
+        """Close the writing connection; the next batch opens a new one."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._writer_lock is not None:
-            self._writer_lock.close()
 
     def _write(self, items: list[ReceivedInstance]) -> list[RecordResult | Exception]:
         """One transaction on the kept connection; a dropped connection is replaced once."""
         for attempt in (1, 2):
             if self._writer is None or self._writer.closed or self._writer.invalidated:
-                self.close()
+                self._drop_writer()
                 self._writer = self.engine.connect()
             try:
                 with self._exclusive(), self._writer.begin():
@@ -297,7 +301,7 @@ class Catalog:
             return self._write(items)
         except (SQLAlchemyError, SeriesConflictError) as exc:
             if isinstance(exc, SQLAlchemyError):
-                self.close()  # a failed connection is not kept for the next batch
+                self._drop_writer()  # a failed connection is not kept for the next batch
             if len(items) == 1:
                 if isinstance(exc, SeriesConflictError):
                     return [exc]
