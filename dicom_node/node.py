@@ -208,7 +208,11 @@ class Node:
                 logger.info(f"{role} ready")
 
     def _start_listener(self, settings: Settings) -> None:
-        catalog = Catalog(self.engine, settings.storage.duplicate_policy)
+        catalog = Catalog(
+            self.engine,
+            settings.storage.duplicate_policy,
+            writer_lock_timeout_s=settings.database.sqlite_busy_timeout_s,
+        )
         self._stops.append(catalog.close)  # after the listener and the committer stopped (stops run in reverse)
         committer = GroupCommitter(catalog.record_batch)
         committer.start()

@@ -159,6 +159,16 @@ def _unlink_if_same(path: Path, twin: Path) -> None:
 
 
 @dataclass(frozen=True)
+class StoredFile:
+    """A file published at its final name: its size, and which file it is (device, inode),
+    so that it can be removed later only if the name still holds it."""
+
+    size: int
+    device: int
+    inode: int
+
+
+@dataclass(frozen=True)
 class GuardState:
     """The disk guard at one instant, in MiB: free space, the guard, and whether C-STORE is refused."""
 
@@ -292,19 +302,20 @@ class InstanceStore:
         shutil.copyfile(source, staged)
         return staged
 
-    def _publish(self, source: Path, relative: PurePosixPath, *, overwrite: bool) -> int | None:
+    def _publish(self, source: Path, relative: PurePosixPath, *, overwrite: bool) -> StoredFile | None:
         final = self.absolute(relative)
         staged: Path | None = None
         try:
             staged = self._stage(source)
-            size = staged.stat().st_size
+            status = staged.stat()
+            stored = StoredFile(size=status.st_size, device=status.st_dev, inode=status.st_ino)
             self._make_dirs(final.parent)
             if overwrite:
                 _replace_durably(staged, final)
             elif not _link_durably(staged, final):
                 return None
             staged = None
-            return size
+            return stored
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(f"disk full while storing: {exc.strerror}") from exc
@@ -313,27 +324,45 @@ class InstanceStore:
             if staged is not None and staged != source:
                 staged.unlink(missing_ok=True)
 
-    def publish(self, source: Path, relative: PurePosixPath) -> int:
-        """Make ``source`` durable at ``relative``, replacing any file there; returns the size.
+    def publish(self, source: Path, relative: PurePosixPath) -> StoredFile:
+        """Make ``source`` durable at ``relative``, replacing any file there.
 
         Stage (fsync), rename atomically, fsync the directory: after a crash the path
         holds the old file or the new one, never a mix.
         """
-        size = self._publish(source, relative, overwrite=True)
-        assert size is not None
-        return size
+        stored = self._publish(source, relative, overwrite=True)
+        assert stored is not None
+        return stored
 
-    def publish_new(self, source: Path, relative: PurePosixPath) -> int | None:
-        """Like :meth:`publish`, but keep an existing file: returns None (and keeps
-        ``source``) when ``relative`` is already taken."""
+    def publish_new(self, source: Path, relative: PurePosixPath) -> StoredFile | None:
+        """Make ``source`` durable at ``relative`` unless the name is taken: None (and
+        ``source`` kept) then. Unlike :meth:`publish`, a crash can leave an incomplete file at
+        a new name (see :func:`_link_durably`): never one a row points at."""
         return self._publish(source, relative, overwrite=False)
 
     def write_dataset(self, dataset: Dataset, relative: PurePosixPath) -> int:
         """Write an object we created (SEG, SR, key image) durably at ``relative``; returns its size."""
         staged = self.incoming / _temporary_name(".part")
         dataset.save_as(staged, enforce_file_format=True)
-        return self.publish(staged, relative)
+        return self.publish(staged, relative).size
 
     def remove(self, relative: PurePosixPath | str) -> None:
-        """Delete a stored file (after a failed DB commit, or by retention)."""
+        """Delete a stored file (by retention, or one the row no longer points at)."""
         self.absolute(relative).unlink(missing_ok=True)
+
+    def remove_if_same(self, relative: PurePosixPath | str, stored: StoredFile) -> None:
+        """Delete ``relative`` only if it still holds the file ``stored`` describes.
+
+        Why: after our commit failed, the name may hold another writer's file: a resend of
+        the same instance over another association, which found our file before our row
+        and took it for a crash leftover, replaced it and may have recorded its own row.
+        Removing by name would leave that row pointing at nothing. (The look and the
+        removal are two steps: the window between them is microseconds, not a commit.)
+        """
+        path = self.absolute(relative)
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            return
+        if (status.st_dev, status.st_ino) == (stored.device, stored.inode):
+            path.unlink(missing_ok=True)

@@ -237,7 +237,13 @@ class Catalog:
     connection the database dropped is replaced and the batch tried once more on it.
     """
 
-    def __init__(self, engine: Engine, policy: DuplicatePolicy, clock: Clock = database_now) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        policy: DuplicatePolicy,
+        clock: Clock = database_now,
+        writer_lock_timeout_s: float = 30.0,
+    ) -> None:
         self.engine = engine
         self.policy = policy
         # The quiet period is measured by the completion tick, maybe on another host:
@@ -245,7 +251,9 @@ class Catalog:
         self.clock = clock
         self._sql = _Statements(engine.dialect.name)
         self._writer: Connection | None = None
-        self._writer_lock = WriterLock.for_engine(engine)
+        # SQLite only: listener processes take turns (dicom_node.db.writer_lock), waiting
+        # at most as long as SQLite's own busy timeout would.
+        self._writer_lock = WriterLock.for_engine(engine, writer_lock_timeout_s)
 
     def is_stored(self, sop_instance_uid: str) -> bool:
         """True when an instance with this SOP Instance UID is already recorded."""

@@ -366,17 +366,18 @@ class StorageSCP:
         relative = instance_path(item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid)
         self.store.check_free_space(source.stat().st_size)
         if self.catalog.policy == "keep_first":
-            size = self.store.publish_new(source, relative)
-            if size is None:
+            stored = self.store.publish_new(source, relative)
+            if stored is None:
                 if self.catalog.is_stored(item.sop_instance_uid):
                     return None
-                # A file nobody recorded: left by a crash before its commit. Ours replaces it.
-                size = self.store.publish(source, relative)
+                # A file nobody recorded: left by a crash before its commit (or a resend's,
+                # not committed yet: whichever row lands, the file is the instance). Ours replaces it.
+                stored = self.store.publish(source, relative)
         else:
-            size = self.store.publish(source, relative)
+            stored = self.store.publish(source, relative)
         try:
             result = self.committer.submit(
-                replace(item, path=str(relative), size_bytes=size),
+                replace(item, path=str(relative), size_bytes=stored.size),
                 timeout_s=self.settings.dimse_timeout_s,
             )
         except TimeoutError as exc:
@@ -385,11 +386,15 @@ class StorageSCP:
             raise DatabaseUnavailableError("database too slow: commit not confirmed in time") from exc
         except (DatabaseUnavailableError, SeriesConflictError):
             if self.catalog.policy == "keep_first":
-                # The commit failed for good and nobody references the file we just wrote.
-                self.store.remove(relative)
+                # The commit failed for good and no row references the file we just wrote
+                # (unless a resend has replaced it since: then it is not ours to remove).
+                self.store.remove_if_same(relative, stored)
             raise
         if result.previous_path is not None and result.previous_path != str(relative):
             # The SOP Instance UID was recorded under another study or series path: keep one
             # file only, the one the row points at (ours for overwrite, the first for keep_first).
-            self.store.remove(str(relative) if result.outcome == RecordOutcome.DUPLICATE else result.previous_path)
+            if result.outcome == RecordOutcome.DUPLICATE:
+                self.store.remove_if_same(relative, stored)
+            else:
+                self.store.remove(result.previous_path)
         return None if result.outcome == RecordOutcome.DUPLICATE else result

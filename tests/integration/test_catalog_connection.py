@@ -59,7 +59,7 @@ def test_a_connection_killed_between_batches_is_replaced(postgres_url: str) -> N
 
 
 def _hold_writer_lock(path: str, seconds: float, ready: multiprocessing.synchronize.Event) -> None:
-    with WriterLock(Path(path)).held():
+    with WriterLock(Path(path), timeout_s=5.0).held():
         ready.set()
         time.sleep(seconds)
 

@@ -50,7 +50,7 @@ def test_publish_moves_the_file_into_place(tmp_path: Path) -> None:
     store.prepare()
     source = tmp_path / "incoming.dcm"
     source.write_bytes(b"DICM-bytes")
-    size = store.publish(source, instance_path("1.2", "1.2.3", "1.2.3.4"))
+    size = store.publish(source, instance_path("1.2", "1.2.3", "1.2.3.4")).size
     final = store.root / "1.2" / "1.2.3" / "1.2.3.4.dcm"
     assert size == 10 and final.read_bytes() == b"DICM-bytes"
     assert not source.exists()
@@ -201,7 +201,7 @@ def test_a_new_name_is_linked_before_its_data_and_directory_are_fsynced(
     store = _store_with_series_dir(tmp_path)
     source = _incoming(tmp_path, b"DICM-new")
     calls = _record_syncs(monkeypatch)
-    assert store.publish_new(source, RELATIVE) == 8
+    assert store.publish_new(source, RELATIVE).size == 8  # type: ignore[union-attr]
     assert calls == ["link", "fsync file", "fsync dir"]
     assert store.absolute(RELATIVE).read_bytes() == b"DICM-new" and not source.exists()
 
@@ -214,7 +214,7 @@ def test_a_replacement_is_fsynced_before_it_is_renamed_over_the_old_file(
     store.absolute(RELATIVE).write_bytes(b"DICM-old")
     source = _incoming(tmp_path, b"DICM-newer")
     calls = _record_syncs(monkeypatch)
-    assert store.publish(source, RELATIVE) == 10
+    assert store.publish(source, RELATIVE).size == 10
     assert calls == ["fsync file", "replace", "fsync dir"]
     assert store.absolute(RELATIVE).read_bytes() == b"DICM-newer"
 
@@ -268,3 +268,18 @@ def test_a_failed_fsync_keeps_a_file_another_writer_put_under_the_name_meanwhile
     with pytest.raises(StorageError):
         store.publish_new(source, RELATIVE)
     assert store.absolute(RELATIVE).read_bytes() == b"DICM-theirs"
+
+
+def test_a_failed_commit_removes_our_file_but_not_a_resend_that_replaced_it(tmp_path: Path) -> None:
+    """Association A links the instance; a resend over association B finds the file before
+    A's row, takes it for a crash leftover and replaces it; A's commit then fails. A must
+    not remove B's file, which B may be recording."""
+    store = _store_with_series_dir(tmp_path)
+    ours = store.publish_new(_incoming(tmp_path, b"DICM-A"), RELATIVE)
+    assert ours is not None
+    resend = store.publish(_incoming(tmp_path, b"DICM-B"), RELATIVE)
+    store.remove_if_same(RELATIVE, ours)
+    assert store.absolute(RELATIVE).read_bytes() == b"DICM-B", "the resend's file was removed"
+    store.remove_if_same(RELATIVE, resend)
+    assert not store.absolute(RELATIVE).exists(), "our own file, unchanged, is removed"
+    store.remove_if_same(RELATIVE, resend)  # already gone: nothing to do
