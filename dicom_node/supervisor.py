@@ -8,9 +8,9 @@ associations. The supervisor keeps the embedded default one command and one conf
 - It binds the DICOM port once and hands the listening socket to ``[node]
   listener_processes`` listener processes (pre-fork, as web servers do): they all accept
   on it, and a process already serving associations waits a few milliseconds before it
-  accepts, so the least busy one takes each new connection (``SharedSocketServer``). A
-  second node started on the same port still fails to bind, which ``SO_REUSEPORT`` would
-  have allowed silently.
+  accepts, so a less busy one usually takes each new connection (``SharedSocketServer``).
+  A second node started on the same port still fails to bind, which ``SO_REUSEPORT``
+  would have allowed silently.
 - ``run`` adds one worker process (ticks, jobs, outbox) at a lower CPU priority (nice
   +10), so analysis yields the CPU to reception.
 - It serves ``/metrics`` (the children's counters, summed through prometheus_client's

@@ -66,6 +66,21 @@ def read_nifti_case(scan: Path, mask: Path) -> tuple[np.ndarray, np.ndarray, tup
     return hu, truth, (float(zooms[2]), float(zooms[1]), float(zooms[0]))
 
 
+#: Air in a CT in Hounsfield units is about -1000; a scan whose values never go below this
+#: was stored windowed or normalised (0-255, 0-1), not in HU.
+AIR_BELOW_HU = -500.0
+
+
+def looks_like_hu(values: np.ndarray) -> bool:
+    """True when a NIfTI scan's values are Hounsfield units: it holds air (below -500).
+
+    NIfTI carries no unit. A head CT exported windowed (0-255) would put blood near 190,
+    above the gate's ceiling for blood, and the density rule (only for measured HU) would
+    drop every bleed: such a scan must not count as measured HU.
+    """
+    return bool(values.size) and float(np.min(values)) < AIR_BELOW_HU
+
+
 def nifti_slices(root: str | Path, names: Sequence[str], spec: InputSpec) -> SliceSet:
     """Model-size training slices of the named NIfTI scans (every slice, labelled from its mask)."""
     wanted = set(names)
@@ -82,7 +97,7 @@ def nifti_cases(root: str | Path, names: Sequence[str] | None = None) -> Iterato
     for name, scan, mask in nifti_pairs(root):
         if names is None or name in names:
             hu, truth, spacing = read_nifti_case(scan, mask)
-            volume = PseudoVolume(hu=hu, spacing_mm=spacing, real_hu=True)  # NIfTI CT: measured HU
+            volume = PseudoVolume(hu=hu, spacing_mm=spacing, real_hu=looks_like_hu(hu))
             yield Case(key=name, volume=volume, label=int(truth.any()), truth=truth)
 
 

@@ -12,17 +12,21 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from dicom_node.ingest import scp
 from dicom_node.ingest.scp import MAX_ACCEPT_YIELD_S, SharedSocketServer, accept_yield_s
 from dicom_node.supervisor import listening_socket
 
 
-def _server(sock: socket.socket) -> SharedSocketServer:
+def _server(sock: socket.socket, sharing_processes: int = 2) -> SharedSocketServer:
     ae = AE(ae_title="SHARED")
     ae.add_supported_context(Verification)
-    server = ae.make_server(("127.0.0.1", 0), server_class=SharedSocketServer, shared_socket=sock)
+    server = ae.make_server(
+        ("127.0.0.1", 0), server_class=SharedSocketServer, shared_socket=sock, sharing_processes=sharing_processes
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -95,3 +99,22 @@ def test_the_wait_before_accepting_grows_with_the_associations_served_and_is_bou
     assert accept_yield_s(0) == 0
     assert 0 < accept_yield_s(1) < accept_yield_s(2) <= MAX_ACCEPT_YIELD_S
     assert accept_yield_s(100) == MAX_ACCEPT_YIELD_S
+
+
+def test_the_only_listener_process_waits_for_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[int] = []
+    monkeypatch.setattr(scp, "accept_yield_s", lambda serving: slept.append(serving) or 0.0)
+    bound = listening_socket("127.0.0.1", 0)
+    port = bound.getsockname()[1]
+    lone = _server(socket.socket(fileno=bound.dup().detach()), sharing_processes=1)
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+            assert _wait_for(lambda: lone.serving() == len(clients))
+    finally:
+        for client in clients:
+            client.close()
+        lone.shutdown()
+        bound.close()
+    assert slept == [], "a lone listener delayed its accepts"

@@ -16,7 +16,7 @@ from dicom_node.models.inputs import InputSpec
 from dicom_node.training.data import case_names, detect_layout, evaluation_cases, load_training_data
 from dicom_node.training.dicom_seg import dicom_cases_in, read_dicom_case
 from dicom_node.training.kaggle import KaggleHeadCT, rasterize_polygons, read_via
-from dicom_node.training.nifti import nifti_pairs, read_nifti_case
+from dicom_node.training.nifti import looks_like_hu, nifti_pairs, read_nifti_case
 from dicom_node.training.splits import split_groups
 from tests.support.models import write_tiny_kaggle
 from tests.support.synthetic_ct import TEST_UID_PREFIX, Lesion, SeriesSpec, head_volume, write_series
@@ -194,3 +194,12 @@ def test_dicom_series_with_a_seg_reads_back_frame_for_frame(tmp_path):
 
     assert case.name == "case1" and read_truth.shape == volume.hu.shape
     np.testing.assert_array_equal(read_truth, truth)
+
+
+def test_a_nifti_scan_counts_as_measured_hu_only_when_it_holds_air():
+    """The density rule needs measured HU: a windowed export (0-255) would put blood above it."""
+    head_in_hu = np.full((2, 8, 8), -1000.0)
+    head_in_hu[:, 2:6, 2:6] = 40.0
+    assert looks_like_hu(head_in_hu)
+    assert not looks_like_hu(np.clip((head_in_hu + 40) * 255 / 80, 0, 255))
+    assert not looks_like_hu(np.zeros((0, 8, 8)))
