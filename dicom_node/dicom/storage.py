@@ -19,6 +19,7 @@ the files of a host that crashed and never came back.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -120,7 +121,17 @@ def _replace_durably(staged: Path, final: Path) -> None:
     _fsync_path(final.parent)
 
 
-def _link_durably(staged: Path, final: Path) -> bool:
+@dataclass(frozen=True)
+class StoredFile:
+    """A file published at its final name: its size, and which file it is (device, inode),
+    so that it can be removed later only if the name still holds it."""
+
+    size: int
+    device: int
+    inode: int
+
+
+def _link_durably(staged: Path, final: Path, stored: StoredFile) -> bool:
     """Give ``staged`` the new name ``final``, make its data and the new entry durable, drop
     the name ``staged``; False if ``final`` is taken (link() never replaces: the first copy
     of an instance is kept).
@@ -132,7 +143,8 @@ def _link_durably(staged: Path, final: Path) -> bool:
     can leave ``final`` with incomplete data, but no row points at it (the row is committed
     after both fsyncs) and a resend replaces such a file
     (:meth:`dicom_node.ingest.scp.StorageSCP._store`). When an fsync fails ``final`` is
-    removed again, unless another writer has replaced it meanwhile.
+    removed again, unless another writer has replaced it meanwhile (``stored``: which
+    file ``staged`` is).
     """
     try:
         os.link(staged, final)
@@ -142,30 +154,22 @@ def _link_durably(staged: Path, final: Path) -> bool:
         _fsync_file(staged)
         _fsync_path(final.parent)
     except OSError:
-        _unlink_if_same(final, staged)
+        with contextlib.suppress(OSError):  # the caller is already failing
+            _unlink_if_holds(final, stored)
         raise
     os.unlink(staged)
     return True
 
 
-def _unlink_if_same(path: Path, twin: Path) -> None:
-    """Remove ``path`` if it is still the file ``twin`` names (our link, not a file another
-    writer put there since); errors are ignored, the caller is already failing."""
+def _unlink_if_holds(path: Path, stored: StoredFile) -> None:
+    """Remove ``path`` if it still holds the file ``stored`` describes, not one another writer
+    has put there since. (The look and the removal are two steps: a window of microseconds.)"""
     try:
-        if os.path.samefile(path, twin):
-            path.unlink()
-    except OSError:
-        pass
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """A file published at its final name: its size, and which file it is (device, inode),
-    so that it can be removed later only if the name still holds it."""
-
-    size: int
-    device: int
-    inode: int
+        status = path.stat()
+    except FileNotFoundError:
+        return
+    if (status.st_dev, status.st_ino) == (stored.device, stored.inode):
+        path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -312,7 +316,7 @@ class InstanceStore:
             self._make_dirs(final.parent)
             if overwrite:
                 _replace_durably(staged, final)
-            elif not _link_durably(staged, final):
+            elif not _link_durably(staged, final, stored):
                 return None
             staged = None
             return stored
@@ -356,13 +360,6 @@ class InstanceStore:
         Why: after our commit failed, the name may hold another writer's file: a resend of
         the same instance over another association, which found our file before our row
         and took it for a crash leftover, replaced it and may have recorded its own row.
-        Removing by name would leave that row pointing at nothing. (The look and the
-        removal are two steps: the window between them is microseconds, not a commit.)
+        Removing by name would leave that row pointing at nothing.
         """
-        path = self.absolute(relative)
-        try:
-            status = path.stat()
-        except FileNotFoundError:
-            return
-        if (status.st_dev, status.st_ino) == (stored.device, stored.inode):
-            path.unlink(missing_ok=True)
+        _unlink_if_holds(self.absolute(relative), stored)
