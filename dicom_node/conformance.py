@@ -250,8 +250,9 @@ def _implementation_model(doc: _Document, settings: Settings) -> None:
     doc.text(
         f"`{ae}` listens on the configured address and port and accepts the presentation contexts "
         "of section 4.2.1.4 from the callers of section 4.4.1. Each received instance is written "
-        "to a temporary file, checked, fsynced, renamed into place under a path built from its "
-        "UIDs only and recorded in the database; only then is success returned. Nothing is "
+        "as it arrives to a temporary file beside the storage, checked, fsynced, linked or renamed "
+        "into place under a path built from its UIDs only and recorded in the database; only then "
+        "is success returned. Nothing is "
         "analysed while an association is open, and the end of an association is not taken as "
         "the end of a study.",
         f"As Storage SCU, `{ae}` opens one association per destination and delivery round, "

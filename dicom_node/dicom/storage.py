@@ -71,9 +71,14 @@ def result_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
     return RESULTS_DIR / instance_path(study_uid, series_uid, sop_uid)
 
 
+def temporary_prefix() -> str:
+    """``<host>~<pid namespace>~<pid>~``: who writes a temporary file, so only its owner's death sweeps it."""
+    return f"{socket.gethostname()}~{pid_namespace()}~{os.getpid()}~"
+
+
 def _temporary_name(suffix: str) -> str:
-    """``<host>~<pid namespace>~<pid>~<random><suffix>``: who wrote it, so only its owner's death sweeps it."""
-    return f"{socket.gethostname()}~{pid_namespace()}~{os.getpid()}~{uuid.uuid4().hex}{suffix}"
+    """``<host>~<pid namespace>~<pid>~<random><suffix>`` (see :func:`temporary_prefix`)."""
+    return f"{temporary_prefix()}{uuid.uuid4().hex}{suffix}"
 
 
 def is_leftover(name: str, age_s: float, *, starting: bool) -> bool:
@@ -297,8 +302,9 @@ class InstanceStore:
     def _stage(self, source: Path) -> Path:
         """``source`` itself when it is on our file system, else a copy in ``.incoming``; not yet fsynced.
 
-        pynetdicom writes each received data set to a temporary file; when that is on
-        the storage file system we rename it into place instead of copying 0.5 MB again.
+        The listener spools each received data set into ``.incoming`` (see
+        :mod:`dicom_node.ingest.reactor`), so it is linked into place, never copied; a
+        source elsewhere (a caller's own file) is copied first.
         """
         if source.stat().st_dev == self.root.stat().st_dev:
             return source

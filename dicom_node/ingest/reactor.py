@@ -91,6 +91,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from dicom_node.dicom.dimse import encode_file_meta, encode_store_response
 from dicom_node.dicom.pdu import encode_command_pdu
+from dicom_node.dicom.storage import temporary_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +299,9 @@ class SpoolingMessage(DIMSEMessage):
     class name only.
     """
 
+    #: Where a C-STORE data set is spooled (:func:`_spool`); None: the system's temporary directory.
+    spool_directory: Path | None
+
     def decode_msg(self, primitive: Any, assoc: Association | None = None) -> bool:
         if primitive.__class__ != P_DATA or primitive is None:
             return False
@@ -312,7 +316,7 @@ class SpoolingMessage(DIMSEMessage):
                     if self.command_set.CommandDataSetType == 0x0101:
                         return True
                     if _config.STORE_RECV_CHUNKED_DATASET and isinstance(self, C_STORE_RQ):
-                        _spool(self, context_id, assoc)  # self is a C_STORE_RQ now
+                        _spool(self, context_id, assoc, self.spool_directory)  # self is a C_STORE_RQ now
             else:  # a data set fragment
                 if self._data_set_file:
                     self._data_set_file.write(data[1:])
@@ -324,10 +328,21 @@ class SpoolingMessage(DIMSEMessage):
         return False
 
 
-def _spool(message: DIMSEMessage, context_id: int, assoc: Association | None) -> None:
-    """Open the file the data set is written to, and write its preamble and File Meta."""
+def _spool(message: DIMSEMessage, context_id: int, assoc: Association | None, directory: Path | None) -> None:
+    """Open the file the data set is written to, and write its preamble and File Meta.
+
+    The file is made in ``directory``, the storage's ``.incoming``, named after its writer
+    (:func:`~dicom_node.dicom.storage.temporary_prefix`), not in the system's temporary
+    directory as pynetdicom makes it. Why: the stored file is this file, linked into place,
+    which needs the same file system. Under systemd's ``PrivateTmp`` with the storage on its
+    own volume, ``/tmp`` is elsewhere, and every instance was written twice (to ``/tmp``,
+    then copied). And a crash leaves its file where the storage's sweep removes it, not in
+    ``/tmp`` for ever. ``None`` (a bare :func:`make_prompt`, in tests): the system's.
+    """
     assert assoc is not None
-    message._data_set_file = NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    message._data_set_file = NamedTemporaryFile(
+        delete=False, mode="wb", dir=directory, prefix=temporary_prefix() if directory else None, suffix=".dcm"
+    )
     message._data_set_path = Path(message._data_set_file.name)
     message._data_set_file.write(b"\x00" * 128)
     message._data_set_file.write(b"DICM")
@@ -351,10 +366,12 @@ def _spool(message: DIMSEMessage, context_id: int, assoc: Association | None) ->
     )
 
 
-def spooling_message() -> DIMSEMessage:
-    """A new, still untyped, incoming message that decodes as :class:`SpoolingMessage`."""
+def spooling_message(spool_directory: Path | None = None) -> DIMSEMessage:
+    """A new, still untyped, incoming message that decodes as :class:`SpoolingMessage`,
+    spooling a C-STORE data set into ``spool_directory`` (see :func:`_spool`)."""
     message = DIMSEMessage()
     message.__class__ = SpoolingMessage
+    message.spool_directory = spool_directory  # type: ignore[attr-defined]
     return message
 
 
@@ -369,11 +386,14 @@ class PromptDIMSE(DIMSEServiceProvider):
     :meth:`PromptDUL.send_at_once` finds that safe, and the primitive queued otherwise.
     """
 
+    #: Where the data sets of C-STORE requests are spooled (:func:`_spool`).
+    spool_directory: Path | None
+
     def receive_primitive(self, primitive: Any) -> None:
         """pynetdicom's, decoding into a :class:`SpoolingMessage` (it makes a message only
         when none is pending, so the one made here is the one it fills)."""
         if self.message is None:
-            self.message = spooling_message()
+            self.message = spooling_message(self.spool_directory)
         super().receive_primitive(primitive)
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
@@ -502,13 +522,15 @@ def quiet_standard_logging(assoc: Association) -> None:
         assoc.unbind(event, handler)
 
 
-def make_prompt(assoc: Association) -> Association:
-    """Turn a freshly created acceptor (its threads not started) into the event-driven kind."""
+def make_prompt(assoc: Association, spool_directory: Path | None = None) -> Association:
+    """Turn a freshly created acceptor (its threads not started) into the event-driven kind,
+    spooling received data sets into ``spool_directory`` (see :func:`_spool`)."""
     attention = threading.Event()
     wake = WakeUp()
     assoc.__class__ = PromptAssociation
     assoc.dul.__class__ = PromptDUL
     assoc.dimse.__class__ = PromptDIMSE
+    assoc.dimse.spool_directory = spool_directory  # type: ignore[attr-defined]
     if type(assoc.dul.socket) is AssociationSocket:
         assoc.dul.socket.__class__ = WholeReadSocket
     assoc.attention = attention  # type: ignore[attr-defined]
@@ -530,4 +552,4 @@ class PromptRequestHandler(RequestHandler):
     """
 
     def _create_association(self) -> Association:
-        return make_prompt(super()._create_association())
+        return make_prompt(super()._create_association(), getattr(self.server, "spool_directory", None))

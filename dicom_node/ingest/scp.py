@@ -75,9 +75,11 @@ def failure(status: int, comment: str) -> Dataset:
 class PromptServer(ThreadedAssociationServer):
     """pynetdicom's threaded server whose associations wake on events instead of polling
     (:mod:`dicom_node.ingest.reactor`): ``request_handler`` is a public parameter of
-    pynetdicom's server, and ``AE.make_server`` passes it on."""
+    pynetdicom's server, and ``AE.make_server`` passes it on, as it passes extra keywords
+    such as ``spool_directory`` (where received data sets are written while they arrive)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, spool_directory: Path | None = None, **kwargs: Any) -> None:
+        self.spool_directory = spool_directory
         kwargs.setdefault("request_handler", PromptRequestHandler)
         super().__init__(*args, **kwargs)
 
@@ -234,7 +236,11 @@ class StorageSCP:
         address = (self.settings.bind_address, self.settings.port)
         if listen_socket is None:
             server = ae.make_server(
-                address, evt_handlers=self.handlers(), ssl_context=self.ssl_context, server_class=PromptServer
+                address,
+                evt_handlers=self.handlers(),
+                ssl_context=self.ssl_context,
+                server_class=PromptServer,
+                spool_directory=self.store.incoming,
             )
         else:
             server = ae.make_server(
@@ -244,6 +250,7 @@ class StorageSCP:
                 server_class=SharedSocketServer,
                 shared_socket=listen_socket,
                 sharing_processes=self.settings.listener_processes,
+                spool_directory=self.store.incoming,
             )
         threading.Thread(target=server.serve_forever, name="acceptor", daemon=True).start()
         logger.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -14,7 +15,9 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import func, select
 
 from dicom_node.db.models import Instance, Series, Study
-from dicom_node.dicom.storage import instance_path
+from dicom_node.dicom.storage import instance_path, temporary_prefix
+from dicom_node.ingest import scp
+from dicom_node.ingest.instance import ReceivedInstance
 from dicom_node.metrics import Metrics
 from dicom_node.ingest.scp import (
     CANNOT_UNDERSTAND,
@@ -71,6 +74,29 @@ def test_stores_instance_byte_identical_and_records_it(node: RunningNode, one_sl
     assert row.path == relative
     assert row.size_bytes == stored.stat().st_size
     assert row.calling_ae_title == "TESTSCU"
+
+
+def test_a_data_set_is_spooled_into_the_storage_and_linked_into_place(
+    node: RunningNode, one_slice: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spooled beside the storage, not in /tmp: under PrivateTmp with the storage on its own
+    # volume, /tmp is another file system and each instance would be written twice.
+    seen: list[tuple[Path, int]] = []
+    read_received = scp.read_received
+
+    def watching(source: Path, **kwargs: Any) -> ReceivedInstance:
+        seen.append((source, source.stat().st_ino))
+        return read_received(source, **kwargs)
+
+    monkeypatch.setattr(scp, "read_received", watching)
+    [status] = store_files(node.port, [one_slice])
+    assert status_code(status) == SUCCESS
+    [(spooled, inode)] = seen
+    assert spooled.parent == node.store.incoming
+    assert spooled.name.startswith(temporary_prefix())  # so the sweep knows whose it is
+    [stored] = node.stored_files()  # the spooled name is gone, the stored one is the same file
+    assert stored.stat().st_ino == inode
+    assert stored.parent != node.store.incoming
 
 
 @pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
