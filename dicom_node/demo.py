@@ -102,6 +102,9 @@ class SeriesSpec:
     study_description: str = "CT HEAD WO CONTRAST"
     body_part_examined: str = "HEAD"
     seed: int = 0
+    #: Standard deviation of the pixel noise in the body, in HU: 4 is a 5 mm slice of a
+    #: standard kernel; thin slices of a real scanner are noisier (10-20 HU at 0.6 mm).
+    noise_hu: float = 4.0
     gantry_tilt_deg: float = 0.0
     #: Anatomy beyond the plain ellipsoid (skull base, neck, vertex, craniectomy) or
     #: another body part; None keeps the plain ellipsoid above.
@@ -193,7 +196,7 @@ def _ellipsoid_head_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray]:
         brain = inner <= 1.0
         plane[brain] = 35
         mask[k] = _plant_lesions(spec, plane, (px, py, pz), brain)
-        noise = rng.normal(0.0, 4.0, size=plane.shape).round().astype(np.int16)
+        noise = rng.normal(0.0, spec.noise_hu, size=plane.shape).round().astype(np.int16)
         plane[outer <= 1.0] += noise[outer <= 1.0]
     return volume, mask
 
@@ -340,7 +343,7 @@ def anatomical_volume(spec: SeriesSpec) -> tuple[np.ndarray, np.ndarray, np.ndar
             plane, truth[k] = _head_plane(anatomy, px, py, pz - anatomy.head_centre_z_mm)
             lesions[k] = _plant_lesions(spec, plane, (px, py, pz), truth[k])
         body = plane > -950
-        noise = rng.normal(0.0, 4.0, size=plane.shape).round().astype(np.int16)
+        noise = rng.normal(0.0, spec.noise_hu, size=plane.shape).round().astype(np.int16)
         plane[body] += noise[body]
         volume[k] = plane
     return volume, lesions, truth

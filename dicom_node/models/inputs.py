@@ -36,6 +36,7 @@ import numpy as np
 
 from dicom_node.imaging.geometry import CropResize, prepare_hu, prepare_windowed
 from dicom_node.imaging.morphology import fill_holes_2d, label_components
+from dicom_node.imaging.slabs import thick_slabs
 from dicom_node.imaging.windows import stack_windows
 
 #: Window names a card may list; the imaging layer checks them again when windowing.
@@ -45,6 +46,9 @@ HEAD_LEVEL = 0.25
 #: Distance between context slices when a card does not say: the 5 mm of the whole-stack
 #: training data (PHE-SICH: 24-33 slices over about 150 mm), and of most routine head CT.
 DEFAULT_CONTEXT_SPACING_MM = 5.0
+#: Thickness thin HU slices are averaged to for a network trained from now on: that of its
+#: training data (see DEFAULT_CONTEXT_SPACING_MM). Cards written before have no slab.
+DEFAULT_SLAB_MM = 5.0
 #: A neighbour further than this many times ``context_spacing_mm`` from its place is missing.
 CONTEXT_GAP_FACTOR = 1.5
 
@@ -62,6 +66,10 @@ class InputSpec:
     ``context_slices`` (k): 0 for a 2D model; k > 0 gives the network 2k + 1
     slices, ``context_spacing_mm`` apart, each with all ``windows``, in position
     order along the slice normal (lowest first; the centre slice in the middle).
+
+    ``slab_mm``: HU slices thinner than this are averaged into slabs this thick
+    before windowing (:mod:`dicom_node.imaging.slabs`), the thickness the network
+    learned on; 0 (cards written before it existed): slices as they are.
     """
 
     size: tuple[int, int] = (256, 256)
@@ -71,6 +79,7 @@ class InputSpec:
     mask_outside_head: bool = True
     context_slices: int = 0
     context_spacing_mm: float = DEFAULT_CONTEXT_SPACING_MM
+    slab_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.size) != 2 or min(self.size) < 32:
@@ -92,6 +101,8 @@ class InputSpec:
             raise ValueError("context_slices is 0 (2D) to 4 slices on each side")
         if not self.context_spacing_mm > 0:
             raise ValueError("context_spacing_mm must be positive")
+        if not self.slab_mm >= 0:
+            raise ValueError("slab_mm is 0 (slices as they are) or the thickness thin HU slices are averaged to")
 
     @property
     def slices(self) -> int:
@@ -134,6 +145,8 @@ class InputSpec:
             )
             section["context_slices"] = self.context_slices
             section["context_spacing_mm"] = self.context_spacing_mm
+        if self.slab_mm:
+            section["slab_mm"] = self.slab_mm
         return section
 
     @classmethod
@@ -150,6 +163,7 @@ class InputSpec:
             mask_outside_head=bool(data.get("mask_outside_head", True)),
             context_slices=int(data.get("context_slices", 0)),
             context_spacing_mm=float(data.get("context_spacing_mm", DEFAULT_CONTEXT_SPACING_MM)),
+            slab_mm=float(data.get("slab_mm", 0.0)),
         )
 
 
@@ -203,6 +217,13 @@ class ModelSlice:
 
     image: np.ndarray
     transform: CropResize
+
+
+def network_hu(
+    hu: np.ndarray, *, spec: InputSpec, spacing_z: float | None, measured: Sequence[bool] | None = None
+) -> np.ndarray:
+    """The HU stack the network's inputs are cut from: ``hu``, thin slices averaged to ``spec.slab_mm``."""
+    return thick_slabs(hu, spacing_z=spacing_z, slab_mm=spec.slab_mm, measured=measured)
 
 
 def slice_from_hu(

@@ -23,7 +23,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from dicom_node.models.inputs import ModelSlice, slice_from_hu_stack, slice_from_windowed_stack
+from dicom_node.models.inputs import ModelSlice, network_hu, slice_from_hu_stack, slice_from_windowed_stack
 from dicom_node.models.registry import LoadedModel
 from dicom_node.models.result import ModelResult, VolumeLike
 
@@ -103,15 +103,16 @@ class Runner:
         self.peak_batch = 0
 
     def predict(self, volume: VolumeLike) -> ModelResult:
-        """Run on every slice of an HU volume."""
+        """Run on every slice of an HU volume (thin slices averaged as the card says; measured on the volume)."""
         spec = self.model.card.input
         pixel_spacing = (float(volume.spacing_mm[1]), float(volume.spacing_mm[2]))
         measured = measured_slices(volume)
+        spacing_z = float(volume.spacing_mm[0])
+        hu = network_hu(volume.hu, spec=spec, spacing_z=spacing_z, measured=measured)
 
         def prepare(index: int) -> ModelSlice:
             return slice_from_hu_stack(
-                volume.hu, index, spec=spec, pixel_spacing=pixel_spacing,
-                spacing_z=float(volume.spacing_mm[0]), measured=measured,
+                hu, index, spec=spec, pixel_spacing=pixel_spacing, spacing_z=spacing_z, measured=measured
             )
 
         return self._run(volume, prepare)

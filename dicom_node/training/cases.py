@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.models.inputs import InputSpec, ModelSlice, slice_from_hu_stack
+from dicom_node.models.inputs import InputSpec, ModelSlice, network_hu, slice_from_hu_stack
 from dicom_node.imaging.morphology import label_components
 
 #: One training slice: (model slice, model-size instance map, label, annotated, key, group).
@@ -146,12 +146,13 @@ def volume_slices(
 ) -> list[SliceItem]:
     """Training items of every slice of an HU volume with a voxel truth mask (NIfTI, DICOM, PHE-SICH).
 
-    A 2.5D spec gives each slice its real neighbours from the same volume, as the
-    runner does at inference.
+    A 2.5D spec gives each slice its real neighbours from the same volume, and thin
+    slices are averaged to the spec's slab, as the runner does at inference.
     """
     items = []
+    seen = network_hu(hu, spec=spec, spacing_z=spacing[0])
     for k in range(hu.shape[0]):
-        prepared = slice_from_hu_stack(hu, k, spec=spec, pixel_spacing=spacing[1:], spacing_z=spacing[0])
+        prepared = slice_from_hu_stack(seen, k, spec=spec, pixel_spacing=spacing[1:], spacing_z=spacing[0])
         instances, n = label_components(truth[k])
         if n > 255:
             raise ValueError(f"{key} slice {k} has more than 255 separate lesion regions")

@@ -45,6 +45,9 @@ def train_command(
     context_spacing_mm: Annotated[
         float, typer.Option(help="2.5D: distance between the slices the network sees, in mm.")
     ] = 5.0,
+    slab_mm: Annotated[
+        float, typer.Option(help="HU slices thinner than this are averaged to it (mm; 0 = as they are).")
+    ] = 5.0,
     oversample: Annotated[
         list[str] | None,
         typer.Option(help="NAME=N: repeat the training slices of the data folder named NAME N times per epoch."),
@@ -82,6 +85,7 @@ def train_command(
         windows=[w.strip() for w in windows.split(",") if w.strip()],
         context_slices=context_slices,
         context_spacing_mm=context_spacing_mm,
+        slab_mm=slab_mm,
         oversample=_oversample(oversample or []),
         loss=loss,
         threads=threads,

@@ -42,7 +42,7 @@ from dicom_node.models import classifier as classifier_module
 from dicom_node.models import maskrcnn as maskrcnn_module
 from dicom_node.models import unet as unet_module
 from dicom_node.models.card import ModelCard, Thresholds, sha256_of
-from dicom_node.models.inputs import DEFAULT_CONTEXT_SPACING_MM, InputSpec
+from dicom_node.models.inputs import DEFAULT_CONTEXT_SPACING_MM, DEFAULT_SLAB_MM, InputSpec
 from dicom_node.models.losses import LOSSES
 from dicom_node.models.registry import build_network
 from dicom_node.models.result import ModelKind
@@ -292,6 +292,7 @@ def train(
     windows: Sequence[str] = ("brain",),
     context_slices: int = 0,
     context_spacing_mm: float = DEFAULT_CONTEXT_SPACING_MM,
+    slab_mm: float = DEFAULT_SLAB_MM,
     oversample: dict[str, int] | None = None,
     architecture: dict[str, Any] | None = None,
     loss: str = "dice_bce",
@@ -340,7 +341,7 @@ def train(
         loss=loss,
         spec=InputSpec(
             size=(size, size), windows=tuple(windows),
-            context_slices=context_slices, context_spacing_mm=context_spacing_mm,
+            context_slices=context_slices, context_spacing_mm=context_spacing_mm, slab_mm=slab_mm,
         ),
         architecture=architecture,
         init=None if init is None else Path(init), name=name, version=version, training_data=training_data,
