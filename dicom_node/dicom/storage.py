@@ -76,7 +76,7 @@ def temporary_prefix() -> str:
     return f"{socket.gethostname()}~{pid_namespace()}~{os.getpid()}~"
 
 
-def _temporary_name(suffix: str) -> str:
+def temporary_name(suffix: str) -> str:
     """``<host>~<pid namespace>~<pid>~<random><suffix>`` (see :func:`temporary_prefix`)."""
     return f"{temporary_prefix()}{uuid.uuid4().hex}{suffix}"
 
@@ -262,7 +262,7 @@ class InstanceStore:
 
     def problems(self) -> list[str]:
         """Why the store cannot take instances now (for the health endpoint); empty if it can."""
-        probe = self.incoming / _temporary_name(".probe")
+        probe = self.incoming / temporary_name(".probe")
         try:
             probe.write_bytes(b"ok")
             _fsync_path(probe)
@@ -308,7 +308,7 @@ class InstanceStore:
         """
         if source.stat().st_dev == self.root.stat().st_dev:
             return source
-        staged = self.incoming / _temporary_name(".part")
+        staged = self.incoming / temporary_name(".part")
         shutil.copyfile(source, staged)
         return staged
 
@@ -352,7 +352,7 @@ class InstanceStore:
 
     def write_dataset(self, dataset: Dataset, relative: PurePosixPath) -> int:
         """Write an object we created (SEG, SR, key image) durably at ``relative``; returns its size."""
-        staged = self.incoming / _temporary_name(".part")
+        staged = self.incoming / temporary_name(".part")
         dataset.save_as(staged, enforce_file_format=True)
         return self.publish(staged, relative).size
 

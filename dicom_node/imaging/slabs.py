@@ -10,12 +10,12 @@ A radiologist reads thin series the same way, as thick slabs or MPRs.
 
 The average is the mean of the HU of the ``n`` slices centred on each slice, ``n`` the
 largest odd number whose ``n`` x spacing stays within :data:`SLAB_TOLERANCE` times the
-wanted thickness (1 mm: 5 slices; 0.625 mm: 9; 2 mm: 3; from 2.1 mm: none). Near the first
+wanted thickness (1 mm: 5 slices; 0.625 mm: 9; 2 mm: 3; above 6.25 / 3 = 2.08 mm: none). Near the first
 and last slice the window is cut short rather than shifted. Slices a volume filled in for
 a missing instance (``measured`` False) are left out of every mean. Only what the network
 sees is averaged: findings, their HU and the intracranial gate keep the volume's own
-slices. No library offers this (highdicom and pydicom read volumes; scipy's
-``uniform_filter1d`` would average the filled-in slices too and is not a dependency).
+slices. Written here: highdicom and pydicom read volumes but do not average them, and scipy's
+``uniform_filter1d`` would average the filled-in slices too.
 """
 
 from __future__ import annotations
@@ -32,8 +32,38 @@ def slab_slices(spacing_z: float | None, slab_mm: float) -> int:
     """How many slices one slab averages: an odd number, 1 when there is nothing to average."""
     if not slab_mm > 0 or spacing_z is None or not spacing_z > 0:
         return 1
-    n = int(SLAB_TOLERANCE * slab_mm / spacing_z)
+    # The spacing is fitted to the slice positions: 1.25 mm can come out as 1.2500000000000013.
+    n = int(SLAB_TOLERANCE * slab_mm / spacing_z + 1e-6)
     return max(1, n if n % 2 else n - 1)
+
+
+class SlabStack:
+    """A stack of slices read like ``hu`` (``stack[k]``, ``shape``), slice ``k`` being its slab's mean.
+
+    Each slab is computed when asked for, so no second copy of the volume is held (a 1000-slice
+    study is 500 MB of int16): a network's inputs ask for a few slices at a time.
+    """
+
+    def __init__(self, hu: np.ndarray, slices: int, measured: Sequence[bool] | None = None) -> None:
+        count = hu.shape[0]
+        self.real = np.ones(count, dtype=bool) if measured is None else np.asarray(measured, dtype=bool)
+        if self.real.shape != (count,):
+            raise ValueError("measured needs one entry per slice")
+        self.hu = hu
+        self.half = slices // 2
+        self.shape = hu.shape
+        self.dtype = hu.dtype
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        hu, count = self.hu, self.shape[0]
+        window = [j for j in range(max(0, k - self.half), min(count, k + self.half + 1)) if self.real[j]]
+        if not self.real[k] or not window:  # a filled-in slice stays what the volume made of it
+            return hu[k]
+        mean = np.add.reduce(hu[window], axis=0, dtype=np.float32) / len(window)
+        return np.rint(mean).astype(hu.dtype) if np.issubdtype(hu.dtype, np.integer) else mean.astype(hu.dtype)
 
 
 def thick_slabs(
@@ -42,25 +72,14 @@ def thick_slabs(
     spacing_z: float | None,
     slab_mm: float,
     measured: Sequence[bool] | None = None,
-) -> np.ndarray:
-    """``hu`` ``(slices, rows, cols)`` with each slice replaced by the mean of its slab, same dtype.
-
-    Returns ``hu`` itself (no copy) when the slices are already thick enough.
-    """
+) -> HUStack:
+    """``hu`` ``(slices, rows, cols)`` read as slabs: ``hu`` itself (no copy) when the slices are
+    thick enough, else a :class:`SlabStack` over it."""
     n = slab_slices(spacing_z, slab_mm)
     if n == 1 or hu.ndim != 3:
         return hu
-    count = hu.shape[0]
-    real = np.ones(count, dtype=bool) if measured is None else np.asarray(measured, dtype=bool)
-    if real.shape != (count,):
-        raise ValueError("measured needs one entry per slice")
-    out = np.empty_like(hu)
-    half = n // 2
-    for k in range(count):
-        window = [j for j in range(max(0, k - half), min(count, k + half + 1)) if real[j]]
-        if not real[k] or not window:  # a filled-in slice stays what the volume made of it
-            out[k] = hu[k]
-            continue
-        mean = np.add.reduce(hu[window], axis=0, dtype=np.float32) / len(window)
-        out[k] = np.rint(mean) if np.issubdtype(hu.dtype, np.integer) else mean
-    return out
+    return SlabStack(hu, n, measured)
+
+
+#: What a network's inputs are cut from: a volume's HU array, or slabs read over it.
+HUStack = np.ndarray | SlabStack

@@ -59,7 +59,9 @@ and this module is re-read before it is trusted again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import select
 import socket
@@ -68,7 +70,7 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from tempfile import NamedTemporaryFile
+from tempfile import gettempdir
 from typing import Any
 
 from pydicom.filewriter import write_file_meta_info
@@ -91,7 +93,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from dicom_node.dicom.dimse import encode_file_meta, encode_store_response
 from dicom_node.dicom.pdu import encode_command_pdu
-from dicom_node.dicom.storage import temporary_prefix
+from dicom_node.dicom.storage import temporary_name
 
 logger = logging.getLogger(__name__)
 
@@ -328,21 +330,44 @@ class SpoolingMessage(DIMSEMessage):
         return False
 
 
+class SpoolFile:
+    """A spool file as pynetdicom uses its ``NamedTemporaryFile``: ``write``, ``file.flush()``,
+    ``close()`` and ``name``; anything else goes to the open file.
+
+    Made here rather than by ``NamedTemporaryFile``, which creates files readable by their
+    owner only: a stored instance is this file, linked into place, and gets the mode every
+    other stored file gets (0666 less the process's umask: 0640 under the units' UMask=0027).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        self.file = open(path, "xb")  # noqa: SIM115 (closed by pynetdicom, or by discard_spools)
+
+    def write(self, data: bytes) -> int:
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
 def _spool(message: DIMSEMessage, context_id: int, assoc: Association | None, directory: Path | None) -> None:
     """Open the file the data set is written to, and write its preamble and File Meta.
 
     The file is made in ``directory``, the storage's ``.incoming``, named after its writer
-    (:func:`~dicom_node.dicom.storage.temporary_prefix`), not in the system's temporary
+    (:func:`~dicom_node.dicom.storage.temporary_name`), not in the system's temporary
     directory as pynetdicom makes it. Why: the stored file is this file, linked into place,
     which needs the same file system. Under systemd's ``PrivateTmp`` with the storage on its
     own volume, ``/tmp`` is elsewhere, and every instance was written twice (to ``/tmp``,
     then copied). And a crash leaves its file where the storage's sweep removes it, not in
-    ``/tmp`` for ever. ``None`` (a bare :func:`make_prompt`, in tests): the system's.
+    ``/tmp`` for ever (an abort, a time-out or a failed write: see
+    :meth:`PromptDIMSE.discard_spools`). ``None`` (a bare :func:`make_prompt`, in tests):
+    the system's temporary directory.
     """
     assert assoc is not None
-    message._data_set_file = NamedTemporaryFile(
-        delete=False, mode="wb", dir=directory, prefix=temporary_prefix() if directory else None, suffix=".dcm"
-    )
+    message._data_set_file = SpoolFile(Path(directory or gettempdir()) / temporary_name(".dcm"))
     message._data_set_path = Path(message._data_set_file.name)
     message._data_set_file.write(b"\x00" * 128)
     message._data_set_file.write(b"DICM")
@@ -396,6 +421,29 @@ class PromptDIMSE(DIMSEServiceProvider):
             self.message = spooling_message(self.spool_directory)
         super().receive_primitive(primitive)
 
+    def discard_spools(self) -> None:
+        """Close and remove the spool files of requests that will never be served.
+
+        pynetdicom removes a spool file only after the C-STORE handler returned. A data set
+        cut off by an abort, a network time-out or a write error, and a complete request
+        still queued when the association ended, never get there: their partial files would
+        stay in ``.incoming`` until the daily sweep (the hourly one spares a live process's
+        files). Called by the association thread once its loop is over.
+        """
+        pending = [self.message] if self.message is not None else []
+        while not self.msg_queue.empty():
+            _, queued = self.msg_queue.get(block=False)
+            pending.append(queued)
+        for item in pending:
+            spool = getattr(item, "_data_set_file", None) or getattr(item, "_dataset_file", None)
+            if spool is None:
+                continue
+            with contextlib.suppress(OSError):
+                spool.close()
+            with contextlib.suppress(OSError):
+                os.unlink(spool.name)
+        self.message = None
+
     def send_msg(self, primitive: Any, context_id: int) -> None:
         command = self._plain_store_response(primitive)
         if command is None:
@@ -443,6 +491,13 @@ class PromptAssociation(Association):
             self.dul.wake.close()  # type: ignore[attr-defined]
 
     def _run_reactor(self) -> None:
+        """Serve requests until the association ends; then drop the spool files nobody will serve."""
+        try:
+            self._serve_until_over()
+        finally:
+            self.dimse.discard_spools()  # type: ignore[attr-defined]
+
+    def _serve_until_over(self) -> None:
         """Serve requests until the association ends, waking as soon as something is queued for us.
 
         The same checks as pynetdicom's loop, in the same order: a request to serve, a release

@@ -366,6 +366,9 @@ class StorageSCP:
                 f"instance refused: {exc}", extra={**context, "status": f"0x{status:04X}"}
             )
             return failure(status, str(exc))
+        except Exception:
+            source.unlink(missing_ok=True)  # pynetdicom removes the spool file only after a handler that returned
+            raise
         self._count(assoc, result.outcome, result.size_bytes, item.study_instance_uid)
         if result.reopened:
             logger.info(

@@ -36,7 +36,7 @@ import numpy as np
 
 from dicom_node.imaging.geometry import CropResize, prepare_hu, prepare_windowed
 from dicom_node.imaging.morphology import fill_holes_2d, label_components
-from dicom_node.imaging.slabs import thick_slabs
+from dicom_node.imaging.slabs import HUStack, thick_slabs
 from dicom_node.imaging.windows import stack_windows
 
 #: Window names a card may list; the imaging layer checks them again when windowing.
@@ -221,7 +221,7 @@ class ModelSlice:
 
 def network_hu(
     hu: np.ndarray, *, spec: InputSpec, spacing_z: float | None, measured: Sequence[bool] | None = None
-) -> np.ndarray:
+) -> HUStack:
     """The HU stack the network's inputs are cut from: ``hu``, thin slices averaged to ``spec.slab_mm``."""
     return thick_slabs(hu, spacing_z=spacing_z, slab_mm=spec.slab_mm, measured=measured)
 
@@ -234,7 +234,7 @@ def slice_from_hu(
 
 
 def slice_from_hu_stack(
-    hu: np.ndarray,
+    hu: HUStack,
     index: int,
     *,
     spec: InputSpec,
@@ -242,7 +242,8 @@ def slice_from_hu_stack(
     spacing_z: float | None,
     measured: Sequence[bool] | None = None,
 ) -> ModelSlice:
-    """The model input of slice ``index`` of an HU stack ``(slices, rows, cols)``: the road used at inference.
+    """The model input of slice ``index`` of an HU stack ``(slices, rows, cols)`` (or slabs read over
+    one, :func:`network_hu`): the road used at inference.
 
     ``spacing_z`` is the distance between slices in mm (None: unknown, no
     neighbour is used); ``measured`` marks the slices that are real images

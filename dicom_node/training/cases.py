@@ -143,14 +143,19 @@ def volume_slices(
     truth: np.ndarray,
     spacing: tuple[float, float, float],
     spec: InputSpec,
+    *,
+    measured: Sequence[bool] | None = None,
+    slabs: bool = True,
 ) -> list[SliceItem]:
     """Training items of every slice of an HU volume with a voxel truth mask (NIfTI, DICOM, PHE-SICH).
 
     A 2.5D spec gives each slice its real neighbours from the same volume, and thin
-    slices are averaged to the spec's slab, as the runner does at inference.
+    slices are averaged to the spec's slab leaving out the ``measured`` False ones (filled
+    in for a missing instance), as the runner does at inference. ``slabs`` False: HU read
+    back from 8-bit renderings (PHE-SICH), which inference reads windowed, without slabs.
     """
     items = []
-    seen = network_hu(hu, spec=spec, spacing_z=spacing[0])
+    seen = network_hu(hu, spec=spec, spacing_z=spacing[0], measured=measured) if slabs else hu
     for k in range(hu.shape[0]):
         prepared = slice_from_hu_stack(seen, k, spec=spec, pixel_spacing=spacing[1:], spacing_z=spacing[0])
         instances, n = label_components(truth[k])

@@ -14,6 +14,7 @@ import numpy as np
 
 from dicom_node.imaging.volume import CTVolume, assemble_volume
 from dicom_node.models.inputs import InputSpec
+from dicom_node.models.runner import measured_slices
 from dicom_node.training.cases import Case, SliceSet, volume_slices
 
 
@@ -89,7 +90,7 @@ def dicom_slices(root: str | Path, names: Sequence[str], spec: InputSpec) -> Sli
         if case.name in names:
             volume, truth = read_dicom_case(case)
             z, y, x = (float(s) for s in volume.spacing_mm)
-            items += volume_slices(case.name, volume.hu, truth, (z, y, x), spec)
+            items += volume_slices(case.name, volume.hu, truth, (z, y, x), spec, measured=measured_slices(volume))
     return SliceSet.build(items)
 
 

@@ -325,7 +325,7 @@ def phe_slices(root: str | Path, patients: Sequence[str], spec: InputSpec) -> Sl
     items = []
     for patient in patients:
         stack = dataset.stack(patient)
-        these = volume_slices(patient, stack.hu, stack.hematoma, stack.spacing_mm, spec)
+        these = volume_slices(patient, stack.hu, stack.hematoma, stack.spacing_mm, spec, slabs=False)
         for k, (prepared, instances, _, _, key, group) in enumerate(these):
             label = int(stack.labels[k])
             annotated = not (label and not stack.hematoma[k].any())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,22 @@ def test_a_data_set_is_spooled_into_the_storage_and_linked_into_place(
     [stored] = node.stored_files()  # the spooled name is gone, the stored one is the same file
     assert stored.stat().st_ino == inode
     assert stored.parent != node.store.incoming
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o666 & ~umask  # as other files are made, not 0600
+
+
+def test_a_handler_that_fails_unexpectedly_leaves_no_spool_file(
+    node: RunningNode, one_slice: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pynetdicom removes the spool file only after a handler that returned; ours removes it itself.
+    def broken(source: Path, **kwargs: Any) -> ReceivedInstance:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(scp, "read_received", broken)
+    [status] = store_files(node.port, [one_slice])
+    assert status_code(status) == 0xC211  # pynetdicom's answer to a handler that raised
+    _nothing_stored(node)
 
 
 @pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])

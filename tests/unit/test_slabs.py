@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_node.imaging.slabs import slab_slices, thick_slabs
+from dicom_node.imaging.slabs import SlabStack, slab_slices, thick_slabs
 from dicom_node.imaging.volume import CTVolume
 from dicom_node.models.card import ModelCard
 from dicom_node.models.inputs import InputSpec
@@ -20,10 +20,15 @@ from tests.support.models import one_torch_thread, tiny_card  # noqa: F401
 
 @pytest.mark.parametrize(
     ("spacing", "expected"),
-    [(0.5, 11), (0.625, 9), (1.0, 5), (1.25, 5), (2.0, 3), (2.1, 1), (2.5, 1), (5.0, 1), (None, 1), (0.0, 1)],
+    [(0.5, 11), (0.625, 9), (1.0, 5), (1.25, 5), (1.25 + 1e-12, 5), (2.0, 3), (2.08, 3), (2.1, 1), (2.5, 1), (5.0, 1), (None, 1), (0.0, 1)],
 )
 def test_a_slab_is_the_odd_number_of_slices_nearest_5_mm_and_at_most_a_quarter_over(spacing, expected):
     assert slab_slices(spacing, 5.0) == expected
+
+
+def _materialised(stack) -> np.ndarray:  # type: ignore[no-untyped-def]
+    assert isinstance(stack, SlabStack)
+    return np.stack([stack[k] for k in range(len(stack))])
 
 
 def test_no_slab_asked_or_thick_slices_return_the_stack_itself():
@@ -36,7 +41,7 @@ def test_no_slab_asked_or_thick_slices_return_the_stack_itself():
 def test_each_slice_becomes_the_mean_of_its_slab_cut_short_at_the_ends():
     # HU equal to 10 x the slice index: 2 mm slices average 3 at a time (6 mm).
     hu = (10 * np.arange(6, dtype=np.int16))[:, None, None] * np.ones((1, 2, 2), dtype=np.int16)
-    out = thick_slabs(hu, spacing_z=2.0, slab_mm=5.0)
+    out = _materialised(thick_slabs(hu, spacing_z=2.0, slab_mm=5.0))
     assert out.dtype == np.int16 and out.shape == hu.shape
     assert out[:, 0, 0].tolist() == [5, 10, 20, 30, 40, 45]  # (0+10)/2 ... (40+50)/2
 
@@ -44,14 +49,14 @@ def test_each_slice_becomes_the_mean_of_its_slab_cut_short_at_the_ends():
 def test_a_filled_in_slice_is_left_out_of_every_mean_and_kept_as_it_was():
     hu = (10 * np.arange(5, dtype=np.float32))[:, None, None] * np.ones((1, 2, 2), dtype=np.float32)
     hu[2] = 999.0  # what the volume put where an instance was missing
-    out = thick_slabs(hu, spacing_z=2.0, slab_mm=5.0, measured=[True, True, False, True, True])
+    out = _materialised(thick_slabs(hu, spacing_z=2.0, slab_mm=5.0, measured=[True, True, False, True, True]))
     assert out[:, 0, 0].tolist() == [5.0, 5.0, 999.0, 35.0, 35.0]
 
 
 def test_averaging_brings_thin_slice_noise_down_to_a_thick_slices():
     rng = np.random.default_rng(0)
     hu = rng.normal(35.0, 20.0, size=(60, 64, 64)).astype(np.float32)
-    out = thick_slabs(hu, spacing_z=0.625, slab_mm=5.0)  # 9 slices: sd / 3
+    out = _materialised(thick_slabs(hu, spacing_z=0.625, slab_mm=5.0))  # 9 slices: sd / 3
     assert float(out[10:-10].std()) == pytest.approx(20.0 / 3, rel=0.1)
     assert float(out.mean()) == pytest.approx(35.0, abs=0.5)
 
