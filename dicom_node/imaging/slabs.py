@@ -59,6 +59,8 @@ class SlabStack:
 
     def __getitem__(self, k: int) -> np.ndarray:
         hu, count = self.hu, self.shape[0]
+        if not 0 <= k < count:  # a slice index only: no negative ones, no ranges
+            raise IndexError(f"slice {k} is not in a stack of {count}")
         window = [j for j in range(max(0, k - self.half), min(count, k + self.half + 1)) if self.real[j]]
         if not self.real[k] or not window:  # a filled-in slice stays what the volume made of it
             return hu[k]

@@ -400,6 +400,22 @@ def spooling_message(spool_directory: Path | None = None) -> DIMSEMessage:
     return message
 
 
+def discard_spool(item: Any) -> None:
+    """Close and remove the spool file of a message or request primitive, if it has one.
+
+    Only ever its ``.incoming`` name: a stored instance was linked (or renamed) from it to its
+    own name, which this never touches, so it is safe after the handler too, where it finds
+    nothing left.
+    """
+    spool = getattr(item, "_data_set_file", None) or getattr(item, "_dataset_file", None)
+    if spool is None:
+        return
+    with contextlib.suppress(OSError):
+        spool.close()
+    with contextlib.suppress(OSError):
+        os.unlink(spool.name)
+
+
 class PromptDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider, sending a plain C-STORE response without building a Dataset.
 
@@ -428,20 +444,14 @@ class PromptDIMSE(DIMSEServiceProvider):
         cut off by an abort, a network time-out or a write error, and a complete request
         still queued when the association ended, never get there: their partial files would
         stay in ``.incoming`` until the daily sweep (the hourly one spares a live process's
-        files). Called by the association thread once its loop is over.
+        files). Called by the association thread once it is done.
         """
         pending = [self.message] if self.message is not None else []
         while not self.msg_queue.empty():
             _, queued = self.msg_queue.get(block=False)
             pending.append(queued)
         for item in pending:
-            spool = getattr(item, "_data_set_file", None) or getattr(item, "_dataset_file", None)
-            if spool is None:
-                continue
-            with contextlib.suppress(OSError):
-                spool.close()
-            with contextlib.suppress(OSError):
-                os.unlink(spool.name)
+            discard_spool(item)
         self.message = None
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
@@ -490,14 +500,15 @@ class PromptAssociation(Association):
         if not self.dul.is_alive():  # nobody selects on it any more: give its descriptors back now
             self.dul.wake.close()  # type: ignore[attr-defined]
 
-    def _run_reactor(self) -> None:
-        """Serve requests until the association ends; then drop the spool files nobody will serve."""
+    def run_reactor(self) -> None:
+        """pynetdicom's, then drop the spool files of requests nobody will serve (the DUL
+        thread is over by then: the association was killed, or its DUL thread failed)."""
         try:
-            self._serve_until_over()
+            super().run_reactor()
         finally:
             self.dimse.discard_spools()  # type: ignore[attr-defined]
 
-    def _serve_until_over(self) -> None:
+    def _run_reactor(self) -> None:
         """Serve requests until the association ends, waking as soon as something is queued for us.
 
         The same checks as pynetdicom's loop, in the same order: a request to serve, a release
@@ -527,7 +538,13 @@ class PromptAssociation(Association):
         """One look at everything; False once the association is over."""
         context_id, message = self.dimse.get_msg(block=False)
         if message:
-            self._serve_request(message, context_id)  # type: ignore[arg-type]
+            try:
+                self._serve_request(message, context_id)  # type: ignore[arg-type]
+            finally:
+                # pynetdicom removes the spool only after a handler that returned; a request it
+                # drops (invalid command set, a SOP class that is not storage, during a release)
+                # or whose serving raised would leave its data set in .incoming.
+                discard_spool(message)
         if self.is_established and self.acse.is_release_requested():
             self.acse.send_release(is_response=True)
             self.is_released, self.is_established = True, False

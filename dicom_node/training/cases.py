@@ -157,7 +157,9 @@ def volume_slices(
     items = []
     seen = network_hu(hu, spec=spec, spacing_z=spacing[0], measured=measured) if slabs else hu
     for k in range(hu.shape[0]):
-        prepared = slice_from_hu_stack(seen, k, spec=spec, pixel_spacing=spacing[1:], spacing_z=spacing[0])
+        prepared = slice_from_hu_stack(
+            seen, k, spec=spec, pixel_spacing=spacing[1:], spacing_z=spacing[0], measured=measured
+        )
         instances, n = label_components(truth[k])
         if n > 255:
             raise ValueError(f"{key} slice {k} has more than 255 separate lesion regions")

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import threading
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import MRImageStorage, generate_uid
 from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import func, select
 
@@ -114,6 +117,34 @@ def test_a_handler_that_fails_unexpectedly_leaves_no_spool_file(
     monkeypatch.setattr(scp, "read_received", broken)
     [status] = store_files(node.port, [one_slice])
     assert status_code(status) == 0xC211  # pynetdicom's answer to a handler that raised
+    _nothing_stored(node)
+
+
+def test_a_request_pynetdicom_drops_leaves_no_spool_file(node: RunningNode, one_slice: Path) -> None:
+    # A C-STORE whose command names a SOP Class no service knows: its data set is spooled in
+    # full, then pynetdicom fails to serve it (and aborts) without calling the handler, which
+    # is what would have removed the spool file.
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    try:
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = "1.2.826.0.1.3680043.10.1476.99.1"  # no such SOP Class
+        request.AffectedSOPInstanceUID = dcmread(one_slice).SOPInstanceUID
+        request.Priority = 2
+        request.DataSet = BytesIO(dataset_bytes(one_slice))
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        for fragment in message.encode_msg(assoc.accepted_contexts[0].context_id, 16384):
+            assoc.dul.send_pdu(fragment)
+        wait_for(lambda: not assoc.is_established, 5.0, "the listener to end the association")
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+    incoming = node.store.incoming
+    wait_for(lambda: not any(incoming.iterdir()), 5.0, ".incoming to be empty")
     _nothing_stored(node)
 
 
