@@ -500,15 +500,20 @@ class PromptAssociation(Association):
         if not self.dul.is_alive():  # nobody selects on it any more: give its descriptors back now
             self.dul.wake.close()  # type: ignore[attr-defined]
 
-    def run_reactor(self) -> None:
-        """pynetdicom's, then drop the spool files of requests nobody will serve (the DUL
-        thread is over by then: the association was killed, or its DUL thread failed)."""
+    def _run_reactor(self) -> None:
+        """Serve requests until the association ends; then drop the spool files nobody will serve.
+
+        Here, not in ``run_reactor``: pynetdicom's thread was given its ``run_reactor`` as
+        target before :func:`make_prompt` changed the class, so an override there never runs.
+        (A data set can only be spooled once the association is established, which is when
+        pynetdicom calls this.)
+        """
         try:
-            super().run_reactor()
+            self._serve_until_over()
         finally:
             self.dimse.discard_spools()  # type: ignore[attr-defined]
 
-    def _run_reactor(self) -> None:
+    def _serve_until_over(self) -> None:
         """Serve requests until the association ends, waking as soon as something is queued for us.
 
         The same checks as pynetdicom's loop, in the same order: a request to serve, a release
