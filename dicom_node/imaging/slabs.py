@@ -52,7 +52,6 @@ class SlabStack:
         self.hu = hu
         self.half = slices // 2
         self.shape = hu.shape
-        self.dtype = hu.dtype
 
     def __len__(self) -> int:
         return int(self.shape[0])
