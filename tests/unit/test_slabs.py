@@ -12,7 +12,7 @@ import torch
 from dicom_node.imaging.slabs import SlabStack, slab_slices, thick_slabs
 from dicom_node.imaging.volume import CTVolume
 from dicom_node.models.card import ModelCard
-from dicom_node.models.inputs import InputSpec
+from dicom_node.models.inputs import InputSpec, context_indices
 from dicom_node.models.registry import SHIPPED_WEIGHTS, LoadedModel
 from dicom_node.models.runner import Runner
 from tests.support.models import one_torch_thread, tiny_card  # noqa: F401
@@ -51,6 +51,27 @@ def test_a_filled_in_slice_is_left_out_of_every_mean_and_kept_as_it_was():
     hu[2] = 999.0  # what the volume put where an instance was missing
     out = _materialised(thick_slabs(hu, spacing_z=2.0, slab_mm=5.0, measured=[True, True, False, True, True]))
     assert out[:, 0, 0].tolist() == [5.0, 5.0, 999.0, 35.0, 35.0]
+
+
+@pytest.mark.parametrize(("spacing", "slices"), [(0.625, 9), (0.5, 11), (1.0, 5), (0.3, 19)])
+def test_a_25d_read_averages_each_slab_once_and_nobody_can_change_one(monkeypatch, spacing, slices):
+    """Each slice and its context a slab thickness away, as the 2.5D networks read them: one
+    average per slab, not three."""
+    spec = InputSpec(context_slices=1, context_spacing_mm=5.0, slab_mm=5.0)
+    count = 80
+    hu = np.arange(count * 4 * 4, dtype=np.int16).reshape(count, 4, 4)
+    assert slab_slices(spacing, 5.0) == slices
+    expected = [SlabStack(hu, slices)._slab(k) for k in range(count)]
+    averaged: list[int] = []
+    slab = SlabStack._slab
+    monkeypatch.setattr(SlabStack, "_slab", lambda self, k: averaged.append(k) or slab(self, k))
+    stack = thick_slabs(hu, spacing_z=spacing, slab_mm=5.0)
+    for k in range(count):
+        for j in context_indices(count, k, spec=spec, spacing_z=spacing):
+            np.testing.assert_array_equal(stack[j], expected[j])
+    assert sorted(averaged) == list(range(count))
+    with pytest.raises(ValueError, match="read-only"):
+        stack[count - 1][0, 0] = 1
 
 
 def test_averaging_brings_thin_slice_noise_down_to_a_thick_slices():
