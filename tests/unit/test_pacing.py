@@ -29,16 +29,6 @@ def receive_one(folder: Path, name: str = "spool.dcm") -> None:
     os.utime(folder, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
 
 
-def watching(folder: Path) -> tuple[FakeClock, IngestActivity]:
-    """An activity watching ``folder`` from now, on a fake clock, that has just seen one instance arrive."""
-    clock = FakeClock()
-    activity = IngestActivity(folder, recent_s=0.5, clock=clock)
-    activity.watch()
-    receive_one(folder)
-    assert activity.active()
-    return clock, activity
-
-
 def test_a_quiet_folder_is_no_reception(tmp_path):
     activity = IngestActivity(tmp_path, recent_s=0.5, clock=FakeClock())
     assert not activity.active()
@@ -46,7 +36,11 @@ def test_a_quiet_folder_is_no_reception(tmp_path):
 
 
 def test_a_change_counts_as_reception_for_a_moment(tmp_path):
-    clock, activity = watching(tmp_path)
+    clock = FakeClock()
+    activity = IngestActivity(tmp_path, recent_s=0.5, clock=clock)
+    activity.watch()
+    receive_one(tmp_path)
+    assert activity.active()
     clock.now += 0.4
     assert activity.active()  # a PACS's gap between two instances
     clock.now += 0.2
@@ -55,7 +49,11 @@ def test_a_change_counts_as_reception_for_a_moment(tmp_path):
 
 def test_changes_before_the_job_started_are_not_reception(tmp_path):
     """The worker writes its own results through ``.incoming``: the next job must not pause for them."""
-    _, activity = watching(tmp_path)
+    clock = FakeClock()
+    activity = IngestActivity(tmp_path, recent_s=0.5, clock=clock)
+    activity.watch()
+    receive_one(tmp_path)
+    assert activity.active()
     receive_one(tmp_path, "result.part")
     activity.watch()
     assert not activity.active()
@@ -67,10 +65,8 @@ def test_a_missing_folder_is_no_reception(tmp_path):
     assert not activity.active()
 
 
-def paced(folder: Path, *, max_pause_s: float, during=None) -> tuple[FakeClock, Pacer, list[float]]:
-    """A pacer watching ``folder`` on a fake clock, its job started; ``during(now)`` runs at each
-    of its sleeps (reception going on); the list collects its pauses."""
-    clock = FakeClock()
+def paced(activity: IngestActivity, clock: FakeClock, *, max_pause_s: float, during=None) -> tuple[Pacer, list[float]]:
+    """A pacer on a fake clock; ``during(now)`` runs at each of its sleeps (reception going on)."""
     pauses: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -79,33 +75,28 @@ def paced(folder: Path, *, max_pause_s: float, during=None) -> tuple[FakeClock, 
         if during is not None:
             during(clock.now)
 
-    pacer = Pacer(
-        IngestActivity(folder, recent_s=0.5, clock=clock), max_pause_s=max_pause_s, clock=clock, sleep=sleep,
-        on_pause=pauses.append,
-    )  # fmt: skip
-    pacer.start_job()
-    return clock, pacer, pauses
-
-
-def step_while_receiving(pacer: Pacer, folder: Path) -> None:
-    """An instance arrives, then the job reaches a step."""
-    receive_one(folder)
-    pacer()
+    return Pacer(activity, max_pause_s=max_pause_s, clock=clock, sleep=sleep, on_pause=pauses.append), pauses
 
 
 def test_a_quiet_node_never_pauses(tmp_path):
-    clock, pacer, pauses = paced(tmp_path, max_pause_s=2.0)
+    clock = FakeClock()
+    pacer, pauses = paced(IngestActivity(tmp_path, clock=clock), clock, max_pause_s=2.0)
+    pacer.start_job()
     pacer()
     assert clock.now == 100.0
     assert pauses == [] and pacer.paused_s == 0.0
 
 
 def test_a_job_pauses_until_reception_ends(tmp_path):
+    clock = FakeClock()
     ends_at = 100.7  # the push ends 0.7 s after the job's step
-    clock, pacer, pauses = paced(
-        tmp_path, max_pause_s=5.0, during=lambda now: receive_one(tmp_path) if now < ends_at else None
-    )
-    step_while_receiving(pacer, tmp_path)
+    pacer, pauses = paced(
+        IngestActivity(tmp_path, recent_s=0.5, clock=clock), clock, max_pause_s=5.0,
+        during=lambda now: receive_one(tmp_path) if now < ends_at else None,
+    )  # fmt: skip
+    pacer.start_job()
+    receive_one(tmp_path)
+    pacer()
     # still paused 0.5 s after the last instance, then it goes on
     assert ends_at + 0.5 <= clock.now <= ends_at + 0.5 + 0.05 + 1e-9
     assert pauses == [pytest.approx(clock.now - 100.0)]
@@ -114,16 +105,23 @@ def test_a_job_pauses_until_reception_ends(tmp_path):
 
 def test_a_pause_is_bounded_under_endless_reception(tmp_path):
     """Reception that never stops still leaves the job half of its time, however small its steps."""
-    clock, pacer, pauses = paced(tmp_path, max_pause_s=2.0, during=lambda now: receive_one(tmp_path))
-    step_while_receiving(pacer, tmp_path)
+    clock = FakeClock()
+    pacer, pauses = paced(
+        IngestActivity(tmp_path, clock=clock), clock, max_pause_s=2.0, during=lambda now: receive_one(tmp_path)
+    )
+    pacer.start_job()
+    receive_one(tmp_path)
+    pacer()
     assert clock.now == pytest.approx(102.0)
     for _ in range(10):  # steps of 0.15 s each (file reads, batches): 2 s of work without a pause
-        step_while_receiving(pacer, tmp_path)
+        receive_one(tmp_path)
+        pacer()
         clock.now += 0.15
     assert clock.now == pytest.approx(103.5)
     assert pauses == [pytest.approx(2.0)]
     clock.now = 104.0
-    step_while_receiving(pacer, tmp_path)  # the free time is over and reception goes on: the next pause
+    receive_one(tmp_path)
+    pacer()  # the free time is over and reception goes on: the next pause
     assert clock.now == pytest.approx(106.0)
     assert pauses == [pytest.approx(2.0), pytest.approx(2.0)]
     assert pacer.paused_s == pytest.approx(4.0)
@@ -131,8 +129,14 @@ def test_a_pause_is_bounded_under_endless_reception(tmp_path):
 
 def test_a_new_job_may_pause_at_once(tmp_path):
     """The free time after a cut-short pause belongs to the job that waited, not to the next one."""
-    _, pacer, pauses = paced(tmp_path, max_pause_s=1.0, during=lambda now: receive_one(tmp_path))
-    step_while_receiving(pacer, tmp_path)
+    clock = FakeClock()
+    pacer, pauses = paced(
+        IngestActivity(tmp_path, clock=clock), clock, max_pause_s=1.0, during=lambda now: receive_one(tmp_path)
+    )
     pacer.start_job()
-    step_while_receiving(pacer, tmp_path)
+    receive_one(tmp_path)
+    pacer()
+    pacer.start_job()
+    receive_one(tmp_path)
+    pacer()
     assert pauses == [pytest.approx(1.0), pytest.approx(1.0)]
