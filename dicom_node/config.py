@@ -369,14 +369,6 @@ class JobSettings(_Section):
     )
     heartbeat_s: float = Field(default=30.0, gt=0, description="seconds between a worker's renewals of its job's lease")
     dispatch_interval_s: float = Field(default=2.0, gt=0, description="seconds between a worker's looks for queued jobs")
-    pause_for_reception_s: float = Field(
-        default=2.0,
-        ge=0,
-        le=60,
-        description="seconds a running analysis may pause at once while listeners sharing this storage receive "
-        "instances (reception first on a small machine); a pause cut short by this bound is followed by as long "
-        "a time without pauses, so analysis keeps at least half of its time; 0: never pause",
-    )
     retry: RetrySettings = Field(default_factory=RetrySettings, description="how a failed job is tried again")
 
     @model_validator(mode="after")

@@ -50,10 +50,6 @@ class Metrics:
         self.stage_seconds = Histogram(
             "dicom_node_job_stage_seconds", "Duration of job stages", ["stage"], buckets=STAGE_BUCKETS, registry=self.registry
         )
-        self.paused_for_reception = Counter(
-            "dicom_node_analysis_paused_seconds", "Seconds running analyses paused while the node received instances",
-            registry=self.registry,
-        )
         self.deliveries = Counter(
             "dicom_node_deliveries", "Delivery attempts, by destination and resulting state", ["destination", "state"],
             registry=self.registry,

@@ -37,7 +37,6 @@ from dicom_node.disk_guard import disk_guard_warning
 from dicom_node.ingest.catalog import Catalog
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.scp import StorageSCP
-from dicom_node.jobs.pacing import IngestActivity, Pacer
 from dicom_node.jobs.recovery import reclaim_at_startup
 from dicom_node.live_settings import LiveSettings
 from dicom_node.metrics import ChildrenMetrics, Metrics
@@ -232,15 +231,14 @@ class Node:
 
     def _start_worker(self, settings: Settings) -> None:
         """The model, the worker and its ticks; a dead process's jobs are reclaimed before the first claim."""
-        pacer = self._pacer(settings)
-        self.model = load_configured_model(settings.analysis, pace=pacer)
+        self.model = load_configured_model(settings.analysis)
         sessions = session_factory(self.engine)
         policy = RetryPolicy.from_settings(settings.jobs.retry)
         worker = Worker(
             metrics=self.metrics,
             audit=self.audit,
             sessions=sessions,
-            run_job=Pipeline(settings, sessions, self.store, self.model.model, pacer).run,
+            run_job=Pipeline(settings, sessions, self.store, self.model.model).run,
             destinations=self.live.destination_kinds,
             lease=timedelta(seconds=settings.jobs.lease_s),
             heartbeat_every=timedelta(seconds=settings.jobs.heartbeat_s),
@@ -265,17 +263,6 @@ class Node:
             release_ticks(sessions, worker.owner)
 
         self._stops.append(stop_ticks)
-
-    def _pacer(self, settings: Settings) -> Pacer | None:
-        """What pauses a job while this storage's listeners receive; None when ``[jobs]
-        pause_for_reception_s`` is 0."""
-        if settings.jobs.pause_for_reception_s == 0:
-            return None
-        return Pacer(
-            IngestActivity(self.store.incoming),
-            max_pause_s=settings.jobs.pause_for_reception_s,
-            on_pause=self.metrics.paused_for_reception.inc,
-        )
 
     def _retention_tick(self, sessions: sessionmaker[Session]) -> Callable[[], object]:
         retention = self.live.current.retention

@@ -33,7 +33,6 @@ from dicom_node.imaging.anatomy import HeadEvidence, head_from_image
 from dicom_node.imaging.headers import check_headers
 from dicom_node.imaging.selection import SeriesCandidate, select_series
 from dicom_node.imaging.volume import AssemblyWarning, AssemblyWarningKind, CTVolume, assemble_volume
-from dicom_node.jobs.pacing import Pacer
 from dicom_node.jobs.queue import ClaimedJob
 from dicom_node.models.result import ModelKind, ModelResult
 from dicom_node.outputs import (
@@ -217,25 +216,11 @@ def job_warnings(missing: Sequence[str], assembly: Sequence[AssemblyWarning]) ->
 class Pipeline:
     """Runs one claimed job with a model, building and writing the result objects."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        sessions: sessionmaker[Session],
-        store: InstanceStore,
-        model: Model,
-        pacer: Pacer | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: InstanceStore, model: Model) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = store
         self.model = model
-        #: Pauses the job between its steps while the node receives (the model's runners
-        #: hold the same pacer for their batches).
-        self.pacer = pacer
-
-    def _pace(self) -> None:
-        if self.pacer is not None:
-            self.pacer()
 
     def select_and_load(self, study: StudyInput) -> tuple[CTVolume, list[Dataset]]:
         """Choose the series to analyse and assemble its HU volume; headers in volume order."""
@@ -244,7 +229,10 @@ class Pipeline:
 
     def select_load_and_explain(self, study: StudyInput) -> tuple[CTVolume, list[Dataset], str]:
         """As :meth:`select_and_load`, with why the chosen series is a head (``jobs show`` says it)."""
-        headers = {uid: [self._read_header(path) for path in paths] for uid, paths in study.paths_by_series.items()}
+        headers = {
+            uid: [dcmread(path, stop_before_pixels=True) for path in paths]
+            for uid, paths in study.paths_by_series.items()
+        }
         unusable = {}
         for uid, datasets in headers.items():
             try:
@@ -261,7 +249,7 @@ class Pipeline:
         def assemble(uid: str) -> CTVolume:
             if uid not in volumes:
                 try:
-                    volumes[uid] = assemble_volume(study.paths_by_series[uid], series_instance_uid=uid, pace=self._pace)
+                    volumes[uid] = assemble_volume(study.paths_by_series[uid], series_instance_uid=uid)
                 except UNUSABLE_HEADER as exc:
                     raise SourceDataError(f"series {uid} cannot be assembled into a volume: {exc}") from exc
             return volumes[uid]
@@ -292,10 +280,6 @@ class Pipeline:
         decision = next(d for d in selection.decisions if d.selected)
         return volume, ordered, decision.reasons[-1]
 
-    def _read_header(self, path: Path) -> Dataset:
-        self._pace()  # a thin study has thousands of files to read before the first batch
-        return dcmread(path, stop_before_pixels=True)
-
     def _check_coverage(self, volume: CTVolume) -> None:
         """A series too short to hold a head (a stray slice, a partial scan) is not analysed:
         a model would see a fragment, and a result on it would mislead more than none."""
@@ -312,16 +296,13 @@ class Pipeline:
         """load -> infer -> build -> write; raises AnalysisError for studies we cannot analyse."""
         timings: dict[str, float] = {}
         context = {"job_id": job.id, "study_instance_uid": job.study_instance_uid}
-        paused_before = self._start_pacing()
         with _stage(timings, "load", context):
             with self.sessions() as session:
                 study = load_study_input(session, self.store, job)
                 earlier = find_earlier_report(session, self.store, job) if job.study_generation > 1 else None
             volume, headers, head_reason = self.select_load_and_explain(study)
-        self._pace()
         with _stage(timings, "infer", context):
             result = self.model.predict(volume)
-        self._pace()
         with _stage(timings, "build", context):
             built = self.build(job, volume, headers, result, replaces=earlier)
         with _stage(timings, "write", context):
@@ -341,16 +322,7 @@ class Pipeline:
         }
         if built.missing:
             summary["missing"] = built.missing
-        if self.pacer is not None and self.pacer.paused_s > paused_before:
-            summary["paused_for_reception_s"] = round(self.pacer.paused_s - paused_before, 3)
         return JobOutput(objects=objects, summary=summary, timings_s=timings, warnings=job_warnings(built.missing, volume.warnings))
-
-    def _start_pacing(self) -> float:
-        """Reception from now on pauses this job; the pacer's total so far (a job reports its own)."""
-        if self.pacer is None:
-            return 0.0
-        self.pacer.start_job()
-        return self.pacer.paused_s
 
     def _write(self, kind: str, dataset: Dataset) -> WrittenObject:
         relative = result_path(

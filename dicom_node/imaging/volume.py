@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -319,7 +319,6 @@ def assemble_volume(
     max_gap_slices: int = 2,
     max_missing_fraction: float = 0.1,
     spacing_rtol: float = 0.1,
-    pace: Callable[[], object] | None = None,
 ) -> CTVolume:
     """Build the HU volume of one series from its instances (datasets or file paths).
 
@@ -338,9 +337,6 @@ def assemble_volume(
     spacing_rtol:
         How far (relative to the nominal spacing) a step between slices may be
         from a whole multiple of the nominal spacing.
-    pace:
-        Called before each file is read (the worker pauses there while the node
-        receives instances: decoding a thin study takes seconds).
 
     Paths are read twice, headers first (to sort and check) then pixels one file
     at a time into a preallocated array, so that memory is the volume plus one
@@ -352,8 +348,7 @@ def assemble_volume(
     if not 0 <= max_missing_fraction < 1:
         raise ValueError("max_missing_fraction must be in [0, 1)")
     warnings: list[AssemblyWarning] = []
-    step = pace or _no_pause
-    slices, excluded = _read_series(sources, series_instance_uid, warnings, step)
+    slices, excluded = _read_series(sources, series_instance_uid, warnings)
     plane = _check_plane(slices, warnings)
     slices, positions, along = _order(slices, plane.normal, warnings)
     if len(slices) == 1:
@@ -363,7 +358,7 @@ def assemble_volume(
             positions, along, plane.normal, warnings,
             max_gap_slices=max_gap_slices, max_missing_fraction=max_missing_fraction, spacing_rtol=spacing_rtol,
         )
-    hu = _decode_slices(slices, grid.indices, plane.rows, plane.columns, step)
+    hu = _decode_slices(slices, grid.indices, plane.rows, plane.columns)
     volume = _volume(slices, plane, grid, hu, positions[0], series_instance_uid, warnings, excluded)
     for warning in warnings:
         logger.warning(
@@ -405,12 +400,8 @@ class _Grid:
         return int(self.indices[-1]) + 1
 
 
-def _no_pause() -> None:
-    """The pace of a caller that never pauses."""
-
-
 def _read_series(
-    sources: Sequence[Source], series_instance_uid: str, warnings: list[AssemblyWarning], pace: Callable[[], object]
+    sources: Sequence[Source], series_instance_uid: str, warnings: list[AssemblyWarning]
 ) -> tuple[list[_Slice], list[str]]:
     """Read: the headers of the series' instances, each SOP Instance UID once; others excluded."""
     slices: list[_Slice] = []
@@ -418,7 +409,6 @@ def _read_series(
     seen: set[str] = set()
     duplicates = 0
     for source in sources:
-        pace()
         header = _read_header(source)
         sop_uid = str(header.get("SOPInstanceUID", ""))
         if header.get("SeriesInstanceUID") != series_instance_uid:
@@ -616,15 +606,12 @@ def _stacking_step(
     return _Grid(indices=indices, step=step, spacing_z=spacing_z, tilt_deg=tilt_deg)
 
 
-def _decode_slices(
-    slices: list[_Slice], indices: np.ndarray, rows: int, columns: int, pace: Callable[[], object]
-) -> np.ndarray:
+def _decode_slices(slices: list[_Slice], indices: np.ndarray, rows: int, columns: int) -> np.ndarray:
     """Decode: each frame to HU into its grid slice, one frame at a time; then fill the gaps."""
     dtype = _hu_dtype([s.header for s in slices])
     hu = np.empty((int(indices[-1]) + 1, rows, columns), dtype=dtype)
     limit = np.iinfo(np.int16).max if dtype == np.int16 else np.inf
     for index, slice_ in zip(indices, slices):
-        pace()
         # float64 for one frame at a time: rescale output, or a LUT's unsigned output.
         values = apply_modality_lut(_decode(slice_, rows, columns), slice_.header)
         values = values.astype(np.float64, copy=False)

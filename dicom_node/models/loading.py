@@ -12,7 +12,6 @@ inside the running model.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +41,8 @@ def missing_packages(analysis: AnalysisSettings) -> list[str]:
     return []
 
 
-def load_configured_model(analysis: AnalysisSettings, pace: Callable[[], object] | None = None) -> LoadedModel:
+def load_configured_model(analysis: AnalysisSettings) -> LoadedModel:
     """The model ``analysis`` names, gated, on its device; ConfigError when PyTorch is missing.
-
-    ``pace`` is called before each batch of slices (the worker pauses there while the node
-    receives instances; the threshold baseline has no batches and runs in well under a second).
 
     ConfigError, not ImportError: the process exits with status 2, which systemd does not
     restart into the same error.
@@ -61,19 +57,17 @@ def load_configured_model(analysis: AnalysisSettings, pace: Callable[[], object]
         raise ConfigError(problems)
     directories = {"unet": analysis.unet_dir, "maskrcnn": analysis.maskrcnn_dir}
     if "+" not in analysis.model:
-        return _runner(analysis, analysis.model, directories[analysis.model], pace)
+        return _runner(analysis, analysis.model, directories[analysis.model])
     from dicom_node.models.combine import CombinedModel
 
     segmenter = analysis.model.split("+")[1]
-    classifier = _runner(analysis, "classifier", analysis.classifier_dir, pace)
-    segmenting = _runner(analysis, segmenter, directories[segmenter], pace)
+    classifier = _runner(analysis, "classifier", analysis.classifier_dir)
+    segmenting = _runner(analysis, segmenter, directories[segmenter])
     combined = CombinedModel(classifier.model, segmenting.model, rule=analysis.combination)
     return LoadedModel(combined, classifier.device)
 
 
-def _runner(
-    analysis: AnalysisSettings, kind: str, directory: Path | None, pace: Callable[[], object] | None
-) -> LoadedModel:
+def _runner(analysis: AnalysisSettings, kind: str, directory: Path | None) -> LoadedModel:
     """One trained kind, from its folder (or the shipped weights), bound to its device and gated."""
     from dicom_node.models.gating import GatedModel
     from dicom_node.models.registry import load_model, shipped_model_dir
@@ -84,7 +78,6 @@ def _runner(
         loaded,
         device=None if analysis.device == "auto" else analysis.device,
         batch_size=analysis.batch_size,
-        pace=pace,
     )
     # The runner never applies the card's decision; it comes here, after the gate: it was fitted on gated findings.
     decision = loaded.card.study_decision

@@ -89,7 +89,6 @@ class Runner:
         device: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         amp: bool = True,
-        pace: Callable[[], object] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -98,9 +97,6 @@ class Runner:
         self.batch_size = batch_size
         self.amp_dtype = autocast_dtype(self.device) if amp else None
         self.network = model.network.to(self.device).eval()
-        #: Called before each batch: the worker's :class:`~dicom_node.jobs.pacing.Pacer`
-        #: pauses there while the node receives instances.
-        self.pace = pace
         self.name = model.card.name
         self.version = model.card.version
         #: Largest number of model inputs held at once during the last run (for tests and benchmarks).
@@ -137,8 +133,6 @@ class Runner:
 
     def _batches(self, count: int, prepare: Callable[[int], ModelSlice]) -> Iterator[tuple[range, list[ModelSlice]]]:
         for first in range(0, count, self.batch_size):
-            if self.pace is not None:
-                self.pace()
             indices = range(first, min(first + self.batch_size, count))
             yield indices, [prepare(k) for k in indices]
 

@@ -187,8 +187,6 @@ class DicomNodeReceiver:
     #: a series to analyse while the timed send runs (the ``busy`` scenario), and its model
     busy_series: Path | None = None
     busy_model: str = "classifier+unet"
-    #: [jobs] pause_for_reception_s (0: the job never pauses for reception)
-    pause_for_reception_s: float = 2.0
     #: where to write a py-spy profile of the node while it runs (None: no profiler)
     profile: Path | None = None
     profile_gil: bool = False
@@ -204,7 +202,6 @@ class DicomNodeReceiver:
             config = NodeConfig(workdir=self.workdir, quiet_period_s=2.0, scan_interval_s=0.5, model=self.busy_model)
         config.listener_processes = self.listener_processes
         config.max_pdu_size = self.max_pdu_size
-        config.pause_for_reception_s = self.pause_for_reception_s
         self.node = NodeProcess(config)  # kept before start() so stop() can reap a slow start
         try:
             self.node.start(timeout_s=START_TIMEOUT_S)
@@ -480,7 +477,6 @@ def make_receiver(
             max_pdu_size=args.max_pdu,
             busy_series=busy_series if name == "dicom-node busy" else None,
             busy_model=args.busy_model,
-            pause_for_reception_s=args.pause_for_reception_s,
         )
     if name == "storescp":
         return StorescpReceiver(workdir, fork=scenario == "four")
@@ -637,7 +633,6 @@ def print_report(results: dict[str, dict[str, Result]], args: argparse.Namespace
     print(
         f"workload: {args.instances} CT instances 512x512 int16, storescu +sd, TCP_NODELAY=1 everywhere, "
         f"median of {args.runs} interleaved runs; dicom-node listener_processes = {args.listener_processes} in 'four'"
-        f", pause_for_reception_s = {args.pause_for_reception_s:g} in 'busy'"
     )
     for scenario, by_name in results.items():
         print()
@@ -689,10 +684,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-pdu", type=int, default=1048576, help="dicom-node's [node] max_pdu_size (the product default; 0: unlimited)"
     )
     parser.add_argument("--busy-model", default="classifier+unet", help="[analysis] model of the job in 'busy'")
-    parser.add_argument(
-        "--pause-for-reception-s", type=float, default=2.0,
-        help="dicom-node's [jobs] pause_for_reception_s (the product default; 0: the job in 'busy' never pauses)",
-    )  # fmt: skip
     parser.add_argument("--profile", type=Path, help="record each dicom-node run with py-spy into this folder")
     parser.add_argument("--profile-gil", action="store_true", help="with --profile: only the thread holding the GIL")
     args = parser.parse_args(argv)

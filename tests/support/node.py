@@ -134,7 +134,6 @@ class NodeConfig:
     destinations: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
     lease_s: float = 20.0
     heartbeat_s: float = 2.0
-    pause_for_reception_s: float = 2.0  # the product default
     delivery_retry_delay_s: float = 1.0
     delivery_max_attempts: int = 20
     delivery_timeout_s: float = 10.0
@@ -202,7 +201,6 @@ max_open_s = {self.max_open_s}
 lease_s = {self.lease_s}
 heartbeat_s = {self.heartbeat_s}
 dispatch_interval_s = 0.5
-pause_for_reception_s = {self.pause_for_reception_s}
 
 [jobs.retry]
 max_attempts = {self.job_max_attempts}

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 from dicom_node.config import load_settings
 from dicom_node.ingest.completion import CompletionRule
 from dicom_node.models.threshold import ThresholdModel
-from dicom_node.jobs.pacing import Pacer
-from dicom_node.pipeline import Model, Pipeline, model_key
+from dicom_node.pipeline import Pipeline, model_key
 from dicom_node.retry import RetryPolicy
 from dicom_node.ticks import completion_tick
 from dicom_node.worker import Worker
@@ -24,20 +23,11 @@ def complete_and_run(node: RunningNode) -> int:
     Done in this process with a zero quiet period, so a test need not wait for
     the node's own schedule; results are built and recorded as in production.
     """
+    settings = load_settings(node.config.write())
     model = ThresholdModel()
-    complete_studies(node, model)
-    return threshold_worker(node, model).run_available()
-
-
-def complete_studies(node: RunningNode, model: Model) -> None:
-    """Complete every study received so far and queue its job for ``model``."""
     completion_tick(node.sessions, CompletionRule(quiet_period=timedelta(0), max_open=timedelta(hours=1)),
                     model_key=model_key(model), max_attempts=3)
-
-
-def threshold_worker(node: RunningNode, model: Model, pacer: Pacer | None = None) -> Worker:
-    """A worker of the node's jobs in this process, as ``dicom-node worker`` would build it."""
-    settings = load_settings(node.config.write())
-    return Worker(sessions=node.sessions, run_job=Pipeline(settings, node.sessions, node.store, model, pacer).run,
-                  destinations={}, lease=timedelta(minutes=5), heartbeat_every=timedelta(seconds=30),
-                  policy=RetryPolicy.from_settings(settings.jobs.retry))
+    worker = Worker(sessions=node.sessions, run_job=Pipeline(settings, node.sessions, node.store, model).run,
+                    destinations={}, lease=timedelta(minutes=5), heartbeat_every=timedelta(seconds=30),
+                    policy=RetryPolicy.from_settings(settings.jobs.retry))
+    return worker.run_available()

@@ -106,22 +106,6 @@ def test_a_1000_slice_study_runs_in_bounded_batches(monkeypatch):
     assert 0.0 <= result.study_probability <= 1.0
 
 
-def test_the_pace_is_kept_before_every_batch(phantom):
-    """The worker's pacer is called before each batch: a job pauses there while the node receives."""
-    _, volume = phantom
-    events: list[str] = []
-    network = BloodUNet()
-    network.register_forward_pre_hook(lambda module, args: events.append(f"run {args[0].shape[0]}"))
-    runner = Runner(
-        LoadedModel(tiny_card("unet", size=128), network, Path(".")), device="cpu", batch_size=5,
-        pace=lambda: events.append("pace"),
-    )  # fmt: skip
-
-    runner.predict(volume)
-
-    assert events == ["pace", "run 5", "pace", "run 5", "pace", "run 2"]
-
-
 @pytest.mark.parametrize(("kind", "network"), [("unet", BloodUNet()), ("maskrcnn", BloodMaskRCNN())])
 def test_masks_are_mapped_back_to_the_source_grid_and_measured(phantom, kind, network):
     spec, volume = phantom
