@@ -43,10 +43,13 @@ class SlabStack:
 
     Each slab is computed when asked for, so no second copy of the volume is held (a 1000-slice
     study is 500 MB of int16): a network's inputs ask for a few slices at a time. The slabs
-    read last are kept, three times as many as a slab has slices: a 2.5D input reads each slab
-    as its own slice and as the context of the slices about one slab thickness above and below
-    (:func:`dicom_node.models.inputs.context_indices`), in order, and would otherwise average
-    it three times. For 0.625 mm slices that is 30 slabs, 15 MB at 512².
+    read last are kept, three more than three times a slab's slices: a 2.5D input reads each
+    slab as its own slice and as the context of the slices about one slab thickness above and
+    below (:func:`dicom_node.models.inputs.context_indices`, 5 mm on every shipped card), in
+    order, and would otherwise average it three times. For 0.625 mm slices that is 30 slabs,
+    15 MB at 512² in int16. A context further apart than the slab only costs averages again.
+    One stack serves one reader (one ``predict``): it is not locked, and ``hu`` must not change
+    under it.
     """
 
     def __init__(self, hu: np.ndarray, slices: int, measured: Sequence[bool] | None = None) -> None:
