@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import mmap
 import os
 import platform
 import shutil
@@ -66,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from sqlalchemy import Engine, bindparam, create_engine, text
@@ -623,13 +625,20 @@ SCENARIO_TITLES = {
 }
 
 
-def print_report(results: dict[str, dict[str, Result]], args: argparse.Namespace, loads: list[str]) -> None:
+def print_report(
+    results: dict[str, dict[str, Result]], args: argparse.Namespace, loads: list[str], touches: list[float]
+) -> None:
     print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M:%S %Z}")
     print(
         f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"{tool_version([str(STORESCU), '--version'])}, {tool_version([str(ORTHANC), '--version'])}"
     )
     print(f"load average (1, 5, 15 min) before and after: {loads[0]} / {loads[-1]}")
+    print(
+        f"memory first touch before and after: {touches[0]:.2f} / {touches[-1]:.2f} µs per page "
+        "(2 where just-freed memory is reused; 8-10 on a VM whose host backs memory lazily, where "
+        "receiving slows too)"
+    )
     print(
         f"workload: {args.instances} CT instances 512x512 int16, storescu +sd, TCP_NODELAY=1 everywhere, "
         f"median of {args.runs} interleaved runs; dicom-node listener_processes = {args.listener_processes} in 'four'"
@@ -703,10 +712,30 @@ def load_average() -> str:
     return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def first_touch_us_per_page(megabytes: int = 512) -> float:
+    """Microseconds the kernel takes to hand this process one fresh page of memory, now.
+
+    Printed with the figures because it moves them: a VM whose host backs guest memory only
+    when first touched (and takes free memory back: ``virtio_balloon``) paid 8-10 µs per page
+    where the same machine took 2 µs for memory it had just freed, and the page cache that each received instance is copied into
+    comes from the same free memory (README: what bounds the busy ratio on this machine).
+    """
+    size = megabytes << 20
+    area = mmap.mmap(-1, size)
+    try:
+        started = time.perf_counter()
+        np.frombuffer(area, dtype=np.uint8)[:: mmap.PAGESIZE] = 1  # one write per page
+        seconds = time.perf_counter() - started
+    finally:
+        area.close()
+    return 1e6 * seconds / (size // mmap.PAGESIZE)
+
+
 def run_benchmark(args: argparse.Namespace) -> None:
     # Children (the node included, which NodeProcess starts with our environment) inherit it.
     os.environ["TCP_NODELAY"] = "1"
     loads = [load_average()]
+    touches = [first_touch_us_per_page()]
     with tempfile.TemporaryDirectory(prefix="dicom-node-bench-") as tmp:
         scratch = Path(tmp)
         workloads, busy_series = make_workloads(scratch / "series", args.instances, args.scenarios)
@@ -730,7 +759,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
                         flush=True,
                     )
         loads.append(load_average())
-        print_report(results, args, loads)
+        touches.append(first_touch_us_per_page())
+        print_report(results, args, loads, touches)
 
 
 def main(argv: list[str] | None = None) -> int:

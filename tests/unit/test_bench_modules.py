@@ -25,3 +25,11 @@ def test_there_are_benchmarks_to_check() -> None:
 def test_benchmark_module_imports(name: str) -> None:
     module = importlib.import_module(f"tests.bench.{name}")
     assert callable(getattr(module, "main", None)), f"tests/bench/{name}.py has no main()"
+
+
+def test_the_ingest_benchmark_times_fresh_memory_per_page() -> None:
+    """The first-touch figure printed with the ingest results: each page written once, timed."""
+    from tests.bench.ingest import first_touch_us_per_page
+
+    per_page = first_touch_us_per_page(megabytes=16)
+    assert 0.0 < per_page < 1000.0  # a page fault is microseconds, not a millisecond
