@@ -47,7 +47,8 @@ class SlabStack:
     slab as its own slice and as the context of the slices about one slab thickness above and
     below (:func:`dicom_node.models.inputs.context_indices`, 5 mm on every shipped card), in
     order, and would otherwise average it three times. For 0.625 mm slices that is 30 slabs,
-    15 MB at 512² in int16. A context further apart than the slab only costs averages again.
+    15 MB at 512² in int16 (twice that in float32). A context further apart than one slab, or
+    more than one neighbour each side, makes slabs be averaged again: results are the same.
     One stack serves one reader (one ``predict``): it is not locked, and ``hu`` must not change
     under it.
     """
