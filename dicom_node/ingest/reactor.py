@@ -404,11 +404,12 @@ def discard_spool(item: Any) -> None:
     """Close and remove the spool file of a message or request primitive, if it has one.
 
     Only ever its ``.incoming`` name: a stored instance was linked (or renamed) from it to its
-    own name, which this never touches, so it is safe after the handler too, where it finds
-    nothing left.
+    own name, which this never touches. A closed spool file was closed by pynetdicom after a
+    handler that returned, which removed it then (nothing else closes one): it is left alone,
+    so that a served instance, the usual case, costs no second close and unlink here.
     """
     spool = getattr(item, "_data_set_file", None) or getattr(item, "_dataset_file", None)
-    if spool is None:
+    if spool is None or spool.closed:
         return
     with contextlib.suppress(OSError):
         spool.close()
