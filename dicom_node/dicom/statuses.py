@@ -77,7 +77,7 @@ class StoreRefusal:
 #: out of resources (the caller may retry later).
 STORE_REFUSALS = (
     StoreRefusal(
-        OUT_OF_RESOURCES, "Refused", "out of resources", "disk guard, storage or database unavailable"
+        OUT_OF_RESOURCES, "Refused", "out of resources", "disk guard, a disk that fills while a data set arrives, storage or database unavailable"
     ),
     StoreRefusal(
         DATASET_DOES_NOT_MATCH_SOP_CLASS,

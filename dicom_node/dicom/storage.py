@@ -101,6 +101,18 @@ def is_leftover(name: str, age_s: float, *, starting: bool) -> bool:
     return not pid_alive(pid)
 
 
+def storage_error(exc: OSError, activity: str, subject: object | None = None) -> StorageError:
+    """Our error for a failed file operation: :class:`DiskFullError` when the disk or a quota is full.
+
+    Both are answered 0xA700 (out of resources); the words tell an administrator which.
+    The disk-full words name no file, so that they fit a C-STORE Error Comment (64 characters).
+    """
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"disk full while {activity}: {exc.strerror}")
+    where = "" if subject is None else f" {subject}"
+    return StorageError(f"{activity}{where} failed: {exc.strerror}")
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -327,9 +339,7 @@ class InstanceStore:
             staged = None
             return stored
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"disk full while storing: {exc.strerror}") from exc
-            raise StorageError(f"cannot store {relative}: {exc.strerror}") from exc
+            raise storage_error(exc, "storing", relative) from exc
         finally:
             if staged is not None and staged != source:
                 staged.unlink(missing_ok=True)

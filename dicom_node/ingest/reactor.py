@@ -71,7 +71,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from tempfile import gettempdir
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, evt
@@ -337,20 +337,69 @@ class SpoolFile:
     Made here rather than by ``NamedTemporaryFile``, which creates files readable by their
     owner only: a stored instance is this file, linked into place, and gets the mode every
     other stored file gets (0666 less the process's umask: 0640 under the units' UMask=0027).
+
+    A write that fails (the disk filled up while the data set arrived, after the disk guard
+    last looked; a quota; an I/O error) must not end the association: pynetdicom would
+    abort it, and the sender would see a broken connection instead of a status. So the
+    failure is kept in :attr:`failure`, the partial file removed at once (which also gives
+    its space back), and the rest of the data set read and dropped; the C-STORE handler
+    then answers 0xA700 (:func:`spool_failure`).
     """
 
     def __init__(self, path: Path) -> None:
         self.name = str(path)
-        self.file = open(path, "xb")  # noqa: SIM115 (closed by pynetdicom, or by discard_spools)
+        #: Why the data set could not be spooled; None while every write succeeded.
+        self.failure: OSError | None = None
+        self._file: BinaryIO | None = None
+        try:
+            self._file = open(path, "xb")  # noqa: SIM115 (closed by pynetdicom, or by discard_spools)
+        except OSError as exc:  # no space for one more inode, say
+            self.failure = exc
+
+    @property
+    def file(self) -> SpoolFile:
+        """What pynetdicom flushes after each fragment: this object, so a failing flush is caught too."""
+        return self
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None or self._file.closed
 
     def write(self, data: bytes) -> int:
-        return self.file.write(data)
+        if self._file is not None:
+            try:
+                return self._file.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self._fail(exc)
 
     def close(self) -> None:
-        self.file.close()
+        if self._file is not None:
+            self._file.close()
+
+    def _fail(self, exc: OSError) -> None:
+        """Keep the reason, drop the file and what it held; later writes are dropped too."""
+        self.failure = exc
+        spool, self._file = self._file, None
+        with contextlib.suppress(OSError):  # closing flushes what is buffered, which fails again
+            spool.close()  # type: ignore[union-attr]
+        with contextlib.suppress(OSError):
+            os.unlink(self.name)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.file, name)
+        return getattr(self._file, name)
+
+
+def spool_failure(request: Any) -> OSError | None:
+    """Why the data set of a C-STORE request could not be spooled (see :class:`SpoolFile`); None if it was."""
+    return getattr(getattr(request, "_dataset_file", None), "failure", None)
 
 
 def _spool(message: DIMSEMessage, context_id: int, assoc: Association | None, directory: Path | None) -> None:

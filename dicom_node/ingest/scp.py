@@ -43,7 +43,7 @@ from dicom_node.dicom.statuses import (  # the codes are also imported from here
     SUCCESS,
     status_for,
 )
-from dicom_node.dicom.storage import InstanceStore, instance_path
+from dicom_node.dicom.storage import InstanceStore, instance_path, storage_error
 from dicom_node.errors import (
     DatabaseUnavailableError,
     DicomNodeError,
@@ -52,7 +52,7 @@ from dicom_node.errors import (
 from dicom_node.ingest.catalog import Catalog, RecordOutcome, RecordResult
 from dicom_node.ingest.committer import GroupCommitter
 from dicom_node.ingest.instance import ReceivedInstance, read_received
-from dicom_node.ingest.reactor import PromptRequestHandler
+from dicom_node.ingest.reactor import PromptRequestHandler, spool_failure
 from dicom_node.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -342,6 +342,9 @@ class StorageSCP:
         source = Path(event.dataset_path)
         context = {**_peer(assoc), "sop_instance_uid": str(request.AffectedSOPInstanceUID)}
         try:
+            spool_error = spool_failure(request)
+            if spool_error is not None:
+                raise storage_error(spool_error, "receiving")
             item = read_received(
                 source,
                 command_sop_class_uid=str(request.AffectedSOPClassUID),

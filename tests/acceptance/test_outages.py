@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from sqlalchemy import create_engine, func, select
 from dicom_node.db.models import Instance
 from tests.acceptance.test_end_to_end import received_for
 from tests.support import postgres
+from tests.support.disk import small_tmpfs
 from tests.support.node import (
     NodeConfig,
     NodeProcess,
@@ -110,15 +110,9 @@ def test_database_outage_refuses_with_a700_then_recovers_without_a_restart(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 88 MiB tmpfs for the storage root: the disk that fills up (mounting needs root, as CI has)."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=88m", "tmpfs", str(mount)], capture_output=True, text=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs for the disk-full test (run as root): {done.stderr}"
-    try:
+    """An 88 MiB tmpfs for the storage root: the disk that fills up."""
+    with small_tmpfs(tmp_path / "small-disk", 88) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_disk_guard_trips_under_load_refuses_cleanly_and_recovers(tmp_path: Path, small_disk: Path) -> None:

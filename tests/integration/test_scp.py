@@ -31,6 +31,7 @@ from dicom_node.ingest.scp import (
     SUCCESS,
 )
 from tests.conftest import RunningNode, start_node
+from tests.support.disk import fill_to, small_tmpfs
 from tests.support.node import NODE_AE, NodeConfig, dataset_bytes, status_code, store_files, wait_for
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
@@ -392,3 +393,26 @@ def test_series_uid_of_another_study_is_refused(node: RunningNode, one_slice: Pa
     assert (status_code(ok), status_code(status)) == (SUCCESS, DATASET_DOES_NOT_MATCH_SOP_CLASS)
     assert "another study" in status.ErrorComment
     assert _counts(node) == (1, 1, 1) and len(node.stored_files()) == 1
+
+
+def test_a_disk_that_fills_while_a_data_set_arrives_gets_a700_and_the_association_goes_on(tmp_path: Path) -> None:
+    # The guard is off (0 MB), so only the spool write itself meets the full disk: pynetdicom
+    # would abort the association there; the sender must get a status, and nothing may stay.
+    big = write_series(SeriesSpec(n_slices=2, rows=512, columns=512, seed=3), tmp_path / "big")
+    small = write_series(SeriesSpec(n_slices=1, rows=64, columns=64, seed=4), tmp_path / "small")[0]
+    with small_tmpfs(tmp_path / "disk", 8) as disk:
+        config = NodeConfig(workdir=tmp_path / "node", min_free_mb=0, storage_dir=disk / "storage")
+        running, stop = start_node(config)
+        try:
+            ballast = fill_to(disk, 200 * 1024)  # room for a 64² slice, not for a 512² one (0.5 MB)
+            statuses = store_files(running.port, [big[0], small])  # one association
+            assert [status_code(s) for s in statuses] == [OUT_OF_RESOURCES, SUCCESS]
+            assert statuses[0].ErrorComment.startswith("disk full while receiving")
+            assert list(running.store.incoming.iterdir()) == [], "the partial spool file stayed"
+            assert _counts(running) == (1, 1, 1) and len(running.stored_files()) == 1
+            ballast.unlink()  # the operator frees space: the same instance is taken now
+            assert [status_code(s) for s in store_files(running.port, big)] == [SUCCESS, SUCCESS]
+            assert _counts(running) == (2, 2, 3) and len(running.stored_files()) == 3
+            assert list(running.store.incoming.iterdir()) == []
+        finally:
+            stop()  # type: ignore[operator]
