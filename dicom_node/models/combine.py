@@ -14,12 +14,15 @@ contours and volumes. Three rules are offered (:data:`RULES`):
   lesion; the probability is the classifier's, raised to the decision
   threshold when only the segmenter fires. More sensitive, less specific.
 * ``both`` (the default): positive only when the classifier calls the study
-  positive *and* the segmenter keeps a lesion; the probability is the lower of
-  the two. A study then never reads "positive, no lesion", and one slice's
-  classifier maximum cannot call it on its own: the call needs a 3D finding,
-  which thin slices of the same anatomy do not multiply as they multiply
-  slices. The two models' decision thresholds must be equal for the lower
-  probability to make the same call.
+  positive *and* the segmenter keeps a lesion, each by its own decision
+  threshold; the probability is the lower of the two. A study then never reads
+  "positive, no lesion", and one slice's classifier maximum cannot call it on
+  its own: the call needs a 3D finding, which thin slices of the same anatomy
+  do not multiply as they multiply slices. When the two thresholds differ (a
+  classifier's threshold is chosen on validation slices, a segmenter's is 0.5),
+  each probability is first mapped so that its threshold falls on 0.5
+  (:func:`aligned_probability`), and the lower of the two mapped values is
+  compared with 0.5: the same call as both models' own thresholds.
 
 The result keeps the segmenter's label map and findings (so its kind is the
 segmenter's), the classifier's slice probabilities (for key images), and a
@@ -143,15 +146,17 @@ def combine(study: ModelResult, lesions: ModelResult, *, rule: str = "gate") -> 
     if study.label_map.shape != lesions.label_map.shape:
         raise ValueError("both results must be on the same source grid")
     probability = study.study_probability
+    threshold = combined_threshold(rule, study.decision_threshold, lesions.decision_threshold)
     if rule == "gate":
         keep = study.positive
     elif rule == "both":
-        if lesions.decision_threshold != study.decision_threshold:
-            raise ValueError(
-                "rule 'both' takes the lower of two probabilities: the classifier's and the segmenter's "
-                f"decision thresholds must be equal ({study.decision_threshold} != {lesions.decision_threshold})"
+        if threshold == study.decision_threshold:  # equal thresholds: the probabilities as they are
+            probability = min(study.study_probability, lesions.study_probability)
+        else:
+            probability = min(
+                aligned_probability(study.study_probability, study.decision_threshold),
+                aligned_probability(lesions.study_probability, lesions.decision_threshold),
             )
-        probability = min(study.study_probability, lesions.study_probability)
         keep = study.positive and lesions.positive
     else:
         keep = True
@@ -164,10 +169,31 @@ def combine(study: ModelResult, lesions: ModelResult, *, rule: str = "gate") -> 
         label_map=lesions.label_map if keep else np.zeros_like(lesions.label_map),
         findings=lesions.findings if keep else (),
         study_probability=probability,
-        decision_threshold=study.decision_threshold,
+        decision_threshold=threshold,
         slice_probabilities=study.slice_probabilities,
         gate=lesions.gate,
     )
+
+
+def combined_threshold(rule: str, classifier_threshold: float, segmenter_threshold: float) -> float:
+    """The decision threshold of a combined result: the classifier's, or 0.5 where rule
+    ``both`` aligns two different thresholds (see :func:`aligned_probability`)."""
+    if rule == "both" and classifier_threshold != segmenter_threshold:
+        return 0.5
+    return classifier_threshold
+
+
+def aligned_probability(probability: float, threshold: float) -> float:
+    """``probability`` mapped piecewise linearly so that ``threshold`` falls on 0.5 (0 and 1 stay).
+
+    Monotone, so the call against 0.5 is the call against ``threshold``; used where two
+    models with different thresholds must agree (rule ``both``).
+    """
+    if probability < threshold:
+        return 0.5 * probability / threshold
+    if threshold >= 1.0:
+        return 1.0
+    return 0.5 + 0.5 * (probability - threshold) / (1.0 - threshold)
 
 
 class CombinedModel:

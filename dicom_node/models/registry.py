@@ -35,8 +35,11 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 #: the 2.5D whole-stack one (``unet-25d``): it sees the slices 5 mm below and above, and keeps
 #: false alarms at the skull base, sinuses and vertex down on real head CTs. ``weights/unet-stacks``
 #: (2D, whole stacks + Kaggle) still ships: it is the ``--init`` of ``unet-25d``, named in that
-#: card's command, and the way back via ``[analysis] unet_dir``.
-SHIPPED_FOLDERS: dict[str, str] = {"classifier": "classifier", "unet": "unet-25d", "maskrcnn": "maskrcnn"}
+#: card's command, and the way back via ``[analysis] unet_dir``. The classifier default is the
+#: whole-stack one (``classifier-stacks``, trained on PHE-SICH stacks and the Kaggle slices): on
+#: slices without clot it fires five times less often than the Kaggle-only ``weights/classifier``,
+#: which still ships as its ``--init`` and the way back via ``[analysis] classifier_dir``.
+SHIPPED_FOLDERS: dict[str, str] = {"classifier": "classifier-stacks", "unet": "unet-25d", "maskrcnn": "maskrcnn"}
 
 
 class VolumeDecoder(Protocol):

@@ -324,7 +324,7 @@ def evaluate_combination(
     ``gate``: the segmenter's findings are restricted to the intracranial space
     before combining, as the worker's default model does.
     """
-    from dicom_node.models.combine import combine
+    from dicom_node.models.combine import combine, combined_threshold
     from dicom_node.models.registry import load_model
     from dicom_node.models.runner import Runner
 
@@ -355,7 +355,9 @@ def evaluate_combination(
             split,
             evaluation_cases(data, study_runner.model.card.input, split=split, seed=seed),
             predict,
-            decision_threshold=study_runner.model.card.thresholds.decision,
+            decision_threshold=combined_threshold(
+                rule, study_runner.model.card.thresholds.decision, lesion_runner.model.card.thresholds.decision
+            ),
             resamples=resamples,
             seed=seed,
         )
@@ -427,17 +429,21 @@ def _whole_study_lines(reports: Sequence[EvaluationReport]) -> list[str]:
     header = (
         f"{'model':<28} {'split':<5} {'patients':>8} {'FP/patient':>10} {'pts w/ FP':>9} {'FP mL/pt':>8} "
         f"{'spec lower':>10} {'spec mid':>8} {'spec upper':>10} {'lesion sens':>11} {'Dice pool':>9} {'Dice/slice+':>11}"
+        f" {'clot-free called':>16}"
     )
     lines = ["", "whole stacks", header, "-" * len(header)]
     for report, split in rows:
         w = split.metrics["whole_study"]
         spec = w["negative_slice_specificity"]
         name = report.model if report.model == "threshold" or "+" in report.model else Path(report.model).name
+        # A classifier's figures are slice specificity and the stacks called on clot-free slices only.
+        called = w.get("clot_free_stacks_called")
+        called_text = "-" if called is None else f"{called}/{w['patients']}"
         lines.append(
-            f"{name:<28} {split.name:<5} {w['patients']:>8} {_fmt(w['false_positive_findings_per_patient']):>10} "
-            f"{w['patients_with_a_false_positive']:>9} "
-            f"{_fmt(w['false_positive_ml_per_patient']):>8} {_fmt(spec['lower']):>10} {_fmt(spec['middle']):>8} "
-            f"{_fmt(spec['upper']):>10} {_fmt(w['lesion_sensitivity']):>11} {_fmt(w['dice_pooled']):>9} "
-            f"{_fmt(w['dice_mean_positive_slices']):>11}"
+            f"{name:<28} {split.name:<5} {w['patients']:>8} {_fmt(w.get('false_positive_findings_per_patient')):>10} "
+            f"{w.get('patients_with_a_false_positive', '-'):>9} "
+            f"{_fmt(w.get('false_positive_ml_per_patient')):>8} {_fmt(spec['lower']):>10} {_fmt(spec['middle']):>8} "
+            f"{_fmt(spec['upper']):>10} {_fmt(w.get('lesion_sensitivity')):>11} {_fmt(w.get('dice_pooled')):>9} "
+            f"{_fmt(w.get('dice_mean_positive_slices')):>11} {called_text:>16}"
         )
     return lines

@@ -15,6 +15,13 @@ truth this module counts, per split:
 * **Dice** pooled over every voxel of the split, and the mean of per-slice Dice
   over the slices that hold true clot;
 * the **worst false positives** (largest in mL) kept for a montage.
+
+A classifier marks slices, not voxels: for it only the slice-level specificity
+applies (a negative slice is clean when its probability stays under the
+decision threshold), and one figure more, the stacks whose slices without clot
+alone would be called positive by max pooling: what its study call makes of a
+head without a bleed, which these stacks (every patient has one) cannot give
+directly.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dicom_node.imaging.morphology import label_components
-from dicom_node.models.result import ModelResult
+from dicom_node.models.result import ModelKind, ModelResult
 from dicom_node.training.plots import Example
 
 LEVELS = ("lower", "middle", "upper")
@@ -57,14 +64,32 @@ class WholeStudyFigures:
     true_voxels: int = 0
     slice_dices: list[float] = field(default_factory=list)
     worst: list[FalsePositive] = field(default_factory=list)
+    #: Classifier results only: stacks whose slices without clot alone reach the threshold.
+    classified: bool = False
+    clot_free_stacks_called: int = 0
 
     def add(self, key: str, result: ModelResult, truth: np.ndarray, brain: np.ndarray) -> None:
         """One patient's stack: ``truth`` bool (slices, rows, cols), ``brain`` its display [0, 1] slices."""
-        predicted = result.label_map
         self.patients += 1
+        if result.model_kind is ModelKind.CLASSIFIER:
+            self._count_classified_slices(result, truth)
+            return
+        predicted = result.label_map
         self._count_false_positives(key, result, truth, brain)
         self._count_slices(predicted != 0, truth)
         self._count_lesions(predicted != 0, truth)
+
+    def _count_classified_slices(self, result: ModelResult, truth: np.ndarray) -> None:
+        if result.slice_probabilities is None:
+            raise ValueError("a classifier result without slice probabilities")
+        fired = np.asarray(result.slice_probabilities) >= result.decision_threshold
+        clot = truth.reshape(truth.shape[0], -1).any(axis=1)
+        self.classified = True
+        self.clot_free_stacks_called += int(fired[~clot].any())
+        for index in np.flatnonzero(~clot):
+            level = _level(int(index), truth.shape[0])
+            self.negative_slices[level] += 1
+            self.clean_negative_slices[level] += int(not fired[index])
 
     def _count_false_positives(self, key: str, result: ModelResult, truth: np.ndarray, brain: np.ndarray) -> None:
         labels = result.label_map
@@ -91,7 +116,7 @@ class WholeStudyFigures:
     def _count_slices(self, predicted: np.ndarray, truth: np.ndarray) -> None:
         count = truth.shape[0]
         for index in range(count):
-            level = LEVELS[min(2, index * 3 // count)]
+            level = _level(index, count)
             if truth[index].any():
                 t, p = truth[index], predicted[index]
                 self.slice_dices.append(2.0 * float((t & p).sum()) / float(t.sum() + p.sum()))
@@ -117,6 +142,13 @@ class WholeStudyFigures:
                     else None)
             for level in LEVELS
         }
+        if self.classified:
+            return {
+                "patients": self.patients,
+                "negative_slice_specificity": specificity,
+                "negative_slices": dict(self.negative_slices),
+                "clot_free_stacks_called": self.clot_free_stacks_called,
+            }
         return {
             "patients": self.patients,
             "false_positive_findings_per_patient": float(np.mean(self.fp_findings)) if self.fp_findings else None,
@@ -130,3 +162,8 @@ class WholeStudyFigures:
             "dice_mean_positive_slices": float(np.mean(self.slice_dices)) if self.slice_dices else None,
             "positive_slices": len(self.slice_dices),
         }
+
+
+def _level(index: int, count: int) -> str:
+    """The third of a stack of ``count`` slices that slice ``index`` lies in."""
+    return LEVELS[min(2, index * 3 // count)]

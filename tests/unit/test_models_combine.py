@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_node.models.combine import RULES, combine
+from dicom_node.models.combine import RULES, aligned_probability, combine, combined_threshold
 from dicom_node.models.result import ModelKind, ModelResult, findings_from_labels
 from dicom_node.training.cases import PseudoVolume
 
@@ -13,7 +13,7 @@ SHAPE = (6, 32, 32)
 SPACING = (5.0, 0.5, 0.5)
 
 
-def _classifier(probability: float) -> ModelResult:
+def _classifier(probability: float, *, threshold: float = 0.5) -> ModelResult:
     return ModelResult(
         model_kind=ModelKind.CLASSIFIER,
         model_name="clf",
@@ -21,7 +21,7 @@ def _classifier(probability: float) -> ModelResult:
         label_map=np.zeros(SHAPE, dtype=np.uint8),
         findings=(),
         study_probability=probability,
-        decision_threshold=0.5,
+        decision_threshold=threshold,
         slice_probabilities=np.full(SHAPE[0], probability),
     )
 
@@ -64,9 +64,28 @@ def test_a_study_the_classifier_alone_calls_reads_positive_with_no_lesion_under_
     assert not combine(study, lesions, rule="both").positive
 
 
-def test_both_needs_equal_decision_thresholds():
-    with pytest.raises(ValueError, match="decision thresholds must be equal"):
-        combine(_classifier(0.9), _segmenter(True, threshold=0.3), rule="both")
+@pytest.mark.parametrize(
+    ("classifier", "lesion", "positive"),
+    [(0.2, True, True), (0.1, True, False), (0.2, False, False), (0.99, True, True)],
+)
+def test_both_calls_by_each_model_s_own_threshold_when_they_differ(classifier, lesion, positive):
+    # A classifier whose validation put its threshold at 0.17, a U-Net at 0.5.
+    combined = combine(_classifier(classifier, threshold=0.17), _segmenter(lesion), rule="both")
+    assert combined.positive is positive
+    assert combined.decision_threshold == 0.5
+    assert len(combined.findings) == (1 if positive else 0)
+    assert 0.0 <= combined.study_probability <= 1.0
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.17, 0.5, 0.8, 1.0])
+def test_an_aligned_probability_puts_the_threshold_on_one_half_and_keeps_the_order(threshold):
+    grid = np.linspace(0.0, 1.0, 101)
+    aligned = [aligned_probability(float(p), threshold) for p in grid]
+    assert aligned[0] == 0.0 and aligned[-1] == 1.0
+    assert all(a <= b for a, b in zip(aligned, aligned[1:], strict=False))
+    assert all((a >= 0.5) == (p >= threshold) for a, p in zip(aligned, grid, strict=True))
+    assert combined_threshold("both", threshold, 0.5) == (0.5 if threshold != 0.5 else threshold)
+    assert combined_threshold("gate", threshold, 0.5) == threshold
 
 
 def test_every_rule_keeps_both_names_and_the_classifier_slice_probabilities():

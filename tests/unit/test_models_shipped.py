@@ -47,6 +47,12 @@ def test_everything_shipped_under_weights_fits_the_package_budget():
     assert total <= PACKAGE_BUDGET, f"dicom_node/models/weights is {total / 2**20:.1f} MiB, the budget is 32 MiB"
 
 
+def test_the_default_classifier_is_the_whole_stack_one():
+    card = load_model(shipped_model_dir("classifier"), kind="classifier").card
+    assert card.name == "ich-classifier-stacks"
+    assert any(folder["layout"] == "phe-sich" for folder in card.training["data"]["folders"])
+
+
 def test_the_default_unet_is_the_25d_whole_stack_one():
     card = load_model(shipped_model_dir("unet"), kind="unet").card
     assert card.name == "ich-unet-25d"
@@ -136,9 +142,33 @@ def test_the_default_model_finds_a_small_bleed_on_noisy_thin_slices():
     assert negative.findings == () and not negative.positive
 
 
-#: Shipped folders and their kinds: the default of each kind (the U-Net's is ``unet-25d``),
-#: and the 2D whole-stack U-Net (``unet-stacks``: the init of ``unet-25d``, selectable by ``unet_dir``).
-FOLDERS = {"classifier": "classifier", "maskrcnn": "maskrcnn", "unet-stacks": "unet", "unet-25d": "unet"}
+@pytest.mark.parametrize("radius_mm", [5.0, 6.0])
+def test_the_default_model_finds_a_small_bleed_on_clean_5mm_slices(radius_mm):
+    """A 0.5 or 0.9 mL bleed on 5 mm slices, the thickness the networks learned on. The gated U-Net
+    always found it; until the whole-stack classifier became the default (December 2026) the
+    Kaggle-only classifier stayed under its threshold (p = 0.30), and rule ``both`` called the study
+    negative and dropped the finding. Now p = 0.86-0.92 against its threshold of 0.17."""
+    predictor = load_configured_model(AnalysisSettings(device="cpu")).model
+    bleed = Lesion(center_mm=(20.0, 10.0, 30.0), radius_mm=radius_mm)
+    planted_ml = 4 / 3 * math.pi * radius_mm**3 / 1000
+
+    result = predictor.predict(_phantom([bleed], thickness_mm=5.0))
+
+    assert result.positive and len(result.findings) == 1, (result.study_probability, result.findings)
+    assert result.findings[0].volume_ml == pytest.approx(planted_ml, rel=0.35)
+    assert predictor.predict(_phantom([], thickness_mm=5.0)).findings == ()
+
+
+#: Shipped folders and their kinds: the default of each kind (the classifier's is ``classifier-stacks``,
+#: the U-Net's ``unet-25d``), and the inits they were fine-tuned from, selectable by ``classifier_dir``
+#: and ``unet_dir``: the Kaggle-only classifier and the 2D whole-stack U-Net (``unet-stacks``).
+FOLDERS = {
+    "classifier": "classifier",
+    "classifier-stacks": "classifier",
+    "maskrcnn": "maskrcnn",
+    "unet-stacks": "unet",
+    "unet-25d": "unet",
+}
 
 
 @pytest.mark.parametrize("folder", sorted(FOLDERS))

@@ -123,6 +123,34 @@ def test_whole_study_figures_count_false_positives_by_patient_and_level():
     assert len(figures.worst) == 1 and "p1 slice 0/30" in figures.worst[0].example.title
 
 
+def test_a_classifier_on_whole_stacks_is_measured_by_its_slices_and_its_clot_free_call():
+    """A classifier has no voxels: its negative slices are clean under the threshold, and a stack
+    counts as called on its clot-free slices when one of them alone reaches it."""
+    shape = (30, 8, 8)
+    truth = np.zeros(shape, bool)
+    truth[12:15, 2:5, 2:5] = True  # the clot: slices 12-14 (middle third)
+
+    def classified(probabilities: np.ndarray, threshold: float) -> ModelResult:
+        return ModelResult(
+            model_kind=ModelKind.CLASSIFIER, model_name="clf", model_version="1",
+            label_map=np.zeros(shape, np.uint8), findings=(), study_probability=float(probabilities.max()),
+            decision_threshold=threshold, slice_probabilities=probabilities,
+        )
+
+    quiet = np.full(30, 0.1)
+    quiet[12:15] = 0.9  # fires on the clot only
+    loud = quiet.copy()
+    loud[[2, 25, 26]] = 0.3  # and on one lower, two upper clot-free slices
+    figures = WholeStudyFigures()
+    figures.add("p1", classified(quiet, 0.2), truth, np.zeros(shape, np.float32))
+    figures.add("p2", classified(loud, 0.2), truth, np.zeros(shape, np.float32))
+    m = figures.metrics()
+    assert m["patients"] == 2 and m["clot_free_stacks_called"] == 1
+    assert m["negative_slices"] == {"lower": 20, "middle": 14, "upper": 20}
+    assert m["negative_slice_specificity"] == {"lower": 19 / 20, "middle": 1.0, "upper": 18 / 20}
+    assert "false_positive_findings_per_patient" not in m and "dice_pooled" not in m  # no voxels: no such figures
+
+
 def test_cross_fitting_counts_every_held_out_finding_once():
     from dicom_node.training.calibrate import cross_fit
 
