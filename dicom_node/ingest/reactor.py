@@ -381,8 +381,11 @@ class SpoolFile:
                 self._fail(exc)
 
     def close(self) -> None:
+        """Close the file; an error here is not the sender's (pynetdicom closes it after our
+        handler answered, when the instance is already durable or already refused)."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
 
     def _fail(self, exc: OSError) -> None:
         """Keep the reason, drop the file and what it held; later writes are dropped too."""
@@ -394,7 +397,10 @@ class SpoolFile:
             os.unlink(self.name)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
+        spool = self.__dict__.get("_file")  # not self._file: that would come back here before __init__ set it
+        if spool is None:
+            raise AttributeError(name)
+        return getattr(spool, name)
 
 
 def spool_failure(request: Any) -> OSError | None:
@@ -454,8 +460,9 @@ def discard_spool(item: Any) -> None:
 
     Only ever its ``.incoming`` name: a stored instance was linked (or renamed) from it to its
     own name, which this never touches. A closed spool file was closed by pynetdicom after a
-    handler that returned, which removed it then (nothing else closes one): it is left alone,
-    so that a served instance, the usual case, costs no second close and unlink here.
+    handler that returned, which removed it then, or by a failed write, which removed it at
+    once (:class:`SpoolFile`): it is left alone, so that a served instance, the usual case,
+    costs no second close and unlink here.
     """
     spool = getattr(item, "_data_set_file", None) or getattr(item, "_dataset_file", None)
     if spool is None or spool.closed:
@@ -491,10 +498,11 @@ class PromptDIMSE(DIMSEServiceProvider):
         """Close and remove the spool files of requests that will never be served.
 
         pynetdicom removes a spool file only after the C-STORE handler returned. A data set
-        cut off by an abort, a network time-out or a write error, and a complete request
-        still queued when the association ended, never get there: their partial files would
-        stay in ``.incoming`` until the daily sweep (the hourly one spares a live process's
-        files). Called by the association thread once it is done.
+        cut off by an abort, a network time-out or a failed send to the peer, and a complete
+        request still queued when the association ended, never get there: their partial files
+        would stay in ``.incoming`` until the daily sweep (the hourly one spares a live
+        process's files). (A failed write to the spool file itself removes it at once and is
+        answered: :class:`SpoolFile`.) Called by the association thread once it is done.
         """
         pending = [self.message] if self.message is not None else []
         while not self.msg_queue.empty():

@@ -8,14 +8,16 @@ contours and volumes. Three rules are offered (:data:`RULES`):
   positive. This removes segmentation false positives from negative studies,
   at the price that a bleed the classifier misses gets no contour either. Its
   call is the classifier's maximum over slices, which grows with the slice
-  count: on the held-out whole stacks the classifier reaches the threshold on
-  14 % of the slices without clot, so one such slice calls a normal head.
+  count: on the held-out whole stacks the Kaggle-only classifier reached its
+  threshold on 14 % of the slices without clot (the whole-stack one, the
+  default since, on 2.8 %), so one such slice calls a normal head.
 * ``either``: positive when the classifier is, or when the segmenter keeps a
   lesion; the probability is the classifier's, raised to the decision
   threshold when only the segmenter fires. More sensitive, less specific.
 * ``both`` (the default): positive only when the classifier calls the study
   positive *and* the segmenter keeps a lesion, each by its own decision
-  threshold; the probability is the lower of the two. A study then never reads
+  threshold; the probability is the lower of the two (of the two mapped values
+  when the thresholds differ, below). A study then never reads
   "positive, no lesion", and one slice's classifier maximum cannot call it on
   its own: the call needs a 3D finding, which thin slices of the same anatomy
   do not multiply as they multiply slices. When the two thresholds differ (a
@@ -150,14 +152,8 @@ def combine(study: ModelResult, lesions: ModelResult, *, rule: str = "gate") -> 
     if rule == "gate":
         keep = study.positive
     elif rule == "both":
-        if threshold == study.decision_threshold:  # equal thresholds: the probabilities as they are
-            probability = min(study.study_probability, lesions.study_probability)
-        else:
-            probability = min(
-                aligned_probability(study.study_probability, study.decision_threshold),
-                aligned_probability(lesions.study_probability, lesions.decision_threshold),
-            )
         keep = study.positive and lesions.positive
+        probability = _lower_probability(study, lesions)
     else:
         keep = True
         if lesions.findings and not study.positive:
@@ -173,6 +169,14 @@ def combine(study: ModelResult, lesions: ModelResult, *, rule: str = "gate") -> 
         slice_probabilities=study.slice_probabilities,
         gate=lesions.gate,
     )
+
+
+def _lower_probability(study: ModelResult, lesions: ModelResult) -> float:
+    """Rule ``both``'s probability: the lower of the two, mapped onto 0.5 when their thresholds differ
+    (a :class:`ModelResult` refuses a probability outside [0, 1], NaN included)."""
+    if study.decision_threshold == lesions.decision_threshold:
+        return min(study.study_probability, lesions.study_probability)
+    return min(aligned_probability(r.study_probability, r.decision_threshold) for r in (study, lesions))
 
 
 def combined_threshold(rule: str, classifier_threshold: float, segmenter_threshold: float) -> float:

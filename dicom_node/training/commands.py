@@ -155,6 +155,13 @@ def evaluate_command(
     gate: Annotated[
         bool, typer.Option("--gate", help="Restrict findings to the intracranial space first (models/gating.py).")
     ] = False,
+    clot_free: Annotated[
+        bool,
+        typer.Option(
+            "--clot-free",
+            help="Whole stacks: evaluate on each run of slices without clot (at least 40 mm) as a negative study.",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
     """Evaluate a model (or the threshold baseline) and print a table of its figures."""
@@ -169,13 +176,13 @@ def evaluate_command(
             raise typer.BadParameter("--classifier needs --model (the segmenter it is combined with)")
         report = evaluate_combination(
             classifier, model, data, rule=rule, splits=chosen, device=device, batch_size=batch_size, seed=seed,
-            gate=gate,
+            gate=gate, clot_free=clot_free,
         )
     elif model is not None:
         report = evaluate(
             model, data, splits=chosen, device=device, batch_size=batch_size,
-            write_card=write_card, seed=seed, gate=gate,
+            write_card=write_card, seed=seed, gate=gate, clot_free=clot_free,
         )
     else:
-        report = evaluate_threshold(data, splits=chosen, seed=seed, gate=gate)
+        report = evaluate_threshold(data, splits=chosen, seed=seed, gate=gate, clot_free=clot_free)
     typer.echo(format_table(report))

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from dicom_node.models.card import ModelCard
 from dicom_node.models.combine import StudyDecision, decide_study
 from dicom_node.models.inputs import InputSpec
 from dicom_node.models.result import ModelResult
@@ -45,7 +46,7 @@ from dicom_node.training.cases import Case
 from dicom_node.training.data import detect_layout, evaluation_cases
 from dicom_node.training.metrics import LesionCounts, dice, lesion_counts, overlap_counts, study_metrics
 from dicom_node.training.plots import Example, plot_calibration, plot_examples, plot_roc
-from dicom_node.training.whole_study import WholeStudyFigures
+from dicom_node.training.whole_study import WholeStudyFigures, clot_free_cases
 
 logger = logging.getLogger(__name__)
 
@@ -200,11 +201,13 @@ def evaluate(
     seed: int = 0,
     resamples: int = 2000,
     gate: bool = False,
+    clot_free: bool = False,
 ) -> EvaluationReport:
     """Evaluate the model in ``model_dir`` on ``data``; write figures and plots into its directory.
 
     ``gate``: restrict the findings to the intracranial space first
-    (:mod:`dicom_node.models.gating`).
+    (:mod:`dicom_node.models.gating`). ``clot_free``: on the stacks' runs of slices
+    without clot, as negative studies (:func:`~dicom_node.training.whole_study.clot_free_cases`).
     """
     from dicom_node.models.registry import load_model
     from dicom_node.models.runner import Runner
@@ -222,15 +225,15 @@ def evaluate(
     reports = [
         evaluate_cases(
             split,
-            evaluation_cases(data, loaded.card.input, split=split, seed=seed),
+            _split_cases(data, loaded.card.input, split, seed, clot_free=clot_free),
             predict,
-            decision_threshold=loaded.card.thresholds.decision,
+            decision_threshold=_called_at(loaded.card),
             resamples=resamples,
             seed=seed,
         )
         for split in (splits or _default_splits(data))
     ]
-    report = EvaluationReport(model=str(model_dir) + (" (gated)" if gate else ""), data=str(data), splits=reports)
+    report = EvaluationReport(model=str(model_dir) + _variant(gate, clot_free), data=str(data), splits=reports)
     if write_card:
         report.files = write_figures(report, model_dir, loaded.card.name)
         # "evaluation" is the latest run; "evaluations" keeps one entry per data folder (and gate),
@@ -257,6 +260,7 @@ def evaluate_threshold(
     resamples: int = 2000,
     model: ThresholdModel | None = None,
     gate: bool = False,
+    clot_free: bool = False,
 ) -> EvaluationReport:
     """Evaluate the HU threshold baseline the same way (PNG data get pseudo-HU, see data.pseudo_hu)."""
     data = Path(data)
@@ -268,7 +272,7 @@ def evaluate_threshold(
     reports = [
         evaluate_cases(
             split,
-            evaluation_cases(data, spec, split=split, seed=seed),
+            _split_cases(data, spec, split, seed, clot_free=clot_free),
             predict,
             decision_threshold=baseline.parameters.decision_threshold,
             resamples=resamples,
@@ -276,7 +280,24 @@ def evaluate_threshold(
         )
         for split in (splits or _default_splits(data))
     ]
-    return EvaluationReport(model="threshold" + (" (gated)" if gate else ""), data=str(data), splits=reports)
+    return EvaluationReport(model="threshold" + _variant(gate, clot_free), data=str(data), splits=reports)
+
+
+def _called_at(card: ModelCard) -> float:
+    """The threshold a card's study calls are made against: its study decision's when it has one
+    (:func:`_decided` applies it, and :func:`decide_study` sets it on the result), else its own."""
+    return card.study_decision.threshold if card.study_decision is not None else card.thresholds.decision
+
+
+def _split_cases(data: Path, spec: InputSpec, split: str, seed: int, *, clot_free: bool) -> Iterable[Case]:
+    """The cases of ``split``, or the runs of their slices without clot as negative cases."""
+    cases = evaluation_cases(data, spec, split=split, seed=seed)
+    return clot_free_cases(cases) if clot_free else cases
+
+
+def _variant(gate: bool, clot_free: bool) -> str:
+    """What a report's name adds for the options it was made with (also the card's key)."""
+    return (" (gated)" if gate else "") + (" (clot-free)" if clot_free else "")
 
 
 def _gated(predict: Predict) -> Predict:
@@ -318,11 +339,12 @@ def evaluate_combination(
     seed: int = 0,
     resamples: int = 2000,
     gate: bool = False,
+    clot_free: bool = False,
 ) -> EvaluationReport:
     """Evaluate a classifier and a segmenter combined by ``rule`` (see :mod:`dicom_node.models.combine`).
 
     ``gate``: the segmenter's findings are restricted to the intracranial space
-    before combining, as the worker's default model does.
+    before combining, as the worker's default model does. ``clot_free``: as in :func:`evaluate`.
     """
     from dicom_node.models.combine import combine, combined_threshold
     from dicom_node.models.registry import load_model
@@ -353,10 +375,10 @@ def evaluate_combination(
     reports = [
         evaluate_cases(
             split,
-            evaluation_cases(data, study_runner.model.card.input, split=split, seed=seed),
+            _split_cases(data, study_runner.model.card.input, split, seed, clot_free=clot_free),
             predict,
             decision_threshold=combined_threshold(
-                rule, study_runner.model.card.thresholds.decision, lesion_runner.model.card.thresholds.decision
+                rule, _called_at(study_runner.model.card), _called_at(lesion_runner.model.card)
             ),
             resamples=resamples,
             seed=seed,
@@ -364,6 +386,7 @@ def evaluate_combination(
         for split in (splits or _default_splits(data))
     ]
     name = f"{Path(classifier_dir).name}+{Path(segmenter_dir).name} ({rule}{', gated' if gate else ''})"
+    name += " (clot-free)" if clot_free else ""
     return EvaluationReport(model=name, data=str(data), splits=reports)
 
 

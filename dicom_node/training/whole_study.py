@@ -22,17 +22,25 @@ decision threshold), and one figure more, the stacks whose slices without clot
 alone would be called positive by max pooling: what its study call makes of a
 head without a bleed, which these stacks (every patient has one) cannot give
 directly.
+
+:func:`clot_free_cases` gives those heads without a bleed as studies of their
+own: each long run of slices without clot, cut out of its stack, is a negative
+case (``evaluate --clot-free``), so the whole default model, study call
+included, can be measured on real anatomy from skull base to vertex with no
+bleed in it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from dicom_node.imaging.morphology import label_components
 from dicom_node.models.result import ModelKind, ModelResult
+from dicom_node.training.cases import Case, PseudoVolume
 from dicom_node.training.plots import Example
 
 LEVELS = ("lower", "middle", "upper")
@@ -158,7 +166,7 @@ class WholeStudyFigures:
             "negative_slices": dict(self.negative_slices),
             "lesion_sensitivity": self.detected_lesions / self.true_lesions if self.true_lesions else None,
             "true_lesions": self.true_lesions,
-            "dice_pooled": 1.0 if total == 0 else 2.0 * self.overlap / total,
+            "dice_pooled": None if self.true_voxels == 0 else 2.0 * self.overlap / total,
             "dice_mean_positive_slices": float(np.mean(self.slice_dices)) if self.slice_dices else None,
             "positive_slices": len(self.slice_dices),
         }
@@ -167,3 +175,51 @@ class WholeStudyFigures:
 def _level(index: int, count: int) -> str:
     """The third of a stack of ``count`` slices that slice ``index`` lies in."""
     return LEVELS[min(2, index * 3 // count)]
+
+
+def clot_free_cases(cases: Iterable[Case], *, min_mm: float = 40.0, margin_slices: int = 1) -> Iterator[Case]:
+    """Negative studies cut from stacks with clot: every run of slices without clot at least ``min_mm`` long.
+
+    The ``margin_slices`` next to a slice with clot are left out too, since the derived
+    clot masks can miss a faint edge or partial volume there. Each run keeps its slices'
+    spacing and pixels; it is named ``<case> slices <first>-<last>``. Only volumes
+    without DICOM provenance (PNG and NIfTI stacks) can be cut this way.
+    """
+    for case in cases:
+        if case.truth is None or case.truth.shape[0] < 2:
+            continue
+        if not isinstance(case.volume, PseudoVolume):
+            raise ValueError("clot-free runs are cut from PHE-SICH and NIfTI stacks, not from DICOM series")
+        clot = case.truth.reshape(case.truth.shape[0], -1).any(axis=1)
+        for first, stop in _clot_free_runs(clot, margin_slices):
+            if (stop - first) * case.volume.spacing_mm[0] >= min_mm:
+                yield _cut(case, first, stop)
+
+
+def _clot_free_runs(clot: np.ndarray, margin: int) -> list[tuple[int, int]]:
+    """``[first, stop)`` of each maximal run of slices at least ``margin`` slices away from clot."""
+    near = np.convolve(clot.astype(int), np.ones(2 * margin + 1, int), mode="same") > 0 if margin else clot
+    runs, first = [], None
+    for index, blocked in enumerate([*near.tolist(), True]):
+        if not blocked and first is None:
+            first = index
+        elif blocked and first is not None:
+            runs.append((first, index))
+            first = None
+    return runs
+
+
+def _cut(case: Case, first: int, stop: int) -> Case:
+    """Slices ``[first, stop)`` of ``case`` as a negative case of its own."""
+    volume = case.volume
+    affine = None
+    if volume.affine is not None:  # the cut's slice 0 is the stack's slice ``first``
+        affine = volume.affine.copy()
+        affine[:3, 3] = volume.affine[:3, :3] @ np.array([first, 0.0, 0.0]) + volume.affine[:3, 3]
+    return Case(
+        key=f"{case.key} slices {first}-{stop - 1}",
+        volume=replace(volume, hu=volume.hu[first:stop], affine=affine),
+        label=0,
+        truth=np.zeros_like(case.truth[first:stop]),
+        windowed=None if case.windowed is None else case.windowed[first:stop],
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,20 @@ def test_both_calls_by_each_model_s_own_threshold_when_they_differ(classifier, l
     assert combined.decision_threshold == 0.5
     assert len(combined.findings) == (1 if positive else 0)
     assert 0.0 <= combined.study_probability <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("segmenter_threshold", "segmenter_probability", "positive"),
+    [(0.3, 0.4, True), (0.7, 0.6, False), (0.05, 0.1, True), (0.7, 0.9, True)],
+)
+def test_both_asks_the_segmenter_by_its_own_threshold_too(segmenter_threshold, segmenter_probability, positive):
+    # A classifier at 0.5 (the Kaggle-only one) with a segmenter whose study decision moved its threshold.
+    lesions = replace(
+        _segmenter(True, threshold=segmenter_threshold), study_probability=segmenter_probability
+    )
+    combined = combine(_classifier(0.9), lesions, rule="both")
+    assert combined.positive is positive
+    assert bool(combined.findings) is positive  # never "positive, no lesion", never a lesion on a negative
 
 
 @pytest.mark.parametrize("threshold", [0.05, 0.17, 0.5, 0.8, 1.0])

@@ -13,13 +13,18 @@ only from inside ``do_action``, and does a failed write still queue Evt17?), ada
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
+import io
 import logging
 import select
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from pynetdicom import AE, evt
@@ -35,7 +40,14 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
 from pynetdicom.transport import AddressInformation, AssociationServer, AssociationSocket, RequestHandler
 
-from dicom_node.ingest.reactor import STANDARD_LOG_HANDLERS, PromptDUL, make_prompt
+from dicom_node.ingest.reactor import (
+    STANDARD_LOG_HANDLERS,
+    PromptDUL,
+    SpoolFile,
+    discard_spool,
+    make_prompt,
+    spool_failure,
+)
 
 #: sha256 (first 16 hex digits) of each function's source in pynetdicom 3.0.4.
 PINNED = {
@@ -218,3 +230,60 @@ def test_a_failed_write_aborts_the_association_as_pynetdicoms_would(established:
     established.dul.state_machine.do_action(established.dul.event_queue.get())
     assert established.dul.state_machine.current_state == "Sta1"  # AA-4: the association is aborted
     assert type(established.dul.to_user_queue.get_nowait()) is A_P_ABORT
+
+
+class _FullDisk(io.RawIOBase):
+    """A file whose writes fail as on a full disk, after ``room`` bytes."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+
+def _spool_on_a_full_disk(tmp_path: Path, room: int) -> SpoolFile:
+    spool = SpoolFile(tmp_path / "spool.dcm")
+    spool._file.close()  # type: ignore[union-attr]
+    spool._file = io.BufferedWriter(_FullDisk(room))  # type: ignore[assignment]
+    return spool
+
+
+@pytest.mark.parametrize("room", [0, 100, 4000])  # at the preamble, in the File Meta, in the data set
+def test_a_spool_write_that_fails_keeps_the_reason_removes_the_file_and_drops_the_rest(tmp_path: Path, room: int) -> None:
+    spool = _spool_on_a_full_disk(tmp_path, room)
+    fragments = [b"\0" * 128 + b"DICM", b"\2" * 200, *[b"\1" * 16384] * 4]
+    for fragment in fragments:  # as pynetdicom writes them: write, then flush the file
+        assert spool.write(fragment) == len(fragment)
+        spool.file.flush()
+    assert isinstance(spool.failure, OSError) and spool.failure.errno == errno.ENOSPC
+    assert spool.closed and not (tmp_path / "spool.dcm").exists()
+    assert spool_failure(SimpleNamespace(_dataset_file=spool)) is spool.failure
+    spool.close()  # pynetdicom closes it after the handler: nothing left to do, no error
+    discard_spool(SimpleNamespace(_data_set_file=spool))  # nor for the association's clean-up
+
+
+def test_a_spool_file_that_cannot_be_created_is_answered_too(tmp_path: Path) -> None:
+    spool = SpoolFile(tmp_path / "no-such-folder" / "spool.dcm")
+    assert isinstance(spool.failure, FileNotFoundError) and spool.closed
+    assert spool.write(b"data") == 4
+    spool.file.flush()
+    spool.close()
+    with pytest.raises(AttributeError):
+        spool.fileno  # noqa: B018 (nothing open to ask)
+
+
+def test_a_spool_file_that_is_written_fully_has_no_failure(tmp_path: Path) -> None:
+    spool = SpoolFile(tmp_path / "spool.dcm")
+    spool.write(b"\0" * 128 + b"DICM")
+    spool.file.flush()
+    assert spool.failure is None and not spool.closed and spool.tell() == 132
+    spool.close()
+    assert spool.closed and (tmp_path / "spool.dcm").stat().st_size == 132
+    assert spool_failure(SimpleNamespace(_dataset_file=spool)) is None

@@ -188,3 +188,27 @@ def test_the_worker_applies_a_cards_decision_after_the_gate(tmp_path):
     assert isinstance(model, DecidedModel) and model.decision == DECISION
     assert isinstance(model.model, GatedModel)
     assert isinstance(model.model.model, Runner)  # the bare runner: it never decides (test_models_runner.py)
+
+
+def test_clot_free_runs_become_negative_cases_with_a_margin_and_a_minimum_length():
+    from dicom_node.training.cases import Case, PseudoVolume
+    from dicom_node.training.whole_study import clot_free_cases
+
+    truth = np.zeros((30, 4, 4), bool)
+    truth[12:15, 1, 1] = True  # clot on slices 12-14
+    hu = np.arange(30, dtype=np.float32)[:, None, None] * np.ones((30, 4, 4), np.float32)
+    affine = np.diag([5.0, 0.5, 0.5, 1.0])
+    affine[:3, 3] = (10.0, 20.0, 30.0)
+    case = Case(key="p1", volume=PseudoVolume(hu=hu, spacing_mm=(5.0, 0.5, 0.5), affine=affine), label=1, truth=truth,
+                windowed=hu / 30)
+
+    cut = list(clot_free_cases([case], min_mm=40.0, margin_slices=1))
+
+    # 0-10 (11 slices, 55 mm) and 16-29 (14 slices, 70 mm); slices 11 and 15 are the margin.
+    assert [c.key for c in cut] == ["p1 slices 0-10", "p1 slices 16-29"]
+    assert all(c.label == 0 and not c.truth.any() for c in cut)
+    upper = cut[1]
+    assert upper.volume.hu[0, 0, 0] == 16 and upper.windowed.shape[0] == 14 and upper.truth.shape[0] == 14
+    assert np.allclose(upper.volume.affine[:3, 3], (10.0 + 16 * 5.0, 20.0, 30.0))  # slice 0 of the cut is slice 16
+    assert [c.key for c in clot_free_cases([case], min_mm=60.0)] == ["p1 slices 16-29"]
+    assert list(clot_free_cases([Case(key="x", volume=case.volume, label=0, truth=None)])) == []
