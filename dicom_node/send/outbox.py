@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -221,6 +221,22 @@ def serve_outbox(
     attempt (association set-up plus one C-STORE); claims are renewed after each answer.
     ``clock`` times claims and retries (the database's; tests pass a fixed one).
     """
+    _warn_of_unconfigured(sessions, peers)
+    with sessions.begin() as session:
+        work = claim_due(session, owner=owner, now=clock(session), lease=lease, destinations=list(peers))
+    if not work:
+        return {}
+    run = _OutboxRun(sessions, storage_root, policy, clock, owner, lease, audit)
+
+    def serve(name: str) -> dict[str, int]:
+        return _DestinationBatch(run, name, peers[name], work[name]).serve()
+
+    with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="outbox") as pool:
+        return dict(zip(work, pool.map(serve, work), strict=True))
+
+
+def _warn_of_unconfigured(sessions: sessionmaker[Session], peers: dict[str, Peer]) -> None:
+    """Log each destination that has pending deliveries but is not configured: they wait, and nothing else says so."""
     with sessions() as session:
         waiting = session.execute(
             select(Delivery.destination)
@@ -229,63 +245,104 @@ def serve_outbox(
         ).scalars().all()
     for name in waiting:
         logger.warning("deliveries wait for a destination that is not configured", extra={"destination": name})
-    with sessions.begin() as session:
-        work = claim_due(session, owner=owner, now=clock(session), lease=lease, destinations=list(peers))
-    if not work:
-        return {}
 
-    def serve(name: str) -> dict[str, int]:
-        items = work[name]
-        by_key = {d.id: d for d in items}
-        counts: dict[str, int] = {}
-        sent: dict[str, list[str]] = {}
 
-        def record(result: SendResult) -> None:
-            # Each result is committed as it arrives: a failure later in the batch cannot
-            # make an object that the peer stored look unsent (and so be sent again).
-            delivery = by_key.pop(result.key)
-            with sessions.begin() as session:
-                now = clock(session)
-                state = record_result(session, delivery, result, owner=owner, policy=policy, now=now)
-                renew_claims(session, owner=owner, destination=name, until=now + lease)
-            if state is None:
-                logger.warning(
-                    "delivery claim lost to another worker; this attempt is not recorded",
-                    extra={"destination": name, "sop_instance_uid": delivery.sop_instance_uid},
-                )
-                counts["claim_lost"] = counts.get("claim_lost", 0) + 1
-                return
-            counts[state.value] = counts.get(state.value, 0) + 1
-            if result.stored:
-                sent.setdefault(delivery.study_instance_uid, []).append(delivery.sop_instance_uid)
-            else:
-                peer = peers[name]
-                if state == DeliveryState.DEAD:
-                    then = f"given up after {delivery.attempts + 1} attempts (`dicom-node resend` sends it again)"
-                else:
-                    then = f"next try at {now + policy.delay_after(delivery.attempts + 1):%Y-%m-%d %H:%M:%S} UTC"
-                logger.warning(
-                    f"delivery to {name} ({peer.ae_title}@{peer.host}:{peer.port}) failed: {result.detail}; {then}",
-                    extra={"destination": name, "sop_instance_uid": delivery.sop_instance_uid},
-                )
+@dataclass(frozen=True)
+class _OutboxRun:
+    """What the destinations' threads of one :func:`serve_outbox` call share."""
 
+    sessions: sessionmaker[Session]
+    storage_root: Path
+    policy: RetryPolicy
+    clock: Clock
+    owner: str
+    lease: timedelta
+    audit: AuditLog | None
+
+    def commit(self, delivery: DueDelivery, result: SendResult) -> tuple[DeliveryState | None, datetime]:
+        """Record one answer and renew the claims on the destination's other rows, in one transaction.
+
+        Returns the new state (None: the claim was lost) and the time it was recorded at.
+        """
+        with self.sessions.begin() as session:
+            now = self.clock(session)
+            state = record_result(session, delivery, result, owner=self.owner, policy=self.policy, now=now)
+            renew_claims(session, owner=self.owner, destination=delivery.destination, until=now + self.lease)
+        return state, now
+
+
+@dataclass
+class _DestinationBatch:
+    """One destination's claimed deliveries, sent over one association on its own thread."""
+
+    run: _OutboxRun
+    name: str
+    peer: Peer
+    items: list[DueDelivery]
+    unanswered: dict[int, DueDelivery] = field(init=False)
+    counts: dict[str, int] = field(default_factory=dict)
+    #: Study UID -> SOP instance UIDs the peer stored, for the audit.
+    sent: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.unanswered = {d.id: d for d in self.items}
+
+    def serve(self) -> dict[str, int]:
+        """Send every item and record each answer; the resulting states counted."""
+        items = [SendItem(d.id, self.run.storage_root / d.path) for d in self.items]
         try:
-            send(peers[name], [SendItem(d.id, storage_root / d.path) for d in items], on_result=record)
+            send(self.peer, items, on_result=self.record)
         except Exception as exc:  # a broken peer must not kill the tick: what was not answered failed
-            logger.exception("sending failed", extra={"destination": name})
-            for key in list(by_key):
-                record(SendResult(key, False, None, f"send error: {exc.__class__.__name__}"))
-        logger.info(f"outbox served: {counts}", extra={"destination": name, "count": len(items)})
-        if audit is not None:
-            for study_uid, sop_uids in sent.items():
-                audit.record(
-                    "delivered", study_instance_uid=study_uid, destination=name, count=len(sop_uids),
-                    detail=json.dumps(sop_uids),
-                )
-        return counts
+            logger.exception("sending failed", extra={"destination": self.name})
+            for key in list(self.unanswered):
+                self.record(SendResult(key, False, None, f"send error: {exc.__class__.__name__}"))
+        logger.info(f"outbox served: {self.counts}", extra={"destination": self.name, "count": len(self.items)})
+        self._audit_delivered()
+        return self.counts
 
-    with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="outbox") as pool:
-        return dict(zip(work, pool.map(serve, work), strict=True))
+    def record(self, result: SendResult) -> None:
+        """Commit one answer as it arrives.
+
+        A failure later in the batch then cannot make an object that the peer stored
+        look unsent (and so be sent again).
+        """
+        delivery = self.unanswered.pop(result.key)
+        state, now = self.run.commit(delivery, result)
+        if state is None:
+            logger.warning(
+                "delivery claim lost to another worker; this attempt is not recorded",
+                extra={"destination": self.name, "sop_instance_uid": delivery.sop_instance_uid},
+            )
+            self.counts["claim_lost"] = self.counts.get("claim_lost", 0) + 1
+            return
+        self.counts[state.value] = self.counts.get(state.value, 0) + 1
+        if result.stored:
+            self.sent.setdefault(delivery.study_instance_uid, []).append(delivery.sop_instance_uid)
+        else:
+            self._warn_of_failure(delivery, result, state, now)
+
+    def _warn_of_failure(self, delivery: DueDelivery, result: SendResult, state: DeliveryState, now: datetime) -> None:
+        """Log a failed attempt with what comes next: the time of the next try, or that the outbox gave up."""
+        attempts = delivery.attempts + 1
+        if state == DeliveryState.DEAD:
+            then = f"given up after {attempts} attempts (`dicom-node resend` sends it again)"
+        else:
+            then = f"next try at {now + self.run.policy.delay_after(attempts):%Y-%m-%d %H:%M:%S} UTC"
+        peer = self.peer
+        logger.warning(
+            f"delivery to {self.name} ({peer.ae_title}@{peer.host}:{peer.port}) failed: {result.detail}; {then}",
+            extra={"destination": self.name, "sop_instance_uid": delivery.sop_instance_uid},
+        )
+
+    def _audit_delivered(self) -> None:
+        """One audit event per study with the objects the peer stored."""
+        if self.run.audit is None:
+            return
+        for study_uid, sop_uids in self.sent.items():
+            self.run.audit.record(
+                "delivered", study_instance_uid=study_uid, destination=self.name, count=len(sop_uids),
+                detail=json.dumps(sop_uids),
+            )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Per split, figures are:
 * segmentation (cases with pixel truth): pooled Dice and IoU (all voxels of all
   cases together, so false positives on negative cases count), mean Dice over
   the cases with a lesion, lesion sensitivity and false-positive lesions per
-  case (any-overlap rule);
+  case (any-overlap rule; :mod:`dicom_node.training.segmentation_figures`);
 * whole stacks (cases of more than one slice with voxel truth): false-positive
   findings and mL per patient, specificity on negative slices by level, lesion
   sensitivity, pooled and per-slice Dice (:mod:`dicom_node.training.whole_study`);
@@ -44,8 +44,9 @@ from dicom_node.models.result import ModelResult
 from dicom_node.models.threshold import ThresholdModel
 from dicom_node.training.cases import Case
 from dicom_node.training.data import detect_layout, evaluation_cases
-from dicom_node.training.metrics import LesionCounts, dice, lesion_counts, overlap_counts, study_metrics
+from dicom_node.training.metrics import study_metrics
 from dicom_node.training.plots import Example, plot_calibration, plot_examples, plot_roc
+from dicom_node.training.segmentation_figures import SegmentationFigures
 from dicom_node.training.whole_study import WholeStudyFigures, clot_free_cases
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,32 @@ def _brain_view(case: Case, index: int) -> np.ndarray:
     return np.clip(case.volume.hu[index].astype(np.float32) / 80.0, 0.0, 1.0)
 
 
+@dataclass
+class _Examples:
+    """The first cases of each class, as ``examples.png`` shows them."""
+
+    by_label: dict[int, list[Example]] = field(default_factory=lambda: {0: [], 1: []})
+
+    def offer(self, case: Case, result: ModelResult, predicted: np.ndarray, *, with_prediction: bool) -> None:
+        """Keep ``case`` while its class has room; draw the prediction only for a model that makes masks."""
+        shown = self.by_label[int(case.label)]
+        if len(shown) >= _EXAMPLES_PER_CLASS:
+            return
+        index = _display_slice(case, case.truth, predicted)
+        shown.append(
+            Example(
+                title=f"{case.key}  label {case.label}  p={result.study_probability:.2f}",
+                image=_brain_view(case, index),
+                truth=None if case.truth is None else case.truth[index],
+                prediction=predicted[index] if with_prediction else None,
+            )
+        )
+
+    def ordered(self) -> list[Example]:
+        """Positives first, then negatives."""
+        return self.by_label[1] + self.by_label[0]
+
+
 def evaluate_cases(
     name: str,
     cases: Iterable[Case],
@@ -110,14 +137,11 @@ def evaluate_cases(
     scores: list[float] = []
     slices = 0
     seconds = 0.0
-    overlap = [0, 0, 0]
-    union = 0
-    dices: list[float] = []
-    lesions = LesionCounts(0, 0, 0, 0)
-    segmented_cases = 0
+    # Whether the model draws masks: a classifier without findings has no segmentation figures.
     has_masks = False
-    examples: dict[int, list[Example]] = {0: [], 1: []}
+    segmentation = SegmentationFigures()
     whole = WholeStudyFigures()
+    examples = _Examples()
     for case in cases:
         started = time.perf_counter()
         result = predict(case)
@@ -128,28 +152,11 @@ def evaluate_cases(
         predicted = result.label_map != 0
         has_masks = has_masks or bool(result.findings) or result.model_kind.value != "classifier"
         if case.truth is not None:
-            segmented_cases += 1
-            both, p, t = overlap_counts(predicted, case.truth)
-            overlap = [overlap[0] + both, overlap[1] + p, overlap[2] + t]
-            union += p + t - both
-            if t:
-                dices.append(dice(predicted, case.truth))
-            counts = lesion_counts(predicted, case.truth)
-            lesions = LesionCounts(*(a + b for a, b in zip(vars(lesions).values(), vars(counts).values(), strict=True)))
+            segmentation.add(predicted, case.truth)
             if case.truth.shape[0] > 1:  # a stack: the whole-study figures apply
                 brain = np.stack([_brain_view(case, k) for k in range(case.truth.shape[0])])
                 whole.add(case.key, result, case.truth, brain)
-        shown = examples[int(case.label)]
-        if len(shown) < _EXAMPLES_PER_CLASS:
-            index = _display_slice(case, case.truth, predicted)
-            shown.append(
-                Example(
-                    title=f"{case.key}  label {case.label}  p={result.study_probability:.2f}",
-                    image=_brain_view(case, index),
-                    truth=None if case.truth is None else case.truth[index],
-                    prediction=predicted[index] if has_masks else None,
-                )
-            )
+        examples.offer(case, result, predicted, with_prediction=has_masks)
     if not truth_labels:
         raise ValueError(f"split {name!r} has no cases")
     truth = np.array(truth_labels)
@@ -159,20 +166,8 @@ def evaluate_cases(
         "slices_per_s": slices / seconds if seconds > 0 else math.inf,
         "slices": slices,
     }
-    if segmented_cases and has_masks:
-        both, p, t = overlap
-        metrics["segmentation"] = {
-            "cases": segmented_cases,
-            "cases_with_lesion": len(dices),
-            "dice_pooled": 1.0 if p + t == 0 else 2.0 * both / (p + t),
-            "iou_pooled": 1.0 if union == 0 else both / union,
-            "dice_mean_lesion_cases": float(np.mean(dices)) if dices else math.nan,
-            "dice_median_lesion_cases": float(np.median(dices)) if dices else math.nan,
-            "lesion_sensitivity": lesions.detected / lesions.true_lesions if lesions.true_lesions else math.nan,
-            "true_lesions": lesions.true_lesions,
-            "false_positives_per_case": lesions.false_positives / segmented_cases,
-            "false_positive_lesions": lesions.false_positives,
-        }
+    if segmentation.cases and has_masks:
+        metrics["segmentation"] = segmentation.metrics()
     if whole.patients:
         metrics["whole_study"] = whole.metrics()
     logger.info("evaluated split %s: %d cases, %d slices", name, len(truth), slices, extra={"count": len(truth)})
@@ -181,7 +176,7 @@ def evaluate_cases(
         metrics=metrics,
         truth=truth,
         scores=score_array,
-        examples=examples[1] + examples[0],
+        examples=examples.ordered(),
         false_positives=[fp.example for fp in whole.worst],
     )
 

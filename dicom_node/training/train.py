@@ -277,6 +277,14 @@ class _Progress:
     best: dict[str, Any] = field(default_factory=lambda: {"score": -math.inf, "epoch": 0, "state": None})
     first_epoch: int = 1
 
+    def keep_best(self, epoch: int, score: float, network: nn.Module) -> None:
+        """Record ``epoch`` as the best so far, with a copy of its state (training goes on changing the network)."""
+        self.best = {
+            "score": score,
+            "epoch": epoch,
+            "state": {k: v.detach().clone() for k, v in network.state_dict().items()},
+        }
+
 
 def train(
     kind: ModelKind | str,
@@ -320,8 +328,9 @@ def train(
     :func:`~dicom_node.training.data.load_training_sets`). ``command`` is recorded in the card as the way to reproduce the
     run (default: this process's command line).
 
-    The steps: :func:`_setup` (options, data), :func:`_resume` (checkpoint),
-    :func:`_run_epoch` once per epoch, :func:`_finish` (weights, thresholds, card).
+    The steps: :func:`_setup` (options, data), :func:`_initial_network`,
+    :func:`_resume` (checkpoint), :func:`_run_epochs` (:func:`_run_epoch` once per
+    epoch), :func:`_finish` (weights, thresholds, card), :func:`_summary`.
     """
     started = time.perf_counter()
     options = TrainingOptions(
@@ -348,34 +357,12 @@ def train(
     )
     with _torch_settings(threads):
         torch.manual_seed(seed)
-        network = build_network(setup.draft)
-        if setup.init is not None:
-            initial = torch.load(setup.init, map_location="cpu", weights_only=True)
-            network.load_state_dict(expand_input_channels(initial, network.state_dict(), setup.spec))
+        network = _initial_network(setup)
         optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=options.weight_decay)
         progress = _resume(setup, network, optimizer) if resume else _Progress()
-        schedule = _Schedule.of(setup)
-        for epoch in range(progress.first_epoch, epochs + 1):
-            _run_epoch(setup, schedule, network, optimizer, progress, epoch)
-        network.load_state_dict(progress.best["state"])
-        network.eval()
+        _run_epochs(setup, network, optimizer, progress)
         card = _finish(setup, network, progress, command=command, duration=lambda: time.perf_counter() - started)
-    duration = float(card.training["duration_s"])
-    logger.info(
-        "trained %s in %.0f s; best epoch %d (score %.4f)",
-        setup.kind.value,
-        duration,
-        progress.best["epoch"],
-        progress.best["score"],
-        extra={"path": str(setup.out), "duration_s": duration},
-    )
-    return TrainingSummary(
-        out=setup.out,
-        best_epoch=int(progress.best["epoch"]),
-        best_score=float(progress.best["score"]),
-        history=progress.history,
-        duration_s=duration,
-    )
+    return _summary(setup, progress, card)
 
 
 def _setup(
@@ -449,6 +436,44 @@ class _Schedule:
         return cls(steps=steps, total_steps=steps * options.epochs, warmup=int(round(options.warmup_epochs * steps)))
 
 
+def _initial_network(setup: _RunSetup) -> nn.Module:
+    """The network built from the draft card: random (from the global seed), or from ``init``'s weights."""
+    network = build_network(setup.draft)
+    if setup.init is not None:
+        initial = torch.load(setup.init, map_location="cpu", weights_only=True)
+        network.load_state_dict(expand_input_channels(initial, network.state_dict(), setup.spec))
+    return network
+
+
+def _run_epochs(setup: _RunSetup, network: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress) -> None:
+    """The epochs not done yet; then ``network`` holds the best epoch's state, in eval mode."""
+    schedule = _Schedule.of(setup)
+    for epoch in range(progress.first_epoch, setup.options.epochs + 1):
+        _run_epoch(setup, schedule, network, optimizer, progress, epoch)
+    network.load_state_dict(progress.best["state"])
+    network.eval()
+
+
+def _summary(setup: _RunSetup, progress: _Progress, card: ModelCard) -> TrainingSummary:
+    """Log the finished run and say what it produced (the duration as the card records it)."""
+    duration = float(card.training["duration_s"])
+    logger.info(
+        "trained %s in %.0f s; best epoch %d (score %.4f)",
+        setup.kind.value,
+        duration,
+        progress.best["epoch"],
+        progress.best["score"],
+        extra={"path": str(setup.out), "duration_s": duration},
+    )
+    return TrainingSummary(
+        out=setup.out,
+        best_epoch=int(progress.best["epoch"]),
+        best_score=float(progress.best["score"]),
+        history=progress.history,
+        duration_s=duration,
+    )
+
+
 def _resume(setup: _RunSetup, network: nn.Module, optimizer: torch.optim.Optimizer) -> _Progress:
     """Network, optimizer and progress from ``out/checkpoint.pt`` of the same run (a fresh start without one)."""
     checkpoint_path = setup.out / CHECKPOINT_FILE
@@ -479,8 +504,37 @@ def _run_epoch(
     epoch: int,
 ) -> None:
     """One epoch: train on its sample, validate, keep the best state, write the checkpoint."""
-    options = setup.options
     epoch_started = time.perf_counter()
+    losses = _train_steps(setup, schedule, network, optimizer, epoch)
+    figures = validate(setup.kind, network, setup.val_set)
+    record = {
+        "epoch": epoch,
+        "train_loss": float(np.mean(losses)),
+        **{k: float(v) for k, v in figures.items()},
+        "seconds": round(time.perf_counter() - epoch_started, 2),
+    }
+    progress.history.append(record)
+    if figures["score"] > progress.best["score"]:
+        progress.keep_best(epoch, float(figures["score"]), network)
+    logger.info(
+        "epoch %d/%d: %s",
+        epoch,
+        setup.options.epochs,
+        " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch",)),
+        extra={"stage": "train"},
+    )
+    _save_checkpoint(setup, network, optimizer, progress, epoch)
+
+
+def _train_steps(
+    setup: _RunSetup, schedule: _Schedule, network: nn.Module, optimizer: torch.optim.Optimizer, epoch: int
+) -> list[float]:
+    """The optimisation steps of one epoch; returns each step's loss.
+
+    One generator, seeded from (seed, epoch), draws the epoch's sample, its batch
+    order and its augmentation, in that order: a resumed run repeats them exactly.
+    """
+    options = setup.options
     generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
     network.train()
     losses = []
@@ -498,27 +552,13 @@ def _run_epoch(
         nn.utils.clip_grad_norm_(network.parameters(), 5.0)
         optimizer.step()
         losses.append(float(value.detach()))
-    figures = validate(setup.kind, network, setup.val_set)
-    record = {
-        "epoch": epoch,
-        "train_loss": float(np.mean(losses)),
-        **{k: float(v) for k, v in figures.items()},
-        "seconds": round(time.perf_counter() - epoch_started, 2),
-    }
-    progress.history.append(record)
-    if figures["score"] > progress.best["score"]:
-        progress.best = {
-            "score": float(figures["score"]),
-            "epoch": epoch,
-            "state": {k: v.detach().clone() for k, v in network.state_dict().items()},
-        }
-    logger.info(
-        "epoch %d/%d: %s",
-        epoch,
-        options.epochs,
-        " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch",)),
-        extra={"stage": "train"},
-    )
+    return losses
+
+
+def _save_checkpoint(
+    setup: _RunSetup, network: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress, epoch: int
+) -> None:
+    """``out/checkpoint.pt`` after ``epoch``: what :func:`_resume` needs to go on as if never stopped."""
     torch.save(
         {
             "config": setup.run_config,
