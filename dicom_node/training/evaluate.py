@@ -40,7 +40,7 @@ import numpy as np
 from dicom_node.models.card import ModelCard
 from dicom_node.models.combine import StudyDecision, decide_study
 from dicom_node.models.inputs import InputSpec
-from dicom_node.models.result import ModelResult
+from dicom_node.models.result import ModelKind, ModelResult
 from dicom_node.models.threshold import ThresholdModel
 from dicom_node.training.cases import Case
 from dicom_node.training.data import detect_layout, evaluation_cases
@@ -150,7 +150,7 @@ def evaluate_cases(
         truth_labels.append(case.label)
         scores.append(result.study_probability)
         predicted = result.label_map != 0
-        has_masks = has_masks or bool(result.findings) or result.model_kind.value != "classifier"
+        has_masks = has_masks or bool(result.findings) or result.model_kind is not ModelKind.CLASSIFIER
         if case.truth is not None:
             segmentation.add(predicted, case.truth)
             if case.truth.shape[0] > 1:  # a stack: the whole-study figures apply
@@ -217,17 +217,10 @@ def evaluate(
         return runner.predict(case.volume)
 
     predict = _decided(_gated(predict) if gate else predict, loaded.card.study_decision)
-    reports = [
-        evaluate_cases(
-            split,
-            _split_cases(data, loaded.card.input, split, seed, clot_free=clot_free),
-            predict,
-            decision_threshold=_called_at(loaded.card),
-            resamples=resamples,
-            seed=seed,
-        )
-        for split in (splits or _default_splits(data))
-    ]
+    reports = _evaluate_splits(
+        data, loaded.card.input, splits, predict, decision_threshold=_called_at(loaded.card),
+        seed=seed, resamples=resamples, clot_free=clot_free,
+    )
     report = EvaluationReport(model=str(model_dir) + _variant(gate, clot_free), data=str(data), splits=reports)
     if write_card:
         report.files = write_figures(report, model_dir, loaded.card.name)
@@ -264,17 +257,10 @@ def evaluate_threshold(
     predict: Predict = lambda case: baseline.predict(case.volume)  # noqa: E731
     if gate:
         predict = _gated(predict)
-    reports = [
-        evaluate_cases(
-            split,
-            _split_cases(data, spec, split, seed, clot_free=clot_free),
-            predict,
-            decision_threshold=baseline.parameters.decision_threshold,
-            resamples=resamples,
-            seed=seed,
-        )
-        for split in (splits or _default_splits(data))
-    ]
+    reports = _evaluate_splits(
+        data, spec, splits, predict, decision_threshold=baseline.parameters.decision_threshold,
+        seed=seed, resamples=resamples, clot_free=clot_free,
+    )
     return EvaluationReport(model="threshold" + _variant(gate, clot_free), data=str(data), splits=reports)
 
 
@@ -284,10 +270,28 @@ def _called_at(card: ModelCard) -> float:
     return card.study_decision.threshold if card.study_decision is not None else card.thresholds.decision
 
 
-def _split_cases(data: Path, spec: InputSpec, split: str, seed: int, *, clot_free: bool) -> Iterable[Case]:
-    """The cases of ``split``, or the runs of their slices without clot as negative cases."""
-    cases = evaluation_cases(data, spec, split=split, seed=seed)
-    return clot_free_cases(cases) if clot_free else cases
+def _evaluate_splits(
+    data: Path,
+    spec: InputSpec,
+    splits: Sequence[str] | None,
+    predict: Predict,
+    *,
+    decision_threshold: float,
+    seed: int,
+    resamples: int,
+    clot_free: bool,
+) -> list[SplitReport]:
+    """:func:`evaluate_cases` on each split of ``data`` (its default splits when none are given);
+    ``clot_free``: on the runs of their slices without clot, as negative cases."""
+    reports = []
+    for split in splits or _default_splits(data):
+        cases: Iterable[Case] = evaluation_cases(data, spec, split=split, seed=seed)
+        if clot_free:
+            cases = clot_free_cases(cases)
+        reports.append(
+            evaluate_cases(split, cases, predict, decision_threshold=decision_threshold, resamples=resamples, seed=seed)
+        )
+    return reports
 
 
 def _variant(gate: bool, clot_free: bool) -> str:
@@ -367,19 +371,11 @@ def evaluate_combination(
     def predict(case: Case) -> ModelResult:
         return combine(classify(case), segment(case), rule=rule)
 
-    reports = [
-        evaluate_cases(
-            split,
-            _split_cases(data, study_runner.model.card.input, split, seed, clot_free=clot_free),
-            predict,
-            decision_threshold=combined_threshold(
-                rule, _called_at(study_runner.model.card), _called_at(lesion_runner.model.card)
-            ),
-            resamples=resamples,
-            seed=seed,
-        )
-        for split in (splits or _default_splits(data))
-    ]
+    threshold = combined_threshold(rule, _called_at(study_runner.model.card), _called_at(lesion_runner.model.card))
+    reports = _evaluate_splits(
+        data, study_runner.model.card.input, splits, predict, decision_threshold=threshold,
+        seed=seed, resamples=resamples, clot_free=clot_free,
+    )
     name = f"{Path(classifier_dir).name}+{Path(segmenter_dir).name} ({rule}{', gated' if gate else ''})"
     name += " (clot-free)" if clot_free else ""
     return EvaluationReport(model=name, data=str(data), splits=reports)
