@@ -212,3 +212,18 @@ def test_clot_free_runs_become_negative_cases_with_a_margin_and_a_minimum_length
     assert np.allclose(upper.volume.affine[:3, 3], (10.0 + 16 * 5.0, 20.0, 30.0))  # slice 0 of the cut is slice 16
     assert [c.key for c in clot_free_cases([case], min_mm=60.0)] == ["p1 slices 16-29"]
     assert list(clot_free_cases([Case(key="x", volume=case.volume, label=0, truth=None)])) == []
+
+
+def test_evaluation_calls_a_card_with_a_study_decision_at_the_decision_s_threshold():
+    """The worker calls a decided study positive at the decision's threshold (``decide_study`` sets it
+    on the result); scoring it at the card's own 0.5 counted kept findings of 0.05-0.5 as negatives."""
+    from dataclasses import replace as replaced
+
+    from dicom_node.models.card import ModelCard
+    from dicom_node.models.registry import shipped_model_dir
+    from dicom_node.training.evaluate import _called_at
+
+    card = ModelCard.load(shipped_model_dir("unet"))
+    assert _called_at(card) == card.thresholds.decision == 0.5
+    decided = replaced(card, study_decision=StudyDecision(intercept=-3.0, log_volume=2.0, confidence=1.0, threshold=0.05))
+    assert _called_at(decided) == 0.05
