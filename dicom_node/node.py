@@ -276,7 +276,8 @@ class Node:
         if self.listener:
             parts.append(f"listening as {settings.node.ae_title} on {settings.node.bind_address}:{settings.node.port}")
         if self.model is not None:
-            parts.append(f"model {settings.analysis.model} on {self.model.device}")
+            model = self.model.model  # which weights, not only which kinds: a job's outputs carry the same names
+            parts.append(f"model {settings.analysis.model} ({model.name} {model.version}) on {self.model.device}")
             names = ", ".join(d.name for d in settings.destinations) or "none (results are kept, not sent)"
             parts.append(f"destinations {names}")
         if page := self._page_url():

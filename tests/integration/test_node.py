@@ -37,7 +37,7 @@ def test_a_node_with_both_roles_serves_reloads_and_stops(tmp_path: Path, caplog:
         listening = [r for r in caplog.records if r.getMessage() == "listening"]
         assert listening and all(getattr(r, "listen_address", None) == f"127.0.0.1:{config.port}" for r in listening)
         assert not any(hasattr(r, "peer_address") for r in listening)
-        assert "model threshold on cpu; destinations none" in summary
+        assert "model threshold (hu-threshold 1) on cpu; destinations none" in summary
         assert http_get(config.metrics_port, "/health")[0] == 200  # with a listener, on the listener's port
         assert echo_ok(config.port, "ECHOSCU") and not echo_ok(config.port, "NEWSCU")
 
