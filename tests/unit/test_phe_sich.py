@@ -224,3 +224,20 @@ def test_whole_study_evaluation_counts_a_finding_outside_the_skull_and_the_gate_
     assert after["false_positive_findings_per_patient"] < before["false_positive_findings_per_patient"]
     assert after["lesion_sensitivity"] == before["lesion_sensitivity"] == 1.0
     assert plain.splits[0].false_positives and "whole stacks" in format_table(plain, gated)
+
+
+def test_clot_free_evaluation_turns_each_stack_s_bleed_free_runs_into_negative_studies(tmp_path: Path):
+    from dicom_node.training.evaluate import evaluate_threshold, format_table
+
+    for part in ("images", "phe_masks", "boxes"):
+        (tmp_path / part).mkdir()
+    rng = np.random.default_rng(6)
+    for number in (1, 2):
+        _write_stack(tmp_path, f"{number:04d}", slices=20, boxed={9, 10}, rng=rng)
+    whole = evaluate_threshold(tmp_path, splits=["all"], resamples=10)
+    cut = evaluate_threshold(tmp_path, splits=["all"], resamples=10, clot_free=True)
+    assert whole.splits[0].truth.tolist() == [1, 1]
+    # Below and above the clot of each patient, one slice of margin either side: 4 negative studies.
+    assert cut.splits[0].truth.tolist() == [0, 0, 0, 0]
+    assert cut.splits[0].metrics["whole_study"]["patients"] == 4
+    assert cut.model == "threshold (clot-free)" and "(clot-free)" in format_table(cut)
