@@ -289,9 +289,8 @@ class _DestinationBatch:
 
     def serve(self) -> dict[str, int]:
         """Send every item and record each answer; the resulting states counted."""
-        items = [SendItem(d.id, self.run.storage_root / d.path) for d in self.items]
         try:
-            send(self.peer, items, on_result=self.record)
+            send(self.peer, [SendItem(d.id, self.run.storage_root / d.path) for d in self.items], on_result=self.record)
         except Exception as exc:  # a broken peer must not kill the tick: what was not answered failed
             logger.exception("sending failed", extra={"destination": self.name})
             for key in list(self.unanswered):

@@ -159,7 +159,8 @@ def evaluate_command(
         bool,
         typer.Option(
             "--clot-free",
-            help="Whole stacks: evaluate on each run of slices without clot (at least 40 mm) as a negative study.",
+            help="Whole stacks: evaluate on each run of slices without clot (at least 40 mm) as a negative study "
+            "(the card is not written).",
         ),
     ] = False,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",

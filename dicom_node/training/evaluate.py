@@ -9,7 +9,9 @@ the source pixels the truth was drawn on, not at model size.
 Per split, figures are:
 
 * study level (one PNG = one study): accuracy, sensitivity, specificity at the
-  card's decision threshold and ROC AUC, each with a bootstrap 95 % CI
+  threshold the model's results are called at (the card's, or its study
+  decision's when it has one; every result must carry that same threshold) and
+  ROC AUC, each with a bootstrap 95 % CI
   (:mod:`dicom_node.training.metrics`);
 * segmentation (cases with pixel truth): pooled Dice and IoU (all voxels of all
   cases together, so false positives on negative cases count), mean Dice over
@@ -22,7 +24,8 @@ Per split, figures are:
 * throughput: slices per second, preprocessing and post-processing included.
 
 ``evaluate`` writes the figures into the model card (``metrics.evaluation``)
-and ``roc.png``, ``calibration.png`` and ``examples.png`` next to it.
+and ``roc.png``, ``calibration.png`` and ``examples.png`` next to it, except for
+a ``clot_free`` run (negative studies only: no figure a card should keep).
 """
 
 from __future__ import annotations
@@ -146,6 +149,11 @@ def evaluate_cases(
         started = time.perf_counter()
         result = predict(case)
         seconds += time.perf_counter() - started
+        if not math.isclose(result.decision_threshold, decision_threshold):
+            raise ValueError(
+                f"case {case.key}: its result is called at {result.decision_threshold:g}, "
+                f"the evaluation scores at {decision_threshold:g}"
+            )
         slices += case.volume.hu.shape[0]
         truth_labels.append(case.label)
         scores.append(result.study_probability)
@@ -222,7 +230,7 @@ def evaluate(
         seed=seed, resamples=resamples, clot_free=clot_free,
     )
     report = EvaluationReport(model=str(model_dir) + _variant(gate, clot_free), data=str(data), splits=reports)
-    if write_card:
+    if write_card and not clot_free:
         report.files = write_figures(report, model_dir, loaded.card.name)
         # "evaluation" is the latest run; "evaluations" keeps one entry per data folder (and gate),
         # so a card can carry its Kaggle figures and its whole-stack figures side by side.

@@ -185,20 +185,25 @@ def clot_free_cases(cases: Iterable[Case], *, min_mm: float = 40.0, margin_slice
     spacing and pixels; it is named ``<case> slices <first>-<last>``. Only volumes
     without DICOM provenance (PNG and NIfTI stacks) can be cut this way.
     """
+    stacks = 0
     for case in cases:
         if case.truth is None or case.truth.shape[0] < 2:
             continue
         if not isinstance(case.volume, PseudoVolume):
             raise ValueError("clot-free runs are cut from PHE-SICH and NIfTI stacks, not from DICOM series")
+        stacks += 1
         clot = case.truth.reshape(case.truth.shape[0], -1).any(axis=1)
         for first, stop in _clot_free_runs(clot, margin_slices):
             if (stop - first) * case.volume.spacing_mm[0] >= min_mm:
                 yield _cut(case, first, stop)
+    if not stacks:
+        raise ValueError("no whole stacks with voxel truth to cut bleed-free runs from (single slices, or labels only)")
 
 
 def _clot_free_runs(clot: np.ndarray, margin: int) -> list[tuple[int, int]]:
     """``[first, stop)`` of each maximal run of slices at least ``margin`` slices away from clot."""
-    near = np.convolve(clot.astype(int), np.ones(2 * margin + 1, int), mode="same") > 0 if margin else clot
+    # "full", then the slices of the stack itself: "same" misaligns when the stack is shorter than the kernel.
+    near = np.convolve(clot.astype(int), np.ones(2 * margin + 1, int))[margin : margin + clot.size] > 0
     runs, first = [], None
     for index, blocked in enumerate([*near.tolist(), True]):
         if not blocked and first is None:

@@ -211,7 +211,25 @@ def test_clot_free_runs_become_negative_cases_with_a_margin_and_a_minimum_length
     assert upper.volume.hu[0, 0, 0] == 16 and upper.windowed.shape[0] == 14 and upper.truth.shape[0] == 14
     assert np.allclose(upper.volume.affine[:3, 3], (10.0 + 16 * 5.0, 20.0, 30.0))  # slice 0 of the cut is slice 16
     assert [c.key for c in clot_free_cases([case], min_mm=60.0)] == ["p1 slices 16-29"]
-    assert list(clot_free_cases([Case(key="x", volume=case.volume, label=0, truth=None)])) == []
+    with pytest.raises(ValueError, match="no whole stacks"):  # labels only (Kaggle): nothing to cut runs from
+        list(clot_free_cases([Case(key="x", volume=case.volume, label=0, truth=None)]))
+
+
+@pytest.mark.parametrize(
+    ("clot", "margin", "runs"),
+    [
+        ([0, 0], 1, [(0, 2)]),  # shorter than the margin's window: still the stack's own slices
+        ([0, 1], 1, []),  # the slice next to the clot is the margin
+        ([0, 0, 0, 1], 3, []),
+        ([0, 0, 0, 0, 0, 1], 3, [(0, 2)]),
+        ([1, 0, 0, 0, 0, 0, 1], 1, [(2, 5)]),
+        ([0, 0, 1], 0, [(0, 2)]),
+    ],
+)
+def test_clot_free_runs_keep_the_margin_on_stacks_of_any_length(clot, margin, runs):
+    from dicom_node.training.whole_study import _clot_free_runs
+
+    assert _clot_free_runs(np.array(clot, bool), margin) == runs
 
 
 def test_evaluation_calls_a_card_with_a_study_decision_at_the_decision_s_threshold():
