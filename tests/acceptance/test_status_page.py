@@ -105,7 +105,7 @@ def test_status_page_shows_studies_calls_deliveries_and_refuses_writes(tmp_path:
         assert f"started: config {config_path}; database SQLite file {config.workdir / 'node.db'}; storage" in log
         # `run` supervises a listener process and a worker process: each says what it serves.
         assert f"listening as DICOMNODE on 127.0.0.1:{config.port}" in log
-        assert "model threshold on cpu; destinations pacs, down" in log
+        assert "model threshold (hu-threshold 1) on cpu; destinations pacs, down" in log
         assert f"delivery to down (DOWN@127.0.0.1:{down_port}) failed: connection refused by DOWN@127.0.0.1:{down_port}" in log
         assert "; next try at 20" in log
     finally:
