@@ -389,6 +389,29 @@ class DeliverySettings(_Section):
     )
 
 
+class GateSettings(_Section):
+    """Where a finding may lie and how dense it may be (``dicom_node.models.gating``).
+
+    The defaults are what every figure in the README was measured with; change them only
+    with a reason a radiologist agrees to, and measure again (``dicom-node evaluate --gate``).
+    """
+
+    margin_mm: float = Field(
+        default=4.0, ge=0, le=20,
+        description="mm the intracranial space is grown in-plane, so that a bleed on the inner table stays in",
+    )
+    min_inside_fraction: float = Field(
+        default=0.5, gt=0, le=1, description="share of a finding's voxels that must lie inside, else it is dropped"
+    )
+    density_rule: bool = Field(
+        default=True,
+        description="drop a finding whose median HU is above max_blood_hu (an enhanced sinus, a calcification)",
+    )
+    max_blood_hu: float = Field(
+        default=100.0, ge=40, le=300, description="the highest median HU of a finding that can still be blood"
+    )
+
+
 class AnalysisSettings(_Section):
     """Which model analyses complete studies, and on which device.
 
@@ -415,6 +438,9 @@ class AnalysisSettings(_Section):
     )
     batch_size: int = Field(default=16, ge=1, le=1024, description="slices per model call (more: faster, more memory)")
     min_lesion_ml: float = Field(default=0.1, ge=0, description="smallest lesion the threshold model reports, in mL")
+    gate: GateSettings = Field(
+        default_factory=GateSettings, description="which findings are kept: inside the skull and no denser than blood"
+    )
 
 
 SeriesDescription = Annotated[str, Field(min_length=1, max_length=64)]

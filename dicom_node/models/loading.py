@@ -14,10 +14,14 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicom_node.config import AnalysisSettings
 from dicom_node.errors import ConfigError
 from dicom_node.models.combine import DecidedModel, Predictor
+
+if TYPE_CHECKING:
+    from dicom_node.models.gating import GateParameters
 
 #: Where the threshold baseline runs: numpy, on the CPU.
 CPU = "cpu"
@@ -52,7 +56,8 @@ def load_configured_model(analysis: AnalysisSettings) -> LoadedModel:
     if analysis.model == "threshold":
         from dicom_node.models.threshold import ThresholdModel, ThresholdParameters
 
-        return LoadedModel(GatedModel(ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml))), CPU)
+        baseline = ThresholdModel(ThresholdParameters(min_lesion_ml=analysis.min_lesion_ml))
+        return LoadedModel(GatedModel(baseline, gate_parameters(analysis)), CPU)
     if problems := missing_packages(analysis):
         raise ConfigError(problems)
     directories = {"unet": analysis.unet_dir, "maskrcnn": analysis.maskrcnn_dir}
@@ -65,6 +70,18 @@ def load_configured_model(analysis: AnalysisSettings) -> LoadedModel:
     segmenting = _runner(analysis, segmenter, directories[segmenter])
     combined = CombinedModel(classifier.model, segmenting.model, rule=analysis.combination)
     return LoadedModel(combined, classifier.device)
+
+
+def gate_parameters(analysis: AnalysisSettings) -> GateParameters:
+    """The gate as ``[analysis.gate]`` sets it."""
+    from dicom_node.models.gating import GateParameters
+
+    gate = analysis.gate
+    return GateParameters(
+        margin_mm=gate.margin_mm,
+        min_inside_fraction=gate.min_inside_fraction,
+        max_blood_hu=gate.max_blood_hu if gate.density_rule else None,
+    )
 
 
 def _runner(analysis: AnalysisSettings, kind: str, directory: Path | None) -> LoadedModel:
@@ -81,7 +98,7 @@ def _runner(analysis: AnalysisSettings, kind: str, directory: Path | None) -> Lo
     )
     # The runner never applies the card's decision; it comes here, after the gate: it was fitted on gated findings.
     decision = loaded.card.study_decision
-    model: Predictor = GatedModel(runner)
+    model: Predictor = GatedModel(runner, gate_parameters(analysis))
     if decision is not None:
         model = DecidedModel(model, decision)
     return LoadedModel(model, str(runner.device))

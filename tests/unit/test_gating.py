@@ -266,3 +266,18 @@ def test_gate_parameters_are_checked():
         GateParameters(min_inside_fraction=0)
     with pytest.raises(ValueError, match="max_blood_hu"):
         GateParameters(max_blood_hu=float("nan"))
+
+
+def test_the_gate_is_configured_from_analysis_gate():
+    """``[analysis.gate]`` reaches the gate of every kind; the defaults are the measured ones."""
+    from dicom_node.config import AnalysisSettings, GateSettings
+    from dicom_node.models.loading import gate_parameters, load_configured_model
+
+    assert gate_parameters(AnalysisSettings()) == GateParameters()
+    chosen = AnalysisSettings(
+        model="threshold", gate=GateSettings(margin_mm=8.0, min_inside_fraction=0.8, density_rule=False)
+    )
+    assert gate_parameters(chosen) == GateParameters(margin_mm=8.0, min_inside_fraction=0.8, max_blood_hu=None)
+    assert load_configured_model(chosen).model.parameters == gate_parameters(chosen)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="max_blood_hu"):
+        GateSettings(max_blood_hu=20.0)  # below acute blood: every bleed would go
