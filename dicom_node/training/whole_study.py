@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from dicom_node.imaging.morphology import label_components
 from dicom_node.models.result import ModelKind, ModelResult
@@ -91,7 +92,7 @@ class WholeStudyFigures:
         if result.slice_probabilities is None:
             raise ValueError("a classifier result without slice probabilities")
         fired = np.asarray(result.slice_probabilities) >= result.decision_threshold
-        clot = truth.reshape(truth.shape[0], -1).any(axis=1)
+        clot = _slices_with_clot(truth)
         self.classified = True
         self.clot_free_stacks_called += int(fired[~clot].any())
         for index in np.flatnonzero(~clot):
@@ -172,6 +173,11 @@ class WholeStudyFigures:
         }
 
 
+def _slices_with_clot(truth: np.ndarray) -> np.ndarray:
+    """Per slice of ``truth`` (slices, rows, cols): whether it holds any clot."""
+    return truth.reshape(truth.shape[0], -1).any(axis=1)
+
+
 def _level(index: int, count: int) -> str:
     """The third of a stack of ``count`` slices that slice ``index`` lies in."""
     return LEVELS[min(2, index * 3 // count)]
@@ -192,7 +198,7 @@ def clot_free_cases(cases: Iterable[Case], *, min_mm: float = 40.0, margin_slice
         if not isinstance(case.volume, PseudoVolume):
             raise ValueError("clot-free runs are cut from PHE-SICH and NIfTI stacks, not from DICOM series")
         stacks += 1
-        clot = case.truth.reshape(case.truth.shape[0], -1).any(axis=1)
+        clot = _slices_with_clot(case.truth)
         for first, stop in _clot_free_runs(clot, margin_slices):
             if (stop - first) * case.volume.spacing_mm[0] >= min_mm:
                 yield _cut(case, first, stop)
@@ -202,16 +208,10 @@ def clot_free_cases(cases: Iterable[Case], *, min_mm: float = 40.0, margin_slice
 
 def _clot_free_runs(clot: np.ndarray, margin: int) -> list[tuple[int, int]]:
     """``[first, stop)`` of each maximal run of slices at least ``margin`` slices away from clot."""
-    # "full", then the slices of the stack itself: "same" misaligns when the stack is shorter than the kernel.
-    near = np.convolve(clot.astype(int), np.ones(2 * margin + 1, int))[margin : margin + clot.size] > 0
-    runs, first = [], None
-    for index, blocked in enumerate([*near.tolist(), True]):
-        if not blocked and first is None:
-            first = index
-        elif blocked and first is not None:
-            runs.append((first, index))
-            first = None
-    return runs
+    # iterations=0 would mean "until nothing changes" to scipy: no margin is no dilation.
+    near = ndimage.binary_dilation(clot, iterations=margin) if margin else clot
+    runs, _ = ndimage.label(~near)
+    return [(found.start, found.stop) for (found,) in ndimage.find_objects(runs)]
 
 
 def _cut(case: Case, first: int, stop: int) -> Case:
