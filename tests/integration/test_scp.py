@@ -32,7 +32,15 @@ from dicom_node.ingest.scp import (
 )
 from tests.conftest import RunningNode, start_node
 from tests.support.disk import fill_to, small_tmpfs
-from tests.support.node import NODE_AE, NodeConfig, dataset_bytes, status_code, store_files, wait_for
+from tests.support.node import (
+    NODE_AE,
+    NodeConfig,
+    dataset_bytes,
+    status_code,
+    store_files,
+    storescu_responses,
+    wait_for,
+)
 from tests.support.synthetic_ct import SeriesSpec, write_series
 
 
@@ -410,6 +418,10 @@ def test_a_disk_that_fills_while_a_data_set_arrives_gets_a700_and_the_associatio
             assert statuses[0].ErrorComment.startswith("disk full while receiving")
             assert list(running.store.incoming.iterdir()) == [], "the partial spool file stayed"
             assert _counts(running) == (1, 1, 1) and len(running.stored_files()) == 1
+            # The same from DCMTK's storescu, as a PACS sends: a status per file, the association goes on.
+            answers = storescu_responses(running.port, [big[0], small])
+            assert answers == {big[0]: "Refused: OutOfResources", small: "Success"}
+            assert list(running.store.incoming.iterdir()) == []
             ballast.unlink()  # the operator frees space: the same instance is taken now
             assert [status_code(s) for s in store_files(running.port, big)] == [SUCCESS, SUCCESS]
             assert _counts(running) == (2, 2, 3) and len(running.stored_files()) == 3
